@@ -1,0 +1,296 @@
+"""Data sources: real CIFAR-10, a user's ImageFolder tree, and a flagged synthetic set.
+
+Everything is held in memory as uint8 NCHW tensors (CIFAR-10 is 150 MB) so that training
+augments on the fly without a DataLoader and every consumer sees exactly the same pixels.
+Normalisation statistics always come from the train split; calibration subsets are drawn
+from the train split and accuracy is measured on the test split -- never the other way round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qexport.errors import QExportError
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+SOURCES = ("cifar10", "imagefolder", "synthetic")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+DEFAULT_DATA_DIR = "./data"
+
+
+@dataclass
+class Split:
+    """Images (uint8, N×3×H×W) and integer labels of one split."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: torch.Tensor) -> "Split":
+        return Split(self.images[indices], self.labels[indices])
+
+
+@dataclass
+class Dataset:
+    """A train/test pair plus the facts every artifact manifest repeats about it."""
+
+    name: str
+    classes: list[str]
+    train: Split
+    test: Split
+    source: str
+    synthetic: bool = False
+    mean: tuple[float, ...] = field(default=())
+    std: tuple[float, ...] = field(default=())
+    fingerprint: str = ""
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.mean or not self.std:
+            self.mean, self.std = channel_stats(self.train.images)
+        if not self.fingerprint:
+            self.fingerprint = fingerprint(self.train, self.test)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.train.images.shape[-2:])  # type: ignore[return-value]
+
+    def describe(self) -> dict:
+        """What a manifest or checkpoint records about the data it came from."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "synthetic": self.synthetic,
+            "classes": list(self.classes),
+            "train_samples": len(self.train),
+            "test_samples": len(self.test),
+            "image_size": list(self.image_size),
+            "mean": [round(m, 6) for m in self.mean],
+            "std": [round(s, 6) for s in self.std],
+            "fingerprint": self.fingerprint,
+            "note": self.note,
+        }
+
+    def limited(self, train: int | None = None, test: int | None = None, seed: int = 0) -> "Dataset":
+        """A seeded random subset (for quick runs); flagged in ``note`` so no one mistakes it."""
+        if not train and not test:
+            return self
+        new_train = seeded_subset(self.train, train, seed) if train else self.train
+        new_test = seeded_subset(self.test, test, seed + 1) if test else self.test
+        note = f"subset: {len(new_train)} train / {len(new_test)} test samples (seed {seed})"
+        return replace(self, train=new_train, test=new_test, fingerprint="", note=note,
+                       mean=self.mean, std=self.std)
+
+
+def seeded_subset(split: Split, n: int, seed: int) -> Split:
+    """``n`` samples chosen by a seeded permutation: the same seed gives the same images."""
+    n = min(n, len(split))
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(split), generator=generator)[:n].sort().values
+    return split.subset(indices)
+
+
+def calibration_split(data: Dataset, samples: int, seed: int = 0) -> Split:
+    """The calibration subset every PTQ family shares: always from the **train** split."""
+    return seeded_subset(data.train, samples, seed)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std in [0, 1] units, computed in chunks to bound memory."""
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for start in range(0, images.shape[0], 4096):
+        chunk = images[start:start + 4096].to(torch.float64) / 255.0
+        total += chunk.sum(dim=(0, 2, 3))
+        total_sq += (chunk * chunk).sum(dim=(0, 2, 3))
+        count += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
+    mean = total / max(count, 1)
+    std = (total_sq / max(count, 1) - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def fingerprint(train: Split, test: Split) -> str:
+    """sha256 over pixels and labels of both splits: ties a checkpoint to the exact data."""
+    digest = hashlib.sha256()
+    for split in (train, test):
+        digest.update(split.images.contiguous().numpy().tobytes())
+        digest.update(split.labels.to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 NCHW → float32 NCHW, the input every artifact expects."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.to(torch.float32) / 255.0 - m) / s
+
+
+# ----------------------------------------------------------------------------- loading
+def load_dataset(
+    source: str = "cifar10",
+    data_dir: str | os.PathLike | None = None,
+    *,
+    image_size: int | None = None,
+    download: bool = True,
+    synthetic_samples: tuple[int, int] = (512, 256),
+    seed: int = 0,
+) -> Dataset:
+    """Load one of :data:`SOURCES`; every failure is a one-sentence :class:`QExportError`."""
+    directory = Path(data_dir or os.environ.get("QEXPORT_DATA_DIR") or DEFAULT_DATA_DIR)
+    if source == "cifar10":
+        return load_cifar10(directory, download=download)
+    if source == "imagefolder":
+        return load_imagefolder(directory, image_size=image_size or 224)
+    if source == "synthetic":
+        return make_synthetic(*synthetic_samples, image_size=image_size or 32, seed=seed)
+    raise QExportError(f"Unknown data source {source!r}; choose one of {', '.join(SOURCES)}.")
+
+
+def load_cifar10(directory: Path, *, download: bool = True) -> Dataset:
+    """Read the npz copy (shared/datasets layout) or torchvision's layout; download if allowed."""
+    for candidate in (directory / "cifar10.npz", directory / "cifar10" / "cifar10.npz"):
+        if candidate.is_file():
+            return _cifar10_from_npz(candidate)
+    if (directory / "cifar-10-batches-py").is_dir():
+        return _cifar10_from_torchvision(directory, download=False)
+    if download:
+        return _cifar10_from_torchvision(directory, download=True)
+    raise QExportError(
+        f"CIFAR-10 not found in {directory} (looked for cifar10.npz and cifar-10-batches-py); "
+        "point --data-dir (or QEXPORT_DATA_DIR) at it."
+    )
+
+
+def _cifar10_from_npz(path: Path) -> Dataset:
+    try:
+        with np.load(path) as arrays:
+            x_train, y_train = arrays["x_train"], arrays["y_train"]
+            x_test, y_test = arrays["x_test"], arrays["y_test"]
+    except (OSError, KeyError, ValueError) as err:
+        raise QExportError(
+            f"{path} is not a readable CIFAR-10 npz (expected x_train/y_train/x_test/y_test): {err}."
+        ) from err
+    return _cifar10_dataset(x_train, y_train, x_test, y_test, source=str(path))
+
+
+def _cifar10_from_torchvision(directory: Path, *, download: bool) -> Dataset:
+    from torchvision.datasets import CIFAR10
+
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)
+    created = not directory.exists()
+    try:
+        train = CIFAR10(str(directory), train=True, download=download)
+        test = CIFAR10(str(directory), train=False, download=download)
+    except Exception as err:  # torchvision raises URLError, RuntimeError, OSError...
+        _remove_partial_download(directory, created)
+        raise QExportError(
+            f"CIFAR-10 is not in {directory} and could not be downloaded ({type(err).__name__}); "
+            "point --data-dir (or QEXPORT_DATA_DIR) at a folder holding cifar10.npz or cifar-10-batches-py."
+        ) from err
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+    return _cifar10_dataset(train.data, np.array(train.targets), test.data, np.array(test.targets),
+                            source=str(directory / "cifar-10-batches-py"))
+
+
+def _remove_partial_download(directory: Path, created: bool) -> None:
+    """A failed download must not leave a half-written archive (or a folder we made) behind."""
+    import shutil
+
+    partial = directory / "cifar-10-python.tar.gz"
+    if partial.exists() and not (directory / "cifar-10-batches-py").is_dir():
+        partial.unlink(missing_ok=True)
+    if created and directory.is_dir() and not any(directory.iterdir()):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _cifar10_dataset(x_train, y_train, x_test, y_test, *, source: str) -> Dataset:
+    def to_split(x: np.ndarray, y: np.ndarray) -> Split:
+        if x.ndim != 4 or x.shape[-1] != 3 or x.shape[0] != y.shape[0]:
+            raise QExportError(f"CIFAR-10 arrays in {source} have shape {x.shape}; expected N×32×32×3.")
+        images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        return Split(images, torch.from_numpy(y.astype(np.int64)))
+
+    return Dataset("cifar10", list(CIFAR10_CLASSES), to_split(x_train, y_train),
+                   to_split(x_test, y_test), source=source)
+
+
+def load_imagefolder(directory: Path, *, image_size: int = 224) -> Dataset:
+    """A user's tree ``train/<class>/*.jpg`` and ``val/<class>/*.jpg`` (``test/`` also accepted)."""
+    train_dir = directory / "train"
+    test_dir = next((directory / n for n in ("val", "test") if (directory / n).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise QExportError(
+            f"{directory} is not an image-folder tree: it needs train/<class>/ and val/<class>/ "
+            "sub-folders (pass the tree's root with --data-dir)."
+        )
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise QExportError(f"{train_dir} has no class sub-folders; put images in train/<class>/.")
+    test_classes = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
+    if set(test_classes) - set(classes):
+        extra = ", ".join(sorted(set(test_classes) - set(classes)))
+        raise QExportError(f"{test_dir} has classes that train/ lacks ({extra}); both splits need the same classes.")
+    train = _read_image_split(train_dir, classes, image_size)
+    test = _read_image_split(test_dir, classes, image_size, allow_empty_class=True)
+    return Dataset(directory.name or "imagefolder", classes, train, test, source=str(directory))
+
+
+def _read_image_split(root: Path, classes: list[str], size: int, allow_empty_class: bool = False) -> Split:
+    from PIL import Image, UnidentifiedImageError
+
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+            if (root / name).is_dir() else []
+        if not files and not allow_empty_class:
+            raise QExportError(f"Class folder {root / name} has no images; add some or remove the folder.")
+        for file in files:
+            try:
+                with Image.open(file) as img:
+                    rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            except (OSError, UnidentifiedImageError) as err:
+                raise QExportError(f"Cannot read image {file} ({err}); remove or replace it.") from err
+            images.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise QExportError(f"{root} holds no images; add images under {root}/<class>/.")
+    return Split(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
+
+
+def make_synthetic(train: int = 512, test: int = 256, *, image_size: int = 32, classes: int = 10,
+                   seed: int = 0) -> Dataset:
+    """Learnable noise: each class has its own colour and stripe pattern. For smoke runs only;
+    everything built from it says ``synthetic: true`` because its accuracy means nothing."""
+    generator = torch.Generator().manual_seed(seed)
+    prototypes = torch.randint(40, 216, (classes, 3, 1, 1), generator=generator).float()
+    stripes = torch.arange(image_size).float().view(1, 1, image_size)
+
+    def split(n: int) -> Split:
+        labels = torch.randint(0, classes, (n,), generator=generator)
+        phase = (labels.float() * 0.7).view(n, 1, 1, 1)
+        pattern = 30 * torch.sin(stripes.view(1, 1, 1, image_size) * 0.5 + phase)
+        noise = torch.randn(n, 3, image_size, image_size, generator=generator) * 25
+        pixels = (prototypes[labels] + pattern + noise).clamp(0, 255).to(torch.uint8)
+        return Split(pixels, labels)
+
+    return Dataset("synthetic", [f"class{i}" for i in range(classes)], split(train), split(test),
+                   source="synthetic", synthetic=True, note="SYNTHETIC data: accuracy is meaningless")

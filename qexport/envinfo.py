@@ -1,0 +1,86 @@
+"""Facts about the machine and libraries that every report prints next to its numbers."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+LIBRARIES = ("torch", "torchvision", "torchao", "onnx", "onnxruntime", "onnxscript",
+             "intel-extension-for-pytorch", "numpy")
+ISA_FLAGS = {
+    "avx2": "AVX2",
+    "avx512f": "AVX-512F",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx512_bf16": "AVX-512 BF16",
+    "avx_vnni": "AVX-VNNI",
+    "amx_tile": "AMX",
+    "amx_int8": "AMX-INT8",
+    "amx_bf16": "AMX-BF16",
+}
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions, read from package metadata so nothing heavy is imported."""
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def cpu_info() -> dict:
+    """CPU model, logical cores and the ISA extensions int8/bf16 kernels depend on."""
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value:
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    return {
+        "model": model,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "isa": {label: flag in flags for flag, label in ISA_FLAGS.items()},
+    }
+
+
+def isa_summary(cpu: dict | None = None) -> list[str]:
+    return [label for label, present in (cpu or cpu_info())["isa"].items() if present]
+
+
+def gpu_info() -> list[str]:
+    """GPU names via nvidia-smi (cheap, and works without importing torch)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True, cwd=cwd)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_info(),
+        "gpus": gpu_info(),
+        "libraries": library_versions(),
+    }

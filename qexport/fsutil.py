@@ -1,0 +1,66 @@
+"""Atomic file writes and hashing.
+
+Artifacts are handed to other teams, so a file that exists must be complete: everything is
+written to a temporary sibling and renamed into place only once it is whole. A crash, a full
+disk or Ctrl-C leaves at most a ``*.tmp`` file that is removed on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from qexport.errors import QExportError
+
+
+def ensure_writable_dir(path: Path) -> Path:
+    """Create ``path`` if needed and prove we can write into it, before any long work starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", suffix=".tmp"):
+            pass
+    except OSError as err:
+        raise QExportError(
+            f"Cannot write to output directory {path} ({err.strerror or err}); "
+            "choose another with --out or fix its permissions."
+        ) from err
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it over ``final`` only on success."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(final: Path, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(final: Path, obj: Any) -> None:
+    atomic_write_bytes(final, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,111 @@
+"""Model registry (any torchvision classifier) and the checkpoint format.
+
+A checkpoint is a plain dict of tensors and JSON-like metadata, read with
+``torch.load(weights_only=True)`` so that opening an untrusted file can never run code, and
+loadable by both torch 2.14 (main environment) and torch 2.8 (the IPEX environment).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qexport.errors import QExportError, did_you_mean
+from qexport.fsutil import atomic_path
+
+CHECKPOINT_FORMAT = "qexport-checkpoint"
+CHECKPOINT_VERSION = 1
+DEFAULT_MODEL = "resnet18"
+
+
+def classification_models() -> list[str]:
+    """Names torchvision registers as image classifiers (not detection/segmentation/video)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def build_model(name: str, num_classes: int) -> nn.Module:
+    """A randomly initialised torchvision classifier with ``num_classes`` outputs."""
+    import torchvision
+
+    names = classification_models()
+    if name not in names:
+        raise QExportError(
+            f"Unknown model {name!r}{did_you_mean(name, names)}; "
+            "run `qexport train --list-models` for the torchvision classifiers qexport accepts."
+        )
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def save_checkpoint(path: Path, model: nn.Module, model_name: str, meta: dict[str, Any]) -> Path:
+    """Write atomically: a reader never sees a half-written checkpoint."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": model_name,
+        "num_classes": int(meta["classes"].__len__()) if "classes" in meta else None,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "meta": meta,
+    }
+    with atomic_path(Path(path)) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint (qexport's own or a bare state_dict) without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise QExportError(f"Checkpoint {path} does not exist; train one with `qexport train` or fix --checkpoint.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # arbitrary bytes make the unpickler raise anything (KeyError, struct.error...)
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise QExportError(
+            f"{path} is not a readable PyTorch checkpoint ({first_line[:160]}); "
+            "pass a state_dict saved with torch.save or a file written by `qexport train`."
+        ) from err
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        if obj.get("version") != CHECKPOINT_VERSION:
+            raise QExportError(f"{path} has checkpoint version {obj.get('version')}; this qexport reads version {CHECKPOINT_VERSION}.")
+        return obj
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"format": "state_dict", "model": None, "state_dict": obj, "meta": {}}
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        return {"format": "state_dict", "model": None, "state_dict": obj["state_dict"], "meta": {}}
+    raise QExportError(f"{path} holds a {type(obj).__name__}, not a state_dict; save model.state_dict() instead.")
+
+
+def load_model(path: Path, model_name: str | None, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    """Build ``model_name`` and load the checkpoint into it; a mismatch is one clear sentence."""
+    ckpt = read_checkpoint(path)
+    saved_name = ckpt.get("model")
+    if model_name and saved_name and model_name != saved_name:
+        raise QExportError(
+            f"Checkpoint {path} is for {saved_name!r}, not {model_name!r}; pass --model {saved_name} or another checkpoint."
+        )
+    name = model_name or saved_name or DEFAULT_MODEL
+    model = build_model(name, num_classes)
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as err:
+        detail = _first_mismatch(str(err))
+        raise QExportError(
+            f"Checkpoint {path} does not fit {name} with {num_classes} classes ({detail}); "
+            "check --model and the data's class count."
+        ) from err
+    model.eval()
+    return model, ckpt
+
+
+def _first_mismatch(message: str) -> str:
+    """Reduce torch's multi-line load_state_dict error to its most telling line."""
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith(("size mismatch", "Missing key", "Unexpected key")):
+            return line.rstrip(".")[:200]
+    return message.strip().splitlines()[-1][:200] if message.strip() else "state_dict mismatch"

@@ -1,0 +1,71 @@
+"""Glue the CLI calls: open data, train or reuse a checkpoint. Kept out of cli.py so tests can
+drive the same paths without a subprocess."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from qexport.data import Dataset, load_dataset
+from qexport.envinfo import library_versions
+from qexport.errors import QExportError
+from qexport.fsutil import ensure_writable_dir
+from qexport.models import build_model, read_checkpoint, save_checkpoint
+from qexport.progress import say
+from qexport.train import TrainConfig, train
+
+
+def open_data(source: str, data_dir: Path | None, image_size: int | None, train_samples: int | None,
+              test_samples: int | None, seed: int) -> Dataset:
+    dataset = load_dataset(source, data_dir, image_size=image_size, seed=seed)
+    return dataset.limited(train=train_samples, test=test_samples, seed=seed)
+
+
+def default_checkpoint_path(model_name: str, data: Dataset) -> Path:
+    suffix = "" if not data.note else f"-{len(data.train)}x{len(data.test)}"
+    return Path("checkpoints") / f"{model_name}-{data.name}{suffix}.pt"
+
+
+def train_checkpoint(model_name: str, data: Dataset, config: TrainConfig, path: Path,
+                     show_progress: bool = True) -> Path:
+    """Train ``model_name`` on ``data`` and write the checkpoint with everything needed to trust it."""
+    ensure_writable_dir(Path(path).parent)
+    model = build_model(model_name, data.num_classes)
+    say(f"training {model_name} on {data.name} ({len(data.train)} train images, {config.epochs} epochs)"
+        + (" [SYNTHETIC]" if data.synthetic else ""))
+    metrics = train(model, data, config, show_progress=show_progress)
+    meta = checkpoint_meta(model_name, data, config, metrics)
+    save_checkpoint(path, model, model_name, meta)
+    say(f"test top-1 {metrics['test_top1']:.2%} on {metrics['test_samples']} test images, "
+        f"{metrics['train_seconds'] / 60:.1f} min training → {path}")
+    return Path(path)
+
+
+def checkpoint_meta(model_name: str, data: Dataset, config: TrainConfig, metrics: dict) -> dict:
+    return {
+        "model": model_name,
+        "classes": list(data.classes),
+        "normalization": {"mean": list(data.mean), "std": list(data.std), "value_range": [0.0, 1.0]},
+        "image_size": list(data.image_size),
+        "data": data.describe(),
+        "train_config": config.as_dict(),
+        "metrics": metrics,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "test_top1": metrics["test_top1"],
+        "libraries": library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def checkpoint_is_current(path: Path, model_name: str, data: Dataset, config: TrainConfig) -> bool:
+    """A checkpoint is reusable when it was trained on the same data with the same recipe."""
+    if not Path(path).is_file():
+        return False
+    try:
+        meta = read_checkpoint(path).get("meta", {})
+    except QExportError:
+        return False
+    return (meta.get("model") == model_name
+            and meta.get("data", {}).get("fingerprint") == data.fingerprint
+            and meta.get("train_config") == config.as_dict())

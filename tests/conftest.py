@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny synthetic data for unit tests, the real CIFAR-10 copy for integration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
+
+
+def cifar_dir() -> Path | None:
+    for candidate in (os.environ.get("QEXPORT_DATA_DIR"), SHARED_CIFAR):
+        if candidate and (Path(candidate) / "cifar10.npz").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_cifar():
+    """The provided CIFAR-10 copy; tests that need it skip (with the reason) where it is absent."""
+    directory = cifar_dir()
+    if directory is None:
+        pytest.skip(f"real CIFAR-10 not found: set QEXPORT_DATA_DIR or place cifar10.npz at {SHARED_CIFAR}")
+    from qexport.data import load_cifar10
+
+    return load_cifar10(directory, download=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    from qexport.data import make_synthetic
+
+    return make_synthetic(train=256, test=128, image_size=32, seed=0)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess (what a user types)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "qexport.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=full_env, timeout=600)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from qexport.cli import app
+from tests.conftest import run_cli
+
+COMMANDS = sorted(cmd.name or cmd.callback.__name__ for cmd in app.registered_commands)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and len(result.output.splitlines()) > 4
+
+
+def test_root_help_lists_commands():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+
+
+def test_info_reports_versions_as_json():
+    import json
+
+    result = CliRunner().invoke(app, ["info", "--json"])
+    assert result.exit_code == 0
+    info = json.loads(result.output)
+    assert info["libraries"]["torch"].startswith("2.14")
+    assert "AVX-512 VNNI" in info["cpu"]["isa"]
+
+
+def _assert_one_line_error(proc, pattern: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert pattern in lines[0]
+
+
+def test_unknown_model_exits_2_with_one_line():
+    _assert_one_line_error(run_cli("train", "--model", "resnet19", "--data", "synthetic"), "did you mean 'resnet18'")
+
+
+def test_missing_data_dir_exits_2(tmp_path):
+    proc = run_cli("train", "--data", "imagefolder", "--data-dir", str(tmp_path / "missing"))
+    _assert_one_line_error(proc, "--data-dir")
+
+
+def test_debug_shows_traceback():
+    proc = run_cli("--debug", "train", "--model", "resnet19", "--data", "synthetic")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run_cli("train", "--data", "synthetic", "--epochs", "0", "--out", str(blocker / "sub" / "ck.pt"))
+    _assert_one_line_error(proc, "Cannot write to output directory")
+
+
+def test_train_cli_writes_checkpoint(tmp_path):
+    out = tmp_path / "ck.pt"
+    proc = run_cli("train", "--data", "synthetic", "--epochs", "1", "--batch-size", "64", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and "SYNTHETIC" in proc.stderr

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qexport import data as qdata
+from qexport.data import calibration_split, load_dataset, make_synthetic, normalize, seeded_subset
+from qexport.errors import QExportError
+
+
+def test_synthetic_is_flagged_and_learnable_shape(tiny_data):
+    described = tiny_data.describe()
+    assert described["synthetic"] is True and "SYNTHETIC" in described["note"]
+    assert tiny_data.train.images.dtype == torch.uint8
+    assert tiny_data.train.images.shape == (256, 3, 32, 32)
+    assert tiny_data.num_classes == 10
+
+
+def test_seeded_subset_is_deterministic_and_seed_sensitive(tiny_data):
+    a = seeded_subset(tiny_data.train, 50, seed=3)
+    b = seeded_subset(tiny_data.train, 50, seed=3)
+    c = seeded_subset(tiny_data.train, 50, seed=4)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_calibration_comes_from_train_split_only():
+    data = make_synthetic(train=64, test=64, seed=1)
+    calib = calibration_split(data, 32, seed=0)
+    train_rows = {bytes(img.numpy().tobytes()) for img in data.train.images}
+    test_rows = {bytes(img.numpy().tobytes()) for img in data.test.images}
+    calib_rows = {bytes(img.numpy().tobytes()) for img in calib.images}
+    assert calib_rows <= train_rows
+    assert not calib_rows & test_rows
+
+
+def test_normalize_uses_train_statistics(tiny_data):
+    x = normalize(tiny_data.train.images, tiny_data.mean, tiny_data.std)
+    assert x.dtype == torch.float32
+    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-3)
+    assert torch.allclose(x.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-2)
+
+
+def test_limited_flags_subset_and_changes_fingerprint(tiny_data):
+    small = tiny_data.limited(train=100, test=20)
+    assert len(small.train) == 100 and len(small.test) == 20
+    assert "subset" in small.note
+    assert small.fingerprint != tiny_data.fingerprint
+
+
+def test_unknown_source_is_one_sentence():
+    with pytest.raises(QExportError, match="Unknown data source 'mnist'"):
+        load_dataset("mnist", "/nonexistent")
+
+
+def test_missing_cifar_offline_names_data_dir(tmp_path):
+    with pytest.raises(QExportError, match="--data-dir"):
+        qdata.load_cifar10(tmp_path / "nothing", download=False)
+
+
+def test_failed_download_names_data_dir_and_leaves_nothing(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    target = tmp_path / "fresh"
+    with pytest.raises(QExportError, match="could not be downloaded.*--data-dir"):
+        qdata.load_cifar10(target, download=True)
+    assert not target.exists()
+
+
+def test_corrupt_npz_is_reported(tmp_path):
+    (tmp_path / "cifar10.npz").write_bytes(b"not a zip at all")
+    with pytest.raises(QExportError, match="not a readable CIFAR-10 npz"):
+        qdata.load_cifar10(tmp_path, download=False)
+
+
+def _write_images(folder: Path, count: int, colour: tuple[int, int, int]) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (20, 24), colour).save(folder / f"{i}.png")
+
+
+def test_imagefolder_reads_train_and_val(tmp_path):
+    for split in ("train", "val"):
+        _write_images(tmp_path / split / "cats", 3, (200, 10, 10))
+        _write_images(tmp_path / split / "dogs", 2, (10, 10, 200))
+    data = load_dataset("imagefolder", tmp_path, image_size=16)
+    assert data.classes == ["cats", "dogs"]
+    assert data.train.images.shape == (5, 3, 16, 16)
+    assert data.test.labels.tolist() == [0, 0, 0, 1, 1]
+    assert data.synthetic is False
+
+
+def test_imagefolder_wrong_layout(tmp_path):
+    _write_images(tmp_path / "cats", 2, (1, 2, 3))
+    with pytest.raises(QExportError, match="train/<class>/ and val/<class>/"):
+        load_dataset("imagefolder", tmp_path)
+
+
+def test_imagefolder_empty_class(tmp_path):
+    _write_images(tmp_path / "train" / "cats", 2, (1, 2, 3))
+    (tmp_path / "train" / "dogs").mkdir()
+    _write_images(tmp_path / "val" / "cats", 1, (1, 2, 3))
+    with pytest.raises(QExportError, match="dogs has no images"):
+        load_dataset("imagefolder", tmp_path)
+
+
+def test_imagefolder_corrupt_image(tmp_path):
+    _write_images(tmp_path / "train" / "cats", 1, (1, 2, 3))
+    (tmp_path / "train" / "cats" / "bad.jpg").write_bytes(b"garbage")
+    _write_images(tmp_path / "val" / "cats", 1, (1, 2, 3))
+    with pytest.raises(QExportError, match="Cannot read image"):
+        load_dataset("imagefolder", tmp_path)
+
+
+@pytest.mark.integration
+def test_real_cifar10_matches_its_readme(real_cifar):
+    assert len(real_cifar.train) == 50000 and len(real_cifar.test) == 10000
+    assert real_cifar.classes[0] == "airplane" and real_cifar.classes[-1] == "truck"
+    assert real_cifar.train.labels[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert real_cifar.test.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert np.allclose(np.array(real_cifar.mean) * 255, (125.3, 122.9, 113.9), atol=0.3)
+    assert torch.bincount(real_cifar.test.labels).tolist() == [1000] * 10

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qexport.errors import QExportError
+from qexport.models import build_model, load_model
+from qexport.pipeline import checkpoint_is_current, train_checkpoint
+from qexport.train import TrainConfig, augment, evaluate, train
+
+
+def test_augment_keeps_shape_and_is_seeded():
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.int32).view(2, 3, 8, 8).to(torch.uint8)
+    a = augment(images, 2, torch.Generator().manual_seed(0))
+    b = augment(images, 2, torch.Generator().manual_seed(0))
+    assert a.shape == images.shape and torch.equal(a, b)
+
+
+def test_augment_crops_and_flips_per_sample():
+    images = torch.randint(0, 255, (64, 3, 8, 8), dtype=torch.uint8)
+    out = augment(images, 2, torch.Generator().manual_seed(1))
+    unchanged = [(torch.equal(out[i], images[i])) for i in range(64)]
+    assert 0 < sum(unchanged) < 64  # some samples untouched, most moved: per-sample, not batch-wide
+    flipped_only = augment(images, 0, torch.Generator().manual_seed(2))
+    for i in range(64):
+        assert torch.equal(flipped_only[i], images[i]) or torch.equal(flipped_only[i], images[i].flip(-1))
+
+
+def test_config_validates_itself():
+    with pytest.raises(QExportError, match="--epochs"):
+        TrainConfig(epochs=-1)
+    with pytest.raises(QExportError, match="--lr"):
+        TrainConfig(max_lr=0)
+
+
+def test_training_on_synthetic_learns(tiny_data):
+    torch.manual_seed(0)
+    model = build_model("resnet18", tiny_data.num_classes)
+    before = evaluate(model, tiny_data.test, tiny_data.mean, tiny_data.std)
+    metrics = train(model, tiny_data, TrainConfig(epochs=4, batch_size=32, max_lr=0.05), show_progress=False)
+    assert metrics["test_top1"] > max(0.3, before + 0.1)
+
+
+def test_checkpoint_metadata_and_reuse(tiny_data, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=64)
+    path = train_checkpoint("resnet18", tiny_data, config, tmp_path / "ck.pt", show_progress=False)
+    _, ckpt = load_model(path, "resnet18", 10)
+    meta = ckpt["meta"]
+    for key in ("model", "classes", "normalization", "epochs", "seed", "test_top1", "data", "libraries"):
+        assert key in meta, key
+    assert meta["data"]["synthetic"] is True
+    assert meta["data"]["fingerprint"] == tiny_data.fingerprint
+    assert checkpoint_is_current(path, "resnet18", tiny_data, config)
+    assert not checkpoint_is_current(path, "resnet18", tiny_data, TrainConfig(epochs=2, batch_size=64))
+
+
+@pytest.mark.integration
+def test_short_real_training_beats_chance(real_cifar):
+    subset = real_cifar.limited(train=3000, test=1000, seed=0)
+    model = build_model("resnet18", 10)
+    metrics = train(model, subset, TrainConfig(epochs=3, batch_size=128, max_lr=0.1), show_progress=False)
+    assert metrics["test_top1"] > 0.25, metrics  # chance is 0.10
