@@ -83,14 +83,76 @@ def train(
     pipeline.train_checkpoint(model, dataset, config, path, show_progress=progress)
 
 
+@app.command()
+def build(
+    all_families: bool = typer.Option(False, "--all", help="Build every registered artifact family."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated families or prefixes, e.g. 'onnx,torchscript-int8-static'. See --list."),
+    list_families: bool = typer.Option(False, "--list", help="List the artifact families and exit."),
+    out: Path = typer.Option(Path("artifacts"), "--out", "-o", help="Output folder."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="FP32 checkpoint (qexport or bare state_dict). Without it, trains first or reuses an up-to-date one."),
+    model: str = ModelOpt,
+    data: str = DataOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    image_size: Optional[int] = ImageSizeOpt,
+    calibration_samples: int = typer.Option(512, "--calibration-samples", help="Seeded train-split images used to calibrate PTQ families."),
+    calibration_method: str = typer.Option("minmax", "--calibration-method", help="ONNX int8 calibration: minmax, entropy or percentile."),
+    qat_epochs: int = typer.Option(1, "--qat-epochs", help="Fine-tuning epochs of the QAT families."),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Measure accuracy on a seeded subset of the test split (default: all of it)."),
+    epochs: int = typer.Option(30, "--epochs", help="Training epochs when no checkpoint is given."),
+    seed: int = SeedOpt,
+    train_samples: Optional[int] = TrainSamplesOpt,
+    test_samples: Optional[int] = TestSamplesOpt,
+    force: bool = typer.Option(False, "--force", help="Rebuild artifacts even when up to date."),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Build deployment artifacts (TorchScript, ONNX, pt2e/AOTInductor...) with manifests into --out."""
+    from exporter import FAMILIES, BuildOptions, select_families
+    from exporter.build import build_families
+    from qexport import pipeline, report
+    from qexport.fsutil import ensure_writable_dir
+    from qexport.models import build_model
+    from qexport.train import TrainConfig
+
+    if list_families:
+        report.print_families(FAMILIES.values())
+        return
+    if not all_families and not only:
+        raise QExportError("Say what to build: --all, or --only with names from `qexport build --list`.")
+    families = select_families(None if all_families else [n.strip() for n in only.split(",") if n.strip()])
+    options = BuildOptions(calibration_samples=calibration_samples, calibration_method=calibration_method,
+                           qat_epochs=qat_epochs, seed=seed, eval_samples=eval_samples)
+    ensure_writable_dir(out)
+    if checkpoint is None:
+        build_model(model, 1)  # fail on an unknown name before loading data
+    dataset = pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed)
+    ckpt = pipeline.resolve_checkpoint(model, dataset, checkpoint, TrainConfig(epochs=epochs, seed=seed), progress)
+    ctx = pipeline.build_context(model, dataset, ckpt, options, progress)
+    outcomes = build_families(ctx, families, out, force=force, debug=_state["debug"])
+    report.print_build(outcomes, out)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into one line + exit 2."""
+    quiet_library_warnings()
     try:
         app()  # standalone: typer handles usage errors and --help, and calls sys.exit itself
     except QExportError as err:
         _fail(err, str(err), err.exit_code)
     except KeyboardInterrupt as err:
         _fail(err, "Interrupted; nothing half-written was left behind.", 130)
+
+
+def quiet_library_warnings() -> None:
+    """torch.jit / eager quantization deprecation notices say nothing a user can act on here
+    (qexport already ships the torch.export path next to them); they would bury the report."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*(reduce_range|quantize_per_tensor|TypedStorage).*")
 
 
 def _fail(err: BaseException, message: str, code: int) -> None:

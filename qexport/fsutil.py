@@ -38,9 +38,14 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it over ``final`` only on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    # ".tmp-<random>-<name>": hidden, recognisable, and it keeps the real extension, which some
+    # writers insist on (AOTInductor packages must end in .pt2).
+    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=f"-{final.name}")
     os.close(fd)
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts are meant to be shared
     try:
         yield tmp
         os.replace(tmp, final)

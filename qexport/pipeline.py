@@ -69,3 +69,35 @@ def checkpoint_is_current(path: Path, model_name: str, data: Dataset, config: Tr
     return (meta.get("model") == model_name
             and meta.get("data", {}).get("fingerprint") == data.fingerprint
             and meta.get("train_config") == config.as_dict())
+
+
+def resolve_checkpoint(model_name: str, data: Dataset, checkpoint: Path | None, config: TrainConfig,
+                       show_progress: bool = True) -> Path:
+    """The checkpoint to build from: the user's, an up-to-date trained one, or a fresh training run."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    path = default_checkpoint_path(model_name, data)
+    if checkpoint_is_current(path, model_name, data, config):
+        say(f"reusing up-to-date checkpoint {path}")
+        return path
+    return train_checkpoint(model_name, data, config, path, show_progress=show_progress)
+
+
+def build_context(model_name: str, data: Dataset, checkpoint: Path, options, show_progress: bool = True):
+    """Load the FP32 model and the data normalisation it was trained with into a BuildContext."""
+    from dataclasses import replace
+
+    from exporter.registry import BuildContext
+    from qexport.fsutil import sha256_file
+    from qexport.models import load_model
+
+    model, ckpt = load_model(checkpoint, model_name, data.num_classes)
+    norm = ckpt.get("meta", {}).get("normalization")
+    if norm:  # the statistics the model was trained with, not a recomputation
+        data = replace(data, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+    saved_classes = ckpt.get("meta", {}).get("classes")
+    if saved_classes and list(saved_classes) != list(data.classes):
+        raise QExportError(f"Checkpoint {checkpoint} was trained on classes {saved_classes[:3]}…, "
+                           f"but the data has {list(data.classes)[:3]}…; use matching --data/--checkpoint.")
+    return BuildContext(model_name=ckpt.get("model") or model_name, model=model, data=data, options=options,
+                        checkpoint_sha256=sha256_file(checkpoint), show_progress=show_progress)

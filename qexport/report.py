@@ -9,7 +9,10 @@ from rich.table import Table
 
 from qexport.envinfo import environment
 
-console = Console()
+import sys
+
+# Reports are often piped into logs: don't squeeze tables into 80 columns there.
+console = Console(width=None if sys.stdout.isatty() else 180)
 
 
 def print_info(as_json: bool = False) -> None:
@@ -30,3 +33,47 @@ def print_info(as_json: bool = False) -> None:
         table.add_row(f"  {label}", "yes" if present else "no")
     table.add_row("gpu", ", ".join(env["gpus"]) or "none")
     console.print(table)
+
+
+def print_families(families) -> None:
+    table = Table(title="artifact families")
+    for column in ("family", "format", "precision", "runtime", "devices", "method"):
+        table.add_column(column)
+    for f in families:
+        table.add_row(f.key, f.format, f.precision, f.runtime, ",".join(f.devices), f.method)
+    console.print(table)
+
+
+def print_build(outcomes, out_dir) -> None:
+    """The build's own report: size ratio and accuracy against fp32, measured at build time."""
+    from pathlib import Path
+
+    baseline_file = Path(out_dir) / "index.json"
+    base_size = None
+    if baseline_file.is_file():
+        import json
+
+        entries = json.loads(baseline_file.read_text()).get("artifacts", [])
+        base_size = next((e["size_bytes"] for e in entries if e["family"] == "torchscript-fp32"), None)
+    table = Table(title=f"qexport build → {out_dir}")
+    for column in ("family", "status", "file", "MB", "× smaller", "top-1", "Δ vs fp32 (pt)", "agree", "int8 weights", "s"):
+        table.add_column(column, justify="right" if column not in ("family", "status", "file") else "left")
+    for o in outcomes:
+        m = o.manifest
+        if not m:
+            table.add_row(o.family, f"[red]{o.status}[/red]", "see below", *[""] * 7)
+            continue
+        size, ev = m["artifact"]["size_bytes"], m["evaluation"]
+        coverage = m.get("int8_coverage") or {}
+        table.add_row(
+            o.family, o.status, m["artifact"]["file"], f"{size / 1e6:.2f}",
+            f"{base_size / size:.2f}" if base_size else "",
+            f"{ev['top1']:.2%}", f"{(ev['top1'] - ev['fp32_reference_top1']) * 100:+.2f}",
+            f"{ev['top1_agreement_with_fp32']:.2%}",
+            f"{coverage['ratio']:.1%}" if coverage else "-", f"{m['build']['seconds']:.0f}")
+    console.print(table)
+    for o in outcomes:
+        if o.status == "failed":
+            console.print(f"[red]{o.family} failed:[/red] {o.reason}", highlight=False)
+    if any(o.manifest.get("synthetic") for o in outcomes if o.manifest):
+        console.print("[bold red]SYNTHETIC data: these accuracies mean nothing.[/bold red]")

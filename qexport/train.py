@@ -110,7 +110,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
     with progress_bar(show_progress) as bar:
         task = bar.add_task("train", total=total_steps, status="")
         for epoch in range(config.epochs):
-            history.append(_train_epoch(model, data, config, generator, optimizer, scheduler, criterion,
+            history.append(_train_epoch(model, data, config.batch_size, config.pad, generator, optimizer, scheduler, criterion,
                                         lambda status: bar.update(task, advance=1, status=f"epoch {epoch + 1}/{config.epochs} {status}")))
             if bar.disable and show_progress:  # no terminal (CI, logs): one line per epoch instead
                 say(f"epoch {epoch + 1}/{config.epochs} loss {history[-1]['loss']:.3f} "
@@ -128,12 +128,32 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
     }
 
 
-def _train_epoch(model, data, config, generator, optimizer, scheduler, criterion, tick) -> dict:
+def fine_tune(model: nn.Module, data: Dataset, *, epochs: int, lr: float, batch_size: int = 128,
+              seed: int = 0, show_progress: bool = True, description: str = "fine-tune",
+              on_epoch_end: Callable[[int], None] | None = None) -> list[dict]:
+    """Short low-LR training from a trained model (QAT families): cosine decay, same augmentation."""
+    generator = torch.Generator().manual_seed(seed)
+    steps = epochs * math.ceil(len(data.train) / batch_size)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    criterion = nn.CrossEntropyLoss()
+    history: list[dict] = []
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task(description, total=steps, status="")
+        for epoch in range(epochs):
+            history.append(_train_epoch(model, data, batch_size, 4, generator, optimizer, scheduler, criterion,
+                                        lambda status: bar.update(task, advance=1, status=status)))
+            if on_epoch_end:
+                on_epoch_end(epoch)
+    return history
+
+
+def _train_epoch(model, data, batch_size, pad, generator, optimizer, scheduler, criterion, tick) -> dict:
     model.train()
     seen = correct = 0
     loss_sum = 0.0
-    for images, labels in batches(data.train, config.batch_size, generator):
-        x = normalize(augment(images, config.pad, generator), data.mean, data.std)
+    for images, labels in batches(data.train, batch_size, generator):
+        x = normalize(augment(images, pad, generator), data.mean, data.std)
         x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)
         loss = criterion(logits, labels)

@@ -31,7 +31,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert ckpt["meta"]["seed"] == 1 and ckpt["model"] == "resnet18"
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key])
-    assert not list(tmp_path.glob("*.tmp")), "atomic write left its temporary file"
+    assert not list(tmp_path.glob(".tmp-*")), "atomic write left its temporary file"
 
 
 def test_bare_state_dict_is_accepted(tmp_path):

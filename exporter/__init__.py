@@ -1,0 +1,8 @@
+"""Artifact families. Importing this package registers every family (one line each below)."""
+
+from exporter.registry import FAMILIES, BuildContext, BuildOptions, Family, register, select_families
+
+from exporter import torchscript  # noqa: F401,E402  TorchScript fp32/fp16/int8 dynamic/static/QAT
+from exporter import onnx  # noqa: F401,E402  ONNX fp32/fp16/int8 (ONNX Runtime)
+
+__all__ = ["FAMILIES", "BuildContext", "BuildOptions", "Family", "register", "select_families"]

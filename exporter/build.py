@@ -1,0 +1,230 @@
+"""Build orchestration shared by every family: up-to-date checks, atomic writes, measurement
+in the artifact's own runtime, golden I/O, manifests and ``index.json``.
+
+A family's build function only writes its file; everything a deployment team needs to trust
+that file is produced here, identically for every family.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import runtimes
+from exporter.manifest import (GOLDEN_ATOL, INDEX_SCHEMA, SCHEMA, SCHEMA_VERSION, find_manifests,
+                               golden_path, manifest_path, read_manifest)
+from exporter.registry import BuildContext, Family
+from qexport import __version__
+from qexport.data import Split, normalize, seeded_subset
+from qexport.envinfo import cpu_info, git_commit, isa_summary, library_versions
+from qexport.errors import QExportError
+from qexport.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, ensure_writable_dir, sha256_file
+from qexport.progress import say
+from qexport.train import predict, top1
+
+EVAL_BATCH = 250
+
+
+@dataclass
+class Outcome:
+    family: str
+    status: str  # built | up-to-date | failed
+    file: str | None = None
+    reason: str = ""
+    manifest: dict = field(default_factory=dict)
+
+
+class Reference:
+    """The eager fp32 model's logits on the evaluation split, computed once per build run."""
+
+    def __init__(self, ctx: BuildContext):
+        self.split = evaluation_split(ctx)
+        self._logits: torch.Tensor | None = None
+        self._ctx = ctx
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None:
+            model = self._ctx.fresh_model()
+            self._logits = predict(model, self.split, self._ctx.data.mean, self._ctx.data.std, EVAL_BATCH)
+        return self._logits
+
+
+def evaluation_split(ctx: BuildContext) -> Split:
+    """Always the **test** split (a seeded subset only when --eval-samples asks for one)."""
+    n = ctx.options.eval_samples
+    return seeded_subset(ctx.data.test, n, ctx.options.seed) if n and n < len(ctx.data.test) else ctx.data.test
+
+
+def build_families(ctx: BuildContext, families: list[Family], out_dir: Path, force: bool = False,
+                   debug: bool = False) -> list[Outcome]:
+    """Build each family in turn; one failing never stops the others."""
+    ensure_writable_dir(out_dir)
+    reference = Reference(ctx)
+    outcomes = []
+    for family in families:
+        say(f"[bold]{family.key}[/bold] → {family.filename(ctx.model_name)}")
+        try:
+            outcomes.append(build_one(ctx, family, out_dir, reference, force))
+        except QExportError as err:
+            outcomes.append(Outcome(family.key, "failed", reason=str(err)))
+        except Exception as err:  # an exporter bug must not take the other families down
+            if debug:
+                traceback.print_exc()
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            outcomes.append(Outcome(family.key, "failed", reason=f"{type(err).__name__}: {first}"))
+        if outcomes[-1].status == "failed":
+            say(f"  [red]failed[/red]: {outcomes[-1].reason}")
+    write_index(out_dir, ctx.model_name, outcomes)
+    return outcomes
+
+
+def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Reference, force: bool) -> Outcome:
+    final = out_dir / family.filename(ctx.model_name)
+    options = family.relevant_options(ctx.options)
+    if not force and is_up_to_date(final, ctx.checkpoint_sha256, options):
+        say("  up to date (use --force to rebuild)")
+        return Outcome(family.key, "up-to-date", final.name, manifest=read_manifest(manifest_path(final)))
+    started = time.perf_counter()
+    with atomic_path(final) as tmp:
+        details = family.build(ctx, tmp)
+        measured = measure(family, tmp, ctx, reference, details)
+    seconds = time.perf_counter() - started
+    golden = golden_path(final)
+    write_golden(golden, measured.pop("golden_inputs"), measured.pop("golden_outputs"))
+    manifest = make_manifest(ctx, family, final, details, measured, options, seconds, golden)
+    atomic_write_json(manifest_path(final), manifest)
+    ev = manifest["evaluation"]
+    say(f"  built in {seconds:.0f} s: {manifest['artifact']['size_bytes'] / 1e6:.1f} MB, "
+        f"top-1 {fmt_pct(ev['top1'])} (fp32 {fmt_pct(ev['fp32_reference_top1'])}), "
+        f"agreement {fmt_pct(ev['top1_agreement_with_fp32'])}")
+    return Outcome(family.key, "built", final.name, manifest=manifest)
+
+
+def fmt_pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def is_up_to_date(final: Path, checkpoint_sha256: str, options: dict) -> bool:
+    manifest_file = manifest_path(final)
+    if not final.is_file() or not manifest_file.is_file():
+        return False
+    try:
+        manifest = read_manifest(manifest_file)
+    except QExportError:
+        return False
+    return (manifest["model"].get("checkpoint_sha256") == checkpoint_sha256
+            and manifest["build"].get("options") == options
+            and manifest["artifact"].get("sha256") == sha256_file(final))
+
+
+def measure(family: Family, path: Path, ctx: BuildContext, reference: Reference, details: dict) -> dict:
+    """Load the file in its deployment runtime (no model code) and measure it on the test split."""
+    runner = runtimes.load_runner(family.runtime, path, manifest={"build": details})
+    logits = predict(lambda x: torch.from_numpy(runner.predict(x.numpy())), reference.split,
+                     ctx.data.mean, ctx.data.std, EVAL_BATCH)
+    if logits.shape != reference.logits.shape:
+        raise QExportError(f"{family.key} produced logits of shape {tuple(logits.shape)}, expected "
+                           f"{tuple(reference.logits.shape)}; the export is broken.")
+    labels = reference.split.labels
+    golden_inputs = normalize(ctx.data.test.images[:ctx.options.golden_samples], ctx.data.mean, ctx.data.std).numpy()
+    return {
+        "top1": top1(logits, labels),
+        "fp32_reference_top1": top1(reference.logits, labels),
+        "top1_agreement_with_fp32": float((logits.argmax(1) == reference.logits.argmax(1)).float().mean()),
+        "max_abs_logit_diff": float((logits - reference.logits).abs().max()),
+        "samples": len(labels),
+        "golden_inputs": golden_inputs,
+        "golden_outputs": runner.predict(golden_inputs),
+    }
+
+
+def write_golden(path: Path, inputs: np.ndarray, outputs: np.ndarray) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, inputs=inputs.astype(np.float32), outputs=outputs.astype(np.float32))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def runtime_spec(family: Family, details: dict) -> dict:
+    versions = library_versions()
+    if family.runtime == "onnxruntime":
+        return {"name": "onnxruntime", "requires": {"onnxruntime": ">=1.17"},
+                "tested_with": {"onnxruntime": versions["onnxruntime"]}}
+    spec = {"name": family.runtime, "tested_with": {"torch": versions["torch"]}}
+    if family.runtime == "aoti":
+        spec["requires"] = {"torch": f"=={versions['torch']}"}
+        spec["compiled_with"] = {"torch": versions["torch"], "torchao": versions["torchao"],
+                                 "machine": platform.machine(), "cpu": cpu_info()["model"], "isa": isa_summary()}
+    else:
+        major, minor = (versions["torch"] or "0.0").split(".")[:2]
+        spec["requires"] = {"torch": f">={major}.{minor}"}
+    if details.get("quantized_engine"):
+        spec["quantized_engine"] = details["quantized_engine"]
+    return spec
+
+
+def make_manifest(ctx: BuildContext, family: Family, final: Path, details: dict, measured: dict,
+                  options: dict, seconds: float, golden: Path) -> dict:
+    data = ctx.data
+    height, width = data.image_size
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "artifact": {"file": final.name, "size_bytes": final.stat().st_size, "sha256": sha256_file(final)},
+        "family": family.key,
+        "format": family.format,
+        "precision": family.precision,
+        "method": family.method,
+        "config": details.get("config", {}),
+        "notes": details.get("notes", []) + ([family.cpu_note] if family.cpu_note else []),
+        "devices": list(family.devices),
+        "runtime": runtime_spec(family, details),
+        "model": {"name": ctx.model_name, "num_classes": data.num_classes, "checkpoint_sha256": ctx.checkpoint_sha256},
+        "data": data.describe(),
+        "synthetic": data.synthetic,
+        "calibration": details.get("calibration"),
+        "int8_coverage": details.get("int8_coverage"),
+        "input": {"name": "input", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, height, width],
+                  "dynamic_axes": ["batch"], "value_range_before_normalization": [0.0, 1.0],
+                  "mean": list(data.mean), "std": list(data.std),
+                  "preprocess": "x = (rgb_uint8 / 255 - mean) / std, channels first"},
+        "output": {"name": "logits", "dtype": "float32", "shape": ["batch", data.num_classes],
+                   "classes": list(data.classes)},
+        "evaluation": {"split": "test", "device": "cpu", **{k: measured[k] for k in (
+            "samples", "top1", "fp32_reference_top1", "top1_agreement_with_fp32", "max_abs_logit_diff")}},
+        "golden": {"file": golden.name, "sha256": sha256_file(golden), "samples": ctx.options.golden_samples,
+                   "atol": GOLDEN_ATOL[family.precision]},
+        "build": {"seconds": round(seconds, 1), "options": options, "quantized_engine": details.get("quantized_engine"),
+                  "fine_tune": details.get("fine_tune"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "libraries": library_versions(), "cpu": cpu_info()["model"], "isa": isa_summary(),
+                  "qexport_version": __version__, "git_commit": git_commit(Path(__file__).parent)},
+    }
+
+
+def write_index(out_dir: Path, model_name: str, outcomes: list[Outcome]) -> Path:
+    """index.json lists every valid manifest in the folder plus this run's failures."""
+    entries = []
+    for manifest_file in find_manifests(out_dir):
+        try:
+            manifest = read_manifest(manifest_file)
+        except QExportError:
+            continue
+        entries.append({"family": manifest["family"], "file": manifest["artifact"]["file"],
+                         "manifest": manifest_file.name, "format": manifest["format"],
+                         "precision": manifest["precision"], "runtime": manifest["runtime"]["name"],
+                         "size_bytes": manifest["artifact"]["size_bytes"], "sha256": manifest["artifact"]["sha256"],
+                         "top1": manifest["evaluation"]["top1"], "model": manifest["model"]["name"]})
+    index = {"schema": INDEX_SCHEMA, "schema_version": SCHEMA_VERSION, "model": model_name,
+             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "artifacts": entries,
+             "failed": [{"family": o.family, "reason": o.reason} for o in outcomes if o.status == "failed"]}
+    path = out_dir / "index.json"
+    atomic_write_json(path, index)
+    return path

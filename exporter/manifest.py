@@ -1,0 +1,67 @@
+"""The sidecar manifest: schema, naming, reading and validation.
+
+Readers (bench, verify) trust only what validates here; unknown schema versions and missing
+fields are refused with one sentence rather than half-understood.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qexport.errors import QExportError
+
+SCHEMA = "qexport.manifest"
+SCHEMA_VERSION = 1
+INDEX_SCHEMA = "qexport.index"
+REQUIRED_FIELDS = ("schema", "schema_version", "artifact", "family", "format", "precision", "runtime",
+                   "input", "output", "model", "evaluation", "build")
+GOLDEN_ATOL = {"fp32": 1e-3, "bf16": 0.15, "fp16": 0.05, "int8": 0.1}
+
+
+def manifest_path(artifact: Path) -> Path:
+    return artifact.with_name(artifact.name + ".manifest.json")
+
+
+def golden_path(artifact: Path) -> Path:
+    return artifact.with_name(artifact.name + ".golden.npz")
+
+
+def validate(manifest: Any, source: str = "manifest") -> dict:
+    """Return the manifest if it is one this version understands; otherwise raise one sentence."""
+    if not isinstance(manifest, dict):
+        raise QExportError(f"{source} is not a JSON object; it is not a qexport manifest.")
+    if manifest.get("schema") != SCHEMA:
+        raise QExportError(f"{source} is not a qexport manifest (schema {manifest.get('schema')!r}).")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise QExportError(
+            f"{source} has manifest schema version {manifest.get('schema_version')!r}; this qexport reads "
+            f"version {SCHEMA_VERSION} -- rebuild the artifact or upgrade qexport.")
+    missing = [key for key in REQUIRED_FIELDS if key not in manifest]
+    if missing:
+        raise QExportError(f"{source} lacks required field(s) {', '.join(missing)}; rebuild the artifact.")
+    file_name = manifest["artifact"].get("file") if isinstance(manifest["artifact"], dict) else None
+    if not isinstance(file_name, str) or not file_name or Path(file_name).name != file_name:
+        raise QExportError(
+            f"{source} names artifact file {file_name!r}; only a plain file name beside the manifest is allowed.")
+    return manifest
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise QExportError(f"Cannot read manifest {path} ({err.strerror or err}).") from err
+    except json.JSONDecodeError as err:
+        raise QExportError(f"Manifest {path} is not valid JSON ({err.msg} at line {err.lineno}).") from err
+    return validate(manifest, str(path))
+
+
+def artifact_file(manifest_file: Path, manifest: dict) -> Path:
+    """The artifact a manifest describes: always beside it (no path traversal)."""
+    return Path(manifest_file).parent / manifest["artifact"]["file"]
+
+
+def find_manifests(directory: Path) -> list[Path]:
+    return sorted(Path(directory).glob("*.manifest.json"))

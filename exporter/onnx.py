@@ -1,0 +1,157 @@
+"""ONNX families, run by ONNX Runtime: fp32, fp16 (a GPU format) and static QDQ int8.
+
+Each family exports its own fp32 graph into a scratch folder (a few seconds) rather than
+depending on another family's output, so ``--only onnx-int8`` works alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporter.registry import BuildContext, register
+
+OPSET_NOTE = "torch.onnx.export(dynamo=True), dynamic batch"
+
+
+def export_fp32(ctx: BuildContext, path: Path) -> None:
+    """Export with a dynamic batch dimension and check the graph."""
+    import onnx
+
+    program = torch.onnx.export(ctx.fresh_model(), (ctx.example,), dynamo=True,
+                                dynamic_shapes=({0: "batch"},), input_names=["input"],
+                                output_names=["logits"], verbose=False)
+    program.save(str(path))
+    model = onnx.load(str(path))
+    add_metadata(model, ctx)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def add_metadata(model, ctx: BuildContext) -> None:
+    import json
+
+    entries = {"qexport.model": ctx.model_name, "qexport.classes": json.dumps(ctx.data.classes),
+               "qexport.mean": json.dumps(list(ctx.data.mean)), "qexport.std": json.dumps(list(ctx.data.std))}
+    del model.metadata_props[:]
+    for key, value in entries.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+
+
+@contextlib.contextmanager
+def scratch_fp32(ctx: BuildContext) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="qexport-onnx-") as tmp:
+        path = Path(tmp) / "model.fp32.onnx"
+        export_fp32(ctx, path)
+        yield path
+
+
+def onnx_opset(path: Path) -> int | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+@register("onnx-fp32", variant="fp32", format="onnx", extension=".onnx", precision="fp32",
+          runtime="onnxruntime", method=f"{OPSET_NOTE}, onnx.checker", devices=("cpu", "cuda"))
+def build_onnx_fp32(ctx: BuildContext, path: Path) -> dict:
+    export_fp32(ctx, path)
+    return {"config": {"opset": onnx_opset(path), "dynamic_axes": {"input": {"0": "batch"}}}}
+
+
+@register("onnx-fp16", variant="fp16", format="onnx", extension=".onnx", precision="fp16",
+          runtime="onnxruntime", method="fp32 export → onnxruntime float16 conversion, fp32 I/O kept",
+          devices=("cuda", "cpu"),
+          cpu_note="fp16 is a GPU format: ONNX Runtime's CPU provider inserts casts and runs slower than fp32")
+def build_onnx_fp16(ctx: BuildContext, path: Path) -> dict:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with scratch_fp32(ctx) as fp32:
+        model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    sort_nodes_topologically(model.graph)  # the converter appends its I/O casts at the end
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return {"config": {"opset": onnx_opset(path), "keep_io_types": True}}
+
+
+def sort_nodes_topologically(graph) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise ValueError("ONNX graph has a cycle or an undefined input; cannot order its nodes")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if n not in ready]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+class CalibrationReader:
+    """Feeds the seeded train-split calibration subset to ONNX Runtime's calibrator."""
+
+    def __init__(self, ctx: BuildContext, input_name: str = "input"):
+        self._batches = iter([b.numpy().astype(np.float32) for b in ctx.calibration_batches(32)])
+        self.input_name = input_name
+
+    def get_next(self) -> dict | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {self.input_name: batch}
+
+    def rewind(self) -> None:  # part of the reader protocol; one pass is all we need
+        pass
+
+
+@register("onnx-int8", variant="int8", format="onnx", extension=".onnx", precision="int8",
+          runtime="onnxruntime",
+          method="onnxruntime quant_pre_process + quantize_static (QDQ, per-channel weights, U8S8)",
+          option_keys=("calibration_samples", "calibration_method", "seed"))
+def build_onnx_int8(ctx: BuildContext, path: Path) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    from qexport.progress import say
+
+    with scratch_fp32(ctx) as fp32, tempfile.TemporaryDirectory(prefix="qexport-onnx-") as tmp:
+        pre = Path(tmp) / "model.pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
+        say(f"  calibrating onnx-int8 ({ctx.options.calibration_method}, {ctx.options.calibration_samples} train images)")
+        quantize_static(str(pre), str(path), CalibrationReader(ctx), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[ctx.options.calibration_method])
+    return {"config": {"format": "QDQ", "per_channel": True, "activations": "uint8", "weights": "int8",
+                       "calibration_method": ctx.options.calibration_method, "opset": onnx_opset(path)},
+            "int8_coverage": onnx_int8_coverage(path),
+            "calibration": {"split": "train", "samples": min(ctx.options.calibration_samples, len(ctx.data.train)),
+                            "seed": ctx.options.seed}}
+
+
+def onnx_int8_coverage(path: Path) -> dict:
+    """Weight elements stored as int8 initializers vs all weight initializers."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    quantized = total = 0
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.ndim < 2:  # scales, zero points, biases
+            continue
+        total += array.size
+        if array.dtype in (np.int8, np.uint8):
+            quantized += array.size
+    return {"quantized_weights": quantized, "total_weights": total,
+            "ratio": round(quantized / total, 6) if total else 0.0}

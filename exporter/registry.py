@@ -1,0 +1,133 @@
+"""The one place artifact families are declared.
+
+A family module decorates its build function with :func:`register`; ``exporter/__init__.py``
+imports each family module once (one line per family module). ``build --all``, the CLI's
+``--only`` choices and the tests' parametrisation all read :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qexport.data import Dataset, Split, calibration_split, normalize
+from qexport.errors import QExportError, did_you_mean
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Options that change what a family produces (and so whether an artifact is up to date)."""
+
+    calibration_samples: int = 512
+    calibration_method: str = "minmax"
+    qat_epochs: int = 1
+    qat_lr: float = 1e-3
+    seed: int = 0
+    eval_samples: int | None = None  # None: the full test split
+    golden_samples: int = 8
+
+    def __post_init__(self) -> None:
+        if self.calibration_samples < 1:
+            raise QExportError(f"--calibration-samples must be at least 1, got {self.calibration_samples}.")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise QExportError(
+                f"Unknown calibration method {self.calibration_method!r}; choose {', '.join(CALIBRATION_METHODS)}.")
+        if self.qat_epochs < 1:
+            raise QExportError(f"--qat-epochs must be at least 1, got {self.qat_epochs}.")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BuildContext:
+    """Everything a family's build function may use; families must not mutate ``model``."""
+
+    model_name: str
+    model: nn.Module
+    data: Dataset
+    options: BuildOptions
+    checkpoint_sha256: str
+    show_progress: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def example(self) -> torch.Tensor:
+        """One normalised test image: shape source for tracing/export (never used for calibration)."""
+        return normalize(self.data.test.images[:1], self.data.mean, self.data.std)
+
+    def fresh_model(self) -> nn.Module:
+        return copy.deepcopy(self.model).eval()
+
+    def calibration(self) -> Split:
+        return calibration_split(self.data, self.options.calibration_samples, self.options.seed)
+
+    def calibration_batches(self, batch_size: int = 64) -> Iterator[torch.Tensor]:
+        """Normalised float batches from the seeded **train**-split calibration subset."""
+        split = self.calibration()
+        for start in range(0, len(split), batch_size):
+            yield normalize(split.images[start:start + batch_size], self.data.mean, self.data.std)
+
+
+BuildFn = Callable[[BuildContext, Path], dict]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A kind of artifact: how to build it, how it is named, which runtime runs it."""
+
+    key: str                 # unique CLI name, e.g. "torchscript-int8-static"
+    variant: str             # the file-name part, e.g. "int8-static"
+    format: str              # torchscript | onnx | aoti
+    extension: str           # ".torchscript.pt", ".onnx", ".pt2"
+    precision: str           # fp32 | fp16 | bf16 | int8
+    runtime: str             # key into runtimes.RUNTIMES
+    method: str              # one line: what was done
+    build: BuildFn
+    option_keys: tuple[str, ...] = ()   # BuildOptions fields that change the artifact
+    devices: tuple[str, ...] = ("cpu",)
+    cpu_note: str = ""       # why CPU numbers for this family are not representative, if they are not
+
+    def filename(self, model_name: str) -> str:
+        return f"{model_name}.{self.variant}{self.extension}"
+
+    def relevant_options(self, options: BuildOptions) -> dict:
+        chosen = {k: v for k, v in options.as_dict().items() if k in self.option_keys}
+        chosen.update(eval_samples=options.eval_samples, golden_samples=options.golden_samples)
+        return chosen
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(key: str, **spec) -> Callable[[BuildFn], BuildFn]:
+    """Decorator: ``@register("onnx-int8", variant="int8", format="onnx", ...)``."""
+
+    def decorate(fn: BuildFn) -> BuildFn:
+        if key in FAMILIES:
+            raise ValueError(f"artifact family {key!r} registered twice")
+        FAMILIES[key] = Family(key=key, build=fn, **spec)
+        return fn
+
+    return decorate
+
+
+def select_families(only: list[str] | None) -> list[Family]:
+    """All families, or those named (a family key, or a prefix such as 'onnx' or 'pt2e')."""
+    if not only:
+        return list(FAMILIES.values())
+    chosen: list[Family] = []
+    for name in only:
+        matches = [f for f in FAMILIES.values() if f.key == name or f.key.startswith(name + "-")]
+        if not matches:
+            raise QExportError(f"Unknown artifact family {name!r}{did_you_mean(name, FAMILIES)}; "
+                               f"choose from {', '.join(FAMILIES)}.")
+        chosen.extend(f for f in matches if f not in chosen)
+    return chosen

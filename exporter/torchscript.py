@@ -1,0 +1,181 @@
+"""TorchScript families: the classic baseline and eager-mode int8 done properly.
+
+Static/QAT int8 use torchvision's quantizable model variants (QuantStub/DeQuantStub, a
+quantization-friendly residual add, ``fuse_model``) with the ``x86`` backend and per-channel
+weights, then trace + freeze so the deployed file holds fused int8 kernels and no fp32 copy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from exporter.registry import BuildContext, register
+from qexport.errors import QExportError
+from qexport.progress import progress_bar
+
+QUANT_ENGINE = "x86"
+
+
+def save_traced(module: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
+    """Trace, freeze and save with a small JSON description embedded in the file."""
+    with torch.inference_mode(False), torch.no_grad():
+        traced = torch.jit.trace(module.eval(), example, check_trace=False)
+        frozen = torch.jit.freeze(traced.eval())
+    torch.jit.save(frozen, str(path), _extra_files={"qexport.json": json.dumps(meta)})
+
+
+def embedded_meta(ctx: BuildContext, variant: str) -> dict:
+    return {"model": ctx.model_name, "variant": variant, "classes": ctx.data.classes,
+            "mean": list(ctx.data.mean), "std": list(ctx.data.std)}
+
+
+def weight_coverage(model: nn.Module) -> dict:
+    """How many weight elements live in quantized modules vs all weights: "quantized nothing" shows."""
+    quantized = total = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if callable(weight):  # quantized modules expose weight() returning a qtensor
+            w = weight()
+            if isinstance(w, torch.Tensor):
+                quantized += w.numel()
+                total += w.numel()
+        elif isinstance(weight, torch.Tensor) and not list(module.children()):
+            total += weight.numel()
+    return {"quantized_weights": quantized, "total_weights": total,
+            "ratio": round(quantized / total, 6) if total else 0.0}
+
+
+@register("torchscript-fp32", variant="fp32", format="torchscript", extension=".torchscript.pt",
+          precision="fp32", runtime="torchscript", method="torch.jit.trace + torch.jit.freeze",
+          devices=("cpu", "cuda"))
+def build_fp32(ctx: BuildContext, path: Path) -> dict:
+    save_traced(ctx.fresh_model(), ctx.example, path, embedded_meta(ctx, "fp32"))
+    return {"config": {"frozen": True}}
+
+
+class HalfPrecision(nn.Module):
+    """fp16 weights and compute with fp32 inputs/outputs, so callers feed the same tensors."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
+
+
+@register("torchscript-fp16", variant="fp16", format="torchscript", extension=".torchscript.pt",
+          precision="fp16", runtime="torchscript", method="model.half() (fp32 I/O kept), trace + freeze",
+          devices=("cuda", "cpu"),
+          cpu_note="fp16 is a GPU format: CPU runs it through slow fallback kernels; compare it on --device cuda")
+def build_fp16(ctx: BuildContext, path: Path) -> dict:
+    # Traced on CPU so the file loads anywhere; torch.jit.load(map_location="cuda") moves it to GPU.
+    save_traced(HalfPrecision(ctx.fresh_model()), ctx.example, path, embedded_meta(ctx, "fp16"))
+    return {"config": {"weights": "float16", "io": "float32"}}
+
+
+@register("torchscript-int8-dynamic", variant="int8-dynamic", format="torchscript",
+          extension=".torchscript.pt", precision="int8", runtime="torchscript",
+          method="torch.ao.quantization.quantize_dynamic on nn.Linear, trace + freeze")
+def build_int8_dynamic(ctx: BuildContext, path: Path) -> dict:
+    torch.backends.quantized.engine = QUANT_ENGINE
+    model = torch.ao.quantization.quantize_dynamic(ctx.fresh_model(), {nn.Linear}, dtype=torch.qint8)
+    coverage = weight_coverage(model)
+    save_traced(model, ctx.example, path, embedded_meta(ctx, "int8-dynamic"))
+    return {
+        "config": {"modules": ["Linear"], "dtype": "qint8", "quantized_engine": QUANT_ENGINE},
+        "quantized_engine": QUANT_ENGINE,
+        "int8_coverage": coverage,
+        "notes": [
+            f"Dynamic quantization only covers nn.Linear/RNN layers: here {coverage['ratio']:.2%} of the weights. "
+            "Convolutions stay fp32, so size and speed barely change; use int8-static, int8-qat or onnx int8 for CNNs."
+        ],
+    }
+
+
+def quantizable_copy(ctx: BuildContext) -> nn.Module:
+    """torchvision's quantization-ready twin of the model, carrying the trained weights."""
+    import torchvision.models.quantization as tvq
+
+    factory = getattr(tvq, ctx.model_name, None)
+    if factory is None or not callable(factory):
+        raise QExportError(
+            f"Eager-mode int8 needs a torchvision quantizable variant and {ctx.model_name} has none; "
+            "use the pt2e-int8 or onnx-int8 families for this model."
+        )
+    model = factory(weights=None, quantize=False, num_classes=ctx.data.num_classes)
+    try:
+        model.load_state_dict(ctx.model.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise QExportError(f"The trained {ctx.model_name} weights do not fit torchvision's quantizable variant ({err}).") from err
+    return model
+
+
+def calibrate(model: nn.Module, ctx: BuildContext, description: str = "calibrate") -> int:
+    seen = 0
+    with progress_bar(ctx.show_progress) as bar, torch.no_grad():
+        task = bar.add_task(description, total=ctx.options.calibration_samples, status="")
+        for batch in ctx.calibration_batches():
+            model(batch)
+            seen += batch.shape[0]
+            bar.update(task, advance=batch.shape[0])
+    return seen
+
+
+def convert_and_save(model: nn.Module, ctx: BuildContext, path: Path, variant: str) -> dict:
+    model.eval()
+    torch.ao.quantization.convert(model, inplace=True)
+    coverage = weight_coverage(model)
+    if coverage["quantized_weights"] == 0:
+        raise QExportError(f"{variant}: conversion quantized no layer; the model is not quantization-ready.")
+    save_traced(model, ctx.example, path, embedded_meta(ctx, variant))
+    return coverage
+
+
+@register("torchscript-int8-static", variant="int8-static", format="torchscript",
+          extension=".torchscript.pt", precision="int8", runtime="torchscript",
+          method="eager PTQ: fuse conv+bn+relu, x86 per-channel qconfig, calibrate, convert, trace + freeze",
+          option_keys=("calibration_samples", "seed"))
+def build_int8_static(ctx: BuildContext, path: Path) -> dict:
+    torch.backends.quantized.engine = QUANT_ENGINE
+    model = quantizable_copy(ctx).eval()
+    model.fuse_model()
+    model.qconfig = torch.ao.quantization.get_default_qconfig(QUANT_ENGINE)
+    torch.ao.quantization.prepare(model, inplace=True)
+    seen = calibrate(model, ctx)
+    coverage = convert_and_save(model, ctx, path, "int8-static")
+    return {"config": {"qconfig": f"default {QUANT_ENGINE} (per-channel symmetric weights, histogram activations)",
+                       "fused": "conv+bn(+relu)"},
+            "quantized_engine": QUANT_ENGINE, "int8_coverage": coverage,
+            "calibration": {"split": "train", "samples": seen, "seed": ctx.options.seed}}
+
+
+@register("torchscript-int8-qat", variant="int8-qat", format="torchscript",
+          extension=".torchscript.pt", precision="int8", runtime="torchscript",
+          method="eager QAT: fuse, x86 QAT qconfig, fine-tune with fake quant, convert, trace + freeze",
+          option_keys=("qat_epochs", "qat_lr", "seed"))
+def build_int8_qat(ctx: BuildContext, path: Path) -> dict:
+    from qexport.train import fine_tune
+
+    torch.backends.quantized.engine = QUANT_ENGINE
+    model = quantizable_copy(ctx).train()
+    model.fuse_model(is_qat=True)
+    model.qconfig = torch.ao.quantization.get_default_qat_qconfig(QUANT_ENGINE)
+    torch.ao.quantization.prepare_qat(model, inplace=True)
+
+    def freeze_late(epoch: int) -> None:  # standard recipe: stop observers and BN stats for the last epoch
+        if epoch + 2 == ctx.options.qat_epochs:
+            model.apply(torch.ao.quantization.disable_observer)
+            model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+
+    history = fine_tune(model, ctx.data, epochs=ctx.options.qat_epochs, lr=ctx.options.qat_lr,
+                        seed=ctx.options.seed, show_progress=ctx.show_progress, description="QAT fine-tune",
+                        on_epoch_end=freeze_late)
+    coverage = convert_and_save(model, ctx, path, "int8-qat")
+    return {"config": {"qconfig": f"default {QUANT_ENGINE} QAT", "epochs": ctx.options.qat_epochs,
+                       "lr": ctx.options.qat_lr, "fine_tune_split": "train"},
+            "quantized_engine": QUANT_ENGINE, "int8_coverage": coverage, "fine_tune": history}

@@ -1,0 +1,59 @@
+"""AOTInductor packages (``.pt2``) via ``torch._inductor.aoti_load_package``: no model code."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qexport.errors import QExportError
+from runtimes.base import Runner, load_failure_message
+
+
+class AOTInductorRunner(Runner):
+    runtime = "aoti"
+
+    def __init__(self, package, device: str):
+        self.package, self.device = package, device
+
+    @classmethod
+    def load(cls, path, *, device="cpu", threads=None, manifest=None):
+        check_compatible(manifest or {})
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            package = torch._inductor.aoti_load_package(str(path))
+        except Exception as err:  # bad zip, missing .so, ABI mismatch...
+            raise QExportError(load_failure_message(path, cls.runtime, err)) from err
+        return cls(package, device)
+
+    def prepare(self, batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+
+    def run_native(self, native: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = self.package(native)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    def to_numpy(self, output: torch.Tensor) -> np.ndarray:
+        return output.detach().float().cpu().numpy()
+
+    def describe(self) -> dict:
+        return {"runtime": self.runtime, "version": torch.__version__, "device": self.device,
+                "threads": torch.get_num_threads()}
+
+
+def check_compatible(manifest: dict) -> None:
+    """AOTInductor code is compiled C++ for one torch version and one CPU ISA: refuse clearly."""
+    built = manifest.get("runtime", {}).get("compiled_with", {})
+    torch_built = built.get("torch")
+    if torch_built and torch_built.split("+")[0] != torch.__version__.split("+")[0]:
+        raise QExportError(
+            f"This AOTInductor package was compiled with torch {torch_built} but torch {torch.__version__} is "
+            "installed; load it with that exact torch version or rebuild it here."
+        )
+    machine = built.get("machine")
+    if machine and machine != platform.machine():
+        raise QExportError(f"This AOTInductor package was compiled for {machine}, not {platform.machine()}; rebuild it here.")

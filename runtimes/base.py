@@ -1,0 +1,51 @@
+"""The interface every runtime runner implements.
+
+The harness times :meth:`Runner.run_native` on inputs already converted by
+:meth:`Runner.prepare`, so conversion between numpy and the runtime's tensor type is never
+inside a timed region; :meth:`Runner.predict` is the convenient numpy-in/numpy-out path for
+accuracy and golden checks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class Runner(ABC):
+    runtime: str = ""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, *, device: str = "cpu", threads: int | None = None,
+             manifest: dict | None = None) -> "Runner":
+        """Load an artifact from disk with no model code."""
+
+    @abstractmethod
+    def prepare(self, batch: np.ndarray) -> Any:
+        """Convert a float32 NCHW batch to the runtime's native input (outside timed regions)."""
+
+    @abstractmethod
+    def run_native(self, native: Any) -> Any:
+        """One inference call, fully completed (synchronised on GPU) when it returns."""
+
+    @abstractmethod
+    def to_numpy(self, output: Any) -> np.ndarray:
+        """Logits as float32 numpy."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """Runtime name, version, device and thread settings, for reports."""
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.to_numpy(self.run_native(self.prepare(batch)))
+
+
+def load_failure_message(path: Path, runtime: str, err: BaseException) -> str:
+    """The sentence for a file the runtime cannot open (corrupt, truncated, wrong format)."""
+    detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    return (f"{path} cannot be loaded by {runtime} ({detail}); the file is corrupt, truncated or not a "
+            f"{runtime} artifact -- rebuild it with `qexport build --force`.")

@@ -1,0 +1,49 @@
+"""TorchScript artifacts (fp32, fp16, eager-mode int8) via ``torch.jit.load``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qexport.errors import QExportError
+from runtimes.base import Runner, load_failure_message
+
+
+class TorchScriptRunner(Runner):
+    runtime = "torchscript"
+
+    def __init__(self, module: torch.jit.ScriptModule, device: str, path: Path):
+        self.module, self.device, self.path = module, device, path
+
+    @classmethod
+    def load(cls, path, *, device="cpu", threads=None, manifest=None):
+        if threads:
+            torch.set_num_threads(threads)
+        engine = (manifest or {}).get("build", {}).get("quantized_engine")
+        if engine:  # int8 kernels dispatch on this global at run time, not at save time
+            torch.backends.quantized.engine = engine
+        try:
+            module = torch.jit.load(str(path), map_location=device)
+        except Exception as err:  # torch raises RuntimeError/ValueError/... for bad files
+            raise QExportError(load_failure_message(path, cls.runtime, err)) from err
+        module.eval()
+        return cls(module, device, Path(path))
+
+    def prepare(self, batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+
+    def run_native(self, native: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = self.module(native)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out
+
+    def to_numpy(self, output: torch.Tensor) -> np.ndarray:
+        return output.detach().float().cpu().numpy()
+
+    def describe(self) -> dict:
+        return {"runtime": self.runtime, "version": torch.__version__, "device": self.device,
+                "threads": torch.get_num_threads(), "quantized_engine": torch.backends.quantized.engine}
