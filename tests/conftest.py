@@ -43,3 +43,33 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "qexport.cli", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=full_env, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_data, tmp_path_factory):
+    """A resnet18 trained briefly on synthetic data: non-degenerate logits, seconds to make."""
+    from qexport.pipeline import train_checkpoint
+    from qexport.train import TrainConfig
+
+    path = tmp_path_factory.mktemp("ckpt") / "resnet18-synthetic.pt"
+    return train_checkpoint("resnet18", tiny_data, TrainConfig(epochs=3, batch_size=32, max_lr=0.05),
+                            path, show_progress=False)
+
+
+def make_context(data, checkpoint, **options):
+    from exporter import BuildOptions
+    from qexport.pipeline import build_context
+
+    opts = BuildOptions(**{"calibration_samples": 64, **options})
+    return build_context("resnet18", data, checkpoint, opts, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def built_artifacts(tiny_data, tiny_checkpoint, tmp_path_factory):
+    """Every registered family built once from the tiny checkpoint (shared by the family tests)."""
+    from exporter import FAMILIES
+    from exporter.build import build_families
+
+    out = tmp_path_factory.mktemp("artifacts")
+    outcomes = build_families(make_context(tiny_data, tiny_checkpoint), list(FAMILIES.values()), out)
+    return out, {o.family: o for o in outcomes}

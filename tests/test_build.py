@@ -1,0 +1,156 @@
+"""Per-family contract (parametrised over the registry) and build behaviour: isolation,
+atomicity, up-to-date skipping, manifests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import runtimes
+from exporter import FAMILIES, BuildOptions, select_families
+from exporter.build import build_families
+from exporter.manifest import golden_path, manifest_path, read_manifest, validate
+from exporter.registry import Family
+from qexport.errors import QExportError
+from qexport.fsutil import sha256_file
+from tests.conftest import make_context
+
+MIN_AGREEMENT = {"fp32": 0.99, "fp16": 0.95, "bf16": 0.9, "int8": 0.8}
+
+
+@pytest.mark.parametrize("key", sorted(FAMILIES))
+def test_family_contract(key, built_artifacts, tiny_data):
+    out, outcomes = built_artifacts
+    outcome = outcomes[key]
+    assert outcome.status == "built", outcome.reason
+    family = FAMILIES[key]
+    artifact = out / family.filename("resnet18")
+    manifest = read_manifest(manifest_path(artifact))
+    # naming says model, family and precision
+    assert artifact.name.startswith("resnet18.") and family.variant in artifact.name
+    assert manifest["artifact"]["sha256"] == sha256_file(artifact)
+    assert manifest["artifact"]["size_bytes"] == artifact.stat().st_size
+    assert manifest["synthetic"] is True and manifest["evaluation"]["split"] == "test"
+    assert manifest["model"]["checkpoint_sha256"]
+    # loads in its runtime with no model code, dynamic batch, right output shape
+    runner = runtimes.load_runner(manifest["runtime"]["name"], artifact, manifest=manifest)
+    batch = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    assert runner.predict(batch).shape == (3, tiny_data.num_classes)
+    # golden I/O reproduces
+    golden = np.load(golden_path(artifact))
+    np.testing.assert_allclose(runner.predict(golden["inputs"]), golden["outputs"],
+                               atol=manifest["golden"]["atol"], rtol=1e-3)
+    assert manifest["evaluation"]["top1_agreement_with_fp32"] >= MIN_AGREEMENT[family.precision]
+
+
+@pytest.mark.parametrize("key", [k for k in FAMILIES if FAMILIES[k].precision == "int8"])
+def test_int8_coverage_is_honest(key, built_artifacts):
+    out, outcomes = built_artifacts
+    coverage = outcomes[key].manifest["int8_coverage"]
+    if "dynamic" in key:
+        assert coverage["ratio"] < 0.01  # a CNN's convolutions are untouched: say so
+        assert "Convolutions stay fp32" in " ".join(outcomes[key].manifest["notes"])
+    else:
+        assert coverage["ratio"] > 0.9
+
+
+@pytest.mark.parametrize("key", [k for k in FAMILIES if FAMILIES[k].precision == "int8" and "dynamic" not in k])
+def test_int8_artifacts_are_small(key, built_artifacts):
+    out, outcomes = built_artifacts
+    fp32 = outcomes["torchscript-fp32"].manifest["artifact"]["size_bytes"]
+    assert outcomes[key].manifest["artifact"]["size_bytes"] * 3.5 < fp32
+
+
+def test_index_lists_every_artifact(built_artifacts):
+    out, outcomes = built_artifacts
+    index = json.loads((out / "index.json").read_text())
+    assert {e["family"] for e in index["artifacts"]} == {k for k, o in outcomes.items() if o.status != "failed"}
+
+
+def test_calibration_is_from_train_split(built_artifacts):
+    _, outcomes = built_artifacts
+    for key in ("torchscript-int8-static", "onnx-int8"):
+        calibration = outcomes[key].manifest["calibration"]
+        assert calibration["split"] == "train" and calibration["samples"] == 64
+
+
+def _failing_family(exc: BaseException) -> Family:
+    def explode(ctx, path):
+        path.write_bytes(b"half an artifact")
+        raise exc
+
+    return Family(key="broken", variant="broken", format="torchscript", extension=".bin", precision="fp32",
+                  runtime="torchscript", method="raises", build=explode)
+
+
+def test_one_family_failing_does_not_stop_others(tiny_data, tiny_checkpoint, tmp_path):
+    ctx = make_context(tiny_data, tiny_checkpoint)
+    outcomes = build_families(ctx, [_failing_family(RuntimeError("boom\nmore")), FAMILIES["torchscript-fp32"]], tmp_path)
+    assert [o.status for o in outcomes] == ["failed", "built"]
+    assert outcomes[0].reason == "RuntimeError: boom"
+    assert not (tmp_path / "resnet18.broken.bin").exists()
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["failed"] == [{"family": "broken", "reason": "RuntimeError: boom"}]
+
+
+def test_interrupted_build_leaves_no_partial_file(tiny_data, tiny_checkpoint, tmp_path):
+    ctx = make_context(tiny_data, tiny_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        build_families(ctx, [_failing_family(KeyboardInterrupt())], tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".probe")] == []
+
+
+def test_up_to_date_skip_and_rebuild(tiny_data, tiny_checkpoint, tmp_path):
+    family = [FAMILIES["torchscript-int8-static"]]
+    first = build_families(make_context(tiny_data, tiny_checkpoint), family, tmp_path)[0]
+    again = build_families(make_context(tiny_data, tiny_checkpoint), family, tmp_path)[0]
+    assert (first.status, again.status) == ("built", "up-to-date")
+    changed = build_families(make_context(tiny_data, tiny_checkpoint, calibration_samples=32), family, tmp_path)[0]
+    assert changed.status == "built"
+    artifact = tmp_path / FAMILIES["torchscript-int8-static"].filename("resnet18")
+    artifact.write_bytes(artifact.read_bytes() + b"tampered")
+    tampered = build_families(make_context(tiny_data, tiny_checkpoint, calibration_samples=32), family, tmp_path)[0]
+    assert tampered.status == "built"
+    forced = build_families(make_context(tiny_data, tiny_checkpoint, calibration_samples=32), family, tmp_path, force=True)[0]
+    assert forced.status == "built"
+
+
+def test_select_families_by_prefix_and_unknown():
+    assert {f.key for f in select_families(["onnx"])} == {k for k in FAMILIES if k.startswith("onnx-")}
+    with pytest.raises(QExportError, match="did you mean 'onnx-int8'"):
+        select_families(["onnx-int9"])
+
+
+def test_build_options_validate():
+    with pytest.raises(QExportError, match="calibration method"):
+        BuildOptions(calibration_method="kl")
+    with pytest.raises(QExportError, match="--calibration-samples"):
+        BuildOptions(calibration_samples=0)
+
+
+def test_manifest_validation_refuses_bad_input(built_artifacts):
+    out, _ = built_artifacts
+    good = json.loads(next(out.glob("*.manifest.json")).read_text())
+    validate(good)
+    with pytest.raises(QExportError, match="schema version 99"):
+        validate({**good, "schema_version": 99})
+    with pytest.raises(QExportError, match="lacks required field.*evaluation"):
+        validate({k: v for k, v in good.items() if k != "evaluation"})
+    for evil in ("../../etc/passwd", "/etc/passwd", "sub/file.pt", ""):
+        with pytest.raises(QExportError, match="plain file name"):
+            validate({**good, "artifact": {**good["artifact"], "file": evil}})
+    with pytest.raises(QExportError, match="not a qexport manifest"):
+        validate({"schema": "other"})
+
+
+def test_corrupt_artifacts_fail_to_load_in_one_sentence(built_artifacts, tmp_path):
+    out, _ = built_artifacts
+    for key in ("torchscript-fp32", "onnx-fp32"):
+        family = FAMILIES[key]
+        source = out / family.filename("resnet18")
+        broken = tmp_path / source.name
+        broken.write_bytes(source.read_bytes()[: source.stat().st_size // 3])
+        with pytest.raises(QExportError, match="corrupt, truncated"):
+            runtimes.load_runner(family.runtime, broken)
