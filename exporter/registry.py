@@ -125,7 +125,8 @@ def select_families(only: list[str] | None) -> list[Family]:
         return list(FAMILIES.values())
     chosen: list[Family] = []
     for name in only:
-        matches = [f for f in FAMILIES.values() if f.key == name or f.key.startswith(name + "-")]
+        exact = [f for f in FAMILIES.values() if f.key == name]
+        matches = exact or [f for f in FAMILIES.values() if f.key.startswith(name + "-")]
         if not matches:
             raise QExportError(f"Unknown artifact family {name!r}{did_you_mean(name, FAMILIES)}; "
                                f"choose from {', '.join(FAMILIES)}.")

@@ -1,0 +1,87 @@
+"""pt2e specifics: the shared-module fix on several architectures, structural int8 checks,
+and that QAT fine-tuning really trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from exporter.pt2e import count_quantized, export_dynamic, require_quantized, unshare_modules, x86_quantizer
+from qexport.errors import QExportError
+
+
+def _prepared(model: torch.nn.Module, size: int):
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    example = torch.randn(1, 3, size, size)
+    graph = export_dynamic(unshare_modules(model.eval()), example).module()
+    prepared = prepare_pt2e(graph, x86_quantizer())
+    prepared(torch.randn(2, 3, size, size))
+    return prepared
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 32), ("resnet50", 32), ("mobilenet_v3_small", 32)])
+def test_shared_module_fix_lets_x86_quantizer_quantize(name, size):
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    converted = convert_pt2e(_prepared(model, size))
+    coverage = count_quantized(converted)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert coverage["quantized_layers"] >= convs * 0.9, coverage  # "quantized nothing" cannot pass
+    out = converted(torch.randn(3, 3, size, size))
+    assert out.shape == (3, 10)
+
+
+def test_without_the_fix_torchvision_resnet_fails():
+    """Guards the reason the fix exists: if torch/torchao ever fix it upstream, this tells us."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    graph = export_dynamic(model, torch.randn(1, 3, 32, 32)).module()
+    with pytest.raises(ValueError, match="more than one output node"):
+        prepare_pt2e(graph, x86_quantizer())
+
+
+def test_unshare_keeps_numerics():
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    unshared = unshare_modules(model)
+    relu_targets = [n.target for n in unshared.graph.nodes if n.op == "call_module" and "relu" in str(n.target)]
+    assert len(relu_targets) == len(set(relu_targets))
+    torch.testing.assert_close(unshared(x), model(x))
+
+
+def test_fp32_graph_counts_as_unquantized():
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    graph = export_dynamic(model, torch.randn(1, 3, 32, 32)).module()
+    assert count_quantized(graph)["quantized_layers"] == 0
+    with pytest.raises(QExportError, match="nothing was quantized"):
+        require_quantized(graph, "pt2e-int8")
+
+
+def test_qat_fine_tune_changes_weights(tiny_data):
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    from qexport.train import fine_tune
+
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    graph = export_dynamic(unshare_modules(model), torch.randn(1, 3, 32, 32)).module()
+    prepared = prepare_qat_pt2e(graph, x86_quantizer(is_qat=True))
+    allow_exported_model_train_eval(prepared)
+    before = {k: v.clone() for k, v in prepared.state_dict().items() if v.is_floating_point()}
+    small = tiny_data.limited(train=64, test=16)
+    fine_tune(prepared, small, epochs=1, lr=0.01, batch_size=32, show_progress=False)
+    changed = [k for k, v in prepared.state_dict().items() if k in before and not torch.equal(v, before[k])]
+    assert any("weight" in k for k in changed)
+
+
+def test_aoti_package_from_another_torch_is_refused_clearly():
+    from runtimes.aoti import check_compatible
+
+    with pytest.raises(QExportError, match="compiled with torch 2.8.0"):
+        check_compatible({"runtime": {"compiled_with": {"torch": "2.8.0"}}})
+    with pytest.raises(QExportError, match="compiled for aarch64"):
+        check_compatible({"runtime": {"compiled_with": {"torch": torch.__version__, "machine": "aarch64"}}})
