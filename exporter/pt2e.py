@@ -116,8 +116,10 @@ def package(model: nn.Module, ctx: BuildContext, path: Path, variant: str) -> fl
     """
     say(f"  compiling {variant} with AOTInductor (tens of seconds)…")
     started = time.perf_counter()
-    program = export_dynamic(model, ctx.example)
-    with tempfile.TemporaryDirectory(prefix="qexport-aoti-") as scratch:
+    # Inductor applies freezing (constant folding, int8 weight pre-packing) only without autograd.
+    with torch.no_grad():
+        program = export_dynamic(model, ctx.example)
+    with tempfile.TemporaryDirectory(prefix="qexport-aoti-") as scratch, torch.no_grad():
         staged = Path(scratch) / f"{ctx.model_name}.{variant}.pt2"
         with torch._inductor.config.patch(INDUCTOR_CONFIG):
             torch._inductor.aoti_compile_and_package(program, package_path=str(staged))

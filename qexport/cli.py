@@ -134,6 +134,88 @@ def build(
         raise typer.Exit(1)
 
 
+def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise QExportError(f"{flag} takes comma-separated integers, e.g. 1,32,128; got {text!r}.") from None
+
+
+@app.command()
+def bench(
+    directory: Path = typer.Argument(Path("artifacts"), help="Folder written by `qexport build`."),
+    threads: int = typer.Option(1, "--threads", help="Threads per worker (intra-op, inter-op, OMP/MKL)."),
+    cores: Optional[str] = typer.Option(None, "--cores", help="Comma-separated CPU cores to pin workers to (default: the last N usable)."),
+    batch_sizes: str = typer.Option("1,32,128", "--batch-sizes", help="Comma-separated batch sizes."),
+    warmup: int = typer.Option(10, "--warmup", help="Fixed warm-up calls before the until-stable windows."),
+    min_count: int = typer.Option(30, "--min-count", help="Minimum timed calls per batch size."),
+    min_seconds: float = typer.Option(2.0, "--min-seconds", help="Minimum timed seconds per batch size."),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Accuracy on a seeded subset of the test split (default: all)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    timeout: float = typer.Option(900.0, "--timeout", help="Seconds before a worker is killed and reported as failed."),
+    allow_modified: bool = typer.Option(False, "--allow-modified", help="Measure artifacts whose sha256 differs from their manifest."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated families or prefixes to measure."),
+    data: str = DataOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    no_accuracy: bool = typer.Option(False, "--no-accuracy", help="Skip accuracy (timing, size and memory only)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where bench.json, bench.md and plots go (default: DIRECTORY)."),
+    seed: int = SeedOpt,
+) -> None:
+    """Measure every artifact in DIRECTORY in its own pinned worker: latency, throughput, size, memory, accuracy."""
+    from qexport import benchreport
+    from qexport.progress import say
+    from runtimes.harness import BenchOptions, bench_directory, discover
+
+    options = BenchOptions(threads=threads, cores=_int_list(cores, "--cores"),
+                           batch_sizes=_int_list(batch_sizes, "--batch-sizes") or (), warmup=warmup,
+                           min_count=min_count, min_seconds=min_seconds, eval_samples=eval_samples, device=device,
+                           timeout=timeout, allow_modified=allow_modified,
+                           only=tuple(o.strip() for o in only.split(",")) if only else None)
+    manifests = discover(directory)
+    dataset = None
+    if not no_accuracy:
+        source = data if data != "cifar10" else manifests[0][1]["data"].get("name", "cifar10")
+        if source not in ("cifar10", "synthetic", "imagefolder"):
+            source = "imagefolder"
+        from qexport.data import load_dataset
+
+        if source == "synthetic":
+            d = manifests[0][1]["data"]
+            dataset = load_dataset("synthetic", None, image_size=d["image_size"][0],
+                                   synthetic_samples=(d["train_samples"], d["test_samples"]))
+        else:
+            dataset = load_dataset(source, data_dir)
+
+    def report_progress(number: int, total: int, row) -> None:
+        say(f"[{number + 1}/{total}] {row.file}" + (f" — {row.status}: {row.reason}" if row.status != "ok" else ""))
+
+    doc = bench_directory(directory, options, dataset, seed=seed, progress=report_progress)
+    written = benchreport.write_outputs(doc, out or directory)
+    benchreport.print_bench(doc)
+    say("wrote " + ", ".join(str(p) for p in written))
+    if any(r["status"] == "failed" for r in doc["rows"]):
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(files: list[Path] = typer.Argument(..., help="bench.json files from different machines or settings.")) -> None:
+    """Merge bench.json files from several runs into one table."""
+    from rich.table import Table
+
+    from qexport import benchreport
+    from qexport.report import console
+
+    header, body = benchreport.compare(files)
+    table = Table(title="qexport compare")
+    for column in header:
+        table.add_column(column)
+    for cells in body:
+        table.add_row(*cells)
+    console.print(table)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into one line + exit 2."""
     quiet_library_warnings()

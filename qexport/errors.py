@@ -17,6 +17,10 @@ class QExportError(Exception):
     exit_code = 2
 
 
+class RuntimeMissing(QExportError):
+    """The runtime an artifact needs is not installed here: a skip, not a failure."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean X?)' for the closest choice, or '' when nothing is close.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from qexport.errors import QExportError, did_you_mean
+from qexport.errors import QExportError, RuntimeMissing, did_you_mean
 from runtimes.base import Runner
 
 # runtime name -> (module, class, pip requirement that provides it)
@@ -22,12 +22,12 @@ RUNTIMES: dict[str, tuple[str, str, str]] = {
 
 def runner_class(runtime: str) -> type[Runner]:
     if runtime not in RUNTIMES:
-        raise QExportError(f"Unknown runtime {runtime!r}{did_you_mean(runtime, RUNTIMES)}; known: {', '.join(RUNTIMES)}.")
+        raise RuntimeMissing(f"Unknown runtime {runtime!r}{did_you_mean(runtime, RUNTIMES)}; known: {', '.join(RUNTIMES)}.")
     module_name, class_name, requirement = RUNTIMES[runtime]
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise QExportError(f"Runtime {runtime!r} is not installed ({err.name or err}); install {requirement!r}.") from err
+        raise RuntimeMissing(f"Runtime {runtime!r} is not installed ({err.name or err}); install {requirement!r}.") from err
     return getattr(module, class_name)
 
 

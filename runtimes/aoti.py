@@ -10,6 +10,7 @@ import torch
 
 from qexport.errors import QExportError
 from runtimes.base import Runner, load_failure_message
+from runtimes.torchscript import set_torch_threads
 
 
 class AOTInductorRunner(Runner):
@@ -21,8 +22,7 @@ class AOTInductorRunner(Runner):
     @classmethod
     def load(cls, path, *, device="cpu", threads=None, manifest=None):
         check_compatible(manifest or {})
-        if threads:
-            torch.set_num_threads(threads)
+        set_torch_threads(threads)
         try:
             package = torch._inductor.aoti_load_package(str(path))
         except Exception as err:  # bad zip, missing .so, ABI mismatch...

@@ -11,6 +11,17 @@ from qexport.errors import QExportError
 from runtimes.base import Runner, load_failure_message
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """Intra- and inter-op pools; the inter-op size can only be set before any parallel work."""
+    if not threads:
+        return
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # already fixed by earlier work in this process (not in a fresh worker)
+        pass
+
+
 class TorchScriptRunner(Runner):
     runtime = "torchscript"
 
@@ -19,8 +30,7 @@ class TorchScriptRunner(Runner):
 
     @classmethod
     def load(cls, path, *, device="cpu", threads=None, manifest=None):
-        if threads:
-            torch.set_num_threads(threads)
+        set_torch_threads(threads)
         engine = (manifest or {}).get("build", {}).get("quantized_engine")
         if engine:  # int8 kernels dispatch on this global at run time, not at save time
             torch.backends.quantized.engine = engine

@@ -1,0 +1,134 @@
+"""The bench worker: one artifact, one process, pinned before any runtime is imported.
+
+Run as ``python -m runtimes.worker SPEC.json RESULT.json``. The harness sets the thread
+environment variables (OMP/MKL/...) in our environment; here we pin the CPU affinity first,
+then import the runtime, so thread pools are sized for the cores we really have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def pin(cores: list[int] | None) -> list[int]:
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(cores))
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def os_threads() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return -1
+
+
+def time_calls(call, native, min_count: int, min_seconds: float, max_count: int = 100000) -> list[float]:
+    """Per-call latencies (ms) with perf_counter_ns: at least min_count calls and min_seconds."""
+    latencies: list[float] = []
+    clock = time.perf_counter_ns
+    deadline = clock() + int(min_seconds * 1e9)
+    while len(latencies) < max_count and (len(latencies) < min_count or clock() < deadline):
+        start = clock()
+        call(native)
+        latencies.append((clock() - start) / 1e6)
+    return latencies
+
+
+def warm_up(call, native, fixed: int, window: int = 10, max_calls: int = 300) -> dict:
+    """A fixed number of calls, then windows until the median stops moving (or max_calls)."""
+    from runtimes.stats import is_stable
+
+    for _ in range(fixed):
+        call(native)
+    previous = time_calls(call, native, window, 0)
+    calls = fixed + window
+    while calls < max_calls:
+        current = time_calls(call, native, window, 0)
+        calls += window
+        if is_stable(current, previous):
+            return {"fixed": fixed, "total_calls": calls, "stable": True}
+        previous = current
+    return {"fixed": fixed, "total_calls": calls, "stable": False}
+
+
+def run(spec: dict) -> dict:
+    cores = pin(spec.get("cores"))
+    import numpy as np
+
+    import runtimes
+
+    result: dict = {"pinned_cores": cores}
+    rss_before = rss_mb()
+    started = time.perf_counter()
+    runner = runtimes.load_runner(spec["runtime"], Path(spec["artifact"]), device=spec.get("device", "cpu"),
+                                  threads=spec.get("threads"), manifest=spec.get("manifest"))
+    result["load_ms"] = (time.perf_counter() - started) * 1e3
+    result["rss_after_load_mb"] = rss_mb()
+    result["rss_growth_from_load_mb"] = result["rss_after_load_mb"] - rss_before
+    shape = spec["input_shape"]
+    rng = np.random.default_rng(0)
+    batches = {}
+    for batch_size in spec["batch_sizes"]:
+        data = rng.standard_normal((batch_size, *shape)).astype(np.float32)
+        native = runner.prepare(data)
+        if not batches:  # the very first inference: what a cold start costs
+            started = time.perf_counter()
+            runner.run_native(native)
+            result["first_inference_ms"] = (time.perf_counter() - started) * 1e3
+        warm = warm_up(runner.run_native, native, spec["warmup"])
+        latencies = time_calls(runner.run_native, native, spec["min_count"], spec["min_seconds"])
+        from runtimes.stats import summarize
+
+        batches[str(batch_size)] = {**summarize(latencies, batch_size), "warmup": warm}
+    result["batches"] = batches
+    if spec.get("eval_inputs"):
+        result.update(evaluate(runner, spec, np))
+    result["runtime"] = runner.describe()
+    result["os_threads"] = os_threads()
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["env_threads"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return result
+
+
+def evaluate(runner, spec: dict, np) -> dict:
+    inputs = np.load(spec["eval_inputs"], mmap_mode="r")
+    labels = np.load(spec["eval_labels"])
+    outputs = [runner.predict(np.asarray(inputs[i:i + 250])) for i in range(0, len(inputs), 250)]
+    logits = np.concatenate(outputs)
+    np.save(spec["logits_out"], logits)
+    return {"eval": {"samples": int(len(labels)), "top1": float((logits.argmax(1) == labels).mean())}}
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = Path(argv[0]), Path(argv[1])
+    spec = json.loads(spec_path.read_text())
+    try:
+        result = {"status": "ok", **run(spec)}
+    except Exception as err:  # reported to the harness as this row's reason, never a crash of the run
+        from qexport.errors import QExportError, RuntimeMissing
+
+        reason = str(err) if isinstance(err, QExportError) else f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        result = {"status": "skipped" if isinstance(err, RuntimeMissing) else "failed", "reason": reason}
+    result_path.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,167 @@
+"""Bench harness: statistics, worker isolation (pinning, threads, crash, hang, missing runtime),
+tamper refusal, outputs and compare. Timings are never asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qexport import benchreport
+from qexport.errors import QExportError
+from runtimes.harness import BenchOptions, bench_directory, run_worker, usable_cores
+from runtimes.stats import is_stable, percentile, summarize
+
+FAST = dict(batch_sizes=(1, 2), min_seconds=0.05, min_count=5, warmup=2)
+
+
+def test_percentile_matches_numpy_on_known_sequences():
+    values = [1.0, 2.0, 3.0, 4.0, 10.0]
+    for q in (0, 25, 50, 90, 99, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert percentile([5.0], 99) == 5.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0.001, max_value=1e4, allow_nan=False), min_size=1, max_size=200),
+       st.floats(min_value=0, max_value=100))
+def test_percentile_properties(values, q):
+    ordered = sorted(values)
+    p = percentile(ordered, q)
+    assert ordered[0] - 1e-9 <= p <= ordered[-1] + 1e-9
+    assert p == pytest.approx(float(np.percentile(ordered, q)), rel=1e-9, abs=1e-9)
+    assert percentile(ordered, min(q + 1, 100)) >= p - 1e-9
+
+
+def test_summarize_and_stability():
+    s = summarize([2.0, 2.0, 4.0, 4.0], batch_size=8)
+    assert (s["min_ms"], s["p50_ms"], s["mean_ms"], s["count"]) == (2.0, 3.0, 3.0, 4)
+    assert s["std_ms"] == pytest.approx(np.std([2, 2, 4, 4], ddof=1))
+    assert s["throughput_ips"] == pytest.approx(8 * 1000 / 3.0)
+    assert is_stable([1.0, 1.01], [1.0, 1.0]) and not is_stable([2.0], [1.0])
+
+
+@pytest.fixture(scope="module")
+def small_dir(built_artifacts, tmp_path_factory):
+    """A folder with only the two fast fp32 artifacts (and no index: manifests are discovered)."""
+    out, _ = built_artifacts
+    target = tmp_path_factory.mktemp("bench")
+    for name in ("resnet18.fp32.torchscript.pt", "resnet18.fp32.onnx"):
+        for suffix in ("", ".manifest.json", ".golden.npz"):
+            shutil.copy(out / (name + suffix), target / (name + suffix))
+    return target
+
+
+def test_bench_pins_one_core_and_one_thread(small_dir, tiny_data):
+    doc = bench_directory(small_dir, BenchOptions(**FAST), tiny_data)
+    rows = {r["family"]: r for r in doc["rows"]}
+    assert set(rows) == {"torchscript-fp32", "onnx-fp32"}
+    for row in rows.values():
+        assert row["status"] == "ok", row["reason"]
+        result = row["result"]
+        assert result["pinned_cores"] == [usable_cores()[-1]]
+        assert result["runtime"]["threads"] == 1
+        assert result["env_threads"]["OMP_NUM_THREADS"] == "1"
+        assert set(result["batches"]) == {"1", "2"}
+        assert result["batches"]["1"]["count"] >= 5 and result["batches"]["1"]["warmup"]["fixed"] == 2
+        assert result["peak_rss_mb"] > 0 and result["load_ms"] > 0 and result["first_inference_ms"] > 0
+        assert result["eval"]["samples"] == len(tiny_data.test)
+        assert result["eval"]["agreement_with_fp32"] > 0.99
+    assert rows["torchscript-fp32"]["speedup_vs_fp32"]["1"] == pytest.approx(1.0)
+    assert doc["schema"] == "qexport.bench" and doc["options"]["pinned_cores"] == [usable_cores()[-1]]
+    assert doc["environment"]["libraries"]["torch"]
+
+    written = benchreport.write_outputs(doc, small_dir / "report")
+    names = {p.name for p in written}
+    assert {"bench.json", "bench.md", "latency_vs_size.png", "latency_vs_accuracy.png", "speedup.png"} <= names
+    for png in (p for p in written if p.suffix == ".png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "pinned cores" in (small_dir / "report" / "bench.md").read_text()
+
+    other = small_dir / "report2"
+    other.mkdir()
+    shutil.copy(small_dir / "report" / "bench.json", other / "bench.json")
+    header, body = benchreport.compare([small_dir / "report" / "bench.json", other / "bench.json"])
+    assert len(body) == 4 and "p50 ms @1" in header
+
+
+def test_tampered_artifact_is_refused_unless_allowed(small_dir, tmp_path):
+    for path in small_dir.glob("resnet18.fp32.onnx*"):
+        shutil.copy(path, tmp_path / path.name)
+    artifact = tmp_path / "resnet18.fp32.onnx"
+    artifact.write_bytes(artifact.read_bytes()[:-1] + b"\x00")
+    doc = bench_directory(tmp_path, BenchOptions(**FAST))
+    assert doc["rows"][0]["status"] == "refused" and "--allow-modified" in doc["rows"][0]["reason"]
+    allowed = bench_directory(tmp_path, BenchOptions(**FAST, allow_modified=True))
+    assert any("MODIFIED" in n for n in allowed["rows"][0]["notes"])
+
+
+def test_corrupt_artifact_fails_its_row_only(small_dir, tmp_path):
+    for path in small_dir.iterdir():
+        if path.is_file():
+            shutil.copy(path, tmp_path / path.name)
+    broken = tmp_path / "resnet18.fp32.onnx"
+    broken.write_bytes(b"garbage")
+    doc = bench_directory(tmp_path, BenchOptions(**FAST, allow_modified=True))
+    rows = {r["family"]: r for r in doc["rows"]}
+    assert rows["onnx-fp32"]["status"] == "failed" and "corrupt, truncated" in rows["onnx-fp32"]["reason"]
+    assert rows["torchscript-fp32"]["status"] == "ok"
+
+
+def test_missing_runtime_is_a_skip(small_dir, tmp_path):
+    for path in small_dir.glob("resnet18.fp32.onnx*"):
+        shutil.copy(path, tmp_path / path.name)
+    manifest_file = tmp_path / "resnet18.fp32.onnx.manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["runtime"]["name"] = "tensorrt"
+    manifest_file.write_text(json.dumps(manifest))
+    row = bench_directory(tmp_path, BenchOptions(**FAST))["rows"][0]
+    assert row["status"] == "skipped" and "tensorrt" in row["reason"]
+
+
+def _fake_python(tmp_path, body: str):
+    script = tmp_path / "fake-python"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+def test_hanging_worker_is_killed_and_reported(tmp_path):
+    result = run_worker({}, BenchOptions(**FAST, timeout=1), python=_fake_python(tmp_path, "sleep 60"))
+    assert result["status"] == "failed" and "timed out after 1 s" in result["reason"]
+
+
+def test_crashing_worker_is_reported(tmp_path):
+    result = run_worker({}, BenchOptions(**FAST), python=_fake_python(tmp_path, "echo dying >&2; kill -SEGV $$"))
+    assert result["status"] == "failed" and "SIGSEGV" in result["reason"]
+
+
+def test_cuda_without_gpu_is_a_clear_skip(small_dir):
+    if os.path.exists("/dev/nvidia0"):
+        pytest.skip("this machine has a GPU")
+    doc = bench_directory(small_dir, BenchOptions(**FAST, device="cuda"))
+    assert {r["status"] for r in doc["rows"]} == {"skipped"}
+    assert any("no CUDA GPU" in r["reason"] for r in doc["rows"])
+
+
+def test_bench_options_validate():
+    with pytest.raises(QExportError, match="--threads"):
+        BenchOptions(threads=0)
+    with pytest.raises(QExportError, match="--cores"):
+        BenchOptions(cores=(999,))
+    with pytest.raises(QExportError, match="--device"):
+        BenchOptions(device="tpu")
+
+
+def test_compare_refuses_other_json(tmp_path):
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(QExportError, match="not a qexport bench.json"):
+        benchreport.compare([tmp_path / "x.json"])
