@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import runtimes
-from exporter.manifest import (GOLDEN_ATOL, INDEX_SCHEMA, SCHEMA, SCHEMA_VERSION, find_manifests,
+from qexport.manifest import (GOLDEN_ATOL, INDEX_SCHEMA, SCHEMA, SCHEMA_VERSION, find_manifests,
                                golden_path, manifest_path, read_manifest)
 from exporter.registry import BuildContext, Family
 from qexport import __version__
@@ -132,6 +132,9 @@ def measure(family: Family, path: Path, ctx: BuildContext, reference: Reference,
     if logits.shape != reference.logits.shape:
         raise QExportError(f"{family.key} produced logits of shape {tuple(logits.shape)}, expected "
                            f"{tuple(reference.logits.shape)}; the export is broken.")
+    if not torch.isfinite(logits).all():
+        raise QExportError(f"{family.key} produced non-finite logits (inf/NaN) on the test split; "
+                           f"the model's activations overflow {family.precision} -- this artifact is unusable.")
     labels = reference.split.labels
     golden_inputs = normalize(ctx.data.test.images[:ctx.options.golden_samples], ctx.data.mean, ctx.data.std).numpy()
     return {

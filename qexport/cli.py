@@ -166,7 +166,8 @@ def bench(
     """Measure every artifact in DIRECTORY in its own pinned worker: latency, throughput, size, memory, accuracy."""
     from qexport import benchreport
     from qexport.progress import say
-    from runtimes.harness import BenchOptions, bench_directory, discover
+    from qexport.manifest import discover
+    from runtimes.harness import BenchOptions, bench_directory
 
     options = BenchOptions(threads=threads, cores=_int_list(cores, "--cores"),
                            batch_sizes=_int_list(batch_sizes, "--batch-sizes") or (), warmup=warmup,
@@ -196,6 +197,25 @@ def bench(
     benchreport.print_bench(doc)
     say("wrote " + ", ".join(str(p) for p in written))
     if any(r["status"] == "failed" for r in doc["rows"]):
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(path: Path = typer.Argument(Path("artifacts"), help="An artifacts folder, an artifact file or its manifest.")) -> None:
+    """Check each artifact's sha256, runtime version and golden outputs in its own runtime."""
+    from rich.table import Table
+
+    from qexport.report import console
+    from qexport.verify import verify_path
+
+    checks = verify_path(path)
+    table = Table(title=f"qexport verify {path}")
+    for column in ("artifact", "runtime", "result", "detail"):
+        table.add_column(column)
+    for c in checks:
+        table.add_row(c.file, c.runtime, "[green]pass[/green]" if c.passed else "[red]FAIL[/red]", c.detail)
+    console.print(table)
+    if not all(c.passed for c in checks):
         raise typer.Exit(1)
 
 

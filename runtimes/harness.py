@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.manifest import artifact_file, find_manifests, read_manifest
+from qexport.manifest import artifact_file, discover
 from qexport.envinfo import environment, git_commit
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file
@@ -84,25 +84,6 @@ class Row:
     notes: list[str] = field(default_factory=list)
     build_top1: float | None = None
     result: dict = field(default_factory=dict)
-
-
-def discover(directory: Path) -> list[tuple[Path, dict]]:
-    """(manifest path, manifest) for the folder: from index.json when present, else every manifest."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise QExportError(f"{directory} is not a folder; pass the folder `qexport build` wrote (default artifacts/).")
-    index = directory / "index.json"
-    if index.is_file():
-        try:
-            names = [entry["manifest"] for entry in json.loads(index.read_text())["artifacts"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise QExportError(f"{index} is not a qexport index ({err}); delete it or rebuild.") from err
-        paths = [directory / Path(name).name for name in names]
-    else:
-        paths = find_manifests(directory)
-    if not paths:
-        raise QExportError(f"No artifacts in {directory}; run `qexport build --all --out {directory}` first.")
-    return [(path, read_manifest(path)) for path in paths]
 
 
 def check_row(manifest_file: Path, manifest: dict, options: BenchOptions) -> Row:

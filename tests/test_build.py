@@ -11,7 +11,7 @@ import pytest
 import runtimes
 from exporter import FAMILIES, BuildOptions, select_families
 from exporter.build import build_families
-from exporter.manifest import golden_path, manifest_path, read_manifest, validate
+from qexport.manifest import golden_path, manifest_path, read_manifest, validate
 from exporter.registry import Family
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file

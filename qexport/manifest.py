@@ -1,4 +1,5 @@
-"""The sidecar manifest: schema, naming, reading and validation.
+"""The sidecar manifest: schema, naming, reading and validation (torch-free: `verify` of an
+ONNX artifact must work where only onnxruntime is installed).
 
 Readers (bench, verify) trust only what validates here; unknown schema versions and missing
 fields are refused with one sentence rather than half-understood.
@@ -65,3 +66,22 @@ def artifact_file(manifest_file: Path, manifest: dict) -> Path:
 
 def find_manifests(directory: Path) -> list[Path]:
     return sorted(Path(directory).glob("*.manifest.json"))
+
+
+def discover(directory: Path) -> list[tuple[Path, dict]]:
+    """(manifest path, manifest) for the folder: from index.json when present, else every manifest."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise QExportError(f"{directory} is not a folder; pass the folder `qexport build` wrote (default artifacts/).")
+    index = directory / "index.json"
+    if index.is_file():
+        try:
+            names = [entry["manifest"] for entry in json.loads(index.read_text())["artifacts"]]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise QExportError(f"{index} is not a qexport index ({err}); delete it or rebuild.") from err
+        paths = [directory / Path(name).name for name in names]
+    else:
+        paths = find_manifests(directory)
+    if not paths:
+        raise QExportError(f"No artifacts in {directory}; run `qexport build --all --out {directory}` first.")
+    return [(path, read_manifest(path)) for path in paths]

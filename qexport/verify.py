@@ -1,0 +1,98 @@
+"""`qexport verify`: is this artifact the one its manifest describes, and does it behave so here?
+
+Checks, per artifact: sha256, the installed runtime's version against the manifest's range,
+loading in that runtime, and the golden inputs' outputs within the per-precision tolerance.
+Imports only what the artifact's runtime needs: an ONNX-only check never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qexport.errors import QExportError
+from qexport.fsutil import sha256_file
+from qexport.manifest import artifact_file, discover, golden_path, manifest_path, read_manifest
+
+RTOL = 1e-3
+
+
+@dataclass
+class Check:
+    file: str
+    family: str
+    runtime: str
+    passed: bool
+    detail: str
+    max_abs_diff: float | None = None
+
+
+def targets(path: Path) -> list[tuple[Path, dict]]:
+    """A folder, an artifact file or a manifest file → (manifest path, manifest) pairs."""
+    path = Path(path)
+    if path.is_dir():
+        return discover(path)
+    manifest_file = path if path.name.endswith(".manifest.json") else manifest_path(path)
+    if not manifest_file.is_file():
+        raise QExportError(f"{path} has no manifest beside it ({manifest_file.name}); verify needs the manifest qexport wrote.")
+    return [(manifest_file, read_manifest(manifest_file))]
+
+
+def version_problem(requires: dict) -> str | None:
+    """None when every required package is installed within range, else what is wrong."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import Version
+
+    for package, spec in (requires or {}).items():
+        try:
+            installed = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return f"{package} is not installed (needs {package}{spec})"
+        try:
+            if Version(installed.split("+")[0]) not in SpecifierSet(spec):
+                return f"{package} {installed} is outside the manifest's range {spec}"
+        except InvalidSpecifier:
+            return f"manifest has an invalid version range {spec!r} for {package}"
+    return None
+
+
+def verify_one(manifest_file: Path, manifest: dict) -> Check:
+    import runtimes
+
+    file, family, runtime = manifest["artifact"]["file"], manifest["family"], manifest["runtime"]["name"]
+
+    def fail(detail: str) -> Check:
+        return Check(file, family, runtime, False, detail)
+
+    artifact = artifact_file(manifest_file, manifest)
+    if not artifact.is_file():
+        return fail("artifact file is missing")
+    if sha256_file(artifact) != manifest["artifact"]["sha256"]:
+        return fail("sha256 does not match the manifest: the file was modified or tampered with")
+    problem = version_problem(manifest["runtime"].get("requires", {}))
+    if problem:
+        return fail(problem)
+    golden_file = golden_path(artifact)
+    if not golden_file.is_file() or sha256_file(golden_file) != manifest["golden"]["sha256"]:
+        return fail("golden data is missing or does not match the manifest")
+    try:
+        runner = runtimes.load_runner(runtime, artifact, manifest=manifest)
+        with np.load(golden_file) as golden:
+            expected, actual = golden["outputs"], runner.predict(golden["inputs"])
+    except QExportError as err:
+        return fail(str(err))
+    if actual.shape != expected.shape:
+        return fail(f"output shape {actual.shape} differs from the golden {expected.shape}")
+    diff = float(np.abs(actual - expected).max())
+    atol = float(manifest["golden"]["atol"])
+    ok = bool(np.allclose(actual, expected, atol=atol, rtol=RTOL))
+    detail = f"golden outputs match (max |Δ| {diff:.2e} ≤ atol {atol})" if ok else \
+        f"golden outputs differ: max |Δ| {diff:.3g} > atol {atol}"
+    return Check(file, family, runtime, ok, detail, diff)
+
+
+def verify_path(path: Path) -> list[Check]:
+    return [verify_one(manifest_file, manifest) for manifest_file, manifest in targets(path)]

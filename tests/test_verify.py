@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qexport.errors import QExportError
+from qexport.verify import verify_path
+from tests.conftest import ROOT, run_cli
+
+
+def _copy(source, target, names):
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        for suffix in ("", ".manifest.json", ".golden.npz"):
+            shutil.copy(source / (name + suffix), target / (name + suffix))
+    return target
+
+
+def test_every_built_artifact_verifies(built_artifacts):
+    out, outcomes = built_artifacts
+    checks = verify_path(out)
+    assert len(checks) == sum(o.status != "failed" for o in outcomes.values())
+    assert all(c.passed for c in checks), [(c.file, c.detail) for c in checks if not c.passed]
+
+
+def test_tampered_artifact_fails(built_artifacts, tmp_path):
+    out, _ = built_artifacts
+    folder = _copy(out, tmp_path, ["resnet18.fp32.onnx"])
+    artifact = folder / "resnet18.fp32.onnx"
+    artifact.write_bytes(artifact.read_bytes() + b"\x00")
+    [check] = verify_path(artifact)
+    assert not check.passed and "tampered" in check.detail
+
+
+def test_wrong_golden_outputs_fail(built_artifacts, tmp_path):
+    out, _ = built_artifacts
+    folder = _copy(out, tmp_path, ["resnet18.fp32.onnx"])
+    golden = folder / "resnet18.fp32.onnx.golden.npz"
+    data = dict(np.load(golden))
+    data["outputs"] = data["outputs"] + 1.0
+    np.savez(golden, **data)
+    manifest_file = folder / "resnet18.fp32.onnx.manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    from qexport.fsutil import sha256_file
+
+    manifest["golden"]["sha256"] = sha256_file(golden)
+    manifest_file.write_text(json.dumps(manifest))
+    [check] = verify_path(folder)
+    assert not check.passed and "golden outputs differ" in check.detail
+
+
+def test_runtime_outside_range_fails(built_artifacts, tmp_path):
+    out, _ = built_artifacts
+    folder = _copy(out, tmp_path, ["resnet18.fp32.onnx"])
+    manifest_file = folder / "resnet18.fp32.onnx.manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["runtime"]["requires"] = {"onnxruntime": ">=99"}
+    manifest_file.write_text(json.dumps(manifest))
+    [check] = verify_path(folder)
+    assert not check.passed and "outside the manifest's range" in check.detail
+
+
+def test_onnx_verify_does_not_import_torch(built_artifacts, tmp_path):
+    out, _ = built_artifacts
+    folder = _copy(out, tmp_path, ["resnet18.fp32.onnx", "resnet18.int8.onnx"])
+    code = ("import sys; from qexport.verify import verify_path; "
+            f"checks = verify_path({str(folder)!r}); "
+            "assert all(c.passed for c in checks), [c.detail for c in checks]; "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print(len(checks))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "2"
+
+
+def test_verify_cli_exit_codes(built_artifacts, tmp_path):
+    out, _ = built_artifacts
+    folder = _copy(out, tmp_path, ["resnet18.int8.onnx"])
+    assert run_cli("verify", str(folder)).returncode == 0
+    (folder / "resnet18.int8.onnx").write_bytes(b"x")
+    assert run_cli("verify", str(folder)).returncode == 1
+
+
+def test_manifest_path_traversal_is_refused(built_artifacts, tmp_path):
+    out, _ = built_artifacts
+    folder = _copy(out, tmp_path, ["resnet18.fp32.onnx"])
+    manifest_file = folder / "resnet18.fp32.onnx.manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["artifact"]["file"] = "../../outside.onnx"
+    manifest_file.write_text(json.dumps(manifest))
+    with pytest.raises(QExportError, match="plain file name"):
+        verify_path(folder)
