@@ -23,7 +23,7 @@ from exporter.registry import BuildContext, Family
 from qexport import __version__
 from qexport.data import Split, normalize, seeded_subset
 from qexport.envinfo import cpu_info, git_commit, isa_summary, library_versions
-from qexport.errors import QExportError
+from qexport.errors import QExportError, RuntimeMissing
 from qexport.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, ensure_writable_dir, sha256_file
 from qexport.progress import say
 from qexport.train import predict, top1
@@ -34,7 +34,7 @@ EVAL_BATCH = 250
 @dataclass
 class Outcome:
     family: str
-    status: str  # built | up-to-date | failed
+    status: str  # built | up-to-date | skipped | failed
     file: str | None = None
     reason: str = ""
     manifest: dict = field(default_factory=dict)
@@ -72,6 +72,9 @@ def build_families(ctx: BuildContext, families: list[Family], out_dir: Path, for
         say(f"[bold]{family.key}[/bold] → {family.filename(ctx.model_name)}")
         try:
             outcomes.append(build_one(ctx, family, out_dir, reference, force))
+        except RuntimeMissing as err:  # e.g. no IPEX environment: say how to get it, build the rest
+            outcomes.append(Outcome(family.key, "skipped", reason=str(err)))
+            say(f"  [yellow]skipped[/yellow]: {err}")
         except QExportError as err:
             outcomes.append(Outcome(family.key, "failed", reason=str(err)))
         except Exception as err:  # an exporter bug must not take the other families down
@@ -157,6 +160,8 @@ def write_golden(path: Path, inputs: np.ndarray, outputs: np.ndarray) -> None:
 
 
 def runtime_spec(family: Family, details: dict) -> dict:
+    if "runtime_spec" in details:  # built in another environment, which knows its own versions
+        return details["runtime_spec"]
     versions = library_versions()
     if family.runtime == "onnxruntime":
         return {"name": "onnxruntime", "requires": {"onnxruntime": ">=1.17"},

@@ -131,4 +131,5 @@ def select_families(only: list[str] | None) -> list[Family]:
             raise QExportError(f"Unknown artifact family {name!r}{did_you_mean(name, FAMILIES)}; "
                                f"choose from {', '.join(FAMILIES)}.")
         chosen.extend(f for f in matches if f not in chosen)
-    return chosen
+    order = list(FAMILIES)  # always build in registry order (see exporter/__init__.py)
+    return sorted(chosen, key=lambda f: order.index(f.key))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from qexport.envinfo import ipex_summary
 from qexport.errors import QExportError
 from qexport.fsutil import atomic_path, atomic_write_bytes, atomic_write_json
 from qexport.report import console
@@ -27,7 +28,7 @@ def environment_lines(doc: dict) -> list[str]:
         f"GPU: {', '.join(env['gpus']) or 'none'}; device: {opts['device']}",
         f"pinned cores: {opts['pinned_cores']}, threads: {opts['threads']} (intra-op and inter-op, OMP/MKL set before import)",
         f"torch {libs['torch']}, torchvision {libs['torchvision']}, torchao {libs['torchao']}, "
-        f"onnxruntime {libs['onnxruntime']}, IPEX {libs.get('intel-extension-for-pytorch') or 'not installed'}; "
+        f"onnxruntime {libs['onnxruntime']}, IPEX {ipex_summary(env)}; "
         f"python {env['python']}",
         f"warm-up: {opts['warmup']} calls + windows of 10 until the median moves < 5 %; "
         f"measured: ≥ {opts['min_count']} calls and ≥ {opts['min_seconds']} s per batch size; timer: perf_counter_ns",
@@ -37,13 +38,13 @@ def environment_lines(doc: dict) -> list[str]:
 
 def table_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     batches = batch_keys(doc)
-    header = ["artifact", "precision", "runtime", "status", "MB", "× smaller"]
+    header = ["family", "precision", "runtime", "status", "MB", "× smaller"]
     for b in batches:
         header += [f"p50 ms @{b}", f"× fp32 @{b}", f"img/s @{b}"]
     header += ["top-1", "agree", "peak RSS MB", "load ms"]
     body = []
     for row in doc["rows"]:
-        cells = [row["file"], row["precision"], row["runtime"], row["status"], f"{row['size_bytes'] / 1e6:.1f}",
+        cells = [row["family"], row["precision"], row["runtime"], row["status"], f"{row['size_bytes'] / 1e6:.1f}",
                  fmt(row.get("size_ratio_vs_fp32"), "{:.2f}")]
         result = row.get("result") or {}
         for b in batches:
@@ -75,7 +76,8 @@ def print_bench(doc: dict) -> None:
     header, body = table_rows(doc)
     table = Table(title="qexport bench (speed-up and size vs TorchScript fp32)")
     for column in header:
-        table.add_column(column, justify="left" if column in ("artifact", "precision", "runtime", "status") else "right")
+        table.add_column(column, justify="left" if column in ("family", "precision", "runtime", "status") else "right",
+                         no_wrap=column == "family")
     for cells in body:
         table.add_row(*cells)
     console.print(table)
@@ -88,10 +90,24 @@ def markdown(doc: dict) -> str:
     lines = ["# qexport bench", "", *[f"- {line}" for line in environment_lines(doc)], "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines += ["", "Files: " + ", ".join(f"{r['family']} = `{r['file']}`" for r in doc["rows"])]
+    lines += harness_overhead_lines(doc)
     notes = reasons(doc)
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
+
+
+def harness_overhead_lines(doc: dict) -> list[str]:
+    """Timed loop (a perf_counter_ns pair per call) vs a bare loop over the same calls."""
+    cells = [(row["family"], b, stats["harness_overhead_pct"])
+             for row in doc["rows"] if row["status"] == "ok"
+             for b, stats in row["result"]["batches"].items() if "harness_overhead_pct" in stats]
+    if not cells:
+        return []
+    lines = ["", "## Harness overhead (mean of the timed loop vs a bare loop of the same calls)", "",
+             "| family | batch | overhead % |", "|---|---:|---:|"]
+    return lines + [f"| {family} | {b} | {pct:+.2f} |" for family, b, pct in cells]
 
 
 def write_outputs(doc: dict, out_dir: Path) -> list[Path]:
@@ -163,7 +179,7 @@ def save(fig, path: Path) -> Path:
 def load_bench(path: Path) -> dict:
     try:
         doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
         raise QExportError(f"Cannot read bench results {path} ({err}); pass bench.json files written by `qexport bench`.") from err
     if not isinstance(doc, dict) or doc.get("schema") != "qexport.bench" or doc.get("schema_version") != 1:
         raise QExportError(f"{path} is not a qexport bench.json (schema version 1).")

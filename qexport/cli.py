@@ -157,6 +157,7 @@ def bench(
     timeout: float = typer.Option(900.0, "--timeout", help="Seconds before a worker is killed and reported as failed."),
     allow_modified: bool = typer.Option(False, "--allow-modified", help="Measure artifacts whose sha256 differs from their manifest."),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated families or prefixes to measure."),
+    cpu_fp16: bool = typer.Option(False, "--cpu-fp16", help="Also measure fp16 (GPU) artifacts on the CPU, where they are slow (minutes per artifact)."),
     data: str = DataOpt,
     data_dir: Optional[Path] = DataDirOpt,
     no_accuracy: bool = typer.Option(False, "--no-accuracy", help="Skip accuracy (timing, size and memory only)."),
@@ -172,7 +173,7 @@ def bench(
     options = BenchOptions(threads=threads, cores=_int_list(cores, "--cores"),
                            batch_sizes=_int_list(batch_sizes, "--batch-sizes") or (), warmup=warmup,
                            min_count=min_count, min_seconds=min_seconds, eval_samples=eval_samples, device=device,
-                           timeout=timeout, allow_modified=allow_modified,
+                           timeout=timeout, allow_modified=allow_modified, cpu_fp16=cpu_fp16,
                            only=tuple(o.strip() for o in only.split(",")) if only else None)
     manifests = discover(directory)
     dataset = None
@@ -220,6 +221,25 @@ def verify(path: Path = typer.Argument(Path("artifacts"), help="An artifacts fol
 
 
 @app.command()
+def pack(
+    directory: Path = typer.Argument(Path("artifacts"), help="Folder written by `qexport build` (and `qexport bench`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle to write: NAME.tar.gz or NAME.zip."),
+) -> None:
+    """Bundle artifacts, manifests, golden data, bench results and a generated MODEL_CARD.md.
+
+    The archive is deterministic (sorted entries, fixed times and owners): the same inputs give
+    the same bytes. Artifacts that no longer match their manifest are refused.
+    """
+    from qexport.fsutil import ensure_writable_dir, sha256_file
+    from qexport.pack import pack as make_bundle
+    from qexport.progress import say
+
+    ensure_writable_dir(output.parent if str(output.parent) else Path("."))
+    path, count = make_bundle(directory, output)
+    say(f"wrote {path} ({count} files, {path.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(path)})")
+
+
+@app.command()
 def compare(files: list[Path] = typer.Argument(..., help="bench.json files from different machines or settings.")) -> None:
     """Merge bench.json files from several runs into one table."""
     from rich.table import Table
@@ -236,6 +256,9 @@ def compare(files: list[Path] = typer.Argument(..., help="bench.json files from 
     console.print(table)
 
 
+INTERRUPTED = "Interrupted; nothing half-written was left behind (workers stopped, temporary files removed)."
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into one line + exit 2."""
     quiet_library_warnings()
@@ -244,7 +267,11 @@ def main() -> None:
     except QExportError as err:
         _fail(err, str(err), err.exit_code)
     except KeyboardInterrupt as err:
-        _fail(err, "Interrupted; nothing half-written was left behind.", 130)
+        _fail(err, INTERRUPTED, 130)
+    except SystemExit as err:  # typer turns Ctrl-C into a bare exit 130; say what happened
+        if err.code == 130:
+            _fail(err, INTERRUPTED, 130)
+        raise
 
 
 def quiet_library_warnings() -> None:
@@ -254,7 +281,7 @@ def quiet_library_warnings() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=r".*(reduce_range|quantize_per_tensor|TypedStorage).*")
+    warnings.filterwarnings("ignore", message=r".*(reduce_range|quantize_per_tensor|TypedStorage|To copy construct from a tensor).*")
 
 
 def _fail(err: BaseException, message: str, code: int) -> None:

@@ -8,6 +8,7 @@ disk or Ctrl-C leaves at most a ``*.tmp`` file that is removed on the way out.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -49,8 +50,11 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise QExportError(f"Disk full while writing {final.name} in {final.parent}; nothing was kept -- "
+                               "free some space (or choose another --out) and run again.") from err
         raise
 
 

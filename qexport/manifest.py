@@ -54,6 +54,8 @@ def read_manifest(path: Path) -> dict:
         manifest = json.loads(Path(path).read_text())
     except OSError as err:
         raise QExportError(f"Cannot read manifest {path} ({err.strerror or err}).") from err
+    except UnicodeDecodeError as err:
+        raise QExportError(f"Manifest {path} is not UTF-8 text; it is not a qexport manifest.") from err
     except json.JSONDecodeError as err:
         raise QExportError(f"Manifest {path} is not valid JSON ({err.msg} at line {err.lineno}).") from err
     return validate(manifest, str(path))
@@ -77,7 +79,7 @@ def discover(directory: Path) -> list[tuple[Path, dict]]:
     if index.is_file():
         try:
             names = [entry["manifest"] for entry in json.loads(index.read_text())["artifacts"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError) as err:  # ValueError: bad JSON or not UTF-8
             raise QExportError(f"{index} is not a qexport index ({err}); delete it or rebuild.") from err
         paths = [directory / Path(name).name for name in names]
     else:

@@ -7,7 +7,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from qexport.envinfo import environment
+from qexport.envinfo import environment, ipex_summary
 
 import sys
 
@@ -26,6 +26,8 @@ def print_info(as_json: bool = False) -> None:
     table.add_row("python", env["python"])
     table.add_row("platform", env["platform"])
     for name, version in env["libraries"].items():
+        if name == "intel-extension-for-pytorch":
+            version = ipex_summary(env)
         table.add_row(name, version or "[dim]not installed[/dim]")
     cpu = env["cpu"]
     table.add_row("cpu", f"{cpu['model']} ({cpu['logical_cores']} logical cores)")
@@ -61,7 +63,8 @@ def print_build(outcomes, out_dir) -> None:
     for o in outcomes:
         m = o.manifest
         if not m:
-            table.add_row(o.family, f"[red]{o.status}[/red]", "see below", *[""] * 7)
+            colour = "yellow" if o.status == "skipped" else "red"
+            table.add_row(o.family, f"[{colour}]{o.status}[/{colour}]", "see below", *[""] * 7)
             continue
         size, ev = m["artifact"]["size_bytes"], m["evaluation"]
         coverage = m.get("int8_coverage") or {}
@@ -73,7 +76,8 @@ def print_build(outcomes, out_dir) -> None:
             f"{coverage['ratio']:.1%}" if coverage else "-", f"{m['build']['seconds']:.0f}")
     console.print(table)
     for o in outcomes:
-        if o.status == "failed":
-            console.print(f"[red]{o.family} failed:[/red] {o.reason}", highlight=False)
+        if o.status in ("failed", "skipped"):
+            colour = "yellow" if o.status == "skipped" else "red"
+            console.print(f"[{colour}]{o.family} {o.status}:[/{colour}] {o.reason}", highlight=False)
     if any(o.manifest.get("synthetic") for o in outcomes if o.manifest):
         console.print("[bold red]SYNTHETIC data: these accuracies mean nothing.[/bold red]")

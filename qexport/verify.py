@@ -16,6 +16,7 @@ import numpy as np
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file
 from qexport.manifest import artifact_file, discover, golden_path, manifest_path, read_manifest
+from runtimes.foreign import is_foreign, runs_here
 
 RTOL = 1e-3
 
@@ -41,15 +42,25 @@ def targets(path: Path) -> list[tuple[Path, dict]]:
     return [(manifest_file, read_manifest(manifest_file))]
 
 
-def version_problem(requires: dict) -> str | None:
-    """None when every required package is installed within range, else what is wrong."""
+def local_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def version_problem(requires: dict, installed_version=local_version) -> str | None:
+    """None when every required package is installed within range, else what is wrong.
+
+    ``installed_version`` answers for the environment the artifact runs in (another
+    interpreter's, for IPEX).
+    """
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
     from packaging.version import Version
 
     for package, spec in (requires or {}).items():
-        try:
-            installed = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
+        installed = installed_version(package)
+        if installed is None:
             return f"{package} is not installed (needs {package}{spec})"
         try:
             if Version(installed.split("+")[0]) not in SpecifierSet(spec):
@@ -72,7 +83,9 @@ def verify_one(manifest_file: Path, manifest: dict) -> Check:
         return fail("artifact file is missing")
     if sha256_file(artifact) != manifest["artifact"]["sha256"]:
         return fail("sha256 does not match the manifest: the file was modified or tampered with")
-    problem = version_problem(manifest["runtime"].get("requires", {}))
+    requires = manifest["runtime"].get("requires", {})
+    foreign = is_foreign(runtime) and not runs_here(runtime)
+    problem = None if foreign else version_problem(requires)
     if problem:
         return fail(problem)
     golden_file = golden_path(artifact)
@@ -80,6 +93,10 @@ def verify_one(manifest_file: Path, manifest: dict) -> Check:
         return fail("golden data is missing or does not match the manifest")
     try:
         runner = runtimes.load_runner(runtime, artifact, manifest=manifest)
+        if foreign:  # the versions that matter are those of the runtime's own environment
+            problem = version_problem(requires, runner.installed_versions().get)
+            if problem:
+                return fail(problem)
         with np.load(golden_file) as golden:
             expected, actual = golden["outputs"], runner.predict(golden["inputs"])
     except QExportError as err:

@@ -17,6 +17,7 @@ RUNTIMES: dict[str, tuple[str, str, str]] = {
     "torchscript": ("runtimes.torchscript", "TorchScriptRunner", "torch"),
     "aoti": ("runtimes.aoti", "AOTInductorRunner", "torch"),
     "onnxruntime": ("runtimes.onnxrt", "OnnxRuntimeRunner", "onnxruntime"),
+    "ipex": ("runtimes.ipex", "IpexRunner", "intel-extension-for-pytorch (its own environment: make setup-ipex)"),
 }
 
 
@@ -33,6 +34,15 @@ def runner_class(runtime: str) -> type[Runner]:
 
 def load_runner(runtime: str, path: Path, device: str = "cpu", threads: int | None = None,
                 manifest: dict | None = None) -> Runner:
-    """Load the artifact at ``path`` in ``runtime``; unreadable files become one sentence."""
+    """Load the artifact at ``path`` in ``runtime``; unreadable files become one sentence.
+
+    A runtime that lives in its own environment (IPEX) is served by a child process there.
+    """
+    from runtimes import foreign
+
+    if not foreign.runs_here(runtime):
+        from runtimes.remote import RemoteRunner
+
+        return RemoteRunner.start(foreign.foreign_python(runtime), runtime, Path(path), manifest or {})
     cls = runner_class(runtime)
     return cls.load(Path(path), device=device, threads=threads, manifest=manifest or {})

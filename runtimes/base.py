@@ -49,3 +49,23 @@ def load_failure_message(path: Path, runtime: str, err: BaseException) -> str:
     detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
     return (f"{path} cannot be loaded by {runtime} ({detail}); the file is corrupt, truncated or not a "
             f"{runtime} artifact -- rebuild it with `qexport build --force`.")
+
+
+class Stream:
+    """A pipe seen only through read/write: numpy's .npy reader and writer otherwise treat a pipe
+    as a real file and ask it for a position it does not have."""
+
+    def __init__(self, raw):
+        self._raw = raw
+
+    def read(self, size: int = -1) -> bytes:
+        return self._raw.read(size)
+
+    def readline(self) -> bytes:
+        return self._raw.readline()
+
+    def write(self, data) -> int:
+        return self._raw.write(data)
+
+    def flush(self) -> None:
+        self._raw.flush()

@@ -23,7 +23,7 @@ import numpy as np
 
 from qexport.manifest import artifact_file, discover
 from qexport.envinfo import environment, git_commit
-from qexport.errors import QExportError
+from qexport.errors import QExportError, RuntimeMissing
 from qexport.fsutil import sha256_file
 
 BENCH_SCHEMA = "qexport.bench"
@@ -48,6 +48,7 @@ class BenchOptions:
     timeout: float = 900.0
     allow_modified: bool = False
     only: tuple[str, ...] | None = None
+    cpu_fp16: bool = False  # fp16 is a GPU format: on CPU it is measured only when asked
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -104,10 +105,18 @@ def check_row(manifest_file: Path, manifest: dict, options: BenchOptions) -> Row
         row.notes.append("MODIFIED: sha256 differs from the manifest (--allow-modified)")
     if options.device not in manifest.get("devices", ["cpu"]):
         row.status, row.reason = "skipped", f"{row.family} does not run on {options.device}."
+    elif options.device == "cpu" and manifest["precision"] == "fp16" and not options.cpu_fp16:
+        row.status, row.reason = "skipped", ("fp16 is a GPU format (use --device cuda); on CPU it runs through slow "
+                                             "fallback kernels -- pass --cpu-fp16 to measure it anyway")
     elif options.device == "cpu" and manifest["precision"] == "fp16":
         row.notes.append("fp16 on CPU: a GPU format; the CPU runs it through slow fallback kernels")
     elif options.device == "cuda" and not cuda_available():
         row.status, row.reason = "skipped", "no CUDA GPU on this machine."
+    else:
+        try:
+            worker_python(row.runtime)  # a runtime with its own environment: is it installed?
+        except RuntimeMissing as err:
+            row.status, row.reason = "skipped", str(err)
     return row
 
 
@@ -118,11 +127,16 @@ def cuda_available() -> bool:
 
 
 def worker_env(options: BenchOptions) -> dict:
-    env = {**os.environ, **{name: str(options.threads) for name in THREAD_VARIABLES}}
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    return env
+    from runtimes.foreign import child_env
+
+    return {**child_env(), **{name: str(options.threads) for name in THREAD_VARIABLES}}
+
+
+def worker_python(runtime: str) -> str:
+    """This interpreter, or the one of the runtime's own environment (IPEX)."""
+    from runtimes.foreign import python_for
+
+    return python_for(runtime) or sys.executable
 
 
 def run_worker(spec: dict, options: BenchOptions, python: str = sys.executable) -> dict:
@@ -210,7 +224,7 @@ def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int
             if row.status != "ok":
                 continue
             spec = worker_spec(manifest_file, manifest, options, cores, eval_set, Path(tmp) / f"logits{number}.npy")
-            result = run_worker(spec, options)
+            result = run_worker(spec, options, python=worker_python(row.runtime))
             if result.get("status") != "ok":
                 row.status, row.reason = result.get("status", "failed"), result.get("reason", "unknown failure")
                 continue

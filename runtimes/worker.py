@@ -28,6 +28,12 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
+    """This process's own high-water mark (VmHWM). Not ru_maxrss: Linux carries that over from
+    the parent across fork+exec, so every worker reported the harness's 1166 MB peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -49,6 +55,16 @@ def time_calls(call, native, min_count: int, min_seconds: float, max_count: int 
         call(native)
         latencies.append((clock() - start) / 1e6)
     return latencies
+
+
+def bare_loop_mean_ms(call, native, count: int) -> float:
+    """Mean latency of ``count`` back-to-back calls timed as one block: what a deployment loop
+    sees, with no per-call timer. Compared with the timed loop it shows the harness's overhead."""
+    clock = time.perf_counter_ns
+    start = clock()
+    for _ in range(count):
+        call(native)
+    return (clock() - start) / 1e6 / count
 
 
 def warm_up(call, native, fixed: int, window: int = 10, max_calls: int = 300) -> dict:
@@ -96,7 +112,10 @@ def run(spec: dict) -> dict:
         latencies = time_calls(runner.run_native, native, spec["min_count"], spec["min_seconds"])
         from runtimes.stats import summarize
 
-        batches[str(batch_size)] = {**summarize(latencies, batch_size), "warmup": warm}
+        stats = summarize(latencies, batch_size)
+        bare = bare_loop_mean_ms(runner.run_native, native, len(latencies))
+        batches[str(batch_size)] = {**stats, "warmup": warm, "bare_loop_mean_ms": bare,
+                                    "harness_overhead_pct": (stats["mean_ms"] - bare) / bare * 100}
     result["batches"] = batches
     if spec.get("eval_inputs"):
         result.update(evaluate(runner, spec, np))

@@ -73,3 +73,27 @@ def built_artifacts(tiny_data, tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("artifacts")
     outcomes = build_families(make_context(tiny_data, tiny_checkpoint), list(FAMILIES.values()), out)
     return out, {o.family: o for o in outcomes}
+
+
+PRODUCED = ("built", "up-to-date")
+
+
+def built_outcome(outcomes: dict, key: str):
+    """The outcome of ``key``; a family whose runtime environment is absent (IPEX) skips the test
+    with the reason the build gave (e.g. 'run `make setup-ipex`') instead of failing or passing."""
+    outcome = outcomes[key]
+    if outcome.status == "skipped":
+        pytest.skip(f"{key}: {outcome.reason}")
+    assert outcome.status in PRODUCED, outcome.reason
+    return outcome
+
+
+def copy_artifacts(source: Path, target: Path, names) -> Path:
+    """Copy artifacts with their manifest and golden data into ``target`` (no index: discovered)."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        for suffix in ("", ".manifest.json", ".golden.npz"):
+            shutil.copy(source / (name + suffix), target / (name + suffix))
+    return target

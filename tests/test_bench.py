@@ -17,6 +17,7 @@ from qexport import benchreport
 from qexport.errors import QExportError
 from runtimes.harness import BenchOptions, bench_directory, run_worker, usable_cores
 from runtimes.stats import is_stable, percentile, summarize
+from tests.conftest import copy_artifacts
 
 FAST = dict(batch_sizes=(1, 2), min_seconds=0.05, min_count=5, warmup=2)
 
@@ -53,11 +54,7 @@ def test_summarize_and_stability():
 def small_dir(built_artifacts, tmp_path_factory):
     """A folder with only the two fast fp32 artifacts (and no index: manifests are discovered)."""
     out, _ = built_artifacts
-    target = tmp_path_factory.mktemp("bench")
-    for name in ("resnet18.fp32.torchscript.pt", "resnet18.fp32.onnx"):
-        for suffix in ("", ".manifest.json", ".golden.npz"):
-            shutil.copy(out / (name + suffix), target / (name + suffix))
-    return target
+    return copy_artifacts(out, tmp_path_factory.mktemp("bench"), ("resnet18.fp32.torchscript.pt", "resnet18.fp32.onnx"))
 
 
 def test_bench_pins_one_core_and_one_thread(small_dir, tiny_data):

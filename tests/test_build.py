@@ -15,7 +15,7 @@ from qexport.manifest import golden_path, manifest_path, read_manifest, validate
 from exporter.registry import Family
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file
-from tests.conftest import make_context
+from tests.conftest import PRODUCED, built_outcome, make_context
 
 MIN_AGREEMENT = {"fp32": 0.99, "fp16": 0.95, "bf16": 0.9, "int8": 0.8}
 # QAT fine-tunes the weights, so on a briefly trained synthetic model it is a different
@@ -30,8 +30,7 @@ def min_agreement(key: str, family: Family) -> float:
 @pytest.mark.parametrize("key", sorted(FAMILIES))
 def test_family_contract(key, built_artifacts, tiny_data):
     out, outcomes = built_artifacts
-    outcome = outcomes[key]
-    assert outcome.status == "built", outcome.reason
+    built_outcome(outcomes, key)
     family = FAMILIES[key]
     artifact = out / family.filename("resnet18")
     manifest = read_manifest(manifest_path(artifact))
@@ -55,25 +54,27 @@ def test_family_contract(key, built_artifacts, tiny_data):
 @pytest.mark.parametrize("key", [k for k in FAMILIES if FAMILIES[k].precision == "int8"])
 def test_int8_coverage_is_honest(key, built_artifacts):
     out, outcomes = built_artifacts
-    coverage = outcomes[key].manifest["int8_coverage"]
+    coverage = built_outcome(outcomes, key).manifest["int8_coverage"]
     if "dynamic" in key:
         assert coverage["ratio"] < 0.01  # a CNN's convolutions are untouched: say so
         assert "Convolutions stay fp32" in " ".join(outcomes[key].manifest["notes"])
     else:
         assert coverage["ratio"] > 0.9
+    if "int8_layers" in coverage:  # counted in the saved graph (IPEX): every conv/linear is int8
+        assert coverage["int8_layers"] == coverage["layers"] > 0
 
 
 @pytest.mark.parametrize("key", [k for k in FAMILIES if FAMILIES[k].precision == "int8" and "dynamic" not in k])
 def test_int8_artifacts_are_small(key, built_artifacts):
     out, outcomes = built_artifacts
     fp32 = outcomes["torchscript-fp32"].manifest["artifact"]["size_bytes"]
-    assert outcomes[key].manifest["artifact"]["size_bytes"] * 3.5 < fp32
+    assert built_outcome(outcomes, key).manifest["artifact"]["size_bytes"] * 3.5 < fp32
 
 
 def test_index_lists_every_artifact(built_artifacts):
     out, outcomes = built_artifacts
     index = json.loads((out / "index.json").read_text())
-    assert {e["family"] for e in index["artifacts"]} == {k for k, o in outcomes.items() if o.status != "failed"}
+    assert {e["family"] for e in index["artifacts"]} == {k for k, o in outcomes.items() if o.status in PRODUCED}
 
 
 def test_calibration_is_from_train_split(built_artifacts):
@@ -161,3 +162,17 @@ def test_corrupt_artifacts_fail_to_load_in_one_sentence(built_artifacts, tmp_pat
         broken.write_bytes(source.read_bytes()[: source.stat().st_size // 3])
         with pytest.raises(QExportError, match="corrupt, truncated"):
             runtimes.load_runner(family.runtime, broken)
+
+
+def test_disk_full_mid_write_keeps_nothing_and_says_so(tiny_data, tiny_checkpoint, tmp_path):
+    import errno
+
+    def fill_disk(ctx, path):
+        path.write_bytes(b"x" * 1000)  # half an artifact, then the device runs out of space
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    family = Family(key="full", variant="full", format="torchscript", extension=".bin", precision="fp32",
+                    runtime="torchscript", method="fills the disk", build=fill_disk)
+    (outcome,) = build_families(make_context(tiny_data, tiny_checkpoint), [family], tmp_path)
+    assert outcome.status == "failed" and outcome.reason.startswith("Disk full while writing resnet18.full.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]

@@ -85,3 +85,17 @@ def test_aoti_package_from_another_torch_is_refused_clearly():
         check_compatible({"runtime": {"compiled_with": {"torch": "2.8.0"}}})
     with pytest.raises(QExportError, match="compiled for aarch64"):
         check_compatible({"runtime": {"compiled_with": {"torch": torch.__version__, "machine": "aarch64"}}})
+
+
+def test_fp32_package_prepacks_conv_weights_and_restores_inductor(built_artifacts):
+    from torch._inductor.fx_passes import mkldnn_fusion
+
+    from exporter.pt2e import prepacked_dynamic_convolutions
+
+    _, outcomes = built_artifacts
+    config = outcomes["pt2e-fp32"].manifest["config"]
+    assert config["conv_weight_prepack"].startswith("build time")  # this torch: the fix applies
+    before = (mkldnn_fusion.has_free_symbols, mkldnn_fusion._get_mkldnn_device_op)
+    with prepacked_dynamic_convolutions() as applied:
+        assert applied and mkldnn_fusion.has_free_symbols is not before[0]
+    assert (mkldnn_fusion.has_free_symbols, mkldnn_fusion._get_mkldnn_device_op) == before

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -10,27 +9,19 @@ import pytest
 
 from qexport.errors import QExportError
 from qexport.verify import verify_path
-from tests.conftest import ROOT, run_cli
-
-
-def _copy(source, target, names):
-    target.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        for suffix in ("", ".manifest.json", ".golden.npz"):
-            shutil.copy(source / (name + suffix), target / (name + suffix))
-    return target
+from tests.conftest import ROOT, copy_artifacts, run_cli
 
 
 def test_every_built_artifact_verifies(built_artifacts):
     out, outcomes = built_artifacts
     checks = verify_path(out)
-    assert len(checks) == sum(o.status != "failed" for o in outcomes.values())
+    assert len(checks) == sum(o.status in ("built", "up-to-date") for o in outcomes.values())
     assert all(c.passed for c in checks), [(c.file, c.detail) for c in checks if not c.passed]
 
 
 def test_tampered_artifact_fails(built_artifacts, tmp_path):
     out, _ = built_artifacts
-    folder = _copy(out, tmp_path, ["resnet18.fp32.onnx"])
+    folder = copy_artifacts(out, tmp_path, ["resnet18.fp32.onnx"])
     artifact = folder / "resnet18.fp32.onnx"
     artifact.write_bytes(artifact.read_bytes() + b"\x00")
     [check] = verify_path(artifact)
@@ -39,7 +30,7 @@ def test_tampered_artifact_fails(built_artifacts, tmp_path):
 
 def test_wrong_golden_outputs_fail(built_artifacts, tmp_path):
     out, _ = built_artifacts
-    folder = _copy(out, tmp_path, ["resnet18.fp32.onnx"])
+    folder = copy_artifacts(out, tmp_path, ["resnet18.fp32.onnx"])
     golden = folder / "resnet18.fp32.onnx.golden.npz"
     data = dict(np.load(golden))
     data["outputs"] = data["outputs"] + 1.0
@@ -56,7 +47,7 @@ def test_wrong_golden_outputs_fail(built_artifacts, tmp_path):
 
 def test_runtime_outside_range_fails(built_artifacts, tmp_path):
     out, _ = built_artifacts
-    folder = _copy(out, tmp_path, ["resnet18.fp32.onnx"])
+    folder = copy_artifacts(out, tmp_path, ["resnet18.fp32.onnx"])
     manifest_file = folder / "resnet18.fp32.onnx.manifest.json"
     manifest = json.loads(manifest_file.read_text())
     manifest["runtime"]["requires"] = {"onnxruntime": ">=99"}
@@ -67,7 +58,7 @@ def test_runtime_outside_range_fails(built_artifacts, tmp_path):
 
 def test_onnx_verify_does_not_import_torch(built_artifacts, tmp_path):
     out, _ = built_artifacts
-    folder = _copy(out, tmp_path, ["resnet18.fp32.onnx", "resnet18.int8.onnx"])
+    folder = copy_artifacts(out, tmp_path, ["resnet18.fp32.onnx", "resnet18.int8.onnx"])
     code = ("import sys; from qexport.verify import verify_path; "
             f"checks = verify_path({str(folder)!r}); "
             "assert all(c.passed for c in checks), [c.detail for c in checks]; "
@@ -79,7 +70,7 @@ def test_onnx_verify_does_not_import_torch(built_artifacts, tmp_path):
 
 def test_verify_cli_exit_codes(built_artifacts, tmp_path):
     out, _ = built_artifacts
-    folder = _copy(out, tmp_path, ["resnet18.int8.onnx"])
+    folder = copy_artifacts(out, tmp_path, ["resnet18.int8.onnx"])
     assert run_cli("verify", str(folder)).returncode == 0
     (folder / "resnet18.int8.onnx").write_bytes(b"x")
     assert run_cli("verify", str(folder)).returncode == 1
@@ -87,7 +78,7 @@ def test_verify_cli_exit_codes(built_artifacts, tmp_path):
 
 def test_manifest_path_traversal_is_refused(built_artifacts, tmp_path):
     out, _ = built_artifacts
-    folder = _copy(out, tmp_path, ["resnet18.fp32.onnx"])
+    folder = copy_artifacts(out, tmp_path, ["resnet18.fp32.onnx"])
     manifest_file = folder / "resnet18.fp32.onnx.manifest.json"
     manifest = json.loads(manifest_file.read_text())
     manifest["artifact"]["file"] = "../../outside.onnx"

@@ -1,0 +1,86 @@
+"""IPEX families (int8 static, bf16), built in the IPEX environment by ``exporter/ipex_child.py``.
+
+IPEX 2.8.0 needs torch 2.8.*, so this module -- imported in the main torch-2.14 environment --
+never imports IPEX: it hands the trained weights, the seeded train-split calibration images and
+an example input to a child process in ``.venv-ipex`` and gets back a TorchScript file plus what
+was done. Measurement, golden I/O and the manifest then follow the same path as every family
+(through a served runner in that environment). Without the environment both families are
+*skipped* with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporter.registry import BuildContext, register
+from qexport.errors import QExportError
+from qexport.progress import say
+from runtimes.foreign import FOREIGN, child_env, foreign_python
+
+CHILD = Path(__file__).with_name("ipex_child.py")
+CHILD_TIMEOUT_S = 1800
+
+
+def child_spec(ctx: BuildContext, folder: Path, precision: str, output: Path) -> dict:
+    """Write what the child needs as plain tensors/arrays (loadable by torch 2.8, no pickles)."""
+    torch.save(ctx.fresh_model().state_dict(), folder / "state_dict.pt")
+    np.save(folder / "example.npy", ctx.example.numpy())
+    spec = {"model": ctx.model_name, "num_classes": ctx.data.num_classes, "precision": precision,
+            "state_dict": str(folder / "state_dict.pt"), "example": str(folder / "example.npy"),
+            "seed": ctx.options.seed, "output": str(output), "result": str(folder / "result.json"),
+            "embedded_meta": {"model": ctx.model_name, "variant": f"{precision}-ipex", "classes": ctx.data.classes,
+                              "mean": list(ctx.data.mean), "std": list(ctx.data.std)}}
+    if precision == "int8":
+        np.save(folder / "calibration.npy", torch.cat(list(ctx.calibration_batches())).numpy())
+        spec["calibration"] = str(folder / "calibration.npy")
+    return spec
+
+
+def build_in_ipex_env(ctx: BuildContext, path: Path, precision: str) -> dict:
+    python = foreign_python("ipex")  # RuntimeMissing → the family is skipped, with the fix
+    with tempfile.TemporaryDirectory(prefix="qexport-ipex-") as tmp:
+        folder = Path(tmp)
+        spec = child_spec(ctx, folder, precision, path)
+        (folder / "spec.json").write_text(json.dumps(spec))
+        say(f"  building in the IPEX environment ({python})")
+        try:
+            done = subprocess.run([python, str(CHILD), str(folder / "spec.json")], env=child_env(),
+                                  capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired as err:
+            raise QExportError(f"the IPEX build did not finish in {CHILD_TIMEOUT_S} s") from err
+        if done.returncode != 0 or not (folder / "result.json").is_file():
+            lines = [line for line in done.stderr.strip().splitlines() if line.strip()] or ["no output"]
+            raise QExportError(f"the IPEX build failed in {python}: {lines[-1][:200]}")
+        details = json.loads((folder / "result.json").read_text())
+    details["runtime_spec"] = ipex_runtime_spec(details.pop("runtime_versions"))
+    return details
+
+
+def ipex_runtime_spec(versions: dict) -> dict:
+    torch_major_minor = ".".join(versions["torch"].split("+")[0].split(".")[:2])
+    return {"name": "ipex", "environment": f"separate ({FOREIGN['ipex'].setup})",
+            "requires": {"torch": f"=={torch_major_minor}.*",
+                         "intel_extension_for_pytorch": f"=={versions['intel_extension_for_pytorch'].split('+')[0]}"},
+            "tested_with": versions,
+            "load": "import intel_extension_for_pytorch before torch.jit.load (else int8 is ~30x slower, bf16 fails)"}
+
+
+@register("ipex-int8", variant="int8-ipex", format="torchscript", extension=".torchscript.pt",
+          precision="int8", runtime="ipex",
+          method="IPEX static PTQ (default static qconfig mapping), calibrate, convert, trace + freeze, fused before save",
+          option_keys=("calibration_samples", "seed"))
+def build_ipex_int8(ctx: BuildContext, path: Path) -> dict:
+    return build_in_ipex_env(ctx, path, "int8")
+
+
+@register("ipex-bf16", variant="bf16-ipex", format="torchscript", extension=".torchscript.pt",
+          precision="bf16", runtime="ipex",
+          method="ipex.optimize(dtype=bfloat16), trace under CPU autocast + freeze (needs AVX-512 BF16 or AMX)")
+def build_ipex_bf16(ctx: BuildContext, path: Path) -> dict:
+    return build_in_ipex_env(ctx, path, "bf16")

@@ -1,0 +1,80 @@
+"""Child side of :class:`runtimes.remote.RemoteRunner`: serve one artifact over stdin/stdout.
+
+Run as ``python -m runtimes.serve RUNTIME ARTIFACT MANIFEST.json`` inside the runtime's own
+environment. Frames: one status byte (``K`` ok, ``E`` error) then, for ok, a JSON line (the
+hello) or a .npy array; for errors, one line of text. Anything the runtime prints goes to
+stderr, because stdout carries the frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def claim_stdout():
+    """Keep the real stdout for frames; send everything else (library chatter) to stderr."""
+    from runtimes.base import Stream
+
+    frames = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    return Stream(frames)
+
+
+def send_error(frames, message: str) -> None:
+    frames.write(b"E" + message.replace("\n", " ").encode() + b"\n")
+    frames.flush()
+
+
+def hello(runner, packages: list[str]) -> dict:
+    import importlib.metadata
+
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"describe": runner.describe(), "versions": versions}
+
+
+def serve(runtime: str, artifact: str, manifest_file: str) -> int:
+    frames = claim_stdout()
+    import numpy as np
+
+    import runtimes
+    from qexport.errors import QExportError
+
+    manifest = json.loads(Path(manifest_file).read_text())
+    try:
+        runner = runtimes.load_runner(runtime, Path(artifact), manifest=manifest)
+    except Exception as err:  # reported to the parent as one sentence
+        send_error(frames, str(err) if isinstance(err, QExportError) else f"{type(err).__name__}: {err}")
+        return 0
+    packages = list(manifest.get("runtime", {}).get("requires", {})) + ["torch", "intel_extension_for_pytorch"]
+    frames.write(b"K" + json.dumps(hello(runner, packages)).encode() + b"\n")
+    frames.flush()
+    from runtimes.base import Stream
+
+    stdin = sys.stdin.buffer
+    requests = Stream(stdin)
+    while stdin.peek(1):  # b"" once the parent closes our stdin
+        try:
+            batch = np.lib.format.read_array(requests)
+        except (ValueError, EOFError):
+            break
+        try:
+            out = runner.predict(batch)
+        except Exception as err:
+            send_error(frames, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
+            continue
+        frames.write(b"K")
+        np.lib.format.write_array(frames, np.ascontiguousarray(out, dtype=np.float32))
+        frames.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve(*sys.argv[1:4]))

@@ -1,0 +1,84 @@
+"""Ctrl-C during a long build or bench: exit 130 with one line, nothing half-written, workers reaped.
+
+These drive the real console entry point in its own process group and send SIGINT to the group,
+as a terminal does on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, copy_artifacts
+
+
+def interrupt_when(args: list[str], ready: Callable[[], bool], timeout: float = 240) -> subprocess.CompletedProcess:
+    """Start `qexport ARGS`, wait for ``ready()``, press Ctrl-C, and collect the result."""
+    process = subprocess.Popen([sys.executable, "-m", "qexport.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            out, err = process.communicate()
+            pytest.fail(f"never reached the point to interrupt (exit {process.returncode}): {err[-800:]}")
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def worker_pids() -> set[int]:
+    """Live bench workers on this machine (their command line names runtimes.worker)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_text().split(") ")[-1][:1]
+            except OSError:
+                continue
+            if b"runtimes.worker" in cmdline and state != "Z":
+                pids.add(int(entry.name))
+    return pids
+
+
+def assert_clean_interrupt(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 130, done.stderr[-800:]
+    assert "Traceback" not in done.stderr
+    assert "Interrupted" in done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups")
+def test_ctrl_c_during_build_leaves_nothing_half_written(tiny_checkpoint, tmp_path):
+    out = tmp_path / "artifacts"
+    args = ["build", "--only", "torchscript-int8-qat", "--data", "synthetic", "--checkpoint", str(tiny_checkpoint),
+            "--qat-epochs", "500", "--out", str(out), "--no-progress"]
+    done = interrupt_when(args, lambda: any(out.glob(".tmp-*")))  # the family has started writing
+    assert_clean_interrupt(done)
+    assert [p.name for p in out.iterdir()] == []
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups")
+def test_ctrl_c_during_bench_reaps_workers(built_artifacts, tmp_path):
+    source, _ = built_artifacts
+    folder = copy_artifacts(source, tmp_path / "a", ["resnet18.fp32.torchscript.pt"])
+    before = worker_pids()
+    args = ["bench", str(folder), "--batch-sizes", "1", "--min-seconds", "300", "--no-accuracy"]
+    started: set[int] = set()
+
+    def worker_running() -> bool:
+        started.update(worker_pids() - before)
+        return bool(started)
+
+    done = interrupt_when(args, worker_running)
+    assert_clean_interrupt(done)
+    assert not (worker_pids() & started), "a bench worker outlived Ctrl-C"
+    assert not (folder / "bench.json").exists()

@@ -1,0 +1,81 @@
+"""`qexport pack`: deterministic bundles with a model card; tampered artifacts refused."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import zipfile
+
+import pytest
+
+from qexport.errors import QExportError
+from qexport.pack import pack
+from tests.conftest import copy_artifacts, run_cli
+
+NAMES = ("resnet18.fp32.torchscript.pt", "resnet18.fp32.onnx", "resnet18.int8.pt2")
+
+
+@pytest.fixture
+def small_dir(built_artifacts, tmp_path):
+    out, _ = built_artifacts
+    return copy_artifacts(out, tmp_path / "artifacts", NAMES)
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".zip"])
+def test_same_inputs_give_the_same_bytes(small_dir, tmp_path, suffix):
+    first, count = pack(small_dir, tmp_path / f"a{suffix}")
+    (small_dir / "resnet18.fp32.onnx").touch()  # a newer mtime must not change the bundle
+    (tmp_path / "b").mkdir()
+    second, _ = pack(small_dir, tmp_path / "b" / f"a{suffix}")
+    assert first.read_bytes() == second.read_bytes()
+    assert count == 3 * len(NAMES) + 1  # artifact, manifest, golden each + MODEL_CARD.md
+
+
+def test_bundle_contents_and_model_card(small_dir, tmp_path):
+    bundle, _ = pack(small_dir, tmp_path / "release.tar.gz")
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+        card = tar.extractfile("release/MODEL_CARD.md").read().decode()
+        assert all(m.mtime == tar.getmember(names[0]).mtime and m.uid == 0 for m in tar.getmembers())
+    assert names == sorted(names) and all(n.startswith("release/") for n in names)
+    for name in NAMES:
+        assert f"release/{name}.manifest.json" in names and name in card
+    assert "SYNTHETIC DATA" in card
+    assert "torch._inductor.aoti_load_package" in card and "onnxruntime" in card and "torch.jit.load" in card
+    assert "Not measured" in card  # no bench.json in this folder
+
+
+def test_bench_results_travel_with_the_bundle(small_dir, tmp_path):
+    bench = {"environment": {"cpu": {"model": "Test CPU"}, "libraries": {"torch": "x", "onnxruntime": "y"}},
+             "options": {"device": "cpu", "pinned_cores": [1], "threads": 1}, "created": "2026-01-01T00:00:00Z",
+             "command": "qexport bench", "rows": [
+                 {"file": NAMES[0], "status": "ok", "speedup_vs_fp32": {"1": 1.0},
+                  "result": {"batches": {"1": {"p50_ms": 7.0, "p90_ms": 7.5, "throughput_ips": 142.0}}}},
+                 {"file": NAMES[1], "status": "skipped", "reason": "no runtime", "result": {}}]}
+    (small_dir / "bench.json").write_text(json.dumps(bench))
+    bundle, _ = pack(small_dir, tmp_path / "r.zip")
+    with zipfile.ZipFile(bundle) as archive:
+        card = archive.read("r/MODEL_CARD.md").decode()
+        assert "r/bench.json" in archive.namelist()
+        assert all(info.date_time == (1980, 1, 1, 0, 0, 0) for info in archive.infolist())
+    assert "Test CPU" in card and "| 7.000 |" in card and "skipped: no runtime" in card
+
+
+def test_tampered_artifact_is_refused_and_nothing_written(small_dir, tmp_path):
+    with open(small_dir / "resnet18.fp32.onnx", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00\x01")
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(QExportError, match="tampered"):
+        pack(small_dir, target / "bundle.tar.gz")
+    assert list(target.iterdir()) == []
+
+
+def test_cli_pack_one_sentence_on_bad_name(small_dir, tmp_path):
+    done = run_cli("pack", str(small_dir), "-o", str(tmp_path / "bundle.rar"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "name the bundle" in done.stderr and not list(tmp_path.glob("bundle*"))
+    done = run_cli("pack", str(small_dir), "-o", str(tmp_path / "ok.tar.gz"))
+    assert done.returncode == 0, done.stderr
+    assert tarfile.open(tmp_path / "ok.tar.gz").getmember("ok/MODEL_CARD.md").size > 0
