@@ -57,14 +57,29 @@ def time_calls(call, native, min_count: int, min_seconds: float, max_count: int 
     return latencies
 
 
-def bare_loop_mean_ms(call, native, count: int) -> float:
-    """Mean latency of ``count`` back-to-back calls timed as one block: what a deployment loop
-    sees, with no per-call timer. Compared with the timed loop it shows the harness's overhead."""
+def timer_cost_ns(iterations: int = 200_000) -> float:
+    """What the timed loop adds per call besides the call itself: the loop with a no-op."""
+    started = time.perf_counter_ns()
+    time_calls(lambda _: None, None, iterations, 0, max_count=iterations)
+    return (time.perf_counter_ns() - started) / iterations
+
+
+def harness_overhead_pct(call, native, per_call_ms: float, rounds: int = 8, block_seconds: float = 0.05) -> float:
+    """Extra time the timed loop (a perf_counter_ns pair and an append per call) costs over a bare
+    loop of the same calls, in percent. Blocks of each kind are interleaved so that machine
+    drift hits both alike; on a noisy VM single blocks still scatter, so read it as an estimate."""
     clock = time.perf_counter_ns
-    start = clock()
-    for _ in range(count):
-        call(native)
-    return (clock() - start) / 1e6 / count
+    per_block = max(1, int(block_seconds * 1e3 / max(per_call_ms, 1e-3)))
+    bare = timed = 0
+    for _ in range(rounds):
+        start = clock()
+        for _ in range(per_block):
+            call(native)
+        bare += clock() - start
+        start = clock()
+        time_calls(call, native, per_block, 0)
+        timed += clock() - start
+    return (timed - bare) / bare * 100
 
 
 def warm_up(call, native, fixed: int, window: int = 10, max_calls: int = 300) -> dict:
@@ -113,10 +128,10 @@ def run(spec: dict) -> dict:
         from runtimes.stats import summarize
 
         stats = summarize(latencies, batch_size)
-        bare = bare_loop_mean_ms(runner.run_native, native, len(latencies))
-        batches[str(batch_size)] = {**stats, "warmup": warm, "bare_loop_mean_ms": bare,
-                                    "harness_overhead_pct": (stats["mean_ms"] - bare) / bare * 100}
+        overhead = harness_overhead_pct(runner.run_native, native, stats["p50_ms"]) if spec.get("overhead", True) else None
+        batches[str(batch_size)] = {**stats, "warmup": warm, "harness_overhead_pct": overhead}
     result["batches"] = batches
+    result["timer_cost_ns"] = timer_cost_ns()
     if spec.get("eval_inputs"):
         result.update(evaluate(runner, spec, np))
     result["runtime"] = runner.describe()
