@@ -133,6 +133,7 @@ def write_plots(doc: dict, out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (tick formatters below)
 
     rows = ok_rows(doc)
     if not rows:
@@ -141,24 +142,34 @@ def write_plots(doc: dict, out_dir: Path) -> list[Path]:
     subtitle = f"batch {batch}, {doc['options']['threads']} thread(s), {doc['environment']['cpu']['model']}"
     written = []
 
+    colours = {runtime: f"C{i}" for i, runtime in enumerate(sorted({r["runtime"] for r in rows}))}
+
     def scatter(name: str, x_of, x_label: str) -> None:
-        points = [(x_of(r), r["result"]["batches"][batch]["p50_ms"], r["file"]) for r in rows if x_of(r) is not None]
+        points = sorted((r["result"]["batches"][batch]["p50_ms"], x_of(r), r["family"], r["runtime"])
+                        for r in rows if x_of(r) is not None)
         if not points:
             return
         fig, ax = plt.subplots(figsize=(8, 5.5))
-        for x, y, label in points:
-            ax.scatter(x, y)
-            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for i, (y, x, label, runtime) in enumerate(points):  # alternate label sides: close points stay legible
+            ax.scatter(x, y, color=colours[runtime], label=runtime)
+            ax.annotate(label, (x, y), fontsize=7, xytext=(5 if i % 2 else -5, 2), textcoords="offset points",
+                        ha="left" if i % 2 else "right")
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), title="runtime", fontsize=8)
         ax.set_xlabel(x_label)
-        ax.set_ylabel("p50 latency (ms, log)")
+        ax.set_ylabel("p50 latency (ms, log scale)")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_title(f"{name.replace('_', ' ')}\n{subtitle}", fontsize=10)
         ax.grid(True, alpha=0.3)
         written.append(save(fig, out_dir / f"{name}.png"))
 
     scatter("latency_vs_size", lambda r: r["size_bytes"] / 1e6, "size on disk (MB)")
     scatter("latency_vs_accuracy", lambda r: (r["result"].get("eval") or {}).get("top1"), "top-1 accuracy (test split)")
-    speed = [(r["file"], (r.get("speedup_vs_fp32") or {}).get(batch)) for r in rows]
+    speed = [(r["family"], (r.get("speedup_vs_fp32") or {}).get(batch)) for r in rows]
     speed = [(f, s) for f, s in speed if s is not None]
     if speed:
         fig, ax = plt.subplots(figsize=(8, 0.45 * len(speed) + 1.5))

@@ -6,6 +6,8 @@ exit code 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -282,6 +284,10 @@ def quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*(reduce_range|quantize_per_tensor|TypedStorage|To copy construct from a tensor).*")
+    # The same notices from torch's C++ side (c10 TORCH_WARN) and its "No CUDA runtime is found"
+    # log line on CPU-only machines; read when torch is first imported, so set before that.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def _fail(err: BaseException, message: str, code: int) -> None:
