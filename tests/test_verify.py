@@ -28,6 +28,14 @@ def test_tampered_artifact_fails(built_artifacts, tmp_path):
     assert not check.passed and "tampered" in check.detail
 
 
+def edit_manifest(folder, name: str, change) -> None:
+    """Rewrite an artifact's manifest through ``change(manifest)`` (simulating a bad or stale one)."""
+    manifest_file = folder / f"{name}.manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    change(manifest)
+    manifest_file.write_text(json.dumps(manifest))
+
+
 def test_wrong_golden_outputs_fail(built_artifacts, tmp_path):
     out, _ = built_artifacts
     folder = copy_artifacts(out, tmp_path, ["resnet18.fp32.onnx"])
@@ -35,12 +43,9 @@ def test_wrong_golden_outputs_fail(built_artifacts, tmp_path):
     data = dict(np.load(golden))
     data["outputs"] = data["outputs"] + 1.0
     np.savez(golden, **data)
-    manifest_file = folder / "resnet18.fp32.onnx.manifest.json"
-    manifest = json.loads(manifest_file.read_text())
     from qexport.fsutil import sha256_file
 
-    manifest["golden"]["sha256"] = sha256_file(golden)
-    manifest_file.write_text(json.dumps(manifest))
+    edit_manifest(folder, "resnet18.fp32.onnx", lambda m: m["golden"].update(sha256=sha256_file(golden)))
     [check] = verify_path(folder)
     assert not check.passed and "golden outputs differ" in check.detail
 
@@ -48,10 +53,7 @@ def test_wrong_golden_outputs_fail(built_artifacts, tmp_path):
 def test_runtime_outside_range_fails(built_artifacts, tmp_path):
     out, _ = built_artifacts
     folder = copy_artifacts(out, tmp_path, ["resnet18.fp32.onnx"])
-    manifest_file = folder / "resnet18.fp32.onnx.manifest.json"
-    manifest = json.loads(manifest_file.read_text())
-    manifest["runtime"]["requires"] = {"onnxruntime": ">=99"}
-    manifest_file.write_text(json.dumps(manifest))
+    edit_manifest(folder, "resnet18.fp32.onnx", lambda m: m["runtime"].update(requires={"onnxruntime": ">=99"}))
     [check] = verify_path(folder)
     assert not check.passed and "outside the manifest's range" in check.detail
 
