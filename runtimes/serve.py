@@ -53,7 +53,10 @@ def serve(runtime: str, artifact: str, manifest_file: str) -> int:
     except Exception as err:  # reported to the parent as one sentence
         send_error(frames, str(err) if isinstance(err, QExportError) else f"{type(err).__name__}: {err}")
         return 0
-    packages = list(manifest.get("runtime", {}).get("requires", {})) + ["torch", "intel_extension_for_pytorch"]
+    from runtimes.foreign import FOREIGN
+
+    declared = FOREIGN[runtime].packages if runtime in FOREIGN else ()
+    packages = list(dict.fromkeys([*manifest.get("runtime", {}).get("requires", {}), *declared]))
     frames.write(b"K" + json.dumps(hello(runner, packages)).encode() + b"\n")
     frames.flush()
     from runtimes.base import Stream
