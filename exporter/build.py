@@ -24,6 +24,7 @@ from qexport import __version__
 from qexport.data import Split, normalize, seeded_subset
 from qexport.envinfo import cpu_info, git_commit, isa_summary, library_versions
 from qexport.errors import QExportError, RuntimeMissing
+from qexport.hardware import host_cpu, resolve_target
 from qexport.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, ensure_writable_dir, sha256_file
 from qexport.progress import say
 from qexport.train import predict, top1
@@ -69,6 +70,11 @@ def build_families(ctx: BuildContext, families: list[Family], out_dir: Path, for
     reference = Reference(ctx)
     outcomes = []
     for family in families:
+        problem = family.build_problem()
+        if problem:  # e.g. ipex-bf16 on an AVX2-only host: not a failure, a fact of this host
+            outcomes.append(Outcome(family.key, "skipped", reason=f"{family.key}: {problem}"))
+            say(f"[yellow]skipped[/yellow] {family.key}: {problem}")
+            continue
         say(f"[bold]{family.key}[/bold] → {family.filename(ctx.model_name)}")
         try:
             outcomes.append(build_one(ctx, family, out_dir, reference, force))
@@ -194,6 +200,7 @@ def make_manifest(ctx: BuildContext, family: Family, final: Path, details: dict,
         "config": details.get("config", {}),
         "notes": details.get("notes", []) + ([family.cpu_note] if family.cpu_note else []),
         "devices": list(family.devices),
+        "requirements": requirements(family, ctx),
         "runtime": runtime_spec(family, details),
         "model": {"name": ctx.model_name, "num_classes": data.num_classes, "checkpoint_sha256": ctx.checkpoint_sha256},
         "data": data.describe(),
@@ -215,6 +222,23 @@ def make_manifest(ctx: BuildContext, family: Family, final: Path, details: dict,
                   "libraries": library_versions(), "cpu": cpu_info()["model"], "isa": isa_summary(),
                   "qexport_version": __version__, "git_commit": git_commit(Path(__file__).parent)},
     }
+
+
+def requirements(family: Family, ctx: BuildContext) -> dict:
+    """What the artifact needs from the CPU it runs on, which verify and bench check before loading.
+
+    Compiled code (AOTInductor) needs what ``--target-cpu`` allowed the compiler to emit. The
+    other runtimes (oneDNN in TorchScript/IPEX, MLAS in ONNX Runtime) choose kernels when they
+    run, from the CPU they run on: they need only what the family itself needs (IPEX bf16), and
+    what they will use is the host's ISA class, recorded here for the build host.
+    """
+    cpu = host_cpu()
+    target = resolve_target(ctx.options.target_cpu, cpu)
+    needs = family.artifact_needs(target, cpu)
+    code = (f"compiled for {target.name} (-march={target.march or 'native'})" if family.compiled
+            else "kernels chosen at run time for the CPU it runs on")
+    return {"cpu": needs.to_dict() if needs else None, "code": code,
+            "kernels_on_build_host": cpu.isa_class(), "devices": list(family.devices)}
 
 
 def write_index(out_dir: Path, model_name: str, outcomes: list[Outcome]) -> Path:

@@ -20,11 +20,17 @@ import torch
 
 from exporter.registry import BuildContext, register
 from qexport.errors import QExportError
+from qexport.hardware import requirement
 from qexport.progress import say
 from runtimes.foreign import FOREIGN, child_env, foreign_python
 
 CHILD = Path(__file__).with_name("ipex_child.py")
 CHILD_TIMEOUT_S = 1800
+# IPEX's own check for bf16 weight prepack (measured: on an AVX2-only EPYC it refuses with "BF16 weight
+# prepack needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq"). Native bf16
+# arithmetic additionally needs AVX-512 BF16 or AMX-BF16; without them IPEX emulates it.
+BF16_NEEDS = requirement("AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT",
+                         {"avx512bw", "avx512vl", "avx512dq"}, {"avx_ne_convert"})
 
 
 def child_spec(ctx: BuildContext, folder: Path, precision: str, output: Path) -> dict:
@@ -81,6 +87,7 @@ def build_ipex_int8(ctx: BuildContext, path: Path) -> dict:
 
 @register("ipex-bf16", variant="bf16-ipex", format="torchscript", extension=".torchscript.pt",
           precision="bf16", runtime="ipex",
-          method="ipex.optimize(dtype=bfloat16), trace under CPU autocast + freeze (needs AVX-512 BF16 or AMX)")
+          method="ipex.optimize(dtype=bfloat16), trace under CPU autocast + freeze",
+          build_needs=BF16_NEEDS, run_needs=BF16_NEEDS)
 def build_ipex_bf16(ctx: BuildContext, path: Path) -> dict:
     return build_in_ipex_env(ctx, path, "bf16")

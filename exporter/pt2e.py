@@ -23,11 +23,12 @@ from torch import nn
 
 from exporter.registry import BuildContext, register
 from qexport.errors import QExportError
+from qexport.hardware import resolve_target
 from qexport.progress import say
 
 MAX_BATCH = 1024
-COMPILED_NOTE = ("AOTInductor code is compiled for this CPU's ISA and this exact torch version; "
-                 "generated C++ sources are left out of the package (only the compiled .so runs)")
+COMPILED_NOTE = ("AOTInductor code is compiled for the --target-cpu ISA recorded under requirements and this exact "
+                 "torch version; generated C++ sources are left out of the package (only the compiled .so runs)")
 
 
 def unshare_modules(model: nn.Module) -> nn.Module:
@@ -154,28 +155,39 @@ def prepacked_dynamic_convolutions() -> Iterator[bool]:
 
 
 def package(model: nn.Module, ctx: BuildContext, path: Path, variant: str, prepack_fp32: bool = False) -> dict:
-    """Re-export and compile with AOTInductor; returns compile seconds (and, for fp32, whether
-    conv weights were pre-packed at build time).
+    """Re-export and compile with AOTInductor for ``--target-cpu``; returns what was compiled
+    (seconds, vector ISA, -march, and for fp32 whether conv weights were pre-packed at build time).
 
     Compiled in a scratch folder under the artifact's real name, because the package's internal
     folder is named after the file it is written to (the atomic temporary name must not leak).
     """
-    say(f"  compiling {variant} with AOTInductor (tens of seconds)…")
+    target = resolve_target(ctx.options.target_cpu)
+    say(f"  compiling {variant} with AOTInductor for {target.name} (tens of seconds)…")
     started = time.perf_counter()
     # Inductor applies freezing (constant folding, int8 weight pre-packing) only without autograd.
     with torch.no_grad():
         program = export_dynamic(model, ctx.example)
+    config = {**INDUCTOR_CONFIG, **target.inductor_config()}
     with tempfile.TemporaryDirectory(prefix="qexport-aoti-") as scratch, torch.no_grad():
         staged = Path(scratch) / f"{ctx.model_name}.{variant}.pt2"
         prepack = prepacked_dynamic_convolutions() if prepack_fp32 else contextlib.nullcontext(False)
-        with torch._inductor.config.patch(INDUCTOR_CONFIG), prepack as prepacked:
+        with torch._inductor.config.patch(config), prepack as prepacked:
+            vec_isa = compiled_vector_isa()
             torch._inductor.aoti_compile_and_package(program, package_path=str(staged))
         copy_without_sources(staged, path)
-    compiled = {"compile_seconds": round(time.perf_counter() - started, 1)}
+    compiled = {"compile_seconds": round(time.perf_counter() - started, 1), "target_cpu": target.name,
+                "vector_isa": vec_isa, "march": target.march or "native"}
     if prepack_fp32:
         compiled["conv_weight_prepack"] = ("build time, batch hint 2" if prepacked
                                            else "run time (Inductor internals changed)")
     return compiled
+
+
+def compiled_vector_isa() -> str:
+    """The vector ISA Inductor generates kernels for under the current config (e.g. 'avx2')."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return str(pick_vec_isa()) or "scalar"
 
 
 def copy_without_sources(source: Path, target: Path) -> None:
@@ -199,7 +211,7 @@ def calibrate_graph(prepared: nn.Module, ctx: BuildContext) -> int:
 
 @register("pt2e-int8", variant="int8", format="aoti", extension=".pt2", precision="int8", runtime="aoti",
           method="torch.export → torchao X86InductorQuantizer PTQ (per-channel) → convert_pt2e → AOTInductor package",
-          option_keys=("calibration_samples", "seed"))
+          option_keys=("calibration_samples", "seed", "target_cpu"), compiled=True)
 def build_pt2e_int8(ctx: BuildContext, path: Path) -> dict:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -216,7 +228,7 @@ def build_pt2e_int8(ctx: BuildContext, path: Path) -> dict:
 
 @register("pt2e-int8-qat", variant="int8-qat", format="aoti", extension=".pt2", precision="int8", runtime="aoti",
           method="torch.export → prepare_qat_pt2e (X86InductorQuantizer) → fake-quant fine-tune → convert → AOTInductor",
-          option_keys=("qat_epochs", "qat_lr", "seed"))
+          option_keys=("qat_epochs", "qat_lr", "seed", "target_cpu"), compiled=True)
 def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> dict:
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
@@ -238,7 +250,8 @@ def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> dict:
 
 
 @register("pt2e-fp32", variant="fp32", format="aoti", extension=".pt2", precision="fp32", runtime="aoti",
-          method="torch.export (dynamic batch) → AOTInductor package (freezing)")
+          method="torch.export (dynamic batch) → AOTInductor package (freezing)",
+          option_keys=("target_cpu",), compiled=True)
 def build_pt2e_fp32(ctx: BuildContext, path: Path) -> dict:
     compiled = package(ctx.fresh_model(), ctx, path, "fp32", prepack_fp32=True)
     prepacked = compiled["conv_weight_prepack"].startswith("build time")

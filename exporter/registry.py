@@ -17,6 +17,7 @@ from torch import nn
 
 from qexport.data import Dataset, Split, calibration_split, normalize
 from qexport.errors import QExportError, did_you_mean
+from qexport.hardware import DEFAULT_TARGET, CpuRequirement, HostCpu, TargetIsa, host_cpu, native_requirement, resolve_target
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -32,8 +33,10 @@ class BuildOptions:
     seed: int = 0
     eval_samples: int | None = None  # None: the full test split
     golden_samples: int = 8
+    target_cpu: str = DEFAULT_TARGET  # what compiled (AOTInductor) code may use: avx2 | avx512 | native
 
     def __post_init__(self) -> None:
+        resolve_target(self.target_cpu)  # unknown, or beyond this host: one sentence before anything is built
         if self.calibration_samples < 1:
             raise QExportError(f"--calibration-samples must be at least 1, got {self.calibration_samples}.")
         if self.calibration_method not in CALIBRATION_METHODS:
@@ -94,6 +97,19 @@ class Family:
     option_keys: tuple[str, ...] = ()   # BuildOptions fields that change the artifact
     devices: tuple[str, ...] = ("cpu",)
     cpu_note: str = ""       # why CPU numbers for this family are not representative, if they are not
+    build_needs: CpuRequirement | None = None  # CPU features the build itself needs (e.g. IPEX bf16 prepack)
+    run_needs: CpuRequirement | None = None    # CPU features the artifact needs wherever it runs
+    compiled: bool = False   # holds machine code compiled for --target-cpu (AOTInductor)
+
+    def build_problem(self, cpu: HostCpu | None = None) -> str | None:
+        """None when this host can build the family; else 'needs X; this CPU has Y'."""
+        return self.build_needs.problem(cpu or host_cpu()) if self.build_needs else None
+
+    def artifact_needs(self, target: TargetIsa, cpu: HostCpu | None = None) -> CpuRequirement | None:
+        """What the built artifact needs on the host it runs on (recorded in its manifest)."""
+        if self.compiled:
+            return target.needs or native_requirement(cpu)
+        return self.run_needs
 
     def filename(self, model_name: str) -> str:
         return f"{model_name}.{self.variant}{self.extension}"
@@ -119,13 +135,20 @@ def register(key: str, **spec) -> Callable[[BuildFn], BuildFn]:
     return decorate
 
 
-def select_families(only: list[str] | None) -> list[Family]:
-    """All families, or those named (a family key, or a prefix such as 'onnx' or 'pt2e')."""
+def select_families(only: list[str] | None, cpu: HostCpu | None = None) -> list[Family]:
+    """All families, or those named (a family key, or a prefix such as 'onnx' or 'pt2e').
+
+    A family named exactly that this host cannot build is an error (the user asked for it); one
+    reached through ``--all`` or a prefix is skipped later with the same sentence.
+    """
     if not only:
         return list(FAMILIES.values())
     chosen: list[Family] = []
     for name in only:
         exact = [f for f in FAMILIES.values() if f.key == name]
+        problem = exact[0].build_problem(cpu) if exact else None
+        if problem:
+            raise QExportError(f"{name}: {problem}; build it on such a host, or leave it out.")
         matches = exact or [f for f in FAMILIES.values() if f.key.startswith(name + "-")]
         if not matches:
             raise QExportError(f"Unknown artifact family {name!r}{did_you_mean(name, FAMILIES)}; "

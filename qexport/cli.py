@@ -97,6 +97,7 @@ def build(
     data_dir: Optional[Path] = DataDirOpt,
     image_size: Optional[int] = ImageSizeOpt,
     calibration_samples: int = typer.Option(512, "--calibration-samples", help="Seeded train-split images used to calibrate PTQ families."),
+    target_cpu: str = typer.Option("avx2", "--target-cpu", help="What compiled (AOTInductor .pt2) code may use: avx2 (runs on any x86-64 CPU with AVX2, the default), avx512, or native (everything this build host has; may not run elsewhere)."),
     calibration_method: str = typer.Option("minmax", "--calibration-method", help="ONNX int8 calibration: minmax, entropy or percentile."),
     qat_epochs: int = typer.Option(1, "--qat-epochs", help="Fine-tuning epochs of the QAT families."),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Measure accuracy on a seeded subset of the test split (default: all of it)."),
@@ -116,13 +117,13 @@ def build(
     from qexport.train import TrainConfig
 
     if list_families:
-        report.print_families(FAMILIES.values())
+        report.print_families(FAMILIES.values(), target_cpu)
         return
     if not all_families and not only:
         raise QExportError("Say what to build: --all, or --only with names from `qexport build --list`.")
-    families = select_families(None if all_families else [n.strip() for n in only.split(",") if n.strip()])
     options = BuildOptions(calibration_samples=calibration_samples, calibration_method=calibration_method,
-                           qat_epochs=qat_epochs, seed=seed, eval_samples=eval_samples)
+                           qat_epochs=qat_epochs, seed=seed, eval_samples=eval_samples, target_cpu=target_cpu)
+    families = select_families(None if all_families else [n.strip() for n in only.split(",") if n.strip()])
     ensure_writable_dir(out)
     if checkpoint is None:
         build_model(model, 1)  # fail on an unknown name before loading data

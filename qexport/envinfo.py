@@ -19,6 +19,7 @@ ISA_FLAGS = {
     "amx_tile": "AMX",
     "amx_int8": "AMX-INT8",
     "amx_bf16": "AMX-BF16",
+    "avx_ne_convert": "AVX-NE-CONVERT",
 }
 
 
@@ -34,22 +35,16 @@ def library_versions() -> dict[str, str | None]:
 
 
 def cpu_info() -> dict:
-    """CPU model, logical cores and the ISA extensions int8/bf16 kernels depend on."""
-    model, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value:
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
+    """CPU model, logical cores, its ISA class and the extensions int8/bf16 kernels depend on."""
+    from qexport.hardware import host_cpu
+
+    cpu = host_cpu()
     return {
-        "model": model,
+        "model": cpu.model,
         "logical_cores": os.cpu_count(),
         "usable_cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "isa": {label: flag in flags for flag, label in ISA_FLAGS.items()},
+        "isa_class": cpu.isa_class(),
+        "isa": {label: flag in cpu.flags for flag, label in ISA_FLAGS.items()},
     }
 
 

@@ -87,3 +87,32 @@ def discover(directory: Path) -> list[tuple[Path, dict]]:
     if not paths:
         raise QExportError(f"No artifacts in {directory}; run `qexport build --all --out {directory}` first.")
     return [(path, read_manifest(path)) for path in paths]
+
+
+def cpu_needs(manifest: dict) -> tuple["CpuRequirement | None", bool]:
+    """(what the artifact needs from the CPU, whether that comes from compiled code).
+
+    Manifests written before requirements were recorded still protect their AOTInductor
+    package: it was compiled with -march=native, so it needs the build host's recorded ISA.
+    """
+    from qexport.hardware import FLAG_LABELS, CpuRequirement, requirement
+
+    recorded = manifest.get("requirements")
+    if isinstance(recorded, dict):
+        needs = recorded.get("cpu")
+        compiled = str(recorded.get("code", "")).startswith("compiled")
+        return (CpuRequirement.from_dict(needs) if needs else None), compiled
+    built = manifest.get("runtime", {}).get("compiled_with", {})
+    if isinstance(built, dict) and built.get("isa"):
+        flag_of = {label: flag for flag, label in FLAG_LABELS.items()}
+        flags = {flag_of[label] for label in built["isa"] if label in flag_of}
+        return requirement(f"the build host's ISA ({', '.join(built['isa'])})", flags), True
+    return None, False
+
+
+def host_problem_for(manifest: dict) -> str | None:
+    """None when this host's CPU can run the artifact; else one sentence naming what is missing and the fix."""
+    from qexport.hardware import host_problem
+
+    needs, compiled = cpu_needs(manifest)
+    return host_problem(needs, manifest["artifact"]["file"], compiled)

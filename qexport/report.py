@@ -37,13 +37,27 @@ def print_info(as_json: bool = False) -> None:
     console.print(table)
 
 
-def print_families(families) -> None:
-    table = Table(title="artifact families")
-    for column in ("family", "format", "precision", "runtime", "devices", "method"):
-        table.add_column(column)
+def print_families(families, target_cpu: str) -> None:
+    """Every family, and whether *this* host can build and run it (and why not)."""
+    from qexport.hardware import host_cpu, resolve_target
+    from runtimes import runtime_problem
+
+    cpu = host_cpu()
+    target = resolve_target(target_cpu, cpu)
+    table = Table(title=f"artifact families on this host: {cpu.model} ({cpu.isa_class()}), --target-cpu {target.name}")
+    for column in ("family", "format", "precision", "runtime", "build here", "run here", "method"):
+        table.add_column(column, overflow="fold")
     for f in families:
-        table.add_row(f.key, f.format, f.precision, f.runtime, ",".join(f.devices), f.method)
+        runtime = runtime_problem(f.runtime)
+        build = f.build_problem(cpu) or runtime
+        needs = f.artifact_needs(target, cpu)
+        run = (needs.problem(cpu) if needs else None) or runtime
+        table.add_row(f.key, f.format, f.precision, f.runtime, _yes_or(build), _yes_or(run), f.method)
     console.print(table)
+
+
+def _yes_or(problem: str | None) -> str:
+    return "[green]yes[/green]" if problem is None else f"[yellow]no[/yellow]: {problem}"
 
 
 def print_build(outcomes, out_dir) -> None:

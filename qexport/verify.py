@@ -15,7 +15,7 @@ import numpy as np
 
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file
-from qexport.manifest import artifact_file, discover, golden_path, manifest_path, read_manifest
+from qexport.manifest import artifact_file, discover, golden_path, host_problem_for, manifest_path, read_manifest
 from runtimes.foreign import is_foreign, runs_here
 
 RTOL = 1e-3
@@ -83,6 +83,9 @@ def verify_one(manifest_file: Path, manifest: dict) -> Check:
         return fail("artifact file is missing")
     if sha256_file(artifact) != manifest["artifact"]["sha256"]:
         return fail("sha256 does not match the manifest: the file was modified or tampered with")
+    problem = host_problem_for(manifest)  # before loading: never a SIGILL
+    if problem:
+        return fail(problem)
     requires = manifest["runtime"].get("requires", {})
     foreign = is_foreign(runtime) and not runs_here(runtime)
     problem = None if foreign else version_problem(requires)

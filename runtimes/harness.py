@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qexport.manifest import artifact_file, discover
+from qexport.manifest import artifact_file, discover, host_problem_for
 from qexport.envinfo import environment, git_commit
 from qexport.errors import QExportError, RuntimeMissing
 from qexport.fsutil import sha256_file
@@ -103,7 +103,10 @@ def check_row(manifest_file: Path, manifest: dict, options: BenchOptions) -> Row
                                                  "tampered); rebuild it, or pass --allow-modified to measure it anyway.")
             return row
         row.notes.append("MODIFIED: sha256 differs from the manifest (--allow-modified)")
-    if options.device not in manifest.get("devices", ["cpu"]):
+    cpu_problem = host_problem_for(manifest) if options.device == "cpu" else None
+    if cpu_problem:  # checked before any worker loads it: a SIGILL is never the message
+        row.status, row.reason = "refused", cpu_problem
+    elif options.device not in manifest.get("devices", ["cpu"]):
         row.status, row.reason = "skipped", f"{row.family} does not run on {options.device}."
     elif options.device == "cpu" and manifest["precision"] == "fp16" and not options.cpu_fp16:
         row.status, row.reason = "skipped", ("fp16 is a GPU format (use --device cuda); on CPU it runs through slow "
