@@ -35,6 +35,7 @@ ImageSizeOpt = typer.Option(None, "--image-size", help="Resize imagefolder/synth
 TrainSamplesOpt = typer.Option(None, "--train-samples", help="Use a seeded subset of this many training images (quick runs; recorded in metadata).")
 TestSamplesOpt = typer.Option(None, "--test-samples", help="Use a seeded subset of this many test images (quick runs; recorded in metadata).")
 SeedOpt = typer.Option(0, "--seed", help="Seed for initialisation, shuffling, augmentation and subsets.")
+TrainDeviceOpt = typer.Option("auto", "--device", help="Where training runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda. Exported artifacts are always built from the CPU model.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
 
 
@@ -65,11 +66,12 @@ def train(
     test_samples: Optional[int] = TestSamplesOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Checkpoint path (default checkpoints/<model>-<data>.pt)."),
     list_models: bool = typer.Option(False, "--list-models", help="List the accepted model names and exit."),
+    device: str = TrainDeviceOpt,
     progress: bool = ProgressOpt,
 ) -> None:
     """Train the FP32 model, evaluate it on the test split and write a checkpoint with metadata."""
     from qexport import pipeline
-    from qexport.train import TrainConfig
+    from qexport.train import TrainConfig, resolve_device
 
     if list_models:
         from qexport.models import classification_models
@@ -79,10 +81,11 @@ def train(
     from qexport.models import build_model
 
     build_model(model, 1)  # fail on an unknown name before spending time on data
+    train_device = resolve_device(device)
     dataset = pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed)
     path = out or pipeline.default_checkpoint_path(model, dataset)
-    pipeline.train_checkpoint(model, dataset, config, path, show_progress=progress)
+    pipeline.train_checkpoint(model, dataset, config, path, show_progress=progress, device=train_device)
 
 
 @app.command()
@@ -106,6 +109,7 @@ def build(
     train_samples: Optional[int] = TrainSamplesOpt,
     test_samples: Optional[int] = TestSamplesOpt,
     force: bool = typer.Option(False, "--force", help="Rebuild artifacts even when up to date."),
+    device: str = TrainDeviceOpt,
     progress: bool = ProgressOpt,
 ) -> None:
     """Build deployment artifacts (TorchScript, ONNX, pt2e/AOTInductor...) with manifests into --out."""
@@ -114,7 +118,7 @@ def build(
     from qexport import pipeline, report
     from qexport.fsutil import ensure_writable_dir
     from qexport.models import build_model
-    from qexport.train import TrainConfig
+    from qexport.train import TrainConfig, resolve_device
 
     if list_families:
         report.print_families(FAMILIES.values(), target_cpu)
@@ -125,10 +129,12 @@ def build(
                            qat_epochs=qat_epochs, seed=seed, eval_samples=eval_samples, target_cpu=target_cpu)
     families = select_families(None if all_families else [n.strip() for n in only.split(",") if n.strip()])
     ensure_writable_dir(out)
+    train_device = resolve_device(device)
     if checkpoint is None:
         build_model(model, 1)  # fail on an unknown name before loading data
     dataset = pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed)
-    ckpt = pipeline.resolve_checkpoint(model, dataset, checkpoint, TrainConfig(epochs=epochs, seed=seed), progress)
+    ckpt = pipeline.resolve_checkpoint(model, dataset, checkpoint, TrainConfig(epochs=epochs, seed=seed), progress,
+                                      train_device)
     ctx = pipeline.build_context(model, dataset, ckpt, options, progress)
     outcomes = build_families(ctx, families, out, force=force, debug=_state["debug"])
     report.print_build(outcomes, out)

@@ -27,13 +27,13 @@ def default_checkpoint_path(model_name: str, data: Dataset) -> Path:
 
 
 def train_checkpoint(model_name: str, data: Dataset, config: TrainConfig, path: Path,
-                     show_progress: bool = True) -> Path:
+                     show_progress: bool = True, device: str = "cpu") -> Path:
     """Train ``model_name`` on ``data`` and write the checkpoint with everything needed to trust it."""
     ensure_writable_dir(Path(path).parent)
     model = build_model(model_name, data.num_classes)
     say(f"training {model_name} on {data.name} ({len(data.train)} train images, {config.epochs} epochs)"
         + (" [SYNTHETIC]" if data.synthetic else ""))
-    metrics = train(model, data, config, show_progress=show_progress)
+    metrics = train(model, data, config, show_progress=show_progress, device=device)
     meta = checkpoint_meta(model_name, data, config, metrics)
     save_checkpoint(path, model, model_name, meta)
     say(f"test top-1 {metrics['test_top1']:.2%} on {metrics['test_samples']} test images, "
@@ -72,7 +72,7 @@ def checkpoint_is_current(path: Path, model_name: str, data: Dataset, config: Tr
 
 
 def resolve_checkpoint(model_name: str, data: Dataset, checkpoint: Path | None, config: TrainConfig,
-                       show_progress: bool = True) -> Path:
+                       show_progress: bool = True, device: str = "cpu") -> Path:
     """The checkpoint to build from: the user's, an up-to-date trained one, or a fresh training run."""
     if checkpoint is not None:
         return Path(checkpoint)
@@ -80,7 +80,7 @@ def resolve_checkpoint(model_name: str, data: Dataset, checkpoint: Path | None, 
     if checkpoint_is_current(path, model_name, data, config):
         say(f"reusing up-to-date checkpoint {path}")
         return path
-    return train_checkpoint(model_name, data, config, path, show_progress=show_progress)
+    return train_checkpoint(model_name, data, config, path, show_progress=show_progress, device=device)
 
 
 def build_context(model_name: str, data: Dataset, checkpoint: Path, options, show_progress: bool = True):

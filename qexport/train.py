@@ -82,21 +82,50 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=1) == labels).float().mean()) if len(labels) else float("nan")
 
 
-def evaluate(model: nn.Module, split: Split, mean, std, batch_size: int = 500) -> float:
+def evaluate(model: nn.Module, split: Split, mean, std, batch_size: int = 500, device: str = "cpu") -> float:
     """Top-1 accuracy of an eager model on ``split`` (the test split, by convention)."""
     model.eval()
     model = model.to(memory_format=torch.channels_last)
-    logits = predict(lambda x: model(x.contiguous(memory_format=torch.channels_last)), split, mean, std, batch_size)
+    logits = predict(lambda x: model(x.to(device).contiguous(memory_format=torch.channels_last)).cpu(),
+                     split, mean, std, batch_size)
     return top1(logits, split.labels)
 
 
-def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: bool = True) -> dict:
-    """Train in place; return the metrics the checkpoint records (test accuracy, wall time...)."""
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> str:
+    """'auto' → cuda when torch sees a GPU, else cpu; an unavailable choice is one sentence."""
+    if name not in DEVICES:
+        raise QExportError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}.")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise QExportError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu (or auto).")
+    return name
+
+
+def format_duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
+def announce_estimate(first_epoch_s: float, epochs: int, device: str) -> None:
+    """After the first epoch, say what the whole run will cost on this host (CPUs differ ~3x)."""
+    total = first_epoch_s * epochs
+    finish = time.strftime("%H:%M", time.localtime(time.time() + total - first_epoch_s))
+    say(f"epoch 1/{epochs} took {first_epoch_s:.0f} s on {device}: training will take about "
+        f"{format_duration(total)} in all (done around {finish}); fewer --epochs or a GPU (--device cuda) shorten it")
+
+
+def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: bool = True,
+          device: str = "cpu") -> dict:
+    """Train in place on ``device``; return the metrics the checkpoint records (test accuracy, wall
+    time...). The model is left on the CPU, where every exporter expects it."""
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    model = model.to(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(config.seed)  # augmentation stays on the CPU: same images on any device
+    model = model.to(device=device, memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.max_lr, momentum=config.momentum,
                                 nesterov=True, weight_decay=config.weight_decay)
@@ -111,19 +140,23 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
         task = bar.add_task("train", total=total_steps, status="")
         for epoch in range(config.epochs):
             history.append(_train_epoch(model, data, config.batch_size, config.pad, generator, optimizer, scheduler, criterion,
-                                        lambda status: bar.update(task, advance=1, status=f"epoch {epoch + 1}/{config.epochs} {status}")))
+                                        lambda status: bar.update(task, advance=1, status=f"epoch {epoch + 1}/{config.epochs} {status}"),
+                                        device))
+            if epoch == 0 and config.epochs > 1 and show_progress:
+                announce_estimate(time.perf_counter() - started, config.epochs, device)
             if bar.disable and show_progress:  # no terminal (CI, logs): one line per epoch instead
                 say(f"epoch {epoch + 1}/{config.epochs} loss {history[-1]['loss']:.3f} "
                     f"train top-1 {history[-1]['train_top1']:.1%} ({time.perf_counter() - started:.0f} s)")
     train_seconds = time.perf_counter() - started
-    accuracy = evaluate(model, data.test, data.mean, data.std)
-    model.eval()
+    accuracy = evaluate(model, data.test, data.mean, data.std, device=device)
+    model.to("cpu").eval()
     return {
         "test_top1": accuracy,
         "test_samples": len(data.test),
         "train_seconds": round(train_seconds, 1),
         "epochs": config.epochs,
         "threads": torch.get_num_threads(),
+        "device": device if device == "cpu" else f"{device} ({torch.cuda.get_device_name()})",
         "history": history,
     }
 
@@ -148,13 +181,14 @@ def fine_tune(model: nn.Module, data: Dataset, *, epochs: int, lr: float, batch_
     return history
 
 
-def _train_epoch(model, data, batch_size, pad, generator, optimizer, scheduler, criterion, tick) -> dict:
+def _train_epoch(model, data, batch_size, pad, generator, optimizer, scheduler, criterion, tick,
+                 device: str = "cpu") -> dict:
     model.train()
     seen = correct = 0
     loss_sum = 0.0
     for images, labels in batches(data.train, batch_size, generator):
         x = normalize(augment(images, pad, generator), data.mean, data.std)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x, labels = x.to(device).contiguous(memory_format=torch.channels_last), labels.to(device)
         logits = model(x)
         loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)

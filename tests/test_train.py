@@ -61,3 +61,23 @@ def test_short_real_training_beats_chance(real_cifar):
     metrics = train(model, subset, TrainConfig(epochs=3, batch_size=128, max_lr=0.1), show_progress=False)
     # chance is 0.10 (σ ≈ 0.01 on 1000 images); 3 short epochs land at 0.25-0.35 across machines
     assert metrics["test_top1"] > 0.18, metrics
+
+
+def test_training_device_choice_is_checked():
+    from qexport.train import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(QExportError, match="--device must be one of"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(QExportError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_whole_run_estimate_after_the_first_epoch(capsys):
+    from qexport.train import announce_estimate
+
+    announce_estimate(300.0, 30, "cpu")
+    said = capsys.readouterr().err
+    assert "epoch 1/30 took 300 s on cpu" in said and "2.5 h" in said
