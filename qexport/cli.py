@@ -167,8 +167,8 @@ def bench(
     allow_modified: bool = typer.Option(False, "--allow-modified", help="Measure artifacts whose sha256 differs from their manifest."),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated families or prefixes to measure."),
     cpu_fp16: bool = typer.Option(False, "--cpu-fp16", help="Also measure fp16 (GPU) artifacts on the CPU, where they are slow (minutes per artifact)."),
-    data: str = DataOpt,
-    data_dir: Optional[Path] = DataDirOpt,
+    data: Optional[str] = typer.Option(None, "--data", help="Data to score accuracy on: cifar10, imagefolder or synthetic (default: what the manifests record). Image size, mean/std and classes always come from the manifests."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of that data (default: an image folder's recorded path when it still exists, else QEXPORT_DATA_DIR, else ./data)."),
     no_accuracy: bool = typer.Option(False, "--no-accuracy", help="Skip accuracy (timing, size and memory only)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where bench.json, bench.md and plots go (default: DIRECTORY)."),
     seed: int = SeedOpt,
@@ -177,27 +177,14 @@ def bench(
     from qexport import benchreport
     from qexport.progress import say
     from qexport.manifest import discover
-    from runtimes.harness import BenchOptions, bench_directory
+    from runtimes.harness import BenchOptions, bench_directory, evaluation_data
 
     options = BenchOptions(threads=threads, cores=_int_list(cores, "--cores"),
                            batch_sizes=_int_list(batch_sizes, "--batch-sizes") or (), warmup=warmup,
                            min_count=min_count, min_seconds=min_seconds, eval_samples=eval_samples, device=device,
                            timeout=timeout, allow_modified=allow_modified, cpu_fp16=cpu_fp16,
                            only=tuple(o.strip() for o in only.split(",")) if only else None)
-    manifests = discover(directory)
-    dataset = None
-    if not no_accuracy:
-        source = data if data != "cifar10" else manifests[0][1]["data"].get("name", "cifar10")
-        if source not in ("cifar10", "synthetic", "imagefolder"):
-            source = "imagefolder"
-        from qexport.data import load_dataset
-
-        if source == "synthetic":
-            d = manifests[0][1]["data"]
-            dataset = load_dataset("synthetic", None, image_size=d["image_size"][0],
-                                   synthetic_samples=(d["train_samples"], d["test_samples"]))
-        else:
-            dataset = load_dataset(source, data_dir)
+    dataset = None if no_accuracy else evaluation_data(discover(directory), data, data_dir)
 
     def report_progress(number: int, total: int, row) -> None:
         say(f"[{number + 1}/{total}] {row.file}" + (f" — {row.status}: {row.reason}" if row.status != "ok" else ""))

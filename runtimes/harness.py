@@ -181,22 +181,72 @@ def describe_exit(code: int) -> str:
     return str(code)
 
 
+def input_size(manifest: dict) -> tuple[int, int]:
+    """(height, width) the artifact takes, from its manifest's NCHW input shape."""
+    _, _, height, width = manifest["input"]["shape"]
+    return int(height), int(width)
+
+
+def data_mismatch(manifest: dict, data) -> str | None:
+    """Why ``data`` cannot score this artifact (layout, image size or classes differ), or None."""
+    name = manifest["artifact"]["file"]
+    if manifest["input"].get("layout", "NCHW") != "NCHW":
+        return f"{name} takes {manifest['input']['layout']} input and qexport prepares NCHW"
+    if tuple(data.image_size) != input_size(manifest):
+        return (f"{name} takes {input_size(manifest)[0]}×{input_size(manifest)[1]} images and the evaluation set "
+                f"({data.name}) is {data.image_size[0]}×{data.image_size[1]}")
+    classes = list(manifest["output"].get("classes", []))
+    if classes != list(data.classes):
+        return (f"{name} predicts {len(classes)} classes ({', '.join(classes[:3])}…) and the evaluation set "
+                f"({data.name}) has {len(data.classes)} ({', '.join(list(data.classes)[:3])}…)")
+    return None
+
+
+def require_matching_data(entries: list[tuple[Path, dict]], data) -> None:
+    """Refuse, before any worker starts, an evaluation set that would give a wrong accuracy."""
+    for _, manifest in entries:
+        problem = data_mismatch(manifest, data)
+        if problem:
+            raise QExportError(f"{problem}; pass the --data/--data-dir it was built with, or --no-accuracy.")
+
+
+def data_source(manifest: dict) -> str:
+    """cifar10 / synthetic / imagefolder, from what the manifest recorded about its data."""
+    name = manifest["data"].get("name", "cifar10")
+    return name if name in ("cifar10", "synthetic") else "imagefolder"
+
+
+def evaluation_data(entries: list[tuple[Path, dict]], source: str | None, data_dir: Path | None):
+    """The data to score the artifacts on, prepared the way their manifests say they were built.
+
+    Source, image size and (for synthetic data) sample counts come from the first manifest unless
+    given; an image folder is read at the artifact's own input size, never at a default.
+    """
+    from qexport.data import load_dataset
+
+    first = entries[0][1]
+    recorded = first["data"]
+    source = source or data_source(first)
+    if source == "imagefolder" and data_dir is None and Path(recorded.get("source", "")).is_dir():
+        data_dir = Path(recorded["source"])  # the folder it was built from, when it is still here
+    samples = (recorded.get("train_samples", 512), recorded.get("test_samples", 256))
+    return load_dataset(source, data_dir, image_size=input_size(first)[0], synthetic_samples=samples)
+
+
 class EvalSet:
     """The test split, normalised per manifest statistics, written once as .npy for workers."""
 
     def __init__(self, data, samples: int | None, seed: int, folder: Path):
         from qexport.data import seeded_subset
 
+        self.data = data
         self.split = seeded_subset(data.test, samples, seed) if samples and samples < len(data.test) else data.test
-        self.classes = list(data.classes)
         self.folder = folder
         self._files: dict[tuple, tuple[str, str]] = {}
 
-    def files_for(self, manifest: dict) -> tuple[str, str] | None:
+    def files_for(self, manifest: dict) -> tuple[str, str]:
         from qexport.data import normalize
 
-        if list(manifest["output"].get("classes", [])) != self.classes:
-            return None
         key = (tuple(manifest["input"]["mean"]), tuple(manifest["input"]["std"]))
         if key not in self._files:
             n = len(self._files)
@@ -217,6 +267,8 @@ def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int
     rows: list[Row] = []
     logits: dict[str, np.ndarray] = {}
     started = time.time()
+    if data is not None:
+        require_matching_data(entries, data)
     with tempfile.TemporaryDirectory(prefix="qexport-bench-") as tmp:
         eval_set = EvalSet(data, options.eval_samples, seed, Path(tmp)) if data is not None else None
         for number, (manifest_file, manifest) in enumerate(entries):

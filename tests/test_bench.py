@@ -162,3 +162,56 @@ def test_compare_refuses_other_json(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(QExportError, match="not a qexport bench.json"):
         benchreport.compare([tmp_path / "x.json"])
+
+
+def write_image_folder(root, size: int = 40, per_class: int = 24) -> None:
+    """Two classes (reddish vs bluish) under heavy noise: learnable, not trivially."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name, colour in (("blue", (20, 20, 160)), ("red", (200, 30, 30))):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 160, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_image_folder_build_is_benched_at_its_own_size(tmp_path):
+    """An image-folder build at 24 px is scored at 24 px (not imagefolder's 224 px default), every
+    artifact runs (ONNX rejected 224 px inputs with 'Got invalid dimensions'), and the bench's
+    accuracy equals the build's; data of another shape is refused in one sentence."""
+    from exporter import FAMILIES
+    from exporter.build import build_families
+    from qexport.data import load_dataset
+    from qexport.pipeline import train_checkpoint
+    from qexport.train import TrainConfig
+    from tests.conftest import make_context, run_cli
+
+    folder, out = tmp_path / "images", tmp_path / "artifacts"
+    write_image_folder(folder)
+    data = load_dataset("imagefolder", folder, image_size=24)
+    checkpoint = train_checkpoint("resnet18", data, TrainConfig(epochs=2, batch_size=16, max_lr=0.05),
+                                  tmp_path / "ckpt.pt", show_progress=False)
+    families = [FAMILIES["torchscript-fp32"], FAMILIES["onnx-fp32"]]
+    outcomes = build_families(make_context(data, checkpoint), families, out)
+    assert all(o.status == "built" for o in outcomes), [o.reason for o in outcomes]
+    done = run_cli("bench", str(out), "--batch-sizes", "1", "--min-seconds", "0.05", "--min-count", "3",
+                   "--warmup", "1")
+    assert done.returncode == 0, done.stderr
+    rows = {r["family"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
+    for outcome in outcomes:
+        row = rows[outcome.family]
+        assert row["status"] == "ok", row["reason"]
+        assert row["result"]["eval"]["top1"] == pytest.approx(outcome.manifest["evaluation"]["top1"])
+    refused = run_cli("bench", str(out), "--data", "synthetic", "--batch-sizes", "1")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "resnet18.fp32.onnx predicts 2 classes (blue, red…) and the evaluation set (synthetic) has 10" in refused.stderr
+
+
+def test_data_of_another_size_is_refused(small_dir):
+    from qexport.data import make_synthetic
+
+    with pytest.raises(QExportError, match=r"takes 32×32 images and the evaluation set \(synthetic\) is 48×48"):
+        bench_directory(small_dir, BenchOptions(**FAST), make_synthetic(16, 16, image_size=48))
