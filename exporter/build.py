@@ -72,7 +72,7 @@ def build_families(ctx: BuildContext, families: list[Family], out_dir: Path, for
     for family in families:
         problem = family.build_problem()
         if problem:  # e.g. ipex-bf16 on an AVX2-only host: not a failure, a fact of this host
-            outcomes.append(Outcome(family.key, "skipped", reason=f"{family.key}: {problem}"))
+            outcomes.append(Outcome(family.key, "skipped", reason=problem))
             say(f"[yellow]skipped[/yellow] {family.key}: {problem}")
             continue
         say(f"[bold]{family.key}[/bold] → {family.filename(ctx.model_name)}")

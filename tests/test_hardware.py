@@ -132,7 +132,7 @@ def test_build_all_skips_what_this_host_cannot_build(monkeypatch, tiny_data, tin
     families = [FAMILIES["ipex-bf16"], FAMILIES["torchscript-fp32"]]
     outcomes = {o.family: o for o in build_families(make_context(tiny_data, tiny_checkpoint), families, tmp_path)}
     assert outcomes["ipex-bf16"].status == "skipped"
-    assert outcomes["ipex-bf16"].reason == "ipex-bf16: needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; this CPU has AVX2"
+    assert outcomes["ipex-bf16"].reason == "needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; this CPU has AVX2"
     assert outcomes["torchscript-fp32"].status == "built"
     assert not list(tmp_path.glob("*bf16*"))
 
