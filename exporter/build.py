@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import runtimes
+from qexport import runtimes
 from qexport.manifest import (GOLDEN_ATOL, INDEX_SCHEMA, SCHEMA, SCHEMA_VERSION, find_manifests,
                                golden_path, manifest_path, read_manifest)
-from exporter.registry import BuildContext, Family
+from qexport.exporter.registry import BuildContext, Family
 from qexport import __version__
 from qexport.data import Split, normalize, seeded_subset
 from qexport.envinfo import cpu_info, git_commit, isa_summary, library_versions
-from qexport.errors import QExportError, RuntimeMissing
+from qexport.errors import QExportError, RuntimeMissing, describe_exception
 from qexport.hardware import host_cpu, resolve_target
 from qexport.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, ensure_writable_dir, sha256_file
 from qexport.progress import say
@@ -86,8 +86,7 @@ def build_families(ctx: BuildContext, families: list[Family], out_dir: Path, for
         except Exception as err:  # an exporter bug must not take the other families down
             if debug:
                 traceback.print_exc()
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-            outcomes.append(Outcome(family.key, "failed", reason=f"{type(err).__name__}: {first}"))
+            outcomes.append(Outcome(family.key, "failed", reason=describe_exception(err)))
         if outcomes[-1].status == "failed":
             say(f"  [red]failed[/red]: {outcomes[-1].reason}")
     write_index(out_dir, ctx.model_name, outcomes)
@@ -102,7 +101,7 @@ def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Refer
         return Outcome(family.key, "up-to-date", final.name, manifest=read_manifest(manifest_path(final)))
     started = time.perf_counter()
     with atomic_path(final) as tmp:
-        details = family.build(ctx, tmp)
+        details = build_in_child(family, ctx, tmp) if family.isolate else family.build(ctx, tmp)
         measured = measure(family, tmp, ctx, reference, details)
     seconds = time.perf_counter() - started
     golden = golden_path(final)
@@ -114,6 +113,32 @@ def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Refer
         f"top-1 {fmt_pct(ev['top1'])} (fp32 {fmt_pct(ev['fp32_reference_top1'])}), "
         f"agreement {fmt_pct(ev['top1_agreement_with_fp32'])}")
     return Outcome(family.key, "built", final.name, manifest=manifest)
+
+
+def build_in_child(family: Family, ctx: BuildContext, path: Path) -> dict:
+    """Run ``family.build`` in a fresh interpreter, so no family can change another's result.
+
+    Families change process-global torch state: eager int8 sets ``torch.backends.quantized.engine``,
+    pt2e patches Inductor internals while compiling, and a pt2e int8 package compiled after an
+    eager int8 ``convert`` in the same process ran 2-3x slower. A spawned child (not a fork: torch's
+    thread pools do not survive one) starts from a clean torch; the model and data reach it through
+    shared memory (torch.multiprocessing), the artifact through ``path``, and what was done comes
+    back as the build function's result. Exceptions, Ctrl-C included, come back and are re-raised.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    import torch.multiprocessing
+
+    from qexport.progress import quiet_library_warnings
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=torch.multiprocessing.get_context("spawn"),
+                             initializer=quiet_library_warnings) as pool:
+        try:
+            return pool.submit(family.build, ctx, path).result()
+        except BrokenProcessPool as err:
+            raise QExportError(f"the process building {family.key} died without a result (killed, out of memory "
+                               "or a crash in native code); rerun with --only to see its output.") from err
 
 
 def fmt_pct(value: float | None) -> str:
@@ -166,20 +191,16 @@ def write_golden(path: Path, inputs: np.ndarray, outputs: np.ndarray) -> None:
 
 
 def runtime_spec(family: Family, details: dict) -> dict:
+    """The manifest's runtime section, from the runtime's declaration (qexport.runtimes.RUNTIMES)."""
     if "runtime_spec" in details:  # built in another environment, which knows its own versions
         return details["runtime_spec"]
+    declared = runtimes.RUNTIMES[family.runtime]
     versions = library_versions()
-    if family.runtime == "onnxruntime":
-        return {"name": "onnxruntime", "requires": {"onnxruntime": ">=1.17"},
-                "tested_with": {"onnxruntime": versions["onnxruntime"]}}
-    spec = {"name": family.runtime, "tested_with": {"torch": versions["torch"]}}
-    if family.runtime == "aoti":
-        spec["requires"] = {"torch": f"=={versions['torch']}"}
+    spec = {"name": declared.name, "requires": declared.requires(versions) if declared.requires else {},
+            "tested_with": {package: versions.get(package) for package in declared.packages}}
+    if family.compiled:
         spec["compiled_with"] = {"torch": versions["torch"], "torchao": versions["torchao"],
                                  "machine": platform.machine(), "cpu": cpu_info()["model"], "isa": isa_summary()}
-    else:
-        major, minor = (versions["torch"] or "0.0").split(".")[:2]
-        spec["requires"] = {"torch": f">={major}.{minor}"}
     if details.get("quantized_engine"):
         spec["quantized_engine"] = details["quantized_engine"]
     return spec

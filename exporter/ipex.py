@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporter.registry import BuildContext, register
+from qexport.exporter.registry import BuildContext, register
 from qexport.errors import QExportError
 from qexport.hardware import requirement
 from qexport.progress import say
-from runtimes.foreign import FOREIGN, child_env, foreign_python
+from qexport.runtimes.foreign import child_env, environments, foreign_python
 
 CHILD = Path(__file__).with_name("ipex_child.py")
 CHILD_TIMEOUT_S = 1800
@@ -70,7 +70,7 @@ def build_in_ipex_env(ctx: BuildContext, path: Path, precision: str) -> dict:
 
 def ipex_runtime_spec(versions: dict) -> dict:
     torch_major_minor = ".".join(versions["torch"].split("+")[0].split(".")[:2])
-    return {"name": "ipex", "environment": f"separate ({FOREIGN['ipex'].setup})",
+    return {"name": "ipex", "environment": f"separate ({environments()['ipex'].setup})",
             "requires": {"torch": f"=={torch_major_minor}.*",
                          "intel_extension_for_pytorch": f"=={versions['intel_extension_for_pytorch'].split('+')[0]}"},
             "tested_with": versions,
@@ -80,7 +80,7 @@ def ipex_runtime_spec(versions: dict) -> dict:
 @register("ipex-int8", variant="int8-ipex", format="torchscript", extension=".torchscript.pt",
           precision="int8", runtime="ipex",
           method="IPEX static PTQ (default static qconfig mapping), calibrate, convert, trace + freeze, fused before save",
-          option_keys=("calibration_samples", "seed"))
+          option_keys=("calibration_samples", "seed"), isolate=False)
 def build_ipex_int8(ctx: BuildContext, path: Path) -> dict:
     return build_in_ipex_env(ctx, path, "int8")
 
@@ -88,6 +88,6 @@ def build_ipex_int8(ctx: BuildContext, path: Path) -> dict:
 @register("ipex-bf16", variant="bf16-ipex", format="torchscript", extension=".torchscript.pt",
           precision="bf16", runtime="ipex",
           method="ipex.optimize(dtype=bfloat16), trace under CPU autocast + freeze",
-          build_needs=BF16_NEEDS, run_needs=BF16_NEEDS)
+          build_needs=BF16_NEEDS, run_needs=BF16_NEEDS, isolate=False)
 def build_ipex_bf16(ctx: BuildContext, path: Path) -> dict:
     return build_in_ipex_env(ctx, path, "bf16")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporter.registry import BuildContext, register
+from qexport.exporter.registry import BuildContext, register
 
 OPSET_NOTE = "torch.onnx.export(dynamo=True), dynamic batch"
 

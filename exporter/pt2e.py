@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import shutil
 import tempfile
 import time
@@ -21,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from exporter.registry import BuildContext, register
-from qexport.errors import QExportError
+from qexport.exporter.registry import BuildContext, register
+from qexport.errors import QExportError, first_line
 from qexport.hardware import resolve_target
 from qexport.progress import say
 
@@ -43,7 +44,7 @@ def unshare_modules(model: nn.Module) -> nn.Module:
         graph_module = torch.fx.symbolic_trace(model)
     except Exception as err:  # FX raises TraceError, TypeError... on untraceable control flow
         raise QExportError(f"Cannot trace the model to separate reused modules ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0][:120]}); pt2e needs an FX-traceable model.") from err
+                           f"{first_line(str(err), 120)}); pt2e needs an FX-traceable model.") from err
     seen: dict[str, int] = {}
     for node in graph_module.graph.nodes:
         if node.op != "call_module":
@@ -174,9 +175,10 @@ def package(model: nn.Module, ctx: BuildContext, path: Path, variant: str, prepa
         with torch._inductor.config.patch(config), prepack as prepacked:
             vec_isa = compiled_vector_isa()
             torch._inductor.aoti_compile_and_package(program, package_path=str(staged))
+        code_sha256 = generated_code_sha256(staged)
         copy_without_sources(staged, path)
     compiled = {"compile_seconds": round(time.perf_counter() - started, 1), "target_cpu": target.name,
-                "vector_isa": vec_isa, "march": target.march or "native"}
+                "vector_isa": vec_isa, "march": target.march or "native", "generated_code_sha256": code_sha256}
     if prepack_fp32:
         compiled["conv_weight_prepack"] = ("build time, batch hint 2" if prepacked
                                            else "run time (Inductor internals changed)")
@@ -188,6 +190,32 @@ def compiled_vector_isa() -> str:
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
     return str(pick_vec_isa()) or "scalar"
+
+
+ADDRESS = re.compile(rb" at 0x[0-9a-f]+")
+OPAQUE = b".opaque_metadata = "  # serialized oneDNN layouts of pre-packed weights: data, not code
+
+
+def generated_code_sha256(package_file: Path) -> str:
+    """One digest over the C++ Inductor generated (kernels and wrapper), independent of file names.
+
+    The same program compiled under the same torch and options gives the same code; a family
+    whose result depends on what was compiled before it in the process would not (test_build).
+    Blank and comment lines are left out (Inductor appends the compile command, with its cache
+    paths, to sources it serves from its cache), and so are the object addresses Inductor writes
+    into its shape-check messages ("<function qconv at 0x7faf…>") and the serialized metadata of
+    pre-packed weight blobs, which differ between a fresh compile and one served from the cache.
+    """
+    import hashlib
+
+    with zipfile.ZipFile(package_file) as archive:
+        sources = [b"\n".join(ADDRESS.sub(b" at 0x", line) for line in archive.read(name).splitlines()
+                              if line.strip() and not line.lstrip().startswith(b"//") and OPAQUE not in line)
+                   for name in archive.namelist() if name.endswith(".cpp")]
+    digest = hashlib.sha256()
+    for code in sorted(sources):  # file names are hashes of the (address-laden) code: order by content
+        digest.update(code)
+    return digest.hexdigest()
 
 
 def copy_without_sources(source: Path, target: Path) -> None:
@@ -204,7 +232,7 @@ def exported_for_quantization(ctx: BuildContext) -> torch.fx.GraphModule:
 
 
 def calibrate_graph(prepared: nn.Module, ctx: BuildContext) -> int:
-    from exporter.torchscript import calibrate
+    from qexport.exporter.torchscript import calibrate
 
     return calibrate(prepared, ctx, "calibrate pt2e")
 

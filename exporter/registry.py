@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from qexport.data import Dataset, Split, calibration_split, normalize
-from qexport.errors import QExportError, did_you_mean
+from qexport.errors import QExportError
+from qexport.selection import match_keys
 from qexport.hardware import DEFAULT_TARGET, CpuRequirement, HostCpu, TargetIsa, host_cpu, native_requirement, resolve_target
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -100,6 +101,7 @@ class Family:
     build_needs: CpuRequirement | None = None  # CPU features the build itself needs (e.g. IPEX bf16 prepack)
     run_needs: CpuRequirement | None = None    # CPU features the artifact needs wherever it runs
     compiled: bool = False   # holds machine code compiled for --target-cpu (AOTInductor)
+    isolate: bool = True     # build in a fresh child process (False: it already builds in another interpreter)
 
     def build_problem(self, cpu: HostCpu | None = None) -> str | None:
         """None when this host can build the family; else 'needs X; this CPU has Y'."""
@@ -143,16 +145,8 @@ def select_families(only: list[str] | None, cpu: HostCpu | None = None) -> list[
     """
     if not only:
         return list(FAMILIES.values())
-    chosen: list[Family] = []
     for name in only:
-        exact = [f for f in FAMILIES.values() if f.key == name]
-        problem = exact[0].build_problem(cpu) if exact else None
+        problem = FAMILIES[name].build_problem(cpu) if name in FAMILIES else None
         if problem:
             raise QExportError(f"{name}: {problem}; build it on such a host, or leave it out.")
-        matches = exact or [f for f in FAMILIES.values() if f.key.startswith(name + "-")]
-        if not matches:
-            raise QExportError(f"Unknown artifact family {name!r}{did_you_mean(name, FAMILIES)}; "
-                               f"choose from {', '.join(FAMILIES)}.")
-        chosen.extend(f for f in matches if f not in chosen)
-    order = list(FAMILIES)  # always build in registry order (see exporter/__init__.py)
-    return sorted(chosen, key=lambda f: order.index(f.key))
+    return [FAMILIES[key] for key in match_keys(only, FAMILIES)]

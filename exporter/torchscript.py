@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from exporter.registry import BuildContext, register
+from qexport.exporter.registry import BuildContext, register
 from qexport.errors import QExportError
 from qexport.progress import progress_bar
 

@@ -30,8 +30,11 @@ def environment_lines(doc: dict) -> list[str]:
         f"torch {libs['torch']}, torchvision {libs['torchvision']}, torchao {libs['torchao']}, "
         f"onnxruntime {libs['onnxruntime']}, IPEX {ipex_summary(env)}; "
         f"python {env['python']}",
-        f"warm-up: {opts['warmup']} calls + windows of 10 until the median moves < 5 %; "
-        f"measured: ≥ {opts['min_count']} calls and ≥ {opts['min_seconds']} s per batch size; timer: perf_counter_ns",
+        f"{opts.get('rounds', 1)} round(s) per artifact, each a fresh worker process, interleaved across artifacts; "
+        f"per round: warm-up {opts['warmup']} calls + windows of 10 until the median moves < 5 %, then ≥ "
+        f"{opts['min_count']} calls and ≥ {opts['min_seconds']} s per batch size; timer: perf_counter_ns",
+        "p50 = geometric mean of the rounds' medians; [low–high] = its 95 % interval (t on logs over rounds); "
+        "× fp32 paired round by round; '~' = not distinguishable from fp32",
         f"accuracy: {eval_note}; git {env.get('git_commit') or '?'}; {doc['created']}; command: `{doc['command']}`",
     ]
 
@@ -49,8 +52,8 @@ def table_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
         result = row.get("result") or {}
         for b in batches:
             stats = result.get("batches", {}).get(b)
-            cells += [fmt(stats and stats["p50_ms"], "{:.3f}"), fmt((row.get("speedup_vs_fp32") or {}).get(b), "{:.2f}"),
-                      fmt(stats and stats["throughput_ips"], "{:.0f}")]
+            cells += [fmt_interval(stats and stats.get("p50_interval_ms"), "{:.3f}", stats and stats["p50_ms"]),
+                      fmt_speedup(row, b), fmt(stats and stats["throughput_ips"], "{:.0f}")]
         ev = result.get("eval", {})
         cells += [fmt(ev.get("top1"), "{:.2%}"), fmt(ev.get("agreement_with_fp32"), "{:.2%}"),
                   fmt(result.get("peak_rss_mb"), "{:.0f}"), fmt(result.get("load_ms"), "{:.0f}")]
@@ -60,6 +63,39 @@ def table_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
 
 def fmt(value, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
+
+
+def fmt_interval(interval: dict | None, pattern: str, fallback: float | None = None) -> str:
+    """'0.523 [0.510–0.541]', or the bare estimate where there is no interval (one round)."""
+    if not interval:
+        return fmt(fallback, pattern)
+    text = pattern.format(interval["estimate"])
+    if interval.get("low") is None:
+        return text
+    return f"{text} [{pattern.format(interval['low'])}–{pattern.format(interval['high'])}]"
+
+
+def fmt_speedup(row: dict, batch: str) -> str:
+    """Speed-up vs fp32 with its paired interval; '~' marks one that cannot be told from 1×."""
+    interval = (row.get("speedup_interval") or {}).get(batch)
+    text = fmt_interval(interval, "{:.2f}", (row.get("speedup_vs_fp32") or {}).get(batch))
+    if interval and interval.get("low") is not None and interval["low"] <= 1.0 <= interval["high"] \
+            and row["family"] != "torchscript-fp32":
+        return "~" + text
+    return text
+
+
+def uncertainty_lines(doc: dict) -> list[str]:
+    """Which artifacts the measurement cannot tell apart, and how noisy the host was."""
+    lines = [f"cannot be told apart at batch {t['batch']}: {t['faster']} ~ {t['slower']} "
+             f"(ratio {fmt_interval(t['ratio'], '{:.2f}')}, interval contains 1)" for t in doc.get("ties", [])]
+    noise = doc.get("noise") or {}
+    if noise.get("noisy"):
+        lines.append("WARNING: " + noise["advice"])
+    elif noise:
+        lines.append(f"round-to-round spread of p50 at batch {noise['batch']}: {noise['median_round_spread_pct']:.1f} % "
+                     "(median over artifacts)")
+    return lines
 
 
 def reasons(doc: dict) -> list[str]:
@@ -81,7 +117,7 @@ def print_bench(doc: dict) -> None:
     for cells in body:
         table.add_row(*cells)
     console.print(table)
-    for line in reasons(doc) + environment_lines(doc):
+    for line in reasons(doc) + uncertainty_lines(doc) + environment_lines(doc):
         console.print(line, highlight=False, soft_wrap=True)
 
 
@@ -90,6 +126,7 @@ def markdown(doc: dict) -> str:
     lines = ["# qexport bench", "", *[f"- {line}" for line in environment_lines(doc)], "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines += ["", *[f"- {line}" for line in uncertainty_lines(doc)]]
     lines += ["", "Files: " + ", ".join(f"{r['family']} = `{r['file']}`" for r in doc["rows"])]
     lines += harness_overhead_lines(doc)
     notes = reasons(doc)
@@ -193,30 +230,80 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+READABLE_BENCH_VERSIONS = (1, 2)  # 1: single pass, no rounds (read as one round)
+
+
 def load_bench(path: Path) -> dict:
+    """A bench.json this qexport understands, or one sentence; the one reader of the format
+    (compare and pack both use it)."""
+    from qexport.runtimes.harness import BENCH_SCHEMA
+
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
         raise QExportError(f"Cannot read bench results {path} ({err}); pass bench.json files written by `qexport bench`.") from err
-    if not isinstance(doc, dict) or doc.get("schema") != "qexport.bench" or doc.get("schema_version") != 1:
-        raise QExportError(f"{path} is not a qexport bench.json (schema version 1).")
+    if not isinstance(doc, dict) or doc.get("schema") != BENCH_SCHEMA \
+            or doc.get("schema_version") not in READABLE_BENCH_VERSIONS:
+        raise QExportError(f"{path} is not a qexport bench.json (schema {BENCH_SCHEMA} version "
+                           f"{' or '.join(map(str, READABLE_BENCH_VERSIONS))}); rerun `qexport bench`.")
+    missing = [key for key in ("rows", "options", "environment") if not isinstance(doc.get(key), (list, dict))]
+    if missing:
+        raise QExportError(f"{path} lacks {', '.join(missing)}; it is truncated or not written by `qexport bench`.")
     return doc
 
 
+def round_p50s(row: dict, batch: str) -> list[float] | None:
+    """The per-round p50s of a row (a version-1 document has one round: its p50)."""
+    stats = ((row.get("result") or {}).get("batches") or {}).get(batch)
+    if row.get("status") != "ok" or not stats:
+        return None
+    return stats.get("round_p50_ms") or [stats["p50_ms"]]
+
+
 def compare(paths: list[Path]) -> tuple[list[str], list[list[str]]]:
-    """One table over runs from different machines or settings, one line per (run, artifact)."""
+    """Every artifact and batch size of each run against the first run: the change in p50 with
+    its 95 % interval (Welch t on the logs of the rounds' medians), marked significant only when
+    the interval excludes no change."""
+    from qexport.runtimes.stats import welch_ratio
+
     docs = [(Path(p), load_bench(p)) for p in paths]
-    batches = sorted({b for _, d in docs for b in batch_keys(d)}, key=int)
-    header = ["run", "cpu", "threads", "artifact", "status"] + [f"p50 ms @{b}" for b in batches] + \
-             [f"× fp32 @{b}" for b in batches] + ["top-1"]
+    if len(docs) < 2:
+        raise QExportError("compare needs at least two bench.json files: the reference run first, then the others.")
+    (ref_path, ref), others = docs[0], docs[1:]
+    header = ["run", "cpu", "artifact", "batch", "p50 ms before", "p50 ms after", "change", "95 % interval", "verdict"]
     body = []
-    for path, doc in docs:
-        for row in doc["rows"]:
-            result = row.get("result") or {}
-            cells = [path.parent.name + "/" + path.name, doc["environment"]["cpu"]["model"][:28],
-                     str(doc["options"]["threads"]), row["file"], row["status"]]
-            cells += [fmt((result.get("batches", {}).get(b) or {}).get("p50_ms"), "{:.3f}") for b in batches]
-            cells += [fmt((row.get("speedup_vs_fp32") or {}).get(b), "{:.2f}") for b in batches]
-            cells.append(fmt((result.get("eval") or {}).get("top1"), "{:.2%}"))
-            body.append(cells)
+    for path, doc in others:
+        rows = {r["family"]: r for r in doc["rows"]}
+        for ref_row in ref["rows"]:
+            row = rows.get(ref_row["family"])
+            for batch in batch_keys(ref):
+                before, after = round_p50s(ref_row, batch), row and round_p50s(row, batch)
+                if not before or not after:
+                    continue
+                change = welch_ratio(before, after)
+                body.append([path.parent.name + "/" + path.name, doc["environment"]["cpu"]["model"][:28],
+                             ref_row["family"], batch, f"{geo(before):.3f}", f"{geo(after):.3f}",
+                             f"{(change.estimate - 1) * 100:+.1f} %", interval_pct(change), verdict(change)])
+    if not body:
+        raise QExportError(f"{ref_path} and the other runs share no measured artifact and batch size.")
     return header, body
+
+
+def geo(values: list[float]) -> float:
+    import math
+
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def interval_pct(change) -> str:
+    if change.low is None:
+        return "- (1 round)"
+    return f"[{(change.low - 1) * 100:+.1f} %, {(change.high - 1) * 100:+.1f} %]"
+
+
+def verdict(change) -> str:
+    if change.low is None:
+        return "unknown: rerun with --rounds ≥ 2"
+    if not change.excludes(1.0):
+        return "~ not significant"
+    return "significant: " + ("slower" if change.estimate > 1 else "faster")

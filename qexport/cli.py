@@ -6,8 +6,6 @@ exit code 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -113,8 +111,8 @@ def build(
     progress: bool = ProgressOpt,
 ) -> None:
     """Build deployment artifacts (TorchScript, ONNX, pt2e/AOTInductor...) with manifests into --out."""
-    from exporter import FAMILIES, BuildOptions, select_families
-    from exporter.build import build_families
+    from qexport.exporter import FAMILIES, BuildOptions, select_families
+    from qexport.exporter.build import build_families
     from qexport import pipeline, report
     from qexport.fsutil import ensure_writable_dir
     from qexport.models import build_model
@@ -158,9 +156,10 @@ def bench(
     threads: int = typer.Option(1, "--threads", help="Threads per worker (intra-op, inter-op, OMP/MKL)."),
     cores: Optional[str] = typer.Option(None, "--cores", help="Comma-separated CPU cores to pin workers to (default: the last N usable)."),
     batch_sizes: str = typer.Option("1,32,128", "--batch-sizes", help="Comma-separated batch sizes."),
-    warmup: int = typer.Option(10, "--warmup", help="Fixed warm-up calls before the until-stable windows."),
-    min_count: int = typer.Option(30, "--min-count", help="Minimum timed calls per batch size."),
-    min_seconds: float = typer.Option(2.0, "--min-seconds", help="Minimum timed seconds per batch size."),
+    rounds: int = typer.Option(5, "--rounds", help="Rounds per artifact, each in a fresh worker process, interleaved across artifacts (A B C … A B C …); every latency and ratio gets a 95 % interval over them. --rounds 1 is a quick single pass with no interval."),
+    warmup: int = typer.Option(5, "--warmup", help="Fixed warm-up calls per round before the until-stable windows."),
+    min_count: int = typer.Option(10, "--min-count", help="Minimum timed calls per round and batch size."),
+    min_seconds: float = typer.Option(0.5, "--min-seconds", help="Minimum timed seconds per round and batch size (longer rounds narrow the intervals)."),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Accuracy on a seeded subset of the test split (default: all)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     timeout: float = typer.Option(900.0, "--timeout", help="Seconds before a worker is killed and reported as failed."),
@@ -177,17 +176,18 @@ def bench(
     from qexport import benchreport
     from qexport.progress import say
     from qexport.manifest import discover
-    from runtimes.harness import BenchOptions, bench_directory, evaluation_data
+    from qexport.runtimes.harness import BenchOptions, bench_directory, evaluation_data
 
-    options = BenchOptions(threads=threads, cores=_int_list(cores, "--cores"),
+    options = BenchOptions(threads=threads, cores=_int_list(cores, "--cores"), rounds=rounds,
                            batch_sizes=_int_list(batch_sizes, "--batch-sizes") or (), warmup=warmup,
                            min_count=min_count, min_seconds=min_seconds, eval_samples=eval_samples, device=device,
                            timeout=timeout, allow_modified=allow_modified, cpu_fp16=cpu_fp16,
                            only=tuple(o.strip() for o in only.split(",")) if only else None)
     dataset = None if no_accuracy else evaluation_data(discover(directory), data, data_dir)
 
-    def report_progress(number: int, total: int, row) -> None:
-        say(f"[{number + 1}/{total}] {row.file}" + (f" — {row.status}: {row.reason}" if row.status != "ok" else ""))
+    def report_progress(number: int, total: int, row, round_index: int, rounds: int) -> None:
+        say(f"round {round_index + 1}/{rounds} [{number + 1}/{total}] {row.file}"
+            + (f" — {row.status}: {row.reason}" if row.status != "ok" else ""))
 
     doc = bench_directory(directory, options, dataset, seed=seed, progress=report_progress)
     written = benchreport.write_outputs(doc, out or directory)
@@ -257,6 +257,8 @@ INTERRUPTED = "Interrupted; nothing half-written was left behind (workers stoppe
 
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into one line + exit 2."""
+    from qexport.progress import quiet_library_warnings
+
     quiet_library_warnings()
     try:
         app()  # standalone: typer handles usage errors and --help, and calls sys.exit itself
@@ -268,20 +270,6 @@ def main() -> None:
         if err.code == 130:
             _fail(err, INTERRUPTED, 130)
         raise
-
-
-def quiet_library_warnings() -> None:
-    """torch.jit / eager quantization deprecation notices say nothing a user can act on here
-    (qexport already ships the torch.export path next to them); they would bury the report."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=r".*(reduce_range|quantize_per_tensor|TypedStorage|To copy construct from a tensor).*")
-    # The same notices from torch's C++ side (c10 TORCH_WARN) and its "No CUDA runtime is found"
-    # log line on CPU-only machines; read when torch is first imported, so set before that.
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def _fail(err: BaseException, message: str, code: int) -> None:

@@ -71,31 +71,6 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return out.stdout.strip() or None
 
 
-def foreign_environments() -> dict[str, dict | None]:
-    """Versions inside each runtime's own environment (IPEX: torch 2.8), read from package
-    metadata by that interpreter without importing anything heavy; None where it is absent."""
-    import json
-    import sys
-
-    from runtimes.foreign import FOREIGN
-
-    found: dict[str, dict | None] = {}
-    for runtime, env in FOREIGN.items():
-        python = Path(os.environ.get(env.variable) or env.default)
-        if env.module in sys.modules or not python.is_file():
-            found[runtime] = None
-            continue
-        script = ("import importlib.metadata as m, json\n"
-                  "def v(p):\n    try: return m.version(p)\n    except m.PackageNotFoundError: return None\n"
-                  f"print(json.dumps({{p: v(p) for p in {list(env.packages)!r}}}))")
-        try:
-            out = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=30, check=True)
-            found[runtime] = {"python": str(python), "versions": json.loads(out.stdout)}
-        except (OSError, subprocess.SubprocessError, ValueError):
-            found[runtime] = None
-    return found
-
-
 def ipex_summary(env: dict) -> str:
     """'2.8.0', '2.8.0 (own environment, torch 2.8.0)' or 'not installed'."""
     local = env["libraries"].get("intel-extension-for-pytorch")
@@ -107,12 +82,14 @@ def ipex_summary(env: dict) -> str:
     return "not installed (make setup-ipex)"
 
 
-def environment() -> dict:
+def environment(foreign_environments: dict[str, dict | None] | None = None) -> dict:
+    """The facts every report prints; ``foreign_environments`` (versions inside runtimes' own
+    environments) is passed in by the runtimes layer, which this helper module never imports."""
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_info(),
         "gpus": gpu_info(),
         "libraries": library_versions(),
-        "foreign_environments": foreign_environments(),
+        "foreign_environments": foreign_environments or {},
     }

@@ -28,3 +28,27 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def first_line(text: str, limit: int = 200, default: str = "") -> str:
+    """The first non-empty line of ``text``, cut to ``limit`` characters (``default`` when empty):
+    the part of a library's multi-line message that fits in a one-sentence error."""
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0].strip()[:limit] if lines else default
+
+
+def last_line(text: str, limit: int = 200, default: str = "") -> str:
+    """The last non-empty line of ``text`` (a child's stderr ends with the exception that killed it)."""
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1].strip()[:limit] if lines else default
+
+
+def describe_exception(err: BaseException, limit: int = 200) -> str:
+    """'TypeName: first line of the message' (or just the type): an unexpected error in one line."""
+    detail = first_line(str(err), limit)
+    return f"{type(err).__name__}: {detail}" if detail else type(err).__name__
+
+
+def user_message(err: BaseException) -> str:
+    """What a user reads about ``err``: a QExportError's own sentence, else its type and first line."""
+    return str(err) if isinstance(err, QExportError) else describe_exception(err)

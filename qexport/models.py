@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qexport.errors import QExportError, did_you_mean
+from qexport.errors import QExportError, did_you_mean, first_line, last_line
 from qexport.fsutil import atomic_path
 
 CHECKPOINT_FORMAT = "qexport-checkpoint"
@@ -64,9 +64,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # arbitrary bytes make the unpickler raise anything (KeyError, struct.error...)
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(str(err), 1000, default=type(err).__name__)
         raise QExportError(
-            f"{path} is not a readable PyTorch checkpoint ({first_line[:160]}); "
+            f"{path} is not a readable PyTorch checkpoint ({first[:160]}); "
             "pass a state_dict saved with torch.save or a file written by `qexport train`."
         ) from err
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
@@ -108,4 +108,4 @@ def _first_mismatch(message: str) -> str:
         line = line.strip()
         if line.startswith(("size mismatch", "Missing key", "Unexpected key")):
             return line.rstrip(".")[:200]
-    return message.strip().splitlines()[-1][:200] if message.strip() else "state_dict mismatch"
+    return last_line(message, 200, default="state_dict mismatch")

@@ -25,29 +25,12 @@ EXTRA_FILES = ("index.json", "bench.json", "bench.md", "latency_vs_size.png", "l
 FIXED_MTIME = 315532800  # 1980-01-01, the earliest time a zip entry can carry
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
-LOAD_SNIPPETS = {
-    "torchscript": '''import numpy as np, torch
-model = torch.jit.load("{file}", map_location="cpu").eval()
-x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
-with torch.inference_mode():
-    logits = model(torch.from_numpy(x)).float().numpy()''',
-    "onnxruntime": '''import numpy as np, onnxruntime as ort
-session = ort.InferenceSession("{file}", providers=["CPUExecutionProvider"])
-x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
-logits = session.run(None, {{"input": x}})[0]''',
-    "aoti": '''import numpy as np, torch                         # the torch version in the manifest, same CPU ISA
-model = torch._inductor.aoti_load_package("{file}")
-x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
-with torch.inference_mode():
-    logits = model(torch.from_numpy(x)).numpy()''',
-    "ipex": '''import numpy as np
-import intel_extension_for_pytorch                  # FIRST: registers IPEX's fused kernels
-import torch                                        # torch 2.8.* with IPEX 2.8.0
-model = torch.jit.load("{file}").eval()
-x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
-with torch.inference_mode():
-    logits = model(torch.from_numpy(x)).float().numpy()''',
-}
+
+
+def load_snippet(runtime: str) -> str:
+    from qexport.runtimes import RUNTIMES
+
+    return RUNTIMES[runtime].load_snippet if runtime in RUNTIMES else "# see the manifest"
 
 
 def bundle_members(directory: Path) -> tuple[list[Path], list[dict]]:
@@ -71,10 +54,9 @@ def read_bench(directory: Path) -> dict | None:
     path = directory / "bench.json"
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:  # bad JSON or not UTF-8
-        raise QExportError(f"{path} is not valid JSON ({err}); rerun `qexport bench` or delete it.") from err
+    from qexport.benchreport import load_bench
+
+    return load_bench(path)
 
 
 def model_card(manifests: list[dict], bench: dict | None) -> str:
@@ -109,7 +91,7 @@ def model_card(manifests: list[dict], bench: dict | None) -> str:
         example = next(m for m in manifests if m["runtime"]["name"] == runtime)
         lines += [f"### {runtime} (e.g. `{example['artifact']['file']}`)", "",
                   f"Needs: {', '.join(f'{k}{v}' for k, v in example['runtime'].get('requires', {}).items())}.", "",
-                  "```python", LOAD_SNIPPETS.get(runtime, "# see the manifest").format(file=example["artifact"]["file"]),
+                  "```python", load_snippet(runtime).format(file=example["artifact"]["file"]),
                   "```", ""]
     lines += ["## Checking the bundle", "",
               "`qexport verify .` checks every file's sha256, the installed runtime version, and the golden outputs.", ""]

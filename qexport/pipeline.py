@@ -87,7 +87,7 @@ def build_context(model_name: str, data: Dataset, checkpoint: Path, options, sho
     """Load the FP32 model and the data normalisation it was trained with into a BuildContext."""
     from dataclasses import replace
 
-    from exporter.registry import BuildContext
+    from qexport.exporter.registry import BuildContext
     from qexport.fsutil import sha256_file
     from qexport.models import load_model
 

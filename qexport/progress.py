@@ -38,3 +38,19 @@ def _force_progress() -> bool:
 def say(message: str) -> None:
     """A status line on stderr (kept apart from the report on stdout)."""
     stderr_console.print(message, highlight=False)
+
+
+def quiet_library_warnings() -> None:
+    """torch.jit / eager quantization deprecation notices say nothing a user can act on here
+    (qexport already ships the torch.export path next to them); they would bury the report."""
+    import logging
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*(reduce_range|quantize_per_tensor|TypedStorage|To copy construct from a tensor).*")
+    # The same notices from torch's C++ side (c10 TORCH_WARN) and its "No CUDA runtime is found"
+    # log line on CPU-only machines; read when torch is first imported, so set before that.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)

@@ -16,7 +16,9 @@ console = Console(width=None if sys.stdout.isatty() else 180)
 
 
 def print_info(as_json: bool = False) -> None:
-    env = environment()
+    from qexport.runtimes.foreign import foreign_environments
+
+    env = environment(foreign_environments())
     if as_json:
         print(json.dumps(env, indent=2))
         return
@@ -40,7 +42,7 @@ def print_info(as_json: bool = False) -> None:
 def print_families(families, target_cpu: str) -> None:
     """Every family, and whether *this* host can build and run it (and why not)."""
     from qexport.hardware import host_cpu, resolve_target
-    from runtimes import runtime_problem
+    from qexport.runtimes import runtime_problem
 
     cpu = host_cpu()
     target = resolve_target(target_cpu, cpu)

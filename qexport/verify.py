@@ -16,7 +16,7 @@ import numpy as np
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file
 from qexport.manifest import artifact_file, discover, golden_path, host_problem_for, manifest_path, read_manifest
-from runtimes.foreign import is_foreign, runs_here
+from qexport.runtimes.foreign import is_foreign, runs_here
 
 RTOL = 1e-3
 
@@ -71,7 +71,7 @@ def version_problem(requires: dict, installed_version=local_version) -> str | No
 
 
 def verify_one(manifest_file: Path, manifest: dict) -> Check:
-    import runtimes
+    from qexport import runtimes
 
     file, family, runtime = manifest["artifact"]["file"], manifest["family"], manifest["runtime"]["name"]
 

@@ -8,31 +8,81 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from qexport.errors import QExportError, RuntimeMissing, did_you_mean
-from runtimes.base import Runner
+from qexport.runtimes.base import Runner
+from qexport.runtimes.foreign import ROOT, ForeignEnvironment
 
-class RuntimeEntry(NamedTuple):
-    module: str        # our runner module
-    runner: str        # its Runner class
-    requirement: str   # what provides the runtime, as a user installs it
-    probe: str         # the import that must succeed for the runtime to be usable
+@dataclass(frozen=True)
+class Runtime:
+    """Everything qexport knows about one runtime, declared once: adding a runtime means one runner
+    module and one entry in :data:`RUNTIMES` (see docs/ARCHITECTURE.md)."""
+
+    name: str
+    module: str              # our runner module (imported only when an artifact is loaded)
+    runner: str              # its Runner class
+    requirement: str         # what provides the runtime, as a user installs it
+    probe: str               # the import that must succeed for the runtime to be usable
+    packages: tuple[str, ...]  # distributions whose versions the manifest records
+    load_snippet: str        # how a deployment team loads the artifact with only this runtime (model card)
+    requires: Callable[[dict[str, str | None]], dict[str, str]] | None  # version range from the build's versions;
+    #                          None: the build in the runtime's own environment reports it
+    environment: ForeignEnvironment | None = None  # its own Python environment, when it cannot live in ours
 
 
-RUNTIMES: dict[str, RuntimeEntry] = {
-    "torchscript": RuntimeEntry("runtimes.torchscript", "TorchScriptRunner", "torch", "torch"),
-    "aoti": RuntimeEntry("runtimes.aoti", "AOTInductorRunner", "torch", "torch"),
-    "onnxruntime": RuntimeEntry("runtimes.onnxrt", "OnnxRuntimeRunner", "onnxruntime", "onnxruntime"),
-    "ipex": RuntimeEntry("runtimes.ipex", "IpexRunner", "intel-extension-for-pytorch (its own environment: make setup-ipex)",
-                         "intel_extension_for_pytorch"),
-}
+def same_minor_or_newer(package: str) -> Callable[[dict[str, str | None]], dict[str, str]]:
+    """TorchScript reads archives from older torch releases: the build's major.minor or newer."""
+    def requires(versions: dict[str, str | None]) -> dict[str, str]:
+        major, minor = (versions.get(package) or "0.0").split(".")[:2]
+        return {package: f">={major}.{minor}"}
+    return requires
+
+
+def exactly(package: str) -> Callable[[dict[str, str | None]], dict[str, str]]:
+    """Compiled code (AOTInductor) runs only under the torch it was compiled with."""
+    return lambda versions: {package: f"=={(versions.get(package) or '0').split('+')[0]}"}
+
+
+RUNTIMES: dict[str, Runtime] = {rt.name: rt for rt in (
+    Runtime("torchscript", "qexport.runtimes.torchscript", "TorchScriptRunner", "torch", "torch", ("torch",),
+            '''import numpy as np, torch
+model = torch.jit.load("{file}", map_location="cpu").eval()
+x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
+with torch.inference_mode():
+    logits = model(torch.from_numpy(x)).float().numpy()''', same_minor_or_newer("torch")),
+    Runtime("aoti", "qexport.runtimes.aoti", "AOTInductorRunner", "torch", "torch", ("torch",),
+            '''import numpy as np, torch                         # the torch version in the manifest, same CPU ISA
+model = torch._inductor.aoti_load_package("{file}")
+x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
+with torch.inference_mode():
+    logits = model(torch.from_numpy(x)).numpy()''', exactly("torch")),
+    Runtime("onnxruntime", "qexport.runtimes.onnxrt", "OnnxRuntimeRunner", "onnxruntime", "onnxruntime",
+            ("onnxruntime",), '''import numpy as np, onnxruntime as ort
+session = ort.InferenceSession("{file}", providers=["CPUExecutionProvider"])
+x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
+logits = session.run(None, {{"input": x}})[0]''',
+            lambda versions: {"onnxruntime": ">=1.17"}),  # opset 18 QDQ models load from 1.17 on
+    Runtime("ipex", "qexport.runtimes.ipex", "IpexRunner",
+            "intel-extension-for-pytorch (its own environment: make setup-ipex)", "intel_extension_for_pytorch",
+            ("torch", "torchvision", "intel_extension_for_pytorch"), '''import numpy as np
+import intel_extension_for_pytorch                  # FIRST: registers IPEX's fused kernels
+import torch                                        # torch 2.8.* with IPEX 2.8.0
+model = torch.jit.load("{file}").eval()
+x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
+with torch.inference_mode():
+    logits = model(torch.from_numpy(x)).float().numpy()''', None,
+            ForeignEnvironment(runtime="ipex", module="intel_extension_for_pytorch", variable="QEXPORT_IPEX_PYTHON",
+                               default=ROOT / ".venv-ipex" / "bin" / "python", setup="make setup-ipex",
+                               packages=("torch", "torchvision", "intel_extension_for_pytorch"))),
+)}
 
 
 def runtime_problem(runtime: str) -> str | None:
     """None when ``runtime`` can run here (in this interpreter or its own environment); else why not."""
-    from runtimes import foreign
+    from qexport.runtimes import foreign
 
     if runtime not in RUNTIMES:
         return f"unknown runtime {runtime!r}"
@@ -49,7 +99,7 @@ def runtime_problem(runtime: str) -> str | None:
 def runner_class(runtime: str) -> type[Runner]:
     if runtime not in RUNTIMES:
         raise RuntimeMissing(f"Unknown runtime {runtime!r}{did_you_mean(runtime, RUNTIMES)}; known: {', '.join(RUNTIMES)}.")
-    module_name, class_name, requirement, _ = RUNTIMES[runtime]
+    module_name, class_name, requirement = RUNTIMES[runtime].module, RUNTIMES[runtime].runner, RUNTIMES[runtime].requirement
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -63,10 +113,10 @@ def load_runner(runtime: str, path: Path, device: str = "cpu", threads: int | No
 
     A runtime that lives in its own environment (IPEX) is served by a child process there.
     """
-    from runtimes import foreign
+    from qexport.runtimes import foreign
 
     if not foreign.runs_here(runtime):
-        from runtimes.remote import RemoteRunner
+        from qexport.runtimes.remote import RemoteRunner
 
         return RemoteRunner.start(foreign.foreign_python(runtime), runtime, Path(path), manifest or {})
     cls = runner_class(runtime)

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from qexport.errors import QExportError
-from runtimes.base import Runner, load_failure_message
-from runtimes.torchscript import set_torch_threads
+from qexport.runtimes.base import Runner, load_failure_message
+from qexport.runtimes.torchscript import set_torch_threads
 
 
 class AOTInductorRunner(Runner):

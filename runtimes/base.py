@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from qexport.errors import first_line
+
 import numpy as np
 
 
@@ -46,7 +48,7 @@ class Runner(ABC):
 
 def load_failure_message(path: Path, runtime: str, err: BaseException) -> str:
     """The sentence for a file the runtime cannot open (corrupt, truncated, wrong format)."""
-    detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    detail = first_line(str(err), 160, default=type(err).__name__)
     return (f"{path} cannot be loaded by {runtime} ({detail}); the file is corrupt, truncated or not a "
             f"{runtime} artifact -- rebuild it with `qexport build --force`.")
 

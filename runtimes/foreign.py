@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from qexport.errors import RuntimeMissing
+from qexport.errors import RuntimeMissing, last_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,35 +34,34 @@ class ForeignEnvironment:
                 f"(or set {self.variable} to a python that has {self.module}).")
 
 
-FOREIGN: dict[str, ForeignEnvironment] = {
-    "ipex": ForeignEnvironment(runtime="ipex", module="intel_extension_for_pytorch",
-                               variable="QEXPORT_IPEX_PYTHON", default=ROOT / ".venv-ipex" / "bin" / "python",
-                               setup="make setup-ipex",
-                               packages=("torch", "torchvision", "intel_extension_for_pytorch")),
-}
+def environments() -> dict[str, ForeignEnvironment]:
+    """The runtimes that declare an environment of their own (qexport.runtimes.RUNTIMES)."""
+    from qexport.runtimes import RUNTIMES
+
+    return {name: rt.environment for name, rt in RUNTIMES.items() if rt.environment is not None}
 
 
 def is_foreign(runtime: str) -> bool:
-    return runtime in FOREIGN
+    return runtime in environments()
 
 
 def runs_here(runtime: str) -> bool:
     """True when this interpreter can run ``runtime`` itself (e.g. we *are* the IPEX env)."""
-    env = FOREIGN.get(runtime)
+    env = environments().get(runtime)
     return env is None or importlib.util.find_spec(env.module) is not None
 
 
 @lru_cache(maxsize=None)
 def foreign_python(runtime: str) -> str:
     """The interpreter that runs ``runtime``; raises RuntimeMissing with the fix when absent."""
-    env = FOREIGN[runtime]
+    env = environments()[runtime]
     python = Path(os.environ.get(env.variable) or env.default)
     if not python.is_file():
         raise RuntimeMissing(env.missing_message())
     probe = subprocess.run([str(python), "-c", f"import {env.module}"], capture_output=True, text=True,
                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["unknown error"])[-1][:160]
+        last = last_line(probe.stderr, 160, default="unknown error")
         raise RuntimeMissing(f"{python} cannot import {env.module} ({last}); rebuild it with `{env.setup}`.")
     return str(python)
 
@@ -78,3 +77,26 @@ def child_env() -> dict:
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONWARNINGS", "ignore")
     return env
+
+
+def foreign_environments() -> dict[str, dict | None]:
+    """Versions inside each runtime's own environment (IPEX: torch 2.8), read from package
+    metadata by that interpreter without importing anything heavy; None where it is absent."""
+    import json
+    import sys
+
+    found: dict[str, dict | None] = {}
+    for runtime, env in environments().items():
+        python = Path(os.environ.get(env.variable) or env.default)
+        if env.module in sys.modules or not python.is_file():
+            found[runtime] = None
+            continue
+        script = ("import importlib.metadata as m, json\n"
+                  "def v(p):\n    try: return m.version(p)\n    except m.PackageNotFoundError: return None\n"
+                  f"print(json.dumps({{p: v(p) for p in {list(env.packages)!r}}}))")
+        try:
+            out = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=30, check=True)
+            found[runtime] = {"python": str(python), "versions": json.loads(out.stdout)}
+        except (OSError, subprocess.SubprocessError, ValueError):
+            found[runtime] = None
+    return found

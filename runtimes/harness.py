@@ -23,11 +23,13 @@ import numpy as np
 
 from qexport.manifest import artifact_file, discover, host_problem_for
 from qexport.envinfo import environment, git_commit
-from qexport.errors import QExportError, RuntimeMissing
+from qexport.errors import QExportError, RuntimeMissing, last_line
 from qexport.fsutil import sha256_file
+from qexport.runtimes.foreign import foreign_environments
+from qexport.selection import match_keys
 
 BENCH_SCHEMA = "qexport.bench"
-BENCH_SCHEMA_VERSION = 1
+BENCH_SCHEMA_VERSION = 2  # 2: rounds, 95 % intervals and paired ratios
 BASELINE = "torchscript-fp32"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS")
@@ -40,9 +42,10 @@ class BenchOptions:
     threads: int = 1
     cores: tuple[int, ...] | None = None
     batch_sizes: tuple[int, ...] = (1, 32, 128)
-    warmup: int = 10
-    min_count: int = 30
-    min_seconds: float = 2.0
+    rounds: int = 5          # fresh worker processes per artifact, interleaved across artifacts
+    warmup: int = 5          # per round: fixed calls, then windows until the median is stable
+    min_count: int = 10      # per round and batch size
+    min_seconds: float = 0.5  # per round and batch size
     eval_samples: int | None = None
     device: str = "cpu"
     timeout: float = 900.0
@@ -53,6 +56,8 @@ class BenchOptions:
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise QExportError(f"--threads must be at least 1, got {self.threads}.")
+        if self.rounds < 1:
+            raise QExportError(f"--rounds must be at least 1, got {self.rounds}.")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise QExportError("--batch-sizes must be positive integers, e.g. 1,32,128.")
         if self.device not in ("cpu", "cuda"):
@@ -85,6 +90,7 @@ class Row:
     notes: list[str] = field(default_factory=list)
     build_top1: float | None = None
     result: dict = field(default_factory=dict)
+    rounds: list[dict] = field(default_factory=list)  # one worker result per round, in order
 
 
 def check_row(manifest_file: Path, manifest: dict, options: BenchOptions) -> Row:
@@ -130,14 +136,14 @@ def cuda_available() -> bool:
 
 
 def worker_env(options: BenchOptions) -> dict:
-    from runtimes.foreign import child_env
+    from qexport.runtimes.foreign import child_env
 
     return {**child_env(), **{name: str(options.threads) for name in THREAD_VARIABLES}}
 
 
 def worker_python(runtime: str) -> str:
     """This interpreter, or the one of the runtime's own environment (IPEX)."""
-    from runtimes.foreign import python_for
+    from qexport.runtimes.foreign import python_for
 
     return python_for(runtime) or sys.executable
 
@@ -147,7 +153,7 @@ def run_worker(spec: dict, options: BenchOptions, python: str = sys.executable) 
     with tempfile.TemporaryDirectory(prefix="qexport-worker-") as tmp:
         spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_file.write_text(json.dumps(spec))
-        process = subprocess.Popen([python, "-m", "runtimes.worker", str(spec_file), str(result_file)],
+        process = subprocess.Popen([python, "-m", "qexport.runtimes.worker", str(spec_file), str(result_file)],
                                    env=worker_env(options), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True, start_new_session=True)
         try:
@@ -160,8 +166,8 @@ def run_worker(spec: dict, options: BenchOptions, python: str = sys.executable) 
             raise
         if result_file.is_file():
             return json.loads(result_file.read_text())
-        tail = (stderr or "").strip().splitlines()[-1:] or [""]
-        return {"status": "failed", "reason": f"worker crashed (exit {describe_exit(process.returncode)}) {tail[0][:160]}".strip()}
+        tail = last_line(stderr or "", 160)
+        return {"status": "failed", "reason": f"worker crashed (exit {describe_exit(process.returncode)}) {tail}".strip()}
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -262,40 +268,71 @@ def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int
     """Measure every artifact in ``directory``; returns the bench.json document."""
     entries = discover(directory)
     if options.only:
-        entries = [(p, m) for p, m in entries if any(m["family"] == o or m["family"].startswith(o + "-") for o in options.only)]
+        chosen = set(match_keys(options.only, dict.fromkeys(m["family"] for _, m in entries), "family in this folder"))
+        entries = [(p, m) for p, m in entries if m["family"] in chosen]
     cores = options.pinned_cores()
-    rows: list[Row] = []
+    rows = [check_row(manifest_file, manifest, options) for manifest_file, manifest in entries]
     logits: dict[str, np.ndarray] = {}
     started = time.time()
     if data is not None:
         require_matching_data(entries, data)
     with tempfile.TemporaryDirectory(prefix="qexport-bench-") as tmp:
         eval_set = EvalSet(data, options.eval_samples, seed, Path(tmp)) if data is not None else None
-        for number, (manifest_file, manifest) in enumerate(entries):
-            row = check_row(manifest_file, manifest, options)
-            rows.append(row)
-            if progress:
-                progress(number, len(entries), row)
-            if row.status != "ok":
-                continue
-            spec = worker_spec(manifest_file, manifest, options, cores, eval_set, Path(tmp) / f"logits{number}.npy")
-            result = run_worker(spec, options, python=worker_python(row.runtime))
-            if result.get("status") != "ok":
-                row.status, row.reason = result.get("status", "failed"), result.get("reason", "unknown failure")
-                continue
-            row.result = result
-            if spec.get("logits_out"):
-                logits[row.family] = np.load(spec["logits_out"])
+        # Interleaved rounds (A B C … A B C …): slow drift of the host hits every artifact alike.
+        for round_index in range(options.rounds):
+            for number, ((manifest_file, manifest), row) in enumerate(zip(entries, rows)):
+                if progress and (row.status == "ok" or round_index == 0):
+                    progress(number, len(entries), row, round_index, options.rounds)
+                if row.status != "ok":
+                    continue
+                first = round_index == 0
+                spec = worker_spec(manifest_file, manifest, options, cores, eval_set if first else None,
+                                   Path(tmp) / f"logits{number}.npy", first_round=first)
+                result = run_worker(spec, options, python=worker_python(row.runtime))
+                if result.get("status") != "ok":
+                    row.status, row.reason = result.get("status", "failed"), result.get("reason", "unknown failure")
+                    continue
+                row.rounds.append(result)
+                if spec.get("logits_out"):
+                    logits[row.family] = np.load(spec["logits_out"])
+        for row in rows:
+            if row.status == "ok":
+                row.result = combine_rounds(row.rounds)
         add_agreement(rows, logits)
     return make_document(rows, options, cores, data, started, directory)
 
 
+def combine_rounds(rounds: list[dict]) -> dict:
+    """One result from a row's rounds: latencies pooled over all rounds' calls, each statistic's
+    per-round values kept, and the p50 as the geometric mean of round p50s with its 95 % interval.
+    Load, memory, accuracy and harness overhead come from the first round (which measured them)."""
+    from qexport.runtimes.stats import geometric_interval, spread_pct, summarize
+
+    combined = {key: value for key, value in rounds[0].items() if key != "batches"}
+    combined["rounds"] = len(rounds)
+    combined["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+    combined["batches"] = {}
+    for batch, first in rounds[0]["batches"].items():
+        per_round = [r["batches"][batch] for r in rounds]
+        pooled = summarize([ms for r in per_round for ms in r.pop("latencies_ms")], int(batch))
+        round_p50 = [r["p50_ms"] for r in per_round]
+        p50 = geometric_interval(round_p50)
+        combined["batches"][batch] = {
+            **pooled, "p50_ms": p50.estimate, "throughput_ips": int(batch) * 1000.0 / p50.estimate,
+            "pooled_p50_ms": pooled["p50_ms"], "p50_interval_ms": p50.to_dict(), "round_p50_ms": round_p50,
+            "round_spread_pct": spread_pct(round_p50), "warmup": [r["warmup"] for r in per_round],
+            "harness_overhead_pct": first.get("harness_overhead_pct")}
+    return combined
+
+
 def worker_spec(manifest_file: Path, manifest: dict, options: BenchOptions, cores: list[int],
-                eval_set: EvalSet | None, logits_out: Path) -> dict:
+                eval_set: EvalSet | None, logits_out: Path, first_round: bool = True) -> dict:
+    """What one worker measures; accuracy and the harness-overhead check only in the first round."""
     spec = {"artifact": str(artifact_file(manifest_file, manifest)), "runtime": manifest["runtime"]["name"],
             "manifest": manifest, "device": options.device, "threads": options.threads, "cores": cores,
             "batch_sizes": list(options.batch_sizes), "warmup": options.warmup, "min_count": options.min_count,
-            "min_seconds": options.min_seconds, "input_shape": manifest["input"]["shape"][1:]}
+            "min_seconds": options.min_seconds, "input_shape": manifest["input"]["shape"][1:],
+            "overhead": first_round}
     files = eval_set.files_for(manifest) if eval_set is not None else None
     if files:
         spec.update(eval_inputs=files[0], eval_labels=files[1], logits_out=str(logits_out))
@@ -316,20 +353,61 @@ def add_agreement(rows: list[Row], logits: dict[str, np.ndarray]) -> None:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Speed-up (p50) and size ratio vs the fp32 TorchScript baseline, per batch size."""
+    """Speed-up vs the fp32 TorchScript baseline per batch size, paired round by round, with its
+    95 % interval; and the size ratio."""
+    from qexport.runtimes.stats import paired_ratio
+
     base = next((r for r in rows if r["family"] == BASELINE and r["status"] == "ok"), None)
     for row in rows:
         if base is None or row["status"] != "ok":
             continue
         row["size_ratio_vs_fp32"] = base["size_bytes"] / row["size_bytes"]
-        row["speedup_vs_fp32"] = {
-            b: base["result"]["batches"][b]["p50_ms"] / stats["p50_ms"]
-            for b, stats in row["result"]["batches"].items() if b in base["result"]["batches"]}
+        intervals = {b: paired_ratio(base["result"]["batches"][b]["round_p50_ms"], stats["round_p50_ms"])
+                     for b, stats in row["result"]["batches"].items() if b in base["result"]["batches"]}
+        row["speedup_vs_fp32"] = {b: i.estimate for b, i in intervals.items()}
+        row["speedup_interval"] = {b: i.to_dict() for b, i in intervals.items()}
+
+
+NOISY_SPREAD_PCT = 5.0
+
+
+def noise_summary(rows: list[dict], batch: str) -> dict:
+    """How much the host moved between rounds (median over artifacts of the round-to-round spread of
+    p50 at ``batch``), and what helps when that is large."""
+    from qexport.runtimes.stats import percentile
+
+    spreads = sorted(r["result"]["batches"][batch]["round_spread_pct"] for r in rows
+                     if r["status"] == "ok" and batch in r["result"].get("batches", {}))
+    median = percentile(spreads, 50) if spreads else 0.0
+    noisy = median > NOISY_SPREAD_PCT
+    advice = (f"this host was noisy: p50 moved {median:.1f} % between rounds (median over artifacts, batch {batch}); "
+              "more rounds (--rounds), longer rounds (--min-seconds), an idle machine or isolated cores "
+              "(isolcpus, no other work on the pinned core) narrow the intervals") if noisy else ""
+    return {"batch": batch, "median_round_spread_pct": median, "noisy": noisy, "advice": advice}
+
+
+def ties(rows: list[dict], batch: str) -> list[dict]:
+    """Neighbours in the latency ranking at ``batch`` whose paired ratio interval contains 1: the
+    measurement cannot tell them apart, and the report must not rank them."""
+    from qexport.runtimes.stats import paired_ratio
+
+    ranked = sorted((r for r in rows if r["status"] == "ok" and batch in r["result"].get("batches", {})),
+                    key=lambda r: r["result"]["batches"][batch]["p50_ms"])
+    found = []
+    for faster, slower in zip(ranked, ranked[1:]):
+        ratio = paired_ratio(slower["result"]["batches"][batch]["round_p50_ms"],
+                             faster["result"]["batches"][batch]["round_p50_ms"])
+        if ratio.low is not None and not ratio.excludes(1.0):
+            found.append({"batch": batch, "faster": faster["family"], "slower": slower["family"],
+                          "ratio": ratio.to_dict()})
+    return found
 
 
 def make_document(rows: list[Row], options: BenchOptions, cores: list[int], data, started: float,
                   directory: Path) -> dict:
     row_dicts = [asdict(r) for r in rows]
+    for row in row_dicts:
+        del row["rounds"]  # combined into row["result"]; the raw rounds would only repeat it
     add_ratios(row_dicts)
     return {
         "schema": BENCH_SCHEMA,
@@ -339,8 +417,10 @@ def make_document(rows: list[Row], options: BenchOptions, cores: list[int], data
         "command": " ".join(shlex.quote(a) for a in ["qexport", *sys.argv[1:]]),
         "directory": str(directory),
         "options": {**asdict(options), "pinned_cores": cores},
-        "environment": {**environment(), "git_commit": git_commit(Path(__file__).parent)},
+        "environment": {**environment(foreign_environments()), "git_commit": git_commit(Path(__file__).parent)},
         "data": data.describe() if data is not None else None,
         "baseline": BASELINE,
         "rows": row_dicts,
+        "noise": noise_summary(row_dicts, str(options.batch_sizes[0])),
+        "ties": [tie for b in options.batch_sizes for tie in ties(row_dicts, str(b))],
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import intel_extension_for_pytorch as ipex  # noqa: F401  (must precede torch.jit.load)
 import torch
 
-from runtimes.torchscript import TorchScriptRunner
+from qexport.runtimes.torchscript import TorchScriptRunner
 
 
 class IpexRunner(TorchScriptRunner):

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from qexport.errors import QExportError
-from runtimes.base import Runner, Stream
-from runtimes.foreign import child_env
+from qexport.runtimes.base import Runner, Stream
+from qexport.runtimes.foreign import child_env
 
 
 class RemoteRunner(Runner):
@@ -28,7 +28,7 @@ class RemoteRunner(Runner):
         folder = tempfile.TemporaryDirectory(prefix="qexport-remote-")
         manifest_file = Path(folder.name) / "manifest.json"
         manifest_file.write_text(json.dumps(manifest))
-        process = subprocess.Popen([python, "-m", "runtimes.serve", runtime, str(path), str(manifest_file)],
+        process = subprocess.Popen([python, "-m", "qexport.runtimes.serve", runtime, str(path), str(manifest_file)],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                    env=child_env())
         runner = cls(process, runtime, {}, folder)

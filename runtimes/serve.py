@@ -1,6 +1,6 @@
 """Child side of :class:`runtimes.remote.RemoteRunner`: serve one artifact over stdin/stdout.
 
-Run as ``python -m runtimes.serve RUNTIME ARTIFACT MANIFEST.json`` inside the runtime's own
+Run as ``python -m qexport.runtimes.serve RUNTIME ARTIFACT MANIFEST.json`` inside the runtime's own
 environment. Frames: one status byte (``K`` ok, ``E`` error) then, for ok, a JSON line (the
 hello) or a .npy array; for errors, one line of text. Anything the runtime prints goes to
 stderr, because stdout carries the frames.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 def claim_stdout():
     """Keep the real stdout for frames; send everything else (library chatter) to stderr."""
-    from runtimes.base import Stream
+    from qexport.runtimes.base import Stream
 
     frames = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
@@ -44,22 +44,22 @@ def serve(runtime: str, artifact: str, manifest_file: str) -> int:
     frames = claim_stdout()
     import numpy as np
 
-    import runtimes
-    from qexport.errors import QExportError
+    from qexport import runtimes
+    from qexport.errors import describe_exception, user_message
 
     manifest = json.loads(Path(manifest_file).read_text())
     try:
         runner = runtimes.load_runner(runtime, Path(artifact), manifest=manifest)
     except Exception as err:  # reported to the parent as one sentence
-        send_error(frames, str(err) if isinstance(err, QExportError) else f"{type(err).__name__}: {err}")
+        send_error(frames, user_message(err))
         return 0
-    from runtimes.foreign import FOREIGN
+    from qexport.runtimes import RUNTIMES
 
-    declared = FOREIGN[runtime].packages if runtime in FOREIGN else ()
+    declared = RUNTIMES[runtime].packages if runtime in RUNTIMES else ()
     packages = list(dict.fromkeys([*manifest.get("runtime", {}).get("requires", {}), *declared]))
     frames.write(b"K" + json.dumps(hello(runner, packages)).encode() + b"\n")
     frames.flush()
-    from runtimes.base import Stream
+    from qexport.runtimes.base import Stream
 
     stdin = sys.stdin.buffer
     requests = Stream(stdin)
@@ -71,7 +71,7 @@ def serve(runtime: str, artifact: str, manifest_file: str) -> int:
         try:
             out = runner.predict(batch)
         except Exception as err:
-            send_error(frames, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
+            send_error(frames, describe_exception(err))
             continue
         frames.write(b"K")
         np.lib.format.write_array(frames, np.ascontiguousarray(out, dtype=np.float32))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -44,3 +45,97 @@ def is_stable(window: Sequence[float], previous: Sequence[float], tolerance: flo
         return False
     a, b = percentile(sorted(window), 50), percentile(sorted(previous), 50)
     return abs(a - b) <= tolerance * max(b, 1e-12)
+
+
+# ----------------------------------------------------------------------------- rounds and intervals
+# Two-sided 95 % Student t critical values t(0.975, dof) for dof 1..30; beyond, the normal 1.96 is
+# within 2 %. Tabulated so the workers and reports need no scipy.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t_975(dof: float) -> float:
+    """t(0.975) for ``dof`` degrees of freedom (fractional dof, from Welch, rounds down: conservative)."""
+    if dof < 1:
+        raise ValueError(f"a t interval needs at least 1 degree of freedom, got {dof}")
+    whole = int(math.floor(dof))
+    return T_975[whole - 1] if whole <= len(T_975) else 1.96
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with its 95 % confidence interval (``low``/``high`` None with a single round)."""
+
+    estimate: float
+    low: float | None
+    high: float | None
+    rounds: int
+
+    def excludes(self, value: float) -> bool:
+        """True when the interval lies entirely on one side of ``value``: a real difference."""
+        return self.low is not None and self.high is not None and (self.low > value or self.high < value)
+
+    def to_dict(self) -> dict:
+        return {"estimate": self.estimate, "low": self.low, "high": self.high, "rounds": self.rounds}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Interval":
+        return cls(float(data["estimate"]), data.get("low"), data.get("high"), int(data.get("rounds", 1)))
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+
+
+def geometric_interval(values: Sequence[float]) -> Interval:
+    """Geometric mean of per-round values with a t interval on their logarithms.
+
+    Why this method: each round is a fresh process, and what differs between processes (memory
+    layout, allocator state, cache and frequency luck) scales a latency rather than adding to it,
+    so per-round medians are close to log-normal; a t interval on logs is exact for that case and,
+    unlike a bootstrap over 3-10 rounds (which cannot produce values outside the few it has and so
+    under-covers), honest at small counts. It is deterministic: the same rounds give the same report.
+    """
+    if not values or min(values) <= 0:
+        raise ValueError("geometric_interval needs positive values")
+    logs = [math.log(v) for v in values]
+    mean, sd = _mean_sd(logs)
+    if len(logs) < 2:
+        return Interval(math.exp(mean), None, None, len(logs))
+    half = t_975(len(logs) - 1) * sd / math.sqrt(len(logs))
+    return Interval(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(logs))
+
+
+def paired_ratio(baseline_rounds: Sequence[float], rounds: Sequence[float]) -> Interval:
+    """Speed-up baseline/artifact, paired round by round: rounds are interleaved (A B C … A B C …),
+    so round i of both saw the same state of the host and the drift cancels in their ratio."""
+    pairs = list(zip(baseline_rounds, rounds))
+    if not pairs:
+        raise ValueError("paired_ratio needs at least one round of each")
+    return geometric_interval([base / mine for base, mine in pairs])
+
+
+def welch_ratio(before: Sequence[float], after: Sequence[float]) -> Interval:
+    """after/before for two independent runs (``qexport compare``): difference of mean logs with a
+    Welch-Satterthwaite t interval (the runs' spreads need not be equal)."""
+    a, b = [math.log(v) for v in before], [math.log(v) for v in after]
+    (mean_a, sd_a), (mean_b, sd_b) = _mean_sd(a), _mean_sd(b)
+    estimate = math.exp(mean_b - mean_a)
+    if len(a) < 2 or len(b) < 2:
+        return Interval(estimate, None, None, min(len(a), len(b)))
+    va, vb = sd_a ** 2 / len(a), sd_b ** 2 / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Interval(estimate, estimate, estimate, min(len(a), len(b)))
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = t_975(dof) * se
+    return Interval(estimate, math.exp(mean_b - mean_a - half), math.exp(mean_b - mean_a + half), min(len(a), len(b)))
+
+
+def spread_pct(values: Sequence[float]) -> float:
+    """Round-to-round coefficient of variation, in percent (0 for a single round)."""
+    mean, sd = _mean_sd(values)
+    return 100 * sd / mean if len(values) > 1 and mean > 0 else 0.0

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from qexport.errors import QExportError
-from runtimes.base import Runner, load_failure_message
+from qexport.runtimes.base import Runner, load_failure_message
 
 
 def set_torch_threads(threads: int | None) -> None:

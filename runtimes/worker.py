@@ -1,6 +1,6 @@
 """The bench worker: one artifact, one process, pinned before any runtime is imported.
 
-Run as ``python -m runtimes.worker SPEC.json RESULT.json``. The harness sets the thread
+Run as ``python -m qexport.runtimes.worker SPEC.json RESULT.json``. The harness sets the thread
 environment variables (OMP/MKL/...) in our environment; here we pin the CPU affinity first,
 then import the runtime, so thread pools are sized for the cores we really have.
 """
@@ -84,7 +84,7 @@ def harness_overhead_pct(call, native, per_call_ms: float, rounds: int = 8, bloc
 
 def warm_up(call, native, fixed: int, window: int = 10, max_calls: int = 300) -> dict:
     """A fixed number of calls, then windows until the median stops moving (or max_calls)."""
-    from runtimes.stats import is_stable
+    from qexport.runtimes.stats import is_stable
 
     for _ in range(fixed):
         call(native)
@@ -103,7 +103,7 @@ def run(spec: dict) -> dict:
     cores = pin(spec.get("cores"))
     import numpy as np
 
-    import runtimes
+    from qexport import runtimes
 
     result: dict = {"pinned_cores": cores}
     rss_before = rss_mb()
@@ -125,13 +125,13 @@ def run(spec: dict) -> dict:
             result["first_inference_ms"] = (time.perf_counter() - started) * 1e3
         warm = warm_up(runner.run_native, native, spec["warmup"])
         latencies = time_calls(runner.run_native, native, spec["min_count"], spec["min_seconds"])
-        from runtimes.stats import summarize
+        from qexport.runtimes.stats import summarize
 
         stats = summarize(latencies, batch_size)
         overhead = harness_overhead_pct(runner.run_native, native, stats["p50_ms"]) if spec.get("overhead", True) else None
-        batches[str(batch_size)] = {**stats, "warmup": warm, "harness_overhead_pct": overhead}
+        batches[str(batch_size)] = {**stats, "warmup": warm, "harness_overhead_pct": overhead, "latencies_ms": latencies}
     result["batches"] = batches
-    result["timer_cost_ns"] = timer_cost_ns()
+    result["timer_cost_ns"] = timer_cost_ns() if spec.get("overhead", True) else None
     if spec.get("eval_inputs"):
         result.update(evaluate(runner, spec, np))
     result["runtime"] = runner.describe()
@@ -156,9 +156,9 @@ def main(argv: list[str]) -> int:
     try:
         result = {"status": "ok", **run(spec)}
     except Exception as err:  # reported to the harness as this row's reason, never a crash of the run
-        from qexport.errors import QExportError, RuntimeMissing
+        from qexport.errors import RuntimeMissing, user_message
 
-        reason = str(err) if isinstance(err, QExportError) else f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        reason = user_message(err)
         result = {"status": "skipped" if isinstance(err, RuntimeMissing) else "failed", "reason": reason}
     result_path.write_text(json.dumps(result))
     return 0

@@ -59,7 +59,7 @@ def tiny_checkpoint(tiny_data, tmp_path_factory):
 
 
 def make_context(data, checkpoint, **options):
-    from exporter import BuildOptions
+    from qexport.exporter import BuildOptions
     from qexport.pipeline import build_context
 
     opts = BuildOptions(**{"calibration_samples": 64, **options})
@@ -69,8 +69,8 @@ def make_context(data, checkpoint, **options):
 @pytest.fixture(scope="session")
 def built_artifacts(tiny_data, tiny_checkpoint, tmp_path_factory):
     """Every registered family built once from the tiny checkpoint (shared by the family tests)."""
-    from exporter import FAMILIES
-    from exporter.build import build_families
+    from qexport.exporter import FAMILIES
+    from qexport.exporter.build import build_families
 
     out = tmp_path_factory.mktemp("artifacts")
     outcomes = build_families(make_context(tiny_data, tiny_checkpoint), list(FAMILIES.values()), out)

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 
 from qexport import benchreport
 from qexport.errors import QExportError
-from runtimes.harness import BenchOptions, bench_directory, run_worker, usable_cores
-from runtimes.stats import is_stable, percentile, summarize
+from qexport.runtimes.harness import BenchOptions, bench_directory, run_worker, usable_cores
+from qexport.runtimes.stats import is_stable, percentile, summarize
 from tests.conftest import copy_artifacts
 
-FAST = dict(batch_sizes=(1, 2), min_seconds=0.05, min_count=5, warmup=2)
+FAST = dict(batch_sizes=(1, 2), min_seconds=0.05, min_count=5, warmup=2, rounds=2)
 
 
 def test_percentile_matches_numpy_on_known_sequences():
@@ -68,7 +68,7 @@ def test_bench_pins_one_core_and_one_thread(small_dir, tiny_data):
         assert result["runtime"]["threads"] == 1
         assert result["env_threads"]["OMP_NUM_THREADS"] == "1"
         assert set(result["batches"]) == {"1", "2"}
-        assert result["batches"]["1"]["count"] >= 5 and result["batches"]["1"]["warmup"]["fixed"] == 2
+        assert result["batches"]["1"]["count"] >= 5 * 2 and [w["fixed"] for w in result["batches"]["1"]["warmup"]] == [2, 2]
         assert result["peak_rss_mb"] > 0 and result["load_ms"] > 0 and result["first_inference_ms"] > 0
         assert result["eval"]["samples"] == len(tiny_data.test)
         assert result["eval"]["agreement_with_fp32"] > 0.99
@@ -87,7 +87,8 @@ def test_bench_pins_one_core_and_one_thread(small_dir, tiny_data):
     other.mkdir()
     shutil.copy(small_dir / "report" / "bench.json", other / "bench.json")
     header, body = benchreport.compare([small_dir / "report" / "bench.json", other / "bench.json"])
-    assert len(body) == 4 and "p50 ms @1" in header
+    assert len(body) == 4 and "95 % interval" in header  # 2 artifacts x 2 batch sizes
+    assert all(cells[-1] == "~ not significant" and cells[6] == "+0.0 %" for cells in body)
 
 
 def test_tampered_artifact_is_refused_unless_allowed(small_dir, tmp_path):
@@ -182,8 +183,8 @@ def test_image_folder_build_is_benched_at_its_own_size(tmp_path):
     """An image-folder build at 24 px is scored at 24 px (not imagefolder's 224 px default), every
     artifact runs (ONNX rejected 224 px inputs with 'Got invalid dimensions'), and the bench's
     accuracy equals the build's; data of another shape is refused in one sentence."""
-    from exporter import FAMILIES
-    from exporter.build import build_families
+    from qexport.exporter import FAMILIES
+    from qexport.exporter.build import build_families
     from qexport.data import load_dataset
     from qexport.pipeline import train_checkpoint
     from qexport.train import TrainConfig
@@ -198,7 +199,7 @@ def test_image_folder_build_is_benched_at_its_own_size(tmp_path):
     outcomes = build_families(make_context(data, checkpoint), families, out)
     assert all(o.status == "built" for o in outcomes), [o.reason for o in outcomes]
     done = run_cli("bench", str(out), "--batch-sizes", "1", "--min-seconds", "0.05", "--min-count", "3",
-                   "--warmup", "1")
+                   "--warmup", "1", "--rounds", "1")
     assert done.returncode == 0, done.stderr
     rows = {r["family"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
     for outcome in outcomes:

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-import runtimes
-from exporter import FAMILIES, BuildOptions, select_families
-from exporter.build import build_families
+from qexport import runtimes
+from qexport.exporter import FAMILIES, BuildOptions, select_families
+from qexport.exporter.build import build_families
 from qexport.manifest import golden_path, manifest_path, read_manifest, validate
-from exporter.registry import Family
+from qexport.exporter.registry import Family
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file
 from tests.conftest import PRODUCED, built_outcome, make_context
@@ -87,13 +87,17 @@ def test_calibration_is_from_train_split(built_artifacts):
         assert calibration["split"] == "train" and calibration["samples"] == 64
 
 
+def _explode(exc: BaseException, ctx, path):
+    """A build function (module level: it runs in the build's child process) that half-writes, then raises."""
+    path.write_bytes(b"half an artifact")
+    raise exc
+
+
 def _failing_family(exc: BaseException) -> Family:
-    def explode(ctx, path):
-        path.write_bytes(b"half an artifact")
-        raise exc
+    import functools
 
     return Family(key="broken", variant="broken", format="torchscript", extension=".bin", precision="fp32",
-                  runtime="torchscript", method="raises", build=explode)
+                  runtime="torchscript", method="raises", build=functools.partial(_explode, exc))
 
 
 def test_one_family_failing_does_not_stop_others(tiny_data, tiny_checkpoint, tmp_path):
@@ -167,15 +171,32 @@ def test_corrupt_artifacts_fail_to_load_in_one_sentence(built_artifacts, tmp_pat
             runtimes.load_runner(family.runtime, broken)
 
 
-def test_disk_full_mid_write_keeps_nothing_and_says_so(tiny_data, tiny_checkpoint, tmp_path):
+def _fill_disk(ctx, path):
     import errno
 
-    def fill_disk(ctx, path):
-        path.write_bytes(b"x" * 1000)  # half an artifact, then the device runs out of space
-        raise OSError(errno.ENOSPC, "No space left on device")
+    path.write_bytes(b"x" * 1000)  # half an artifact, then the device runs out of space
+    raise OSError(errno.ENOSPC, "No space left on device")
 
+
+def test_disk_full_mid_write_keeps_nothing_and_says_so(tiny_data, tiny_checkpoint, tmp_path):
     family = Family(key="full", variant="full", format="torchscript", extension=".bin", precision="fp32",
-                    runtime="torchscript", method="fills the disk", build=fill_disk)
+                    runtime="torchscript", method="fills the disk", build=_fill_disk)
     (outcome,) = build_families(make_context(tiny_data, tiny_checkpoint), [family], tmp_path)
     assert outcome.status == "failed" and outcome.reason.startswith("Disk full while writing resnet18.full.bin")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
+
+
+def test_families_cannot_change_each_other(built_artifacts, tiny_data, tiny_checkpoint, tmp_path):
+    """pt2e-int8 compiled after torchscript-int8-static (eager int8 convert: it sets the quantized
+    engine) generates the same code as compiled alone, and the parent's torch state is untouched:
+    every family builds in its own child process. No timing is involved."""
+    import torch
+
+    engine = torch.backends.quantized.engine
+    _, outcomes = built_artifacts  # registry order: pt2e families before the eager int8 ones
+    ctx = make_context(tiny_data, tiny_checkpoint)
+    after = build_families(ctx, [FAMILIES["torchscript-int8-static"], FAMILIES["pt2e-int8"]], tmp_path / "after")
+    alone = build_families(ctx, [FAMILIES["pt2e-int8"]], tmp_path / "alone")
+    codes = {o.manifest["config"]["generated_code_sha256"] for o in (after[1], alone[0], outcomes["pt2e-int8"])}
+    assert len(codes) == 1
+    assert torch.backends.quantized.engine == engine

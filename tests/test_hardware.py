@@ -14,13 +14,13 @@ import zipfile
 
 import pytest
 
-from exporter import FAMILIES, select_families
-from exporter.build import build_families
+from qexport.exporter import FAMILIES, select_families
+from qexport.exporter.build import build_families
 from qexport.errors import QExportError
 from qexport.hardware import (FAKE_FLAGS_VARIABLE, TARGETS, X86_64_V3, X86_64_V4, HostCpu, host_cpu,
                               native_requirement, resolve_target)
 from qexport.manifest import host_problem_for
-from runtimes.harness import BenchOptions, bench_directory
+from qexport.runtimes.harness import BenchOptions, bench_directory
 from qexport.verify import verify_path
 from tests.conftest import built_outcome, copy_artifacts, make_context, run_cli
 
@@ -156,7 +156,7 @@ def test_verify_and_bench_refuse_an_artifact_this_cpu_cannot_run(built_artifacts
     [check] = verify_path(folder)
     assert not check.passed and "needs AVX2 (x86-64-v3)" in check.detail and "avx2, bmi1" in check.detail
     assert "--target-cpu native` on a host like this one" in check.detail
-    doc = bench_directory(folder, BenchOptions(batch_sizes=(1,), min_count=2, min_seconds=0.01, warmup=1), None)
+    doc = bench_directory(folder, BenchOptions(rounds=1, batch_sizes=(1,), min_count=2, min_seconds=0.01, warmup=1), None)
     [row] = doc["rows"]
     assert row["status"] == "refused" and "needs AVX2 (x86-64-v3)" in row["reason"]
 

@@ -45,7 +45,7 @@ def worker_pids() -> set[int]:
                 state = (entry / "stat").read_text().split(") ")[-1][:1]
             except OSError:
                 continue
-            if b"runtimes.worker" in cmdline and state != "Z":
+            if b"qexport.runtimes.worker" in cmdline and state != "Z":
                 pids.add(int(entry.name))
     return pids
 

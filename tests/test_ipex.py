@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter import FAMILIES
-from exporter.build import build_families
+from qexport.exporter import FAMILIES
+from qexport.exporter.build import build_families
 from qexport.errors import RuntimeMissing
 from qexport.manifest import manifest_path, read_manifest
-from runtimes import foreign
-from runtimes.harness import BenchOptions, bench_directory
+from qexport.runtimes import foreign
+from qexport.runtimes.harness import BenchOptions, bench_directory
 from tests.conftest import built_outcome, make_context
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_missing_environment_skips_build_with_the_fix(no_ipex_env, tiny_data, ti
 def test_missing_environment_skips_bench_row(built_artifacts, no_ipex_env, tiny_data):
     out, outcomes = built_artifacts
     built_outcome(outcomes, "ipex-int8")
-    doc = bench_directory(out, BenchOptions(only=("ipex-int8",), batch_sizes=(1,), min_seconds=0.01, min_count=2,
+    doc = bench_directory(out, BenchOptions(rounds=1, only=("ipex-int8",), batch_sizes=(1,), min_seconds=0.01, min_count=2,
                                             warmup=1), None)
     (row,) = doc["rows"]
     assert row["status"] == "skipped" and "make setup-ipex" in row["reason"]
@@ -95,7 +95,7 @@ def test_manifest_names_the_ipex_runtime(ipex_python, built_artifacts, key):
 def test_bench_worker_runs_pinned_in_the_ipex_environment(ipex_python, built_artifacts, tiny_data):
     out, outcomes = built_artifacts
     built_outcome(outcomes, "ipex-int8")
-    doc = bench_directory(out, BenchOptions(only=("ipex-int8", "torchscript-fp32"), batch_sizes=(1,),
+    doc = bench_directory(out, BenchOptions(rounds=1, only=("ipex-int8", "torchscript-fp32"), batch_sizes=(1,),
                                             min_seconds=0.05, min_count=5, warmup=2), tiny_data)
     rows = {r["family"]: r for r in doc["rows"]}
     row = rows["ipex-int8"]
@@ -107,7 +107,7 @@ def test_bench_worker_runs_pinned_in_the_ipex_environment(ipex_python, built_art
 
 
 def test_served_runner_reports_errors_in_one_sentence(ipex_python, tmp_path):
-    import runtimes
+    from qexport import runtimes
     from qexport.errors import QExportError
 
     bogus = tmp_path / "resnet18.int8-ipex.torchscript.pt"

@@ -46,7 +46,7 @@ def test_bundle_contents_and_model_card(small_dir, tmp_path):
 
 
 def test_bench_results_travel_with_the_bundle(small_dir, tmp_path):
-    bench = {"environment": {"cpu": {"model": "Test CPU"}, "libraries": {"torch": "x", "onnxruntime": "y"}},
+    bench = {"schema": "qexport.bench", "schema_version": 2, "environment": {"cpu": {"model": "Test CPU"}, "libraries": {"torch": "x", "onnxruntime": "y"}},
              "options": {"device": "cpu", "pinned_cores": [1], "threads": 1}, "created": "2026-01-01T00:00:00Z",
              "command": "qexport bench", "rows": [
                  {"file": NAMES[0], "status": "ok", "speedup_vs_fp32": {"1": 1.0},
@@ -79,3 +79,10 @@ def test_cli_pack_one_sentence_on_bad_name(small_dir, tmp_path):
     done = run_cli("pack", str(small_dir), "-o", str(tmp_path / "ok.tar.gz"))
     assert done.returncode == 0, done.stderr
     assert tarfile.open(tmp_path / "ok.tar.gz").getmember("ok/MODEL_CARD.md").size > 0
+
+
+def test_malformed_bench_json_is_one_sentence(small_dir, tmp_path):
+    folder = copy_artifacts(small_dir, tmp_path / "a", NAMES[:1])
+    (folder / "bench.json").write_text(json.dumps({"schema": "qexport.bench", "schema_version": 2}))
+    with pytest.raises(QExportError, match="lacks rows, options, environment"):
+        pack(folder, tmp_path / "r.zip")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from exporter.pt2e import count_quantized, export_dynamic, require_quantized, unshare_modules, x86_quantizer
+from qexport.exporter.pt2e import count_quantized, export_dynamic, require_quantized, unshare_modules, x86_quantizer
 from qexport.errors import QExportError
 
 
@@ -79,7 +79,7 @@ def test_qat_fine_tune_changes_weights(tiny_data):
 
 
 def test_aoti_package_from_another_torch_is_refused_clearly():
-    from runtimes.aoti import check_compatible
+    from qexport.runtimes.aoti import check_compatible
 
     with pytest.raises(QExportError, match="compiled with torch 2.8.0"):
         check_compatible({"runtime": {"compiled_with": {"torch": "2.8.0"}}})
@@ -90,7 +90,7 @@ def test_aoti_package_from_another_torch_is_refused_clearly():
 def test_fp32_package_prepacks_conv_weights_and_restores_inductor(built_artifacts):
     from torch._inductor.fx_passes import mkldnn_fusion
 
-    from exporter.pt2e import prepacked_dynamic_convolutions
+    from qexport.exporter.pt2e import prepacked_dynamic_convolutions
 
     _, outcomes = built_artifacts
     config = outcomes["pt2e-fp32"].manifest["config"]
