@@ -23,15 +23,19 @@ ISA_FLAGS = {
 }
 
 
-def library_versions() -> dict[str, str | None]:
-    """Installed versions, read from package metadata so nothing heavy is imported."""
+def package_versions(packages) -> dict[str, str | None]:
+    """Installed versions, read from package metadata so nothing heavy is imported (None: absent)."""
     versions: dict[str, str | None] = {}
-    for name in LIBRARIES:
+    for name in packages:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def library_versions() -> dict[str, str | None]:
+    return package_versions(LIBRARIES)
 
 
 def cpu_info() -> dict:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from qexport.errors import QExportError
-from qexport.runtimes.base import Runner, load_failure_message
-from qexport.runtimes.torchscript import set_torch_threads
+from qexport.runtimes.base import load_failure_message
+from qexport.runtimes.torchscript import TorchTensorRunner, set_torch_threads
 
 
-class AOTInductorRunner(Runner):
+class AOTInductorRunner(TorchTensorRunner):
     runtime = "aoti"
 
     def __init__(self, package, device: str):
@@ -29,20 +28,10 @@ class AOTInductorRunner(Runner):
             raise QExportError(load_failure_message(path, cls.runtime, err)) from err
         return cls(package, device)
 
-    def prepare(self, batch: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-
     def run_native(self, native: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             out = self.package(native)
         return out[0] if isinstance(out, (list, tuple)) else out
-
-    def to_numpy(self, output: torch.Tensor) -> np.ndarray:
-        return output.detach().float().cpu().numpy()
-
-    def describe(self) -> dict:
-        return {"runtime": self.runtime, "version": torch.__version__, "device": self.device,
-                "threads": torch.get_num_threads()}
 
 
 def check_compatible(manifest: dict) -> None:

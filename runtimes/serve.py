@@ -29,15 +29,9 @@ def send_error(frames, message: str) -> None:
 
 
 def hello(runner, packages: list[str]) -> dict:
-    import importlib.metadata
+    from qexport.envinfo import package_versions
 
-    versions = {}
-    for package in packages:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"describe": runner.describe(), "versions": versions}
+    return {"describe": runner.describe(), "versions": package_versions(packages)}
 
 
 def serve(runtime: str, artifact: str, manifest_file: str) -> int:

@@ -22,7 +22,23 @@ def set_torch_threads(threads: int | None) -> None:
         pass
 
 
-class TorchScriptRunner(Runner):
+class TorchTensorRunner(Runner):
+    """numpy ↔ torch tensors and the report fields shared by every runtime that runs on torch."""
+
+    device: str = "cpu"
+
+    def prepare(self, batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+
+    def to_numpy(self, output: torch.Tensor) -> np.ndarray:
+        return output.detach().float().cpu().numpy()
+
+    def describe(self) -> dict:
+        return {"runtime": self.runtime, "version": torch.__version__, "device": self.device,
+                "threads": torch.get_num_threads()}
+
+
+class TorchScriptRunner(TorchTensorRunner):
     runtime = "torchscript"
 
     def __init__(self, module: torch.jit.ScriptModule, device: str, path: Path):
@@ -41,9 +57,6 @@ class TorchScriptRunner(Runner):
         module.eval()
         return cls(module, device, Path(path))
 
-    def prepare(self, batch: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-
     def run_native(self, native: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             out = self.module(native)
@@ -51,9 +64,5 @@ class TorchScriptRunner(Runner):
             torch.cuda.synchronize()
         return out
 
-    def to_numpy(self, output: torch.Tensor) -> np.ndarray:
-        return output.detach().float().cpu().numpy()
-
     def describe(self) -> dict:
-        return {"runtime": self.runtime, "version": torch.__version__, "device": self.device,
-                "threads": torch.get_num_threads(), "quantized_engine": torch.backends.quantized.engine}
+        return {**super().describe(), "quantized_engine": torch.backends.quantized.engine}
