@@ -37,7 +37,7 @@ def _force_progress() -> bool:
 
 def say(message: str) -> None:
     """A status line on stderr (kept apart from the report on stdout)."""
-    stderr_console.print(message, highlight=False)
+    stderr_console.print(message, highlight=False, soft_wrap=True)  # logs: one line, never wrapped at 80
 
 
 def quiet_library_warnings() -> None:
