@@ -122,23 +122,59 @@ def build_in_child(family: Family, ctx: BuildContext, path: Path) -> dict:
     pt2e patches Inductor internals while compiling, and a pt2e int8 package compiled after an
     eager int8 ``convert`` in the same process ran 2-3x slower. A spawned child (not a fork: torch's
     thread pools do not survive one) starts from a clean torch; the model and data reach it through
-    shared memory (torch.multiprocessing), the artifact through ``path``, and what was done comes
-    back as the build function's result. Exceptions, Ctrl-C included, come back and are re-raised.
+    shared memory (torch.multiprocessing), the artifact through ``path``, and what was done (or the
+    exception raised) comes back through a pipe. The child ignores Ctrl-C, which reaches the whole
+    process group: the parent alone handles it, stops the child and removes the half-written file.
     """
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+    import signal
 
     import torch.multiprocessing
 
+    spawn = torch.multiprocessing.get_context("spawn")
+    receive, send = spawn.Pipe(duplex=False)
+    child = spawn.Process(target=_build_and_send, args=(family, ctx, path, send), daemon=True)
+    try:
+        # SIGINT blocked while the child starts: the child inherits the blocked mask (Ctrl-C never
+        # reaches it, not even while it imports torch), and one pressed meanwhile stays pending
+        # for the parent, delivered when the mask is restored.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            child.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            send.close()
+        while not receive.poll(0.2):
+            if not child.is_alive() and not receive.poll(0):
+                raise QExportError(f"the process building {family.key} died without a result (exit {child.exitcode}: "
+                                   "killed, out of memory or a crash in native code); rerun with --only to see its output.")
+        ok, value = receive.recv()
+    except BaseException:
+        if child.pid is not None:
+            child.kill()
+        raise
+    finally:
+        if child.pid is not None:
+            child.join()
+        receive.close()
+    if not ok:
+        raise value
+    return value
+
+
+def _build_and_send(family: Family, ctx: BuildContext, path: Path, send) -> None:
+    """Child side of :func:`build_in_child`: build, then send (True, details) or (False, exception)."""
+    import signal
+
     from qexport.progress import quiet_library_warnings
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=torch.multiprocessing.get_context("spawn"),
-                             initializer=quiet_library_warnings) as pool:
-        try:
-            return pool.submit(family.build, ctx, path).result()
-        except BrokenProcessPool as err:
-            raise QExportError(f"the process building {family.key} died without a result (killed, out of memory "
-                               "or a crash in native code); rerun with --only to see its output.") from err
+    quiet_library_warnings()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C (see build_in_child)
+    try:
+        send.send((True, family.build(ctx, path)))
+    except BaseException as err:  # noqa: BLE001 -- every outcome goes back to the parent, which decides
+        send.send((False, err))
+    finally:
+        send.close()
 
 
 def fmt_pct(value: float | None) -> str:
