@@ -161,6 +161,18 @@ def build_in_child(family: Family, ctx: BuildContext, path: Path) -> dict:
     return value
 
 
+def die_with_parent() -> None:
+    """Linux: be killed when the parent dies, even by SIGKILL, so that no orphaned build keeps
+    burning the cores (best effort; elsewhere the daemon flag covers normal exits)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _build_and_send(family: Family, ctx: BuildContext, path: Path, send) -> None:
     """Child side of :func:`build_in_child`: build, then send (True, details) or (False, exception)."""
     import signal
@@ -169,6 +181,7 @@ def _build_and_send(family: Family, ctx: BuildContext, path: Path, send) -> None
 
     quiet_library_warnings()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C (see build_in_child)
+    die_with_parent()
     try:
         send.send((True, family.build(ctx, path)))
     except BaseException as err:  # noqa: BLE001 -- every outcome goes back to the parent, which decides
