@@ -24,7 +24,7 @@ from qexport import __version__
 from qexport.data import Split, normalize, seeded_subset
 from qexport.envinfo import cpu_info, git_commit, isa_summary, library_versions
 from qexport.errors import QExportError, RuntimeMissing, describe_exception
-from qexport.hardware import host_cpu, resolve_target
+from qexport.hardware import host_cpu
 from qexport.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, ensure_writable_dir, sha256_file
 from qexport.progress import say
 from qexport.train import predict, top1
@@ -302,13 +302,12 @@ def requirements(family: Family, ctx: BuildContext) -> dict:
     run, from the CPU they run on: they need only what the family itself needs (IPEX bf16), and
     what they will use is the host's ISA class, recorded here for the build host.
     """
-    cpu = host_cpu()
-    target = resolve_target(ctx.options.target_cpu, cpu)
+    cpu, target = host_cpu(), ctx.options.target
     needs = family.artifact_needs(target, cpu)
     code = (f"compiled for {target.name} (-march={target.march or 'native'})" if family.compiled
             else "kernels chosen at run time for the CPU it runs on")
-    return {"cpu": needs.to_dict() if needs else None, "code": code,
-            "kernels_on_build_host": cpu.isa_class(), "devices": list(family.devices)}
+    return {"cpu": needs.to_dict() if needs else None, "compiled": family.compiled, "code": code,
+            "kernels_on_build_host": cpu.isa_class()}
 
 
 def write_index(out_dir: Path, model_name: str, outcomes: list[Outcome]) -> Path:

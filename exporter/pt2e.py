@@ -24,7 +24,6 @@ from torch import nn
 
 from qexport.exporter.registry import BuildContext, register
 from qexport.errors import QExportError, first_line
-from qexport.hardware import resolve_target
 from qexport.progress import say
 
 MAX_BATCH = 1024
@@ -162,7 +161,7 @@ def package(model: nn.Module, ctx: BuildContext, path: Path, variant: str, prepa
     Compiled in a scratch folder under the artifact's real name, because the package's internal
     folder is named after the file it is written to (the atomic temporary name must not leak).
     """
-    target = resolve_target(ctx.options.target_cpu)
+    target = ctx.options.target
     say(f"  compiling {variant} with AOTInductor for {target.name} (tens of seconds)…")
     started = time.perf_counter()
     # Inductor applies freezing (constant folding, int8 weight pre-packing) only without autograd.

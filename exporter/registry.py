@@ -18,7 +18,8 @@ from torch import nn
 from qexport.data import Dataset, Split, calibration_split, normalize
 from qexport.errors import QExportError
 from qexport.selection import match_keys
-from qexport.hardware import DEFAULT_TARGET, CpuRequirement, HostCpu, TargetIsa, host_cpu, native_requirement, resolve_target
+from qexport.hardware import (DEFAULT_TARGET, TARGETS, CpuRequirement, HostCpu, TargetIsa, host_cpu,
+                              native_requirement, resolve_target)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -48,6 +49,11 @@ class BuildOptions:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def target(self) -> TargetIsa:
+        """The ``--target-cpu`` choice (checked against the build host in ``__post_init__``)."""
+        return TARGETS[self.target_cpu]
 
 
 @dataclass

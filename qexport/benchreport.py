@@ -77,10 +77,11 @@ def fmt_interval(interval: dict | None, pattern: str, fallback: float | None = N
 
 def fmt_speedup(row: dict, batch: str) -> str:
     """Speed-up vs fp32 with its paired interval; '~' marks one that cannot be told from 1×."""
+    from qexport.runtimes.stats import Interval
+
     interval = (row.get("speedup_interval") or {}).get(batch)
     text = fmt_interval(interval, "{:.2f}", (row.get("speedup_vs_fp32") or {}).get(batch))
-    if interval and interval.get("low") is not None and interval["low"] <= 1.0 <= interval["high"] \
-            and row["family"] != "torchscript-fp32":
+    if interval and interval.get("low") is not None and not Interval.from_dict(interval).excludes(1.0):
         return "~" + text
     return text
 
@@ -264,7 +265,7 @@ def compare(paths: list[Path]) -> tuple[list[str], list[list[str]]]:
     """Every artifact and batch size of each run against the first run: the change in p50 with
     its 95 % interval (Welch t on the logs of the rounds' medians), marked significant only when
     the interval excludes no change."""
-    from qexport.runtimes.stats import welch_ratio
+    from qexport.runtimes.stats import geometric_interval, welch_ratio
 
     docs = [(Path(p), load_bench(p)) for p in paths]
     if len(docs) < 2:
@@ -282,17 +283,12 @@ def compare(paths: list[Path]) -> tuple[list[str], list[list[str]]]:
                     continue
                 change = welch_ratio(before, after)
                 body.append([path.parent.name + "/" + path.name, doc["environment"]["cpu"]["model"][:28],
-                             ref_row["family"], batch, f"{geo(before):.3f}", f"{geo(after):.3f}",
+                             ref_row["family"], batch, f"{geometric_interval(before).estimate:.3f}",
+                             f"{geometric_interval(after).estimate:.3f}",
                              f"{(change.estimate - 1) * 100:+.1f} %", interval_pct(change), verdict(change)])
     if not body:
         raise QExportError(f"{ref_path} and the other runs share no measured artifact and batch size.")
     return header, body
-
-
-def geo(values: list[float]) -> float:
-    import math
-
-    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 def interval_pct(change) -> str:

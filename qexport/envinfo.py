@@ -10,17 +10,6 @@ from pathlib import Path
 
 LIBRARIES = ("torch", "torchvision", "torchao", "onnx", "onnxruntime", "onnxscript",
              "intel-extension-for-pytorch", "numpy")
-ISA_FLAGS = {
-    "avx2": "AVX2",
-    "avx512f": "AVX-512F",
-    "avx512_vnni": "AVX-512 VNNI",
-    "avx512_bf16": "AVX-512 BF16",
-    "avx_vnni": "AVX-VNNI",
-    "amx_tile": "AMX",
-    "amx_int8": "AMX-INT8",
-    "amx_bf16": "AMX-BF16",
-    "avx_ne_convert": "AVX-NE-CONVERT",
-}
 
 
 def package_versions(packages) -> dict[str, str | None]:
@@ -40,7 +29,7 @@ def library_versions() -> dict[str, str | None]:
 
 def cpu_info() -> dict:
     """CPU model, logical cores, its ISA class and the extensions int8/bf16 kernels depend on."""
-    from qexport.hardware import host_cpu
+    from qexport.hardware import FLAG_LABELS, host_cpu
 
     cpu = host_cpu()
     return {
@@ -48,12 +37,15 @@ def cpu_info() -> dict:
         "logical_cores": os.cpu_count(),
         "usable_cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "isa_class": cpu.isa_class(),
-        "isa": {label: flag in cpu.flags for flag, label in ISA_FLAGS.items()},
+        "isa": {label: flag in cpu.flags for flag, label in reversed(FLAG_LABELS.items())},
     }
 
 
-def isa_summary(cpu: dict | None = None) -> list[str]:
-    return [label for label, present in (cpu or cpu_info())["isa"].items() if present]
+def isa_summary() -> list[str]:
+    """The extensions of :data:`qexport.hardware.FLAG_LABELS` this host has, weakest first."""
+    from qexport.hardware import host_cpu
+
+    return host_cpu().labels()
 
 
 def gpu_info() -> list[str]:

@@ -170,8 +170,14 @@ def resolve_target(name: str, cpu: HostCpu | None = None) -> TargetIsa:
                            "use --target-cpu native.")
     if target.needs is not None and not target.needs.met_by(cpu):
         raise QExportError(f"--target-cpu {name} needs a build host with {target.needs.label} and this CPU has "
-                           f"{cpu.isa_class()}; build on such a host, or choose --target-cpu avx2 or native.")
+                           f"{cpu.isa_class()}, lacking {', '.join(missing_flags(target.needs, cpu))}; build on such "
+                           "a host, or choose --target-cpu avx2 or native.")
     return target
+
+
+def missing_flags(needs: CpuRequirement, cpu: HostCpu) -> list[str]:
+    """The flags ``cpu`` lacks for the option of ``needs`` it comes closest to, sorted."""
+    return sorted(min((option - cpu.flags for option in needs.any_of), key=len))
 
 
 def native_requirement(cpu: HostCpu | None = None) -> CpuRequirement:
@@ -190,8 +196,8 @@ def host_problem(needs: CpuRequirement | None, artifact: str, compiled: bool, cp
     cpu = cpu or host_cpu()
     if needs.met_by(cpu):
         return None
-    missing = min((option - cpu.flags for option in needs.any_of), key=len)
+    missing = missing_flags(needs, cpu)
     portable = "avx2`" if cpu.has(X86_64_V3) else "native` on a host like this one"
     rebuild = f"rebuild it with `qexport build --force --target-cpu {portable}, or " if compiled else ""
     return (f"{artifact} needs {needs.label} and this CPU ({cpu.model}, {cpu.isa_class()}) lacks "
-            f"{', '.join(sorted(missing))}; {rebuild}run it on a host with {needs.label}.")
+            f"{', '.join(missing)}; {rebuild}run it on a host with {needs.label}.")

@@ -100,8 +100,7 @@ def cpu_needs(manifest: dict) -> tuple["CpuRequirement | None", bool]:
     recorded = manifest.get("requirements")
     if isinstance(recorded, dict):
         needs = recorded.get("cpu")
-        compiled = str(recorded.get("code", "")).startswith("compiled")
-        return (CpuRequirement.from_dict(needs) if needs else None), compiled
+        return (CpuRequirement.from_dict(needs) if needs else None), bool(recorded.get("compiled"))
     built = manifest.get("runtime", {}).get("compiled_with", {})
     if isinstance(built, dict) and built.get("isa"):
         flag_of = {label: flag for flag, label in FLAG_LABELS.items()}

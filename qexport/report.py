@@ -49,8 +49,9 @@ def print_families(families, target_cpu: str) -> None:
     table = Table(title=f"artifact families on this host: {cpu.model} ({cpu.isa_class()}), --target-cpu {target.name}")
     for column in ("family", "format", "precision", "runtime", "build here", "run here", "method"):
         table.add_column(column, overflow="fold")
+    runtime_problems = {name: runtime_problem(name) for name in dict.fromkeys(f.runtime for f in families)}
     for f in families:
-        runtime = runtime_problem(f.runtime)
+        runtime = runtime_problems[f.runtime]
         build = f.build_problem(cpu) or runtime
         needs = f.artifact_needs(target, cpu)
         run = (needs.problem(cpu) if needs else None) or runtime

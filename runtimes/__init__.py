@@ -75,8 +75,7 @@ x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised a
 with torch.inference_mode():
     logits = model(torch.from_numpy(x)).float().numpy()''', None,
             ForeignEnvironment(runtime="ipex", module="intel_extension_for_pytorch", variable="QEXPORT_IPEX_PYTHON",
-                               default=ROOT / ".venv-ipex" / "bin" / "python", setup="make setup-ipex",
-                               packages=("torch", "torchvision", "intel_extension_for_pytorch"))),
+                               default=ROOT / ".venv-ipex" / "bin" / "python", setup="make setup-ipex")),
 )}
 
 

@@ -27,7 +27,6 @@ class ForeignEnvironment:
     variable: str        # environment variable naming its python
     default: Path        # where `make` creates it
     setup: str           # the command that creates it
-    packages: tuple[str, ...]  # versions worth reporting
 
     def missing_message(self) -> str:
         return (f"{self.runtime.upper()} environment not installed -- run `{self.setup}` "
@@ -85,6 +84,8 @@ def foreign_environments() -> dict[str, dict | None]:
     import json
     import sys
 
+    from qexport.runtimes import RUNTIMES
+
     found: dict[str, dict | None] = {}
     for runtime, env in environments().items():
         python = Path(os.environ.get(env.variable) or env.default)
@@ -93,7 +94,7 @@ def foreign_environments() -> dict[str, dict | None]:
             continue
         script = ("import importlib.metadata as m, json\n"
                   "def v(p):\n    try: return m.version(p)\n    except m.PackageNotFoundError: return None\n"
-                  f"print(json.dumps({{p: v(p) for p in {list(env.packages)!r}}}))")
+                  f"print(json.dumps({{p: v(p) for p in {list(RUNTIMES[runtime].packages)!r}}}))")
         try:
             out = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=30, check=True)
             found[runtime] = {"python": str(python), "versions": json.loads(out.stdout)}

@@ -362,6 +362,9 @@ def add_ratios(rows: list[dict]) -> None:
         if base is None or row["status"] != "ok":
             continue
         row["size_ratio_vs_fp32"] = base["size_bytes"] / row["size_bytes"]
+        if row is base:  # 1 by definition: no interval to show, nothing to mark '~'
+            row["speedup_vs_fp32"] = {b: 1.0 for b in row["result"]["batches"]}
+            continue
         intervals = {b: paired_ratio(base["result"]["batches"][b]["round_p50_ms"], stats["round_p50_ms"])
                      for b, stats in row["result"]["batches"].items() if b in base["result"]["batches"]}
         row["speedup_vs_fp32"] = {b: i.estimate for b, i in intervals.items()}

@@ -81,7 +81,7 @@ def test_compiled_families_need_what_their_target_allows():
 def fake_pt2_manifest(target: str) -> dict:
     needs = FAMILIES["pt2e-fp32"].artifact_needs(TARGETS[target], AVX512_HOST)
     return {"artifact": {"file": "resnet18.fp32.pt2"},
-            "requirements": {"cpu": needs.to_dict(), "code": f"compiled for {target}"}}
+            "requirements": {"cpu": needs.to_dict(), "compiled": True, "code": f"compiled for {target}"}}
 
 
 def test_host_check_refuses_an_avx512_package_on_an_avx2_host(monkeypatch):
