@@ -10,16 +10,18 @@ from __future__ import annotations
 import platform
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from qexport import runtimes
-from qexport.manifest import (GOLDEN_ATOL, INDEX_SCHEMA, SCHEMA, SCHEMA_VERSION, find_manifests,
-                               golden_path, manifest_path, read_manifest)
-from qexport.exporter.registry import BuildContext, Family
+from qexport.manifest import (GOLDEN_ATOL, ArtifactFile, BuildRecord, CompiledWith, DataInfo, Evaluation, Failure,
+                               Golden, Index, IndexEntry, InputSpec, Manifest, ModelInfo, OutputSpec, Requirements,
+                               RuntimeSection, find_manifests, golden_path, manifest_path, read_manifest)
+from qexport.documents import parse
+from qexport.exporter.registry import BuildContext, BuildDetails, Family
 from qexport import __version__
 from qexport.data import Split, normalize, seeded_subset
 from qexport.envinfo import cpu_info, git_commit, isa_summary, library_versions
@@ -38,7 +40,7 @@ class Outcome:
     status: str  # built | up-to-date | skipped | failed
     file: str | None = None
     reason: str = ""
-    manifest: dict = field(default_factory=dict)
+    manifest: Manifest | None = None
 
 
 class Reference:
@@ -105,17 +107,17 @@ def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Refer
         measured = measure(family, tmp, ctx, reference, details)
     seconds = time.perf_counter() - started
     golden = golden_path(final)
-    write_golden(golden, measured.pop("golden_inputs"), measured.pop("golden_outputs"))
-    manifest = make_manifest(ctx, family, final, details, measured, options, seconds, golden)
-    atomic_write_json(manifest_path(final), manifest)
-    ev = manifest["evaluation"]
-    say(f"  built in {seconds:.0f} s: {manifest['artifact']['size_bytes'] / 1e6:.1f} MB, "
-        f"top-1 {fmt_pct(ev['top1'])} (fp32 {fmt_pct(ev['fp32_reference_top1'])}), "
-        f"agreement {fmt_pct(ev['top1_agreement_with_fp32'])}")
+    write_golden(golden, measured.golden_inputs, measured.golden_outputs)
+    manifest = make_manifest(ctx, family, final, details, measured.evaluation, options, seconds, golden)
+    atomic_write_json(manifest_path(final), manifest.to_dict())
+    ev = manifest.evaluation
+    say(f"  built in {seconds:.0f} s: {manifest.artifact.size_bytes / 1e6:.1f} MB, "
+        f"top-1 {fmt_pct(ev.top1)} (fp32 {fmt_pct(ev.fp32_reference_top1)}), "
+        f"agreement {fmt_pct(ev.top1_agreement_with_fp32)}")
     return Outcome(family.key, "built", final.name, manifest=manifest)
 
 
-def build_in_child(family: Family, ctx: BuildContext, path: Path) -> dict:
+def build_in_child(family: Family, ctx: BuildContext, path: Path) -> BuildDetails:
     """Run ``family.build`` in a fresh interpreter, so no family can change another's result.
 
     Families change process-global torch state: eager int8 sets ``torch.backends.quantized.engine``,
@@ -202,14 +204,23 @@ def is_up_to_date(final: Path, checkpoint_sha256: str, options: dict) -> bool:
         manifest = read_manifest(manifest_file)
     except QExportError:
         return False
-    return (manifest["model"].get("checkpoint_sha256") == checkpoint_sha256
-            and manifest["build"].get("options") == options
-            and manifest["artifact"].get("sha256") == sha256_file(final))
+    return (manifest.model.checkpoint_sha256 == checkpoint_sha256
+            and manifest.build.options == options
+            and manifest.artifact.sha256 == sha256_file(final))
 
 
-def measure(family: Family, path: Path, ctx: BuildContext, reference: Reference, details: dict) -> dict:
+@dataclass
+class Measured:
+    """What the build measured in the artifact's own runtime: its evaluation and its golden I/O."""
+
+    evaluation: Evaluation
+    golden_inputs: np.ndarray
+    golden_outputs: np.ndarray
+
+
+def measure(family: Family, path: Path, ctx: BuildContext, reference: Reference, details: BuildDetails) -> Measured:
     """Load the file in its deployment runtime (no model code) and measure it on the test split."""
-    runner = runtimes.load_runner(family.runtime, path, manifest={"build": details})
+    runner = runtimes.load_runner(family.runtime, path, hints=details.load_hints)
     logits = predict(lambda x: torch.from_numpy(runner.predict(x.numpy())), reference.split,
                      ctx.data.mean, ctx.data.std, EVAL_BATCH)
     if logits.shape != reference.logits.shape:
@@ -220,15 +231,11 @@ def measure(family: Family, path: Path, ctx: BuildContext, reference: Reference,
                            f"the model's activations overflow {family.precision} -- this artifact is unusable.")
     labels = reference.split.labels
     golden_inputs = normalize(ctx.data.test.images[:ctx.options.golden_samples], ctx.data.mean, ctx.data.std).numpy()
-    return {
-        "top1": top1(logits, labels),
-        "fp32_reference_top1": top1(reference.logits, labels),
-        "top1_agreement_with_fp32": float((logits.argmax(1) == reference.logits.argmax(1)).float().mean()),
-        "max_abs_logit_diff": float((logits - reference.logits).abs().max()),
-        "samples": len(labels),
-        "golden_inputs": golden_inputs,
-        "golden_outputs": runner.predict(golden_inputs),
-    }
+    evaluation = Evaluation(
+        samples=len(labels), top1=top1(logits, labels), fp32_reference_top1=top1(reference.logits, labels),
+        top1_agreement_with_fp32=float((logits.argmax(1) == reference.logits.argmax(1)).float().mean()),
+        max_abs_logit_diff=float((logits - reference.logits).abs().max()))
+    return Measured(evaluation, golden_inputs, runner.predict(golden_inputs))
 
 
 def write_golden(path: Path, inputs: np.ndarray, outputs: np.ndarray) -> None:
@@ -239,62 +246,48 @@ def write_golden(path: Path, inputs: np.ndarray, outputs: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def runtime_spec(family: Family, details: dict) -> dict:
+def runtime_section(family: Family, details: BuildDetails) -> RuntimeSection:
     """The manifest's runtime section, from the runtime's declaration (qexport.runtimes.RUNTIMES)."""
-    if "runtime_spec" in details:  # built in another environment, which knows its own versions
-        return details["runtime_spec"]
+    if details.runtime is not None:  # built in another environment, which knows its own versions
+        return details.runtime
     declared = runtimes.RUNTIMES[family.runtime]
     versions = library_versions()
-    spec = {"name": declared.name, "requires": declared.requires(versions) if declared.requires else {},
-            "tested_with": {package: versions.get(package) for package in declared.packages}}
-    if family.compiled:
-        spec["compiled_with"] = {"torch": versions["torch"], "torchao": versions["torchao"],
-                                 "machine": platform.machine(), "cpu": cpu_info()["model"], "isa": isa_summary()}
-    if details.get("quantized_engine"):
-        spec["quantized_engine"] = details["quantized_engine"]
-    return spec
+    compiled = (CompiledWith(torch=versions["torch"], torchao=versions["torchao"], machine=platform.machine(),
+                             cpu=cpu_info()["model"], isa=isa_summary()) if family.compiled else None)
+    return RuntimeSection(name=declared.name, requires=declared.requires(versions) if declared.requires else {},
+                          tested_with={package: versions.get(package) for package in declared.packages},
+                          compiled_with=compiled, quantized_engine=details.quantized_engine)
 
 
-def make_manifest(ctx: BuildContext, family: Family, final: Path, details: dict, measured: dict,
-                  options: dict, seconds: float, golden: Path) -> dict:
+def make_manifest(ctx: BuildContext, family: Family, final: Path, details: BuildDetails, evaluation: Evaluation,
+                  options: dict, seconds: float, golden: Path) -> Manifest:
     data = ctx.data
     height, width = data.image_size
-    return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "artifact": {"file": final.name, "size_bytes": final.stat().st_size, "sha256": sha256_file(final)},
-        "family": family.key,
-        "format": family.format,
-        "precision": family.precision,
-        "method": family.method,
-        "config": details.get("config", {}),
-        "notes": details.get("notes", []) + ([family.cpu_note] if family.cpu_note else []),
-        "devices": list(family.devices),
-        "requirements": requirements(family, ctx),
-        "runtime": runtime_spec(family, details),
-        "model": {"name": ctx.model_name, "num_classes": data.num_classes, "checkpoint_sha256": ctx.checkpoint_sha256},
-        "data": data.describe(),
-        "synthetic": data.synthetic,
-        "calibration": details.get("calibration"),
-        "int8_coverage": details.get("int8_coverage"),
-        "input": {"name": "input", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, height, width],
-                  "dynamic_axes": ["batch"], "value_range_before_normalization": [0.0, 1.0],
-                  "mean": list(data.mean), "std": list(data.std),
-                  "preprocess": "x = (rgb_uint8 / 255 - mean) / std, channels first"},
-        "output": {"name": "logits", "dtype": "float32", "shape": ["batch", data.num_classes],
-                   "classes": list(data.classes)},
-        "evaluation": {"split": "test", "device": "cpu", **{k: measured[k] for k in (
-            "samples", "top1", "fp32_reference_top1", "top1_agreement_with_fp32", "max_abs_logit_diff")}},
-        "golden": {"file": golden.name, "sha256": sha256_file(golden), "samples": ctx.options.golden_samples,
-                   "atol": GOLDEN_ATOL[family.precision]},
-        "build": {"seconds": round(seconds, 1), "options": options, "quantized_engine": details.get("quantized_engine"),
-                  "fine_tune": details.get("fine_tune"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "libraries": library_versions(), "cpu": cpu_info()["model"], "isa": isa_summary(),
-                  "qexport_version": __version__, "git_commit": git_commit(Path(__file__).parent)},
-    }
+    return Manifest(
+        artifact=ArtifactFile(file=final.name, size_bytes=final.stat().st_size, sha256=sha256_file(final)),
+        family=family.key, format=family.format, precision=family.precision, method=family.method,
+        config=details.config, notes=details.notes + ([family.cpu_note] if family.cpu_note else []),
+        devices=list(family.devices), requirements=requirements(family, ctx),
+        runtime=runtime_section(family, details),
+        model=ModelInfo(name=ctx.model_name, num_classes=data.num_classes, checkpoint_sha256=ctx.checkpoint_sha256),
+        data=parse(DataInfo, data.describe(), "the data description"), synthetic=data.synthetic,
+        calibration=details.calibration, int8_coverage=details.int8_coverage,
+        input=InputSpec(shape=["batch", 3, height, width], mean=list(data.mean), std=list(data.std)),
+        output=OutputSpec(shape=["batch", data.num_classes], classes=list(data.classes)),
+        evaluation=evaluation,
+        golden=Golden(file=golden.name, sha256=sha256_file(golden), samples=ctx.options.golden_samples,
+                      atol=GOLDEN_ATOL[family.precision]),
+        build=BuildRecord(seconds=round(seconds, 1), options=options, quantized_engine=details.quantized_engine,
+                          fine_tune=details.fine_tune, created=utc_now(), libraries=library_versions(),
+                          cpu=cpu_info()["model"], isa=isa_summary(), qexport_version=__version__,
+                          git_commit=git_commit(Path(__file__).parent)))
 
 
-def requirements(family: Family, ctx: BuildContext) -> dict:
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def requirements(family: Family, ctx: BuildContext) -> Requirements:
     """What the artifact needs from the CPU it runs on, which verify and bench check before loading.
 
     Compiled code (AOTInductor) needs what ``--target-cpu`` allowed the compiler to emit. The
@@ -306,8 +299,8 @@ def requirements(family: Family, ctx: BuildContext) -> dict:
     needs = family.artifact_needs(target, cpu)
     code = (f"compiled for {target.name} (-march={target.march or 'native'})" if family.compiled
             else "kernels chosen at run time for the CPU it runs on")
-    return {"cpu": needs.to_dict() if needs else None, "compiled": family.compiled, "code": code,
-            "kernels_on_build_host": cpu.isa_class()}
+    return Requirements(cpu=needs.to_dict() if needs else None, compiled=family.compiled, code=code,
+                        kernels_on_build_host=cpu.isa_class())
 
 
 def write_index(out_dir: Path, model_name: str, outcomes: list[Outcome]) -> Path:
@@ -315,17 +308,11 @@ def write_index(out_dir: Path, model_name: str, outcomes: list[Outcome]) -> Path
     entries = []
     for manifest_file in find_manifests(out_dir):
         try:
-            manifest = read_manifest(manifest_file)
+            entries.append(IndexEntry.of(manifest_file, read_manifest(manifest_file)))
         except QExportError:
             continue
-        entries.append({"family": manifest["family"], "file": manifest["artifact"]["file"],
-                         "manifest": manifest_file.name, "format": manifest["format"],
-                         "precision": manifest["precision"], "runtime": manifest["runtime"]["name"],
-                         "size_bytes": manifest["artifact"]["size_bytes"], "sha256": manifest["artifact"]["sha256"],
-                         "top1": manifest["evaluation"]["top1"], "model": manifest["model"]["name"]})
-    index = {"schema": INDEX_SCHEMA, "schema_version": SCHEMA_VERSION, "model": model_name,
-             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "artifacts": entries,
-             "failed": [{"family": o.family, "reason": o.reason} for o in outcomes if o.status == "failed"]}
+    index = Index(model=model_name, created=utc_now(), artifacts=entries,
+                  failed=[Failure(o.family, o.reason) for o in outcomes if o.status == "failed"])
     path = out_dir / "index.json"
-    atomic_write_json(path, index)
+    atomic_write_json(path, index.to_dict())
     return path

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from qexport.exporter.registry import BuildContext, register
+from qexport.documents import parse
+from qexport.exporter.registry import BuildContext, BuildDetails, register
+from qexport.manifest import RuntimeSection
 from qexport.errors import QExportError
 from qexport.hardware import requirement
 from qexport.progress import say
@@ -48,7 +51,7 @@ def child_spec(ctx: BuildContext, folder: Path, precision: str, output: Path) ->
     return spec
 
 
-def build_in_ipex_env(ctx: BuildContext, path: Path, precision: str) -> dict:
+def build_in_ipex_env(ctx: BuildContext, path: Path, precision: str) -> BuildDetails:
     python = foreign_python("ipex")  # RuntimeMissing → the family is skipped, with the fix
     with tempfile.TemporaryDirectory(prefix="qexport-ipex-") as tmp:
         folder = Path(tmp)
@@ -63,25 +66,27 @@ def build_in_ipex_env(ctx: BuildContext, path: Path, precision: str) -> dict:
         if done.returncode != 0 or not (folder / "result.json").is_file():
             lines = [line for line in done.stderr.strip().splitlines() if line.strip()] or ["no output"]
             raise QExportError(f"the IPEX build failed in {python}: {lines[-1][:200]}")
-        details = json.loads((folder / "result.json").read_text())
-    details["runtime_spec"] = ipex_runtime_spec(details.pop("runtime_versions"))
-    return details
+        result = json.loads((folder / "result.json").read_text())
+    versions = result.pop("runtime_versions")
+    details = parse(BuildDetails, result, "the IPEX build's result")
+    return replace(details, runtime=ipex_runtime_section(versions))
 
 
-def ipex_runtime_spec(versions: dict) -> dict:
+def ipex_runtime_section(versions: dict[str, str]) -> RuntimeSection:
     torch_major_minor = ".".join(versions["torch"].split("+")[0].split(".")[:2])
-    return {"name": "ipex", "environment": f"separate ({environments()['ipex'].setup})",
-            "requires": {"torch": f"=={torch_major_minor}.*",
-                         "intel_extension_for_pytorch": f"=={versions['intel_extension_for_pytorch'].split('+')[0]}"},
-            "tested_with": versions,
-            "load": "import intel_extension_for_pytorch before torch.jit.load (else int8 is ~30x slower, bf16 fails)"}
+    return RuntimeSection(
+        name="ipex", environment=f"separate ({environments()['ipex'].setup})",
+        requires={"torch": f"=={torch_major_minor}.*",
+                  "intel_extension_for_pytorch": f"=={versions['intel_extension_for_pytorch'].split('+')[0]}"},
+        tested_with=dict(versions),
+        load="import intel_extension_for_pytorch before torch.jit.load (else int8 is ~30x slower, bf16 fails)")
 
 
 @register("ipex-int8", variant="int8-ipex", format="torchscript", extension=".torchscript.pt",
           precision="int8", runtime="ipex",
           method="IPEX static PTQ (default static qconfig mapping), calibrate, convert, trace + freeze, fused before save",
           option_keys=("calibration_samples", "seed"), isolate=False)
-def build_ipex_int8(ctx: BuildContext, path: Path) -> dict:
+def build_ipex_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     return build_in_ipex_env(ctx, path, "int8")
 
 
@@ -89,5 +94,5 @@ def build_ipex_int8(ctx: BuildContext, path: Path) -> dict:
           precision="bf16", runtime="ipex",
           method="ipex.optimize(dtype=bfloat16), trace under CPU autocast + freeze",
           build_needs=BF16_NEEDS, run_needs=BF16_NEEDS, isolate=False)
-def build_ipex_bf16(ctx: BuildContext, path: Path) -> dict:
+def build_ipex_bf16(ctx: BuildContext, path: Path) -> BuildDetails:
     return build_in_ipex_env(ctx, path, "bf16")

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qexport.exporter.registry import BuildContext, register
+from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
+from qexport.manifest import Int8Coverage
 
 OPSET_NOTE = "torch.onnx.export(dynamo=True), dynamic batch"
 
@@ -61,16 +62,16 @@ def onnx_opset(path: Path) -> int | None:
 
 @register("onnx-fp32", variant="fp32", format="onnx", extension=".onnx", precision="fp32",
           runtime="onnxruntime", method=f"{OPSET_NOTE}, onnx.checker", devices=("cpu", "cuda"))
-def build_onnx_fp32(ctx: BuildContext, path: Path) -> dict:
+def build_onnx_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
     export_fp32(ctx, path)
-    return {"config": {"opset": onnx_opset(path), "dynamic_axes": {"input": {"0": "batch"}}}}
+    return BuildDetails(config={"opset": onnx_opset(path), "dynamic_axes": {"input": {"0": "batch"}}})
 
 
 @register("onnx-fp16", variant="fp16", format="onnx", extension=".onnx", precision="fp16",
           runtime="onnxruntime", method="fp32 export → onnxruntime float16 conversion, fp32 I/O kept",
           devices=("cuda", "cpu"),
           cpu_note="fp16 is a GPU format: ONNX Runtime's CPU provider inserts casts and runs slower than fp32")
-def build_onnx_fp16(ctx: BuildContext, path: Path) -> dict:
+def build_onnx_fp16(ctx: BuildContext, path: Path) -> BuildDetails:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -79,7 +80,7 @@ def build_onnx_fp16(ctx: BuildContext, path: Path) -> dict:
     sort_nodes_topologically(model.graph)  # the converter appends its I/O casts at the end
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-    return {"config": {"opset": onnx_opset(path), "keep_io_types": True}}
+    return BuildDetails(config={"opset": onnx_opset(path), "keep_io_types": True})
 
 
 def sort_nodes_topologically(graph) -> None:
@@ -117,7 +118,7 @@ class CalibrationReader:
           runtime="onnxruntime",
           method="onnxruntime quant_pre_process + quantize_static (QDQ, per-channel weights, U8S8)",
           option_keys=("calibration_samples", "calibration_method", "seed"))
-def build_onnx_int8(ctx: BuildContext, path: Path) -> dict:
+def build_onnx_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -132,14 +133,13 @@ def build_onnx_int8(ctx: BuildContext, path: Path) -> dict:
         quantize_static(str(pre), str(path), CalibrationReader(ctx), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[ctx.options.calibration_method])
-    return {"config": {"format": "QDQ", "per_channel": True, "activations": "uint8", "weights": "int8",
-                       "calibration_method": ctx.options.calibration_method, "opset": onnx_opset(path)},
-            "int8_coverage": onnx_int8_coverage(path),
-            "calibration": {"split": "train", "samples": min(ctx.options.calibration_samples, len(ctx.data.train)),
-                            "seed": ctx.options.seed}}
+    return BuildDetails(config={"format": "QDQ", "per_channel": True, "activations": "uint8", "weights": "int8",
+                                "calibration_method": ctx.options.calibration_method, "opset": onnx_opset(path)},
+                        int8_coverage=onnx_int8_coverage(path),
+                        calibration=train_calibration(ctx, min(ctx.options.calibration_samples, len(ctx.data.train))))
 
 
-def onnx_int8_coverage(path: Path) -> dict:
+def onnx_int8_coverage(path: Path) -> Int8Coverage:
     """Weight elements stored as int8 initializers vs all weight initializers."""
     import onnx
     from onnx import numpy_helper
@@ -153,5 +153,4 @@ def onnx_int8_coverage(path: Path) -> dict:
         total += array.size
         if array.dtype in (np.int8, np.uint8):
             quantized += array.size
-    return {"quantized_weights": quantized, "total_weights": total,
-            "ratio": round(quantized / total, 6) if total else 0.0}
+    return Int8Coverage.of_weights(quantized, total)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
-import shutil
 import tempfile
 import time
 import zipfile
@@ -22,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qexport.exporter.registry import BuildContext, register
+from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
+from qexport.manifest import Int8Coverage
 from qexport.errors import QExportError, first_line
 from qexport.progress import say
 
@@ -88,7 +88,7 @@ def x86_quantizer(is_qat: bool = False):
     return quantizer
 
 
-def count_quantized(graph_module: torch.fx.GraphModule) -> dict:
+def count_quantized(graph_module: torch.fx.GraphModule) -> Int8Coverage:
     """Count convolution/linear nodes whose weight is dequantized from int8: 0 must fail."""
     weight_dq = {"dequantize_per_channel", "dequantize_per_tensor"}
     compute = {"conv2d", "linear", "conv1d", "conv3d"}
@@ -101,8 +101,7 @@ def count_quantized(graph_module: torch.fx.GraphModule) -> dict:
         producer = getattr(getattr(weight, "target", None), "__name__", "")
         if isinstance(weight, torch.fx.Node) and producer.split(".")[0] in weight_dq:
             quantized += 1
-    return {"quantized_layers": quantized, "layers": total,
-            "ratio": round(quantized / total, 6) if total else 0.0}
+    return Int8Coverage.of_layers(quantized, total)
 
 
 PREPACK_NOTE = ("fp32 convolution weights are pre-packed for oneDNN at build time (batch hint 2); with a dynamic "
@@ -239,7 +238,7 @@ def calibrate_graph(prepared: nn.Module, ctx: BuildContext) -> int:
 @register("pt2e-int8", variant="int8", format="aoti", extension=".pt2", precision="int8", runtime="aoti",
           method="torch.export → torchao X86InductorQuantizer PTQ (per-channel) → convert_pt2e → AOTInductor package",
           option_keys=("calibration_samples", "seed", "target_cpu"), compiled=True)
-def build_pt2e_int8(ctx: BuildContext, path: Path) -> dict:
+def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     prepared = prepare_pt2e(exported_for_quantization(ctx), x86_quantizer())
@@ -247,16 +246,15 @@ def build_pt2e_int8(ctx: BuildContext, path: Path) -> dict:
     converted = convert_pt2e(prepared)
     coverage = require_quantized(converted, "pt2e-int8")
     compiled = package(converted, ctx, path, "int8")
-    return {"config": {"quantizer": "X86InductorQuantizer default (per-channel weights, static activations)",
-                       **INDUCTOR_CONFIG, "max_batch": MAX_BATCH, **compiled},
-            "int8_coverage": coverage, "notes": [COMPILED_NOTE],
-            "calibration": {"split": "train", "samples": seen, "seed": ctx.options.seed}}
+    return BuildDetails(config={"quantizer": "X86InductorQuantizer default (per-channel weights, static activations)",
+                                **INDUCTOR_CONFIG, "max_batch": MAX_BATCH, **compiled},
+                        int8_coverage=coverage, notes=[COMPILED_NOTE], calibration=train_calibration(ctx, seen))
 
 
 @register("pt2e-int8-qat", variant="int8-qat", format="aoti", extension=".pt2", precision="int8", runtime="aoti",
           method="torch.export → prepare_qat_pt2e (X86InductorQuantizer) → fake-quant fine-tune → convert → AOTInductor",
           option_keys=("qat_epochs", "qat_lr", "seed", "target_cpu"), compiled=True)
-def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> dict:
+def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
@@ -270,24 +268,23 @@ def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> dict:
     converted = convert_pt2e(prepared)
     coverage = require_quantized(converted, "pt2e-int8-qat")
     compiled = package(converted, ctx, path, "int8-qat")
-    return {"config": {"quantizer": "X86InductorQuantizer QAT config", "epochs": ctx.options.qat_epochs,
-                       "lr": ctx.options.qat_lr, "fine_tune_split": "train", **INDUCTOR_CONFIG,
-                       **compiled},
-            "int8_coverage": coverage, "fine_tune": history, "notes": [COMPILED_NOTE]}
+    return BuildDetails(config={"quantizer": "X86InductorQuantizer QAT config", "epochs": ctx.options.qat_epochs,
+                                "lr": ctx.options.qat_lr, "fine_tune_split": "train", **INDUCTOR_CONFIG, **compiled},
+                        int8_coverage=coverage, fine_tune=history, notes=[COMPILED_NOTE])
 
 
 @register("pt2e-fp32", variant="fp32", format="aoti", extension=".pt2", precision="fp32", runtime="aoti",
           method="torch.export (dynamic batch) → AOTInductor package (freezing)",
           option_keys=("target_cpu",), compiled=True)
-def build_pt2e_fp32(ctx: BuildContext, path: Path) -> dict:
+def build_pt2e_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
     compiled = package(ctx.fresh_model(), ctx, path, "fp32", prepack_fp32=True)
     prepacked = compiled["conv_weight_prepack"].startswith("build time")
-    return {"config": {**INDUCTOR_CONFIG, "max_batch": MAX_BATCH, **compiled},
-            "notes": [COMPILED_NOTE] + ([PREPACK_NOTE] if prepacked else [])}
+    return BuildDetails(config={**INDUCTOR_CONFIG, "max_batch": MAX_BATCH, **compiled},
+                        notes=[COMPILED_NOTE] + ([PREPACK_NOTE] if prepacked else []))
 
 
-def require_quantized(converted: torch.fx.GraphModule, key: str) -> dict:
+def require_quantized(converted: torch.fx.GraphModule, key: str) -> Int8Coverage:
     coverage = count_quantized(converted)
-    if coverage["quantized_layers"] == 0:
+    if not coverage.quantized_layers:
         raise QExportError(f"{key}: the quantizer matched no convolution or linear layer; nothing was quantized.")
     return coverage

@@ -17,6 +17,7 @@ from torch import nn
 
 from qexport.data import Dataset, Split, calibration_split, normalize
 from qexport.errors import QExportError
+from qexport.manifest import Calibration, Int8Coverage, LoadHints, RuntimeSection
 from qexport.selection import match_keys
 from qexport.hardware import (DEFAULT_TARGET, TARGETS, CpuRequirement, HostCpu, TargetIsa, host_cpu,
                               native_requirement, resolve_target)
@@ -86,7 +87,29 @@ class BuildContext:
             yield normalize(split.images[start:start + batch_size], self.data.mean, self.data.std)
 
 
-BuildFn = Callable[[BuildContext, Path], dict]
+@dataclass
+class BuildDetails:
+    """What a family's build function did, beyond writing its file (it goes into the manifest)."""
+
+    config: dict = field(default_factory=dict)      # the settings that produced the file
+    notes: list[str] = field(default_factory=list)  # what a deployment team must know about it
+    calibration: Calibration | None = None
+    int8_coverage: Int8Coverage | None = None
+    quantized_engine: str | None = None             # int8 kernels dispatch on it at run time
+    fine_tune: list[dict] | None = None             # QAT: the fine-tune history, per epoch
+    runtime: RuntimeSection | None = None           # built in the runtime's own environment, which knows its versions
+
+    @property
+    def load_hints(self) -> LoadHints:
+        return LoadHints(quantized_engine=self.quantized_engine)
+
+
+def train_calibration(ctx: BuildContext, samples: int) -> Calibration:
+    """The calibration record: always the seeded **train**-split subset."""
+    return Calibration(split="train", samples=samples, seed=ctx.options.seed)
+
+
+BuildFn = Callable[[BuildContext, Path], BuildDetails]
 
 
 @dataclass(frozen=True)

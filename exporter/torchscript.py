@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qexport.exporter.registry import BuildContext, register
+from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
+from qexport.manifest import Int8Coverage
 from qexport.errors import QExportError
 from qexport.progress import progress_bar
 
@@ -33,7 +34,7 @@ def embedded_meta(ctx: BuildContext, variant: str) -> dict:
             "mean": list(ctx.data.mean), "std": list(ctx.data.std)}
 
 
-def weight_coverage(model: nn.Module) -> dict:
+def weight_coverage(model: nn.Module) -> Int8Coverage:
     """How many weight elements live in quantized modules vs all weights: "quantized nothing" shows."""
     quantized = total = 0
     for module in model.modules():
@@ -45,16 +46,15 @@ def weight_coverage(model: nn.Module) -> dict:
                 total += w.numel()
         elif isinstance(weight, torch.Tensor) and not list(module.children()):
             total += weight.numel()
-    return {"quantized_weights": quantized, "total_weights": total,
-            "ratio": round(quantized / total, 6) if total else 0.0}
+    return Int8Coverage.of_weights(quantized, total)
 
 
 @register("torchscript-fp32", variant="fp32", format="torchscript", extension=".torchscript.pt",
           precision="fp32", runtime="torchscript", method="torch.jit.trace + torch.jit.freeze",
           devices=("cpu", "cuda"))
-def build_fp32(ctx: BuildContext, path: Path) -> dict:
+def build_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
     save_traced(ctx.fresh_model(), ctx.example, path, embedded_meta(ctx, "fp32"))
-    return {"config": {"frozen": True}}
+    return BuildDetails(config={"frozen": True})
 
 
 class HalfPrecision(nn.Module):
@@ -72,29 +72,25 @@ class HalfPrecision(nn.Module):
           precision="fp16", runtime="torchscript", method="model.half() (fp32 I/O kept), trace + freeze",
           devices=("cuda", "cpu"),
           cpu_note="fp16 is a GPU format: CPU runs it through slow fallback kernels; compare it on --device cuda")
-def build_fp16(ctx: BuildContext, path: Path) -> dict:
+def build_fp16(ctx: BuildContext, path: Path) -> BuildDetails:
     # Traced on CPU so the file loads anywhere; torch.jit.load(map_location="cuda") moves it to GPU.
     save_traced(HalfPrecision(ctx.fresh_model()), ctx.example, path, embedded_meta(ctx, "fp16"))
-    return {"config": {"weights": "float16", "io": "float32"}}
+    return BuildDetails(config={"weights": "float16", "io": "float32"})
 
 
 @register("torchscript-int8-dynamic", variant="int8-dynamic", format="torchscript",
           extension=".torchscript.pt", precision="int8", runtime="torchscript",
           method="torch.ao.quantization.quantize_dynamic on nn.Linear, trace + freeze")
-def build_int8_dynamic(ctx: BuildContext, path: Path) -> dict:
+def build_int8_dynamic(ctx: BuildContext, path: Path) -> BuildDetails:
     torch.backends.quantized.engine = QUANT_ENGINE
     model = torch.ao.quantization.quantize_dynamic(ctx.fresh_model(), {nn.Linear}, dtype=torch.qint8)
     coverage = weight_coverage(model)
     save_traced(model, ctx.example, path, embedded_meta(ctx, "int8-dynamic"))
-    return {
-        "config": {"modules": ["Linear"], "dtype": "qint8", "quantized_engine": QUANT_ENGINE},
-        "quantized_engine": QUANT_ENGINE,
-        "int8_coverage": coverage,
-        "notes": [
-            f"Dynamic quantization only covers nn.Linear/RNN layers: here {coverage['ratio']:.2%} of the weights. "
-            "Convolutions stay fp32, so size and speed barely change; use int8-static, int8-qat or onnx int8 for CNNs."
-        ],
-    }
+    return BuildDetails(
+        config={"modules": ["Linear"], "dtype": "qint8", "quantized_engine": QUANT_ENGINE},
+        quantized_engine=QUANT_ENGINE, int8_coverage=coverage,
+        notes=[f"Dynamic quantization only covers nn.Linear/RNN layers: here {coverage.ratio:.2%} of the weights. "
+               "Convolutions stay fp32, so size and speed barely change; use int8-static, int8-qat or onnx int8 for CNNs."])
 
 
 def quantizable_copy(ctx: BuildContext) -> nn.Module:
@@ -126,11 +122,11 @@ def calibrate(model: nn.Module, ctx: BuildContext, description: str = "calibrate
     return seen
 
 
-def convert_and_save(model: nn.Module, ctx: BuildContext, path: Path, variant: str) -> dict:
+def convert_and_save(model: nn.Module, ctx: BuildContext, path: Path, variant: str) -> Int8Coverage:
     model.eval()
     torch.ao.quantization.convert(model, inplace=True)
     coverage = weight_coverage(model)
-    if coverage["quantized_weights"] == 0:
+    if not coverage.quantized_weights:
         raise QExportError(f"{variant}: conversion quantized no layer; the model is not quantization-ready.")
     save_traced(model, ctx.example, path, embedded_meta(ctx, variant))
     return coverage
@@ -140,7 +136,7 @@ def convert_and_save(model: nn.Module, ctx: BuildContext, path: Path, variant: s
           extension=".torchscript.pt", precision="int8", runtime="torchscript",
           method="eager PTQ: fuse conv+bn+relu, x86 per-channel qconfig, calibrate, convert, trace + freeze",
           option_keys=("calibration_samples", "seed"))
-def build_int8_static(ctx: BuildContext, path: Path) -> dict:
+def build_int8_static(ctx: BuildContext, path: Path) -> BuildDetails:
     torch.backends.quantized.engine = QUANT_ENGINE
     model = quantizable_copy(ctx).eval()
     model.fuse_model()
@@ -148,17 +144,16 @@ def build_int8_static(ctx: BuildContext, path: Path) -> dict:
     torch.ao.quantization.prepare(model, inplace=True)
     seen = calibrate(model, ctx)
     coverage = convert_and_save(model, ctx, path, "int8-static")
-    return {"config": {"qconfig": f"default {QUANT_ENGINE} (per-channel symmetric weights, histogram activations)",
-                       "fused": "conv+bn(+relu)"},
-            "quantized_engine": QUANT_ENGINE, "int8_coverage": coverage,
-            "calibration": {"split": "train", "samples": seen, "seed": ctx.options.seed}}
+    return BuildDetails(config={"qconfig": f"default {QUANT_ENGINE} (per-channel symmetric weights, histogram "
+                                           "activations)", "fused": "conv+bn(+relu)"},
+                        quantized_engine=QUANT_ENGINE, int8_coverage=coverage, calibration=train_calibration(ctx, seen))
 
 
 @register("torchscript-int8-qat", variant="int8-qat", format="torchscript",
           extension=".torchscript.pt", precision="int8", runtime="torchscript",
           method="eager QAT: fuse, x86 QAT qconfig, fine-tune with fake quant, convert, trace + freeze",
           option_keys=("qat_epochs", "qat_lr", "seed"))
-def build_int8_qat(ctx: BuildContext, path: Path) -> dict:
+def build_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
     from qexport.train import fine_tune
 
     torch.backends.quantized.engine = QUANT_ENGINE
@@ -176,6 +171,6 @@ def build_int8_qat(ctx: BuildContext, path: Path) -> dict:
                         seed=ctx.options.seed, show_progress=ctx.show_progress, description="QAT fine-tune",
                         on_epoch_end=freeze_late)
     coverage = convert_and_save(model, ctx, path, "int8-qat")
-    return {"config": {"qconfig": f"default {QUANT_ENGINE} QAT", "epochs": ctx.options.qat_epochs,
-                       "lr": ctx.options.qat_lr, "fine_tune_split": "train"},
-            "quantized_engine": QUANT_ENGINE, "int8_coverage": coverage, "fine_tune": history}
+    return BuildDetails(config={"qconfig": f"default {QUANT_ENGINE} QAT", "epochs": ctx.options.qat_epochs,
+                                "lr": ctx.options.qat_lr, "fine_tune_split": "train"},
+                        quantized_engine=QUANT_ENGINE, int8_coverage=coverage, fine_tune=history)

@@ -2,61 +2,57 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.table import Table
 
-from qexport.envinfo import ipex_summary
 from qexport.errors import QExportError
 from qexport.fsutil import atomic_path, atomic_write_bytes, atomic_write_json
 from qexport.report import console
+from qexport.runtimes.results import BenchDocument, BenchRow, load_bench
+from qexport.runtimes.stats import Interval
 
 
-def batch_keys(doc: dict) -> list[str]:
-    return [str(b) for b in doc["options"]["batch_sizes"]]
-
-
-def environment_lines(doc: dict) -> list[str]:
-    env, opts = doc["environment"], doc["options"]
-    libs = env["libraries"]
-    data = doc.get("data") or {}
-    eval_note = (f"{data.get('name')} test split, {opts['eval_samples'] or data.get('test_samples')} images"
+def environment_lines(doc: BenchDocument) -> list[str]:
+    env, opts = doc.environment, doc.options
+    libs = env.libraries
+    data = doc.data
+    eval_note = (f"{data.name} test split, {opts.eval_samples or data.test_samples} images"
                  if data else "not measured (no data)")
     return [
-        f"CPU: {env['cpu']['model']} ({', '.join(k for k, v in env['cpu']['isa'].items() if v)}); "
-        f"GPU: {', '.join(env['gpus']) or 'none'}; device: {opts['device']}",
-        f"pinned cores: {opts['pinned_cores']}, threads: {opts['threads']} (intra-op and inter-op, OMP/MKL set before import)",
-        f"torch {libs['torch']}, torchvision {libs['torchvision']}, torchao {libs['torchao']}, "
-        f"onnxruntime {libs['onnxruntime']}, IPEX {ipex_summary(env)}; "
-        f"python {env['python']}",
-        f"{opts.get('rounds', 1)} round(s) per artifact, each a fresh worker process, interleaved across artifacts; "
-        f"per round: warm-up {opts['warmup']} calls + windows of 10 until the median moves < 5 %, then ≥ "
-        f"{opts['min_count']} calls and ≥ {opts['min_seconds']} s per batch size; timer: perf_counter_ns",
+        f"CPU: {env.cpu.model} ({', '.join(k for k, v in env.cpu.isa.items() if v)}); "
+        f"GPU: {', '.join(env.gpus) or 'none'}; device: {opts.device}",
+        f"pinned cores: {opts.pinned_cores}, threads: {opts.threads} (intra-op and inter-op, OMP/MKL set before import)",
+        f"torch {libs.get('torch')}, torchvision {libs.get('torchvision')}, torchao {libs.get('torchao')}, "
+        f"onnxruntime {libs.get('onnxruntime')}, IPEX {env.ipex_summary()}; "
+        f"python {env.python}",
+        f"{opts.rounds} round(s) per artifact, each a fresh worker process, interleaved across artifacts; "
+        f"per round: warm-up {opts.warmup} calls + windows of 10 until the median moves < 5 %, then ≥ "
+        f"{opts.min_count} calls and ≥ {opts.min_seconds} s per batch size; timer: perf_counter_ns",
         "p50 = geometric mean of the rounds' medians; [low–high] = its 95 % interval (t on logs over rounds); "
         "× fp32 paired round by round; '~' = not distinguishable from fp32",
-        f"accuracy: {eval_note}; git {env.get('git_commit') or '?'}; {doc['created']}; command: `{doc['command']}`",
+        f"accuracy: {eval_note}; git {env.git_commit or '?'}; {doc.created}; command: `{doc.command}`",
     ]
 
 
-def table_rows(doc: dict) -> tuple[list[str], list[list[str]]]:
-    batches = batch_keys(doc)
+def table_rows(doc: BenchDocument) -> tuple[list[str], list[list[str]]]:
+    batches = doc.batch_keys
     header = ["family", "precision", "runtime", "status", "MB", "× smaller"]
     for b in batches:
         header += [f"p50 ms @{b}", f"× fp32 @{b}", f"img/s @{b}"]
     header += ["top-1", "agree", "peak RSS MB", "load ms"]
     body = []
-    for row in doc["rows"]:
-        cells = [row["family"], row["precision"], row["runtime"], row["status"], f"{row['size_bytes'] / 1e6:.1f}",
-                 fmt(row.get("size_ratio_vs_fp32"), "{:.2f}")]
-        result = row.get("result") or {}
+    for row in doc.rows:
+        cells = [row.family, row.precision, row.runtime, row.status, f"{row.size_bytes / 1e6:.1f}",
+                 fmt(row.size_ratio_vs_fp32, "{:.2f}")]
         for b in batches:
-            stats = result.get("batches", {}).get(b)
-            cells += [fmt_interval(stats and stats.get("p50_interval_ms"), "{:.3f}", stats and stats["p50_ms"]),
-                      fmt_speedup(row, b), fmt(stats and stats["throughput_ips"], "{:.0f}")]
-        ev = result.get("eval", {})
-        cells += [fmt(ev.get("top1"), "{:.2%}"), fmt(ev.get("agreement_with_fp32"), "{:.2%}"),
-                  fmt(result.get("peak_rss_mb"), "{:.0f}"), fmt(result.get("load_ms"), "{:.0f}")]
+            stats = row.batch(b)
+            cells += [fmt_interval(stats and stats.p50_interval_ms, "{:.3f}", stats and stats.p50_ms),
+                      fmt_speedup(row, b), fmt(stats and stats.throughput_ips, "{:.0f}")]
+        result = row.result if row.measured else None
+        ev = result.eval if result else None
+        cells += [fmt(ev and ev.top1, "{:.2%}"), fmt(ev and ev.agreement_with_fp32, "{:.2%}"),
+                  fmt(result and result.peak_rss_mb, "{:.0f}"), fmt(result and result.load_ms, "{:.0f}")]
         body.append(cells)
     return header, body
 
@@ -65,51 +61,51 @@ def fmt(value, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
 
-def fmt_interval(interval: dict | None, pattern: str, fallback: float | None = None) -> str:
+def fmt_interval(interval: Interval | None, pattern: str, fallback: float | None = None) -> str:
     """'0.523 [0.510–0.541]', or the bare estimate where there is no interval (one round)."""
     if not interval:
         return fmt(fallback, pattern)
-    text = pattern.format(interval["estimate"])
-    if interval.get("low") is None:
+    text = pattern.format(interval.estimate)
+    if interval.low is None or interval.high is None:
         return text
-    return f"{text} [{pattern.format(interval['low'])}–{pattern.format(interval['high'])}]"
+    return f"{text} [{pattern.format(interval.low)}–{pattern.format(interval.high)}]"
 
 
-def fmt_speedup(row: dict, batch: str) -> str:
+def cannot_tell_from_one(interval: Interval | None) -> bool:
+    """An interval that contains 1×: the measurement cannot tell this artifact from fp32."""
+    return interval is not None and interval.low is not None and not interval.excludes(1.0)
+
+
+def fmt_speedup(row: BenchRow, batch: str) -> str:
     """Speed-up vs fp32 with its paired interval; '~' marks one that cannot be told from 1×."""
-    from qexport.runtimes.stats import Interval
-
-    interval = (row.get("speedup_interval") or {}).get(batch)
-    text = fmt_interval(interval, "{:.2f}", (row.get("speedup_vs_fp32") or {}).get(batch))
-    if interval and interval.get("low") is not None and not Interval.from_dict(interval).excludes(1.0):
-        return "~" + text
-    return text
+    interval = row.speedup_interval.get(batch)
+    text = fmt_interval(interval, "{:.2f}", row.speedup_vs_fp32.get(batch))
+    return "~" + text if cannot_tell_from_one(interval) else text
 
 
-def uncertainty_lines(doc: dict) -> list[str]:
+def uncertainty_lines(doc: BenchDocument) -> list[str]:
     """Which artifacts the measurement cannot tell apart, and how noisy the host was."""
-    lines = [f"cannot be told apart at batch {t['batch']}: {t['faster']} ~ {t['slower']} "
-             f"(ratio {fmt_interval(t['ratio'], '{:.2f}')}, interval contains 1)" for t in doc.get("ties", [])]
-    noise = doc.get("noise") or {}
-    if noise.get("noisy"):
-        lines.append("WARNING: " + noise["advice"])
+    lines = [f"cannot be told apart at batch {t.batch}: {t.faster} ~ {t.slower} "
+             f"(ratio {fmt_interval(t.ratio, '{:.2f}')}, interval contains 1)" for t in doc.ties]
+    noise = doc.noise
+    if noise and noise.noisy:
+        lines.append("WARNING: " + noise.advice)
     elif noise:
-        lines.append(f"round-to-round spread of p50 at batch {noise['batch']}: {noise['median_round_spread_pct']:.1f} % "
+        lines.append(f"round-to-round spread of p50 at batch {noise.batch}: {noise.median_round_spread_pct:.1f} % "
                      "(median over artifacts)")
     return lines
 
 
-def reasons(doc: dict) -> list[str]:
+def reasons(doc: BenchDocument) -> list[str]:
     lines = []
-    for row in doc["rows"]:
-        if row["status"] != "ok":
-            lines.append(f"{row['file']}: {row['status']} — {row['reason']}")
-        for note in row.get("notes", []):
-            lines.append(f"{row['file']}: {note}")
+    for row in doc.rows:
+        if row.status != "ok":
+            lines.append(f"{row.file}: {row.status} — {row.reason}")
+        lines += [f"{row.file}: {note}" for note in row.notes]
     return lines
 
 
-def print_bench(doc: dict) -> None:
+def print_bench(doc: BenchDocument) -> None:
     header, body = table_rows(doc)
     table = Table(title="qexport bench (speed-up and size vs TorchScript fp32)")
     for column in header:
@@ -119,16 +115,16 @@ def print_bench(doc: dict) -> None:
         table.add_row(*cells)
     console.print(table)
     for line in reasons(doc) + uncertainty_lines(doc) + environment_lines(doc):
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
-def markdown(doc: dict) -> str:
+def markdown(doc: BenchDocument) -> str:
     header, body = table_rows(doc)
     lines = ["# qexport bench", "", *[f"- {line}" for line in environment_lines(doc)], "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     lines += ["", *[f"- {line}" for line in uncertainty_lines(doc)]]
-    lines += ["", "Files: " + ", ".join(f"{r['family']} = `{r['file']}`" for r in doc["rows"])]
+    lines += ["", "Files: " + ", ".join(f"{r.family} = `{r.file}`" for r in doc.rows)]
     lines += harness_overhead_lines(doc)
     notes = reasons(doc)
     if notes:
@@ -136,15 +132,15 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def harness_overhead_lines(doc: dict) -> list[str]:
+def harness_overhead_lines(doc: BenchDocument) -> list[str]:
     """Timed loop (a perf_counter_ns pair per call) vs a bare loop over the same calls."""
-    cells = [(row["family"], b, stats["harness_overhead_pct"])
-             for row in doc["rows"] if row["status"] == "ok"
-             for b, stats in row["result"]["batches"].items() if stats.get("harness_overhead_pct") is not None]
+    cells = [(row.family, b, stats.harness_overhead_pct)
+             for row in doc.measured_rows()
+             for b, stats in row.result.batches.items() if stats.harness_overhead_pct is not None]
     if not cells:
         return []
-    costs = [(row["result"].get("timer_cost_ns"), min(s["p50_ms"] for s in row["result"]["batches"].values()))
-             for row in doc["rows"] if row["status"] == "ok" and row["result"].get("timer_cost_ns")]
+    costs = [(row.result.timer_cost_ns, min(s.p50_ms for s in row.result.batches.values()))
+             for row in doc.measured_rows() if row.result.timer_cost_ns]
     worst = max((ns / (p50 * 1e6) * 100 for ns, p50 in costs), default=0.0)
     lines = ["", "## Harness overhead", "",
              f"The timed loop itself costs {max(ns for ns, _ in costs) if costs else 0:.0f} ns per call (a no-op timed "
@@ -154,18 +150,14 @@ def harness_overhead_lines(doc: dict) -> list[str]:
     return lines + [f"| {family} | {b} | {pct:+.2f} |" for family, b, pct in cells]
 
 
-def write_outputs(doc: dict, out_dir: Path) -> list[Path]:
+def write_outputs(doc: BenchDocument, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "bench.json", doc)
+    atomic_write_json(out_dir / "bench.json", doc.to_dict())
     atomic_write_bytes(out_dir / "bench.md", markdown(doc).encode())
     return [out_dir / "bench.json", out_dir / "bench.md", *write_plots(doc, out_dir)]
 
 
-def ok_rows(doc: dict) -> list[dict]:
-    return [r for r in doc["rows"] if r["status"] == "ok" and r.get("result")]
-
-
-def write_plots(doc: dict, out_dir: Path) -> list[Path]:
+def write_plots(doc: BenchDocument, out_dir: Path) -> list[Path]:
     """latency vs size, latency vs accuracy, speed-up bars (batch = the first requested)."""
     import matplotlib
 
@@ -173,18 +165,17 @@ def write_plots(doc: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401  (tick formatters below)
 
-    rows = ok_rows(doc)
+    rows = [row for row in doc.measured_rows() if row.batch(doc.batch_keys[0])]
     if not rows:
         return []
-    batch = batch_keys(doc)[0]
-    subtitle = f"batch {batch}, {doc['options']['threads']} thread(s), {doc['environment']['cpu']['model']}"
+    batch = doc.batch_keys[0]
+    subtitle = f"batch {batch}, {doc.options.threads} thread(s), {doc.environment.cpu.model}"
     written = []
 
-    colours = {runtime: f"C{i}" for i, runtime in enumerate(sorted({r["runtime"] for r in rows}))}
+    colours = {runtime: f"C{i}" for i, runtime in enumerate(sorted({r.runtime for r in rows}))}
 
     def scatter(name: str, x_of, x_label: str) -> None:
-        points = sorted((r["result"]["batches"][batch]["p50_ms"], x_of(r), r["family"], r["runtime"])
-                        for r in rows if x_of(r) is not None)
+        points = sorted((r.batch(batch).p50_ms, x_of(r), r.family, r.runtime) for r in rows if x_of(r) is not None)
         if not points:
             return
         fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -205,20 +196,37 @@ def write_plots(doc: dict, out_dir: Path) -> list[Path]:
         ax.grid(True, alpha=0.3)
         written.append(save(fig, out_dir / f"{name}.png"))
 
-    scatter("latency_vs_size", lambda r: r["size_bytes"] / 1e6, "size on disk (MB)")
-    scatter("latency_vs_accuracy", lambda r: (r["result"].get("eval") or {}).get("top1"), "top-1 accuracy (test split)")
-    speed = [(r["family"], (r.get("speedup_vs_fp32") or {}).get(batch)) for r in rows]
-    speed = [(f, s) for f, s in speed if s is not None]
+    scatter("latency_vs_size", lambda r: r.size_bytes / 1e6, "size on disk (MB)")
+    scatter("latency_vs_accuracy", lambda r: r.result.eval.top1 if r.result.eval else None, "top-1 accuracy (test split)")
+    speed = sorted((r for r in rows if batch in r.speedup_vs_fp32), key=lambda r: r.speedup_vs_fp32[batch])
     if speed:
-        fig, ax = plt.subplots(figsize=(8, 0.45 * len(speed) + 1.5))
-        names, values = zip(*sorted(speed, key=lambda p: p[1]))
-        ax.barh(names, values, color=["tab:green" if v >= 1 else "tab:red" for v in values])
-        ax.axvline(1.0, color="black", linewidth=0.8)
-        ax.set_xlabel("speed-up vs TorchScript fp32 (p50)")
-        ax.set_title(f"speed-up\n{subtitle}", fontsize=10)
-        ax.tick_params(axis="y", labelsize=7)
-        written.append(save(fig, out_dir / "speedup.png"))
+        written.append(speedup_plot(speed, batch, subtitle, out_dir / "speedup.png"))
     return written
+
+
+def speedup_colour(row: BenchRow, batch: str) -> str:
+    """Green faster, red slower than fp32 -- grey where the interval cannot tell it from 1×."""
+    if cannot_tell_from_one(row.speedup_interval.get(batch)):
+        return "tab:gray"
+    return "tab:green" if row.speedup_vs_fp32[batch] >= 1 else "tab:red"
+
+
+def speedup_plot(rows: list[BenchRow], batch: str, subtitle: str, path: Path) -> Path:
+    """Speed-up bars with their 95 % intervals as error bars (paired round by round)."""
+    import matplotlib.pyplot as plt
+
+    values = [r.speedup_vs_fp32[batch] for r in rows]
+    intervals = [r.speedup_interval.get(batch) for r in rows]
+    below = [v - i.low if i and i.low is not None else 0.0 for v, i in zip(values, intervals)]
+    above = [i.high - v if i and i.high is not None else 0.0 for v, i in zip(values, intervals)]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    ax.barh([r.family for r in rows], values, xerr=[below, above], capsize=3, ecolor="black",
+            color=[speedup_colour(r, batch) for r in rows])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("speed-up vs TorchScript fp32 (p50; whiskers: 95 % interval, grey: not distinguishable from 1×)")
+    ax.set_title(f"speed-up\n{subtitle}", fontsize=10)
+    ax.tick_params(axis="y", labelsize=7)
+    return save(fig, path)
 
 
 def save(fig, path: Path) -> Path:
@@ -229,36 +237,6 @@ def save(fig, path: Path) -> Path:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
-
-
-READABLE_BENCH_VERSIONS = (1, 2)  # 1: single pass, no rounds (read as one round)
-
-
-def load_bench(path: Path) -> dict:
-    """A bench.json this qexport understands, or one sentence; the one reader of the format
-    (compare and pack both use it)."""
-    from qexport.runtimes.harness import BENCH_SCHEMA
-
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
-        raise QExportError(f"Cannot read bench results {path} ({err}); pass bench.json files written by `qexport bench`.") from err
-    if not isinstance(doc, dict) or doc.get("schema") != BENCH_SCHEMA \
-            or doc.get("schema_version") not in READABLE_BENCH_VERSIONS:
-        raise QExportError(f"{path} is not a qexport bench.json (schema {BENCH_SCHEMA} version "
-                           f"{' or '.join(map(str, READABLE_BENCH_VERSIONS))}); rerun `qexport bench`.")
-    missing = [key for key in ("rows", "options", "environment") if not isinstance(doc.get(key), (list, dict))]
-    if missing:
-        raise QExportError(f"{path} lacks {', '.join(missing)}; it is truncated or not written by `qexport bench`.")
-    return doc
-
-
-def round_p50s(row: dict, batch: str) -> list[float] | None:
-    """The per-round p50s of a row (a version-1 document has one round: its p50)."""
-    stats = ((row.get("result") or {}).get("batches") or {}).get(batch)
-    if row.get("status") != "ok" or not stats:
-        return None
-    return stats.get("round_p50_ms") or [stats["p50_ms"]]
 
 
 def compare(paths: list[Path]) -> tuple[list[str], list[list[str]]]:
@@ -274,16 +252,17 @@ def compare(paths: list[Path]) -> tuple[list[str], list[list[str]]]:
     header = ["run", "cpu", "artifact", "batch", "p50 ms before", "p50 ms after", "change", "95 % interval", "verdict"]
     body = []
     for path, doc in others:
-        rows = {r["family"]: r for r in doc["rows"]}
-        for ref_row in ref["rows"]:
-            row = rows.get(ref_row["family"])
-            for batch in batch_keys(ref):
-                before, after = round_p50s(ref_row, batch), row and round_p50s(row, batch)
+        rows = {r.family: r for r in doc.rows}
+        for ref_row in ref.rows:
+            row = rows.get(ref_row.family)
+            for batch in ref.batch_keys:
+                before, after = ref_row.batch(batch), row and row.batch(batch)
                 if not before or not after:
                     continue
+                before, after = before.round_medians(), after.round_medians()
                 change = welch_ratio(before, after)
-                body.append([path.parent.name + "/" + path.name, doc["environment"]["cpu"]["model"][:28],
-                             ref_row["family"], batch, f"{geometric_interval(before).estimate:.3f}",
+                body.append([path.parent.name + "/" + path.name, doc.environment.cpu.model[:28],
+                             ref_row.family, batch, f"{geometric_interval(before).estimate:.3f}",
                              f"{geometric_interval(after).estimate:.3f}",
                              f"{(change.estimate - 1) * 100:+.1f} %", interval_pct(change), verdict(change)])
     if not body:

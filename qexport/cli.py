@@ -193,7 +193,7 @@ def bench(
     written = benchreport.write_outputs(doc, out or directory)
     benchreport.print_bench(doc)
     say("wrote " + ", ".join(str(p) for p in written))
-    if any(r["status"] == "failed" for r in doc["rows"]):
+    if any(row.status == "failed" for row in doc.rows):
         raise typer.Exit(1)
 
 

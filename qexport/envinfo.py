@@ -67,17 +67,6 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return out.stdout.strip() or None
 
 
-def ipex_summary(env: dict) -> str:
-    """'2.8.0', '2.8.0 (own environment, torch 2.8.0)' or 'not installed'."""
-    local = env["libraries"].get("intel-extension-for-pytorch")
-    if local:
-        return local
-    own = (env.get("foreign_environments") or {}).get("ipex")
-    if own and own["versions"].get("intel_extension_for_pytorch"):
-        return f"{own['versions']['intel_extension_for_pytorch']} (own environment, torch {own['versions'].get('torch')})"
-    return "not installed (make setup-ipex)"
-
-
 def environment(foreign_environments: dict[str, dict | None] | None = None) -> dict:
     """The facts every report prints; ``foreign_environments`` (versions inside runtimes' own
     environments) is passed in by the runtimes layer, which this helper module never imports."""

@@ -8,16 +8,19 @@ fields are refused with one sentence rather than half-understood.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from qexport.documents import parse, to_json
 from qexport.errors import QExportError
+
+if TYPE_CHECKING:
+    from qexport.hardware import CpuRequirement
 
 SCHEMA = "qexport.manifest"
 SCHEMA_VERSION = 1
 INDEX_SCHEMA = "qexport.index"
-REQUIRED_FIELDS = ("schema", "schema_version", "artifact", "family", "format", "precision", "runtime",
-                   "input", "output", "model", "evaluation", "build")
 GOLDEN_ATOL = {"fp32": 1e-3, "bf16": 0.15, "fp16": 0.05, "int8": 0.1}
 
 
@@ -29,59 +32,327 @@ def golden_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + ".golden.npz")
 
 
-def validate(manifest: Any, source: str = "manifest") -> dict:
-    """Return the manifest if it is one this version understands; otherwise raise one sentence."""
-    if not isinstance(manifest, dict):
-        raise QExportError(f"{source} is not a JSON object; it is not a qexport manifest.")
-    if manifest.get("schema") != SCHEMA:
-        raise QExportError(f"{source} is not a qexport manifest (schema {manifest.get('schema')!r}).")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise QExportError(
-            f"{source} has manifest schema version {manifest.get('schema_version')!r}; this qexport reads "
-            f"version {SCHEMA_VERSION} -- rebuild the artifact or upgrade qexport.")
-    missing = [key for key in REQUIRED_FIELDS if key not in manifest]
-    if missing:
-        raise QExportError(f"{source} lacks required field(s) {', '.join(missing)}; rebuild the artifact.")
-    file_name = manifest["artifact"].get("file") if isinstance(manifest["artifact"], dict) else None
-    if not isinstance(file_name, str) or not file_name or Path(file_name).name != file_name:
-        raise QExportError(
-            f"{source} names artifact file {file_name!r}; only a plain file name beside the manifest is allowed.")
-    return manifest
+@dataclass(frozen=True)
+class ArtifactFile:
+    file: str          # a plain name beside the manifest (never a path)
+    size_bytes: int
+    sha256: str
 
 
-def read_manifest(path: Path) -> dict:
+@dataclass(frozen=True)
+class CompiledWith:
+    """What compiled code (AOTInductor) was built with: it runs only under the same torch and CPU."""
+
+    torch: str | None = None
+    machine: str | None = None
+    cpu: str | None = None
+    isa: list[str] = field(default_factory=list)
+    torchao: str | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    name: str
+    requires: dict[str, str] = field(default_factory=dict)        # package -> version range
+    tested_with: dict[str, str | None] = field(default_factory=dict)
+    compiled_with: CompiledWith | None = None
+    quantized_engine: str | None = None
+    environment: str | None = None   # a runtime with its own Python environment (IPEX)
+    load: str | None = None          # a loading trap a deployment team must know
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What the artifact needs from the CPU it runs on (checked before loading: never a SIGILL)."""
+
+    cpu: dict | None = None          # a CpuRequirement, see qexport.hardware
+    compiled: bool = False
+    code: str = ""
+    kernels_on_build_host: str = ""
+
+    def cpu_requirement(self) -> "CpuRequirement | None":
+        from qexport.hardware import CpuRequirement
+
+        return CpuRequirement.from_dict(self.cpu) if self.cpu else None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    num_classes: int
+    checkpoint_sha256: str
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """The data the artifact was built and measured with (``Dataset.describe()``)."""
+
+    name: str
+    classes: list[str]
+    image_size: list[int]
+    mean: list[float]
+    std: list[float]
+    source: str = ""
+    synthetic: bool = False
+    train_samples: int = 0
+    test_samples: int = 0
+    fingerprint: str = ""
+    note: str = ""
+
+    @property
+    def source_kind(self) -> str:
+        """cifar10 / synthetic / imagefolder: how bench loads the same data again."""
+        return self.name if self.name in ("cifar10", "synthetic") else "imagefolder"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: list[int | str]           # ["batch", 3, H, W]
+    mean: list[float]
+    std: list[float]
+    name: str = "input"
+    dtype: str = "float32"
+    layout: str = "NCHW"
+    dynamic_axes: list[str] = field(default_factory=lambda: ["batch"])
+    value_range_before_normalization: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    preprocess: str = "x = (rgb_uint8 / 255 - mean) / std, channels first"
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the NCHW input."""
+        _, _, height, width = self.shape
+        return int(height), int(width)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    shape: list[int | str]
+    classes: list[str]
+    name: str = "logits"
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy at build time, always on the **test** split, in the artifact's own runtime."""
+
+    samples: int
+    top1: float
+    fp32_reference_top1: float
+    top1_agreement_with_fp32: float
+    max_abs_logit_diff: float
+    split: str = "test"
+    device: str = "cpu"
+
+    @property
+    def drop_pt(self) -> float:
+        """Top-1 change against the eager fp32 model, in percentage points."""
+        return (self.top1 - self.fp32_reference_top1) * 100
+
+
+@dataclass(frozen=True)
+class Golden:
+    file: str
+    sha256: str
+    samples: int
+    atol: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    split: str
+    samples: int
+    seed: int | None = None
+
+    def describe(self) -> str:
+        return f"{self.samples} {self.split} images (seed {self.seed})"
+
+
+@dataclass(frozen=True)
+class Int8Coverage:
+    """How much of the model runs in int8 (weights, or layers where weights are not counted)."""
+
+    ratio: float
+    quantized_weights: int | None = None
+    total_weights: int | None = None
+    quantized_layers: int | None = None
+    layers: int | None = None
+    int8_layers: int | None = None
+    fused_int8_groups: int | None = None
+
+    @classmethod
+    def of_weights(cls, quantized: int, total: int) -> "Int8Coverage":
+        return cls(ratio=round(quantized / total, 6) if total else 0.0, quantized_weights=quantized, total_weights=total)
+
+    @classmethod
+    def of_layers(cls, quantized: int, total: int) -> "Int8Coverage":
+        return cls(ratio=round(quantized / total, 6) if total else 0.0, quantized_layers=quantized, layers=total)
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    seconds: float
+    options: dict
+    created: str
+    libraries: dict[str, str | None]
+    cpu: str
+    isa: list[str]
+    qexport_version: str
+    git_commit: str | None = None
+    quantized_engine: str | None = None
+    fine_tune: list[dict] | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The sidecar a deployment team trusts: what the artifact is, needs, and measured at build time."""
+
+    artifact: ArtifactFile
+    family: str
+    format: str
+    precision: str
+    runtime: RuntimeSection
+    model: ModelInfo
+    data: DataInfo
+    input: InputSpec
+    output: OutputSpec
+    evaluation: Evaluation
+    golden: Golden
+    build: BuildRecord
+    method: str = ""
+    config: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    requirements: Requirements | None = None
+    synthetic: bool = False
+    calibration: Calibration | None = None
+    int8_coverage: Int8Coverage | None = None
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "manifest") -> "Manifest":
+        """The manifest if it is one this version understands; otherwise one sentence."""
+        if not isinstance(data, dict):
+            raise QExportError(f"{source} is not a JSON object; it is not a qexport manifest.")
+        if data.get("schema") != SCHEMA:
+            raise QExportError(f"{source} is not a qexport manifest (schema {data.get('schema')!r}).")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise QExportError(
+                f"{source} has manifest schema version {data.get('schema_version')!r}; this qexport reads "
+                f"version {SCHEMA_VERSION} -- rebuild the artifact or upgrade qexport.")
+        manifest = parse(cls, data, source)
+        name = manifest.artifact.file
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise QExportError(
+                f"{source} names artifact file {name!r}; only a plain file name beside the manifest is allowed.")
+        return manifest
+
+    def to_dict(self) -> dict:
+        return to_json(self)
+
+    @property
+    def load_hints(self) -> "LoadHints":
+        return LoadHints(quantized_engine=self.build.quantized_engine, compiled_with=self.runtime.compiled_with)
+
+
+@dataclass(frozen=True)
+class LoadHints:
+    """What a runner must know to load an artifact right, beyond the file: the int8 engine its
+    kernels dispatch on (a process-global torch setting) and what compiled code was built with."""
+
+    quantized_engine: str | None = None
+    compiled_with: CompiledWith | None = None
+
+    def to_dict(self) -> dict:
+        return to_json(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "LoadHints":
+        return parse(cls, data or {}, "load hints")
+
+
+def read_manifest(path: Path) -> Manifest:
     try:
-        manifest = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except OSError as err:
         raise QExportError(f"Cannot read manifest {path} ({err.strerror or err}).") from err
     except UnicodeDecodeError as err:
         raise QExportError(f"Manifest {path} is not UTF-8 text; it is not a qexport manifest.") from err
     except json.JSONDecodeError as err:
         raise QExportError(f"Manifest {path} is not valid JSON ({err.msg} at line {err.lineno}).") from err
-    return validate(manifest, str(path))
+    return Manifest.from_dict(data, str(path))
 
 
-def artifact_file(manifest_file: Path, manifest: dict) -> Path:
+def artifact_file(manifest_file: Path, manifest: Manifest) -> Path:
     """The artifact a manifest describes: always beside it (no path traversal)."""
-    return Path(manifest_file).parent / manifest["artifact"]["file"]
+    return Path(manifest_file).parent / manifest.artifact.file
 
 
 def find_manifests(directory: Path) -> list[Path]:
     return sorted(Path(directory).glob("*.manifest.json"))
 
 
-def discover(directory: Path) -> list[tuple[Path, dict]]:
+@dataclass(frozen=True)
+class IndexEntry:
+    family: str
+    file: str
+    manifest: str
+    format: str
+    precision: str
+    runtime: str
+    size_bytes: int
+    sha256: str
+    top1: float
+    model: str
+
+    @classmethod
+    def of(cls, manifest_file: Path, manifest: Manifest) -> "IndexEntry":
+        return cls(family=manifest.family, file=manifest.artifact.file, manifest=manifest_file.name,
+                   format=manifest.format, precision=manifest.precision, runtime=manifest.runtime.name,
+                   size_bytes=manifest.artifact.size_bytes, sha256=manifest.artifact.sha256,
+                   top1=manifest.evaluation.top1, model=manifest.model.name)
+
+
+@dataclass(frozen=True)
+class Failure:
+    family: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Index:
+    """index.json: the folder's artifacts (every valid manifest) and the last build's failures."""
+
+    model: str
+    created: str
+    artifacts: list[IndexEntry]
+    failed: list[Failure] = field(default_factory=list)
+    schema: str = INDEX_SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return to_json(self)
+
+
+def read_index(path: Path) -> Index:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
+        raise QExportError(f"{path} is not a qexport index ({err}); delete it or rebuild.") from err
+    if not isinstance(data, dict) or data.get("schema") != INDEX_SCHEMA:
+        raise QExportError(f"{path} is not a qexport index (schema {INDEX_SCHEMA}); delete it or rebuild.")
+    return parse(Index, data, str(path))
+
+
+def discover(directory: Path) -> list[tuple[Path, Manifest]]:
     """(manifest path, manifest) for the folder: from index.json when present, else every manifest."""
     directory = Path(directory)
     if not directory.is_dir():
         raise QExportError(f"{directory} is not a folder; pass the folder `qexport build` wrote (default artifacts/).")
     index = directory / "index.json"
     if index.is_file():
-        try:
-            names = [entry["manifest"] for entry in json.loads(index.read_text())["artifacts"]]
-        except (ValueError, KeyError, TypeError) as err:  # ValueError: bad JSON or not UTF-8
-            raise QExportError(f"{index} is not a qexport index ({err}); delete it or rebuild.") from err
-        paths = [directory / Path(name).name for name in names]
+        paths = [directory / Path(entry.manifest).name for entry in read_index(index).artifacts]
     else:
         paths = find_manifests(directory)
     if not paths:
@@ -89,29 +360,27 @@ def discover(directory: Path) -> list[tuple[Path, dict]]:
     return [(path, read_manifest(path)) for path in paths]
 
 
-def cpu_needs(manifest: dict) -> tuple["CpuRequirement | None", bool]:
+def cpu_needs(manifest: Manifest) -> tuple["CpuRequirement | None", bool]:
     """(what the artifact needs from the CPU, whether that comes from compiled code).
 
     Manifests written before requirements were recorded still protect their AOTInductor
     package: it was compiled with -march=native, so it needs the build host's recorded ISA.
     """
-    from qexport.hardware import FLAG_LABELS, CpuRequirement, requirement
+    from qexport.hardware import FLAG_LABELS, requirement
 
-    recorded = manifest.get("requirements")
-    if isinstance(recorded, dict):
-        needs = recorded.get("cpu")
-        return (CpuRequirement.from_dict(needs) if needs else None), bool(recorded.get("compiled"))
-    built = manifest.get("runtime", {}).get("compiled_with", {})
-    if isinstance(built, dict) and built.get("isa"):
+    if manifest.requirements is not None:
+        return manifest.requirements.cpu_requirement(), manifest.requirements.compiled
+    built = manifest.runtime.compiled_with
+    if built is not None and built.isa:
         flag_of = {label: flag for flag, label in FLAG_LABELS.items()}
-        flags = {flag_of[label] for label in built["isa"] if label in flag_of}
-        return requirement(f"the build host's ISA ({', '.join(built['isa'])})", flags), True
+        flags = {flag_of[label] for label in built.isa if label in flag_of}
+        return requirement(f"the build host's ISA ({', '.join(built.isa)})", flags), True
     return None, False
 
 
-def host_problem_for(manifest: dict) -> str | None:
+def host_problem_for(manifest: Manifest) -> str | None:
     """None when this host's CPU can run the artifact; else one sentence naming what is missing and the fix."""
     from qexport.hardware import host_problem
 
     needs, compiled = cpu_needs(manifest)
-    return host_problem(needs, manifest["artifact"]["file"], compiled)
+    return host_problem(needs, manifest.artifact.file, compiled)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from qexport.errors import QExportError
 from qexport.fsutil import atomic_path, sha256_file
-from qexport.manifest import artifact_file, discover, golden_path
+from qexport.manifest import Manifest, artifact_file, discover, golden_path
+from qexport.runtimes.results import BenchDocument
 
 EXTRA_FILES = ("index.json", "bench.json", "bench.md", "latency_vs_size.png", "latency_vs_accuracy.png",
                "speedup.png")
@@ -33,15 +34,15 @@ def load_snippet(runtime: str) -> str:
     return RUNTIMES[runtime].load_snippet if runtime in RUNTIMES else "# see the manifest"
 
 
-def bundle_members(directory: Path) -> tuple[list[Path], list[dict]]:
+def bundle_members(directory: Path) -> tuple[list[Path], list[Manifest]]:
     """Files to pack (artifact, manifest, golden per entry, then the run's reports) and manifests."""
     members: list[Path] = []
-    manifests: list[dict] = []
+    manifests: list[Manifest] = []
     for manifest_file, manifest in discover(directory):
         artifact = artifact_file(manifest_file, manifest)
         if not artifact.is_file():
             raise QExportError(f"{artifact.name} is listed but missing; rebuild with `qexport build` before packing.")
-        if sha256_file(artifact) != manifest["artifact"]["sha256"]:
+        if sha256_file(artifact) != manifest.artifact.sha256:
             raise QExportError(f"{artifact.name} does not match the sha256 in its manifest (modified or tampered); "
                                "rebuild it before packing -- a bundle never carries a modified artifact.")
         members += [artifact, manifest_file] + ([golden_path(artifact)] if golden_path(artifact).is_file() else [])
@@ -50,29 +51,28 @@ def bundle_members(directory: Path) -> tuple[list[Path], list[dict]]:
     return members, manifests
 
 
-def read_bench(directory: Path) -> dict | None:
+def read_bench(directory: Path) -> BenchDocument | None:
     path = directory / "bench.json"
     if not path.is_file():
         return None
-    from qexport.benchreport import load_bench
+    from qexport.runtimes.results import load_bench
 
     return load_bench(path)
 
 
-def model_card(manifests: list[dict], bench: dict | None) -> str:
+def model_card(manifests: list[Manifest], bench: BenchDocument | None) -> str:
     first = manifests[0]
-    data = first.get("data") or {}
-    lines = [f"# Model card: {first['model']['name']} ({first['model']['num_classes']} classes)", ""]
-    if any(m.get("synthetic") for m in manifests):
+    lines = [f"# Model card: {first.model.name} ({first.model.num_classes} classes)", ""]
+    if any(m.synthetic for m in manifests):
         lines += ["**SYNTHETIC DATA: every accuracy below is meaningless. Do not deploy.**", ""]
     lines += [
         "## Model and data",
-        f"- Architecture: torchvision `{first['model']['name']}`; source checkpoint sha256 "
-        f"`{first['model']['checkpoint_sha256']}`.",
-        f"- Data: {data.get('name', '?')} (fingerprint `{data.get('fingerprint', '?')}`); "
-        f"classes: {', '.join(first['output'].get('classes', []))}.",
-        f"- Input: float32 NCHW {first['input']['shape']}, values in [0, 1] then normalised with mean "
-        f"{first['input']['mean']} and std {first['input']['std']}. Output: logits.",
+        f"- Architecture: torchvision `{first.model.name}`; source checkpoint sha256 "
+        f"`{first.model.checkpoint_sha256}`.",
+        f"- Data: {first.data.name} (fingerprint `{first.data.fingerprint or '?'}`); "
+        f"classes: {', '.join(first.output.classes)}.",
+        f"- Input: float32 NCHW {first.input.shape}, values in [0, 1] then normalised with mean "
+        f"{first.input.mean} and std {first.input.std}. Output: logits.",
         "- Calibration (PTQ) and fine-tuning (QAT) used the **train** split; every accuracy is on the **test** split.",
         "",
         "## Artifacts (accuracy measured at build time)",
@@ -80,47 +80,40 @@ def model_card(manifests: list[dict], bench: dict | None) -> str:
         "|---|---|---|---|---:|---:|---:|---:|---|",
     ]
     for m in manifests:
-        ev, cal = m["evaluation"], m.get("calibration") or {}
+        ev = m.evaluation
         lines.append(
-            f"| {m['artifact']['file']} | {m['format']} | {m['precision']} | {m['runtime']['name']} | "
-            f"{m['artifact']['size_bytes'] / 1e6:.1f} | {ev['top1']:.2%} | "
-            f"{(ev['top1'] - ev['fp32_reference_top1']) * 100:+.2f} | {ev['top1_agreement_with_fp32']:.2%} | "
-            f"{describe_calibration(cal)} |")
+            f"| {m.artifact.file} | {m.format} | {m.precision} | {m.runtime.name} | "
+            f"{m.artifact.size_bytes / 1e6:.1f} | {ev.top1:.2%} | {ev.drop_pt:+.2f} | {ev.top1_agreement_with_fp32:.2%} | "
+            f"{m.calibration.describe() if m.calibration else '-'} |")
     lines += ["", *latency_section(bench), "## Loading each artifact (only its runtime, no model code)", ""]
-    for runtime in sorted({m["runtime"]["name"] for m in manifests}):
-        example = next(m for m in manifests if m["runtime"]["name"] == runtime)
-        lines += [f"### {runtime} (e.g. `{example['artifact']['file']}`)", "",
-                  f"Needs: {', '.join(f'{k}{v}' for k, v in example['runtime'].get('requires', {}).items())}.", "",
-                  "```python", load_snippet(runtime).format(file=example["artifact"]["file"]),
+    for runtime in sorted({m.runtime.name for m in manifests}):
+        example = next(m for m in manifests if m.runtime.name == runtime)
+        lines += [f"### {runtime} (e.g. `{example.artifact.file}`)", "",
+                  f"Needs: {', '.join(f'{k}{v}' for k, v in example.runtime.requires.items())}.", "",
+                  "```python", load_snippet(runtime).format(file=example.artifact.file),
                   "```", ""]
     lines += ["## Checking the bundle", "",
               "`qexport verify .` checks every file's sha256, the installed runtime version, and the golden outputs.", ""]
     return "\n".join(lines)
 
 
-def describe_calibration(calibration: dict) -> str:
-    if not calibration:
-        return "-"
-    return f"{calibration.get('samples')} {calibration.get('split')} images (seed {calibration.get('seed')})"
-
-
-def latency_section(bench: dict | None) -> list[str]:
+def latency_section(bench: BenchDocument | None) -> list[str]:
     if not bench:
         return ["## Latency", "", "Not measured: run `qexport bench DIR` before packing to include it.", ""]
-    env, opts = bench["environment"], bench["options"]
+    env, opts = bench.environment, bench.options
     lines = ["## Latency (from bench.json)", "",
-             f"{env['cpu']['model']}; device {opts['device']}; pinned cores {opts['pinned_cores']}; "
-             f"threads {opts['threads']}; torch {env['libraries'].get('torch')}, onnxruntime "
-             f"{env['libraries'].get('onnxruntime')}; {bench['created']}; command `{bench['command']}`.", "",
+             f"{env.cpu.model}; device {opts.device}; pinned cores {opts.pinned_cores}; "
+             f"threads {opts.threads}; torch {env.libraries.get('torch')}, onnxruntime "
+             f"{env.libraries.get('onnxruntime')}; {bench.created}; command `{bench.command}`.", "",
              "| file | batch | p50 ms | p90 ms | images/s | × vs TorchScript fp32 |", "|---|---:|---:|---:|---:|---:|"]
-    for row in bench["rows"]:
-        if row["status"] != "ok":
-            lines.append(f"| {row['file']} | - | {row['status']}: {row['reason']} | | | |")
+    for row in bench.rows:
+        if not row.measured:
+            lines.append(f"| {row.file} | - | {row.status}: {row.reason} | | | |")
             continue
-        for batch, stats in row["result"]["batches"].items():
-            speedup = (row.get("speedup_vs_fp32") or {}).get(batch)
-            lines.append(f"| {row['file']} | {batch} | {stats['p50_ms']:.3f} | {stats['p90_ms']:.3f} | "
-                         f"{stats['throughput_ips']:.0f} | {f'{speedup:.2f}' if speedup else '-'} |")
+        for batch, stats in row.result.batches.items():
+            speedup = row.speedup_vs_fp32.get(batch)
+            lines.append(f"| {row.file} | {batch} | {stats.p50_ms:.3f} | {stats.p90_ms:.3f} | "
+                         f"{stats.throughput_ips:.0f} | {f'{speedup:.2f}' if speedup else '-'} |")
     return lines + [""]
 
 

@@ -7,8 +7,6 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from qexport.envinfo import environment, ipex_summary
-
 import sys
 
 # Reports are often piped into logs: don't squeeze tables into 80 columns there.
@@ -16,26 +14,26 @@ console = Console(width=None if sys.stdout.isatty() else 180)
 
 
 def print_info(as_json: bool = False) -> None:
-    from qexport.runtimes.foreign import foreign_environments
+    from qexport.documents import to_json
+    from qexport.runtimes.results import current_environment
 
-    env = environment(foreign_environments())
+    env = current_environment()
     if as_json:
-        print(json.dumps(env, indent=2))
+        print(json.dumps(to_json(env), indent=2))
         return
     table = Table(title="qexport environment", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    table.add_row("python", env["python"])
-    table.add_row("platform", env["platform"])
-    for name, version in env["libraries"].items():
+    table.add_row("python", env.python)
+    table.add_row("platform", env.platform)
+    for name, version in env.libraries.items():
         if name == "intel-extension-for-pytorch":
-            version = ipex_summary(env)
+            version = env.ipex_summary()
         table.add_row(name, version or "[dim]not installed[/dim]")
-    cpu = env["cpu"]
-    table.add_row("cpu", f"{cpu['model']} ({cpu['logical_cores']} logical cores)")
-    for label, present in cpu["isa"].items():
+    table.add_row("cpu", f"{env.cpu.model} ({env.cpu.logical_cores} logical cores)")
+    for label, present in env.cpu.isa.items():
         table.add_row(f"  {label}", "yes" if present else "no")
-    table.add_row("gpu", ", ".join(env["gpus"]) or "none")
+    table.add_row("gpu", ", ".join(env.gpus) or "none")
     console.print(table)
 
 
@@ -67,13 +65,11 @@ def print_build(outcomes, out_dir) -> None:
     """The build's own report: size ratio and accuracy against fp32, measured at build time."""
     from pathlib import Path
 
-    baseline_file = Path(out_dir) / "index.json"
-    base_size = None
-    if baseline_file.is_file():
-        import json
+    from qexport.manifest import read_index
 
-        entries = json.loads(baseline_file.read_text()).get("artifacts", [])
-        base_size = next((e["size_bytes"] for e in entries if e["family"] == "torchscript-fp32"), None)
+    index_file = Path(out_dir) / "index.json"
+    entries = read_index(index_file).artifacts if index_file.is_file() else []
+    base_size = next((e.size_bytes for e in entries if e.family == "torchscript-fp32"), None)
     table = Table(title=f"qexport build → {out_dir}")
     for column in ("family", "status", "file", "MB", "× smaller", "top-1", "Δ vs fp32 (pt)", "agree", "int8 weights", "s"):
         table.add_column(column, justify="right" if column not in ("family", "status", "file") else "left")
@@ -83,18 +79,16 @@ def print_build(outcomes, out_dir) -> None:
             colour = "yellow" if o.status == "skipped" else "red"
             table.add_row(o.family, f"[{colour}]{o.status}[/{colour}]", "see below", *[""] * 7)
             continue
-        size, ev = m["artifact"]["size_bytes"], m["evaluation"]
-        coverage = m.get("int8_coverage") or {}
+        size, ev = m.artifact.size_bytes, m.evaluation
         table.add_row(
-            o.family, o.status, m["artifact"]["file"], f"{size / 1e6:.2f}",
+            o.family, o.status, m.artifact.file, f"{size / 1e6:.2f}",
             f"{base_size / size:.2f}" if base_size else "",
-            f"{ev['top1']:.2%}", f"{(ev['top1'] - ev['fp32_reference_top1']) * 100:+.2f}",
-            f"{ev['top1_agreement_with_fp32']:.2%}",
-            f"{coverage['ratio']:.1%}" if coverage else "-", f"{m['build']['seconds']:.0f}")
+            f"{ev.top1:.2%}", f"{ev.drop_pt:+.2f}", f"{ev.top1_agreement_with_fp32:.2%}",
+            f"{m.int8_coverage.ratio:.1%}" if m.int8_coverage else "-", f"{m.build.seconds:.0f}")
     console.print(table)
     for o in outcomes:
         if o.status in ("failed", "skipped"):
             colour = "yellow" if o.status == "skipped" else "red"
             console.print(f"[{colour}]{o.family} {o.status}:[/{colour}] {o.reason}", highlight=False)
-    if any(o.manifest.get("synthetic") for o in outcomes if o.manifest):
+    if any(o.manifest.synthetic for o in outcomes if o.manifest):
         console.print("[bold red]SYNTHETIC data: these accuracies mean nothing.[/bold red]")

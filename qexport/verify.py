@@ -15,7 +15,8 @@ import numpy as np
 
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file
-from qexport.manifest import artifact_file, discover, golden_path, host_problem_for, manifest_path, read_manifest
+from qexport.manifest import (Manifest, artifact_file, discover, golden_path, host_problem_for, manifest_path,
+                               read_manifest)
 from qexport.runtimes.foreign import is_foreign, runs_here
 
 RTOL = 1e-3
@@ -31,7 +32,7 @@ class Check:
     max_abs_diff: float | None = None
 
 
-def targets(path: Path) -> list[tuple[Path, dict]]:
+def targets(path: Path) -> list[tuple[Path, Manifest]]:
     """A folder, an artifact file or a manifest file → (manifest path, manifest) pairs."""
     path = Path(path)
     if path.is_dir():
@@ -70,10 +71,10 @@ def version_problem(requires: dict, installed_version=local_version) -> str | No
     return None
 
 
-def verify_one(manifest_file: Path, manifest: dict) -> Check:
+def verify_one(manifest_file: Path, manifest: Manifest) -> Check:
     from qexport import runtimes
 
-    file, family, runtime = manifest["artifact"]["file"], manifest["family"], manifest["runtime"]["name"]
+    file, family, runtime = manifest.artifact.file, manifest.family, manifest.runtime.name
 
     def fail(detail: str) -> Check:
         return Check(file, family, runtime, False, detail)
@@ -81,21 +82,21 @@ def verify_one(manifest_file: Path, manifest: dict) -> Check:
     artifact = artifact_file(manifest_file, manifest)
     if not artifact.is_file():
         return fail("artifact file is missing")
-    if sha256_file(artifact) != manifest["artifact"]["sha256"]:
+    if sha256_file(artifact) != manifest.artifact.sha256:
         return fail("sha256 does not match the manifest: the file was modified or tampered with")
     problem = host_problem_for(manifest)  # before loading: never a SIGILL
     if problem:
         return fail(problem)
-    requires = manifest["runtime"].get("requires", {})
+    requires = manifest.runtime.requires
     foreign = is_foreign(runtime) and not runs_here(runtime)
     problem = None if foreign else version_problem(requires)
     if problem:
         return fail(problem)
     golden_file = golden_path(artifact)
-    if not golden_file.is_file() or sha256_file(golden_file) != manifest["golden"]["sha256"]:
+    if not golden_file.is_file() or sha256_file(golden_file) != manifest.golden.sha256:
         return fail("golden data is missing or does not match the manifest")
     try:
-        runner = runtimes.load_runner(runtime, artifact, manifest=manifest)
+        runner = runtimes.load_runner(runtime, artifact, hints=manifest.load_hints)
         if foreign:  # the versions that matter are those of the runtime's own environment
             problem = version_problem(requires, runner.installed_versions().get)
             if problem:
@@ -107,7 +108,7 @@ def verify_one(manifest_file: Path, manifest: dict) -> Check:
     if actual.shape != expected.shape:
         return fail(f"output shape {actual.shape} differs from the golden {expected.shape}")
     diff = float(np.abs(actual - expected).max())
-    atol = float(manifest["golden"]["atol"])
+    atol = manifest.golden.atol
     ok = bool(np.allclose(actual, expected, atol=atol, rtol=RTOL))
     detail = f"golden outputs match (max |Δ| {diff:.2e} ≤ atol {atol})" if ok else \
         f"golden outputs differ: max |Δ| {diff:.3g} > atol {atol}"

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from qexport.errors import QExportError, RuntimeMissing, did_you_mean
+from qexport.errors import RuntimeMissing, did_you_mean
+from qexport.manifest import LoadHints
 from qexport.runtimes.base import Runner
 from qexport.runtimes.foreign import ROOT, ForeignEnvironment
 
@@ -107,7 +108,7 @@ def runner_class(runtime: str) -> type[Runner]:
 
 
 def load_runner(runtime: str, path: Path, device: str = "cpu", threads: int | None = None,
-                manifest: dict | None = None) -> Runner:
+                hints: LoadHints | None = None) -> Runner:
     """Load the artifact at ``path`` in ``runtime``; unreadable files become one sentence.
 
     A runtime that lives in its own environment (IPEX) is served by a child process there.
@@ -117,6 +118,6 @@ def load_runner(runtime: str, path: Path, device: str = "cpu", threads: int | No
     if not foreign.runs_here(runtime):
         from qexport.runtimes.remote import RemoteRunner
 
-        return RemoteRunner.start(foreign.foreign_python(runtime), runtime, Path(path), manifest or {})
+        return RemoteRunner.start(foreign.foreign_python(runtime), runtime, Path(path), hints or LoadHints())
     cls = runner_class(runtime)
-    return cls.load(Path(path), device=device, threads=threads, manifest=manifest or {})
+    return cls.load(Path(path), device=device, threads=threads, hints=hints or LoadHints())

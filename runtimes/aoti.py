@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 
 import torch
 
 from qexport.errors import QExportError
+from qexport.manifest import CompiledWith
 from qexport.runtimes.base import load_failure_message
 from qexport.runtimes.torchscript import TorchTensorRunner, set_torch_threads
 
@@ -19,8 +19,8 @@ class AOTInductorRunner(TorchTensorRunner):
         self.package, self.device = package, device
 
     @classmethod
-    def load(cls, path, *, device="cpu", threads=None, manifest=None):
-        check_compatible(manifest or {})
+    def load(cls, path, *, device="cpu", threads=None, hints=None):
+        check_compatible(hints.compiled_with if hints else None)
         set_torch_threads(threads)
         try:
             package = torch._inductor.aoti_load_package(str(path))
@@ -34,15 +34,16 @@ class AOTInductorRunner(TorchTensorRunner):
         return out[0] if isinstance(out, (list, tuple)) else out
 
 
-def check_compatible(manifest: dict) -> None:
+def check_compatible(built: CompiledWith | None) -> None:
     """AOTInductor code is compiled C++ for one torch version and one CPU ISA: refuse clearly."""
-    built = manifest.get("runtime", {}).get("compiled_with", {})
-    torch_built = built.get("torch")
+    if built is None:  # measured at build time, right where it was compiled
+        return
+    torch_built = built.torch
     if torch_built and torch_built.split("+")[0] != torch.__version__.split("+")[0]:
         raise QExportError(
             f"This AOTInductor package was compiled with torch {torch_built} but torch {torch.__version__} is "
             "installed; load it with that exact torch version or rebuild it here."
         )
-    machine = built.get("machine")
+    machine = built.machine
     if machine and machine != platform.machine():
         raise QExportError(f"This AOTInductor package was compiled for {machine}, not {platform.machine()}; rebuild it here.")

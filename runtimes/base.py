@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qexport.errors import first_line
+from qexport.manifest import LoadHints
 
 import numpy as np
 
@@ -23,8 +24,9 @@ class Runner(ABC):
     @classmethod
     @abstractmethod
     def load(cls, path: Path, *, device: str = "cpu", threads: int | None = None,
-             manifest: dict | None = None) -> "Runner":
-        """Load an artifact from disk with no model code."""
+             hints: LoadHints | None = None) -> "Runner":
+        """Load an artifact from disk with no model code (``hints``: what its manifest says the
+        loader must know, e.g. the int8 engine)."""
 
     @abstractmethod
     def prepare(self, batch: np.ndarray) -> Any:

@@ -16,20 +16,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from qexport.manifest import artifact_file, discover, host_problem_for
-from qexport.envinfo import environment, git_commit
+from qexport.manifest import DataInfo, Manifest, artifact_file, discover, host_problem_for
 from qexport.errors import QExportError, RuntimeMissing, last_line
 from qexport.fsutil import sha256_file
-from qexport.runtimes.foreign import foreign_environments
+from qexport.documents import parse, to_json
+from qexport.runtimes.results import (ArtifactResult, BatchResult, BenchDocument, BenchRow, Noise, RoundResult,
+                                      RunFacts, RunOptions, Tie, WorkerSpec, current_environment, parse_round)
 from qexport.selection import match_keys
 
-BENCH_SCHEMA = "qexport.bench"
-BENCH_SCHEMA_VERSION = 2  # 2: rounds, 95 % intervals and paired ratios
 BASELINE = "torchscript-fp32"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS")
@@ -77,33 +77,17 @@ def usable_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
-@dataclass
-class Row:
-    family: str
-    file: str
-    format: str
-    precision: str
-    runtime: str
-    status: str = "ok"  # ok | failed | skipped | refused
-    reason: str = ""
-    size_bytes: int = 0
-    notes: list[str] = field(default_factory=list)
-    build_top1: float | None = None
-    result: dict = field(default_factory=dict)
-    rounds: list[dict] = field(default_factory=list)  # one worker result per round, in order
-
-
-def check_row(manifest_file: Path, manifest: dict, options: BenchOptions) -> Row:
+def check_row(manifest_file: Path, manifest: Manifest, options: BenchOptions) -> BenchRow:
     """Build the row and decide, before starting a worker, whether it can be measured at all."""
-    row = Row(family=manifest["family"], file=manifest["artifact"]["file"], format=manifest["format"],
-              precision=manifest["precision"], runtime=manifest["runtime"]["name"],
-              size_bytes=manifest["artifact"]["size_bytes"], build_top1=manifest["evaluation"].get("top1"))
+    row = BenchRow(family=manifest.family, file=manifest.artifact.file, format=manifest.format,
+              precision=manifest.precision, runtime=manifest.runtime.name,
+              size_bytes=manifest.artifact.size_bytes, build_top1=manifest.evaluation.top1)
     path = artifact_file(manifest_file, manifest)
     if not path.is_file():
         row.status, row.reason = "failed", f"{path.name} is missing; rebuild with `qexport build`."
         return row
     row.size_bytes = path.stat().st_size
-    if sha256_file(path) != manifest["artifact"]["sha256"]:
+    if sha256_file(path) != manifest.artifact.sha256:
         if not options.allow_modified:
             row.status, row.reason = "refused", (f"{path.name} does not match the sha256 in its manifest (modified or "
                                                  "tampered); rebuild it, or pass --allow-modified to measure it anyway.")
@@ -112,12 +96,12 @@ def check_row(manifest_file: Path, manifest: dict, options: BenchOptions) -> Row
     cpu_problem = host_problem_for(manifest) if options.device == "cpu" else None
     if cpu_problem:  # checked before any worker loads it: a SIGILL is never the message
         row.status, row.reason = "refused", cpu_problem
-    elif options.device not in manifest.get("devices", ["cpu"]):
+    elif options.device not in manifest.devices:
         row.status, row.reason = "skipped", f"{row.family} does not run on {options.device}."
-    elif options.device == "cpu" and manifest["precision"] == "fp16" and not options.cpu_fp16:
+    elif options.device == "cpu" and manifest.precision == "fp16" and not options.cpu_fp16:
         row.status, row.reason = "skipped", ("fp16 is a GPU format (use --device cuda); on CPU it runs through slow "
                                              "fallback kernels -- pass --cpu-fp16 to measure it anyway")
-    elif options.device == "cpu" and manifest["precision"] == "fp16":
+    elif options.device == "cpu" and manifest.precision == "fp16":
         row.notes.append("fp16 on CPU: a GPU format; the CPU runs it through slow fallback kernels")
     elif options.device == "cuda" and not cuda_available():
         row.status, row.reason = "skipped", "no CUDA GPU on this machine."
@@ -148,11 +132,17 @@ def worker_python(runtime: str) -> str:
     return python_for(runtime) or sys.executable
 
 
-def run_worker(spec: dict, options: BenchOptions, python: str = sys.executable) -> dict:
+@dataclass(frozen=True)
+class WorkerFailure:
+    status: str  # failed | skipped
+    reason: str
+
+
+def run_worker(spec: WorkerSpec, options: BenchOptions, python: str = sys.executable) -> RoundResult | WorkerFailure:
     """Start the worker in its own process group; kill the whole group on timeout or Ctrl-C."""
     with tempfile.TemporaryDirectory(prefix="qexport-worker-") as tmp:
         spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
-        spec_file.write_text(json.dumps(spec))
+        spec_file.write_text(json.dumps(to_json(spec)))
         process = subprocess.Popen([python, "-m", "qexport.runtimes.worker", str(spec_file), str(result_file)],
                                    env=worker_env(options), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True, start_new_session=True)
@@ -160,14 +150,26 @@ def run_worker(spec: dict, options: BenchOptions, python: str = sys.executable) 
             _, stderr = process.communicate(timeout=options.timeout)
         except subprocess.TimeoutExpired:
             kill_group(process)
-            return {"status": "failed", "reason": f"timed out after {options.timeout:.0f} s (--timeout)"}
+            return WorkerFailure("failed", f"timed out after {options.timeout:.0f} s (--timeout)")
         except BaseException:
             kill_group(process)
             raise
-        if result_file.is_file():
-            return json.loads(result_file.read_text())
-        tail = last_line(stderr or "", 160)
-        return {"status": "failed", "reason": f"worker crashed (exit {describe_exit(process.returncode)}) {tail}".strip()}
+        if not result_file.is_file():
+            tail = last_line(stderr or "", 160)
+            return WorkerFailure("failed", f"worker crashed (exit {describe_exit(process.returncode)}) {tail}".strip())
+        return read_worker_result(result_file)
+
+
+def read_worker_result(path: Path) -> RoundResult | WorkerFailure:
+    """The worker's round, or why it has none (a worker that failed writes status and reason)."""
+    try:
+        data = json.loads(path.read_text())
+        status = data.pop("status", None)
+        if status != "ok":
+            return WorkerFailure(str(status or "failed"), str(data.get("reason", "unknown failure")))
+        return parse_round(data, "the worker's result")
+    except (ValueError, QExportError) as err:
+        return WorkerFailure("failed", f"the worker wrote an unreadable result ({err})")
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -187,28 +189,22 @@ def describe_exit(code: int) -> str:
     return str(code)
 
 
-def input_size(manifest: dict) -> tuple[int, int]:
-    """(height, width) the artifact takes, from its manifest's NCHW input shape."""
-    _, _, height, width = manifest["input"]["shape"]
-    return int(height), int(width)
-
-
-def data_mismatch(manifest: dict, data) -> str | None:
+def data_mismatch(manifest: Manifest, data) -> str | None:
     """Why ``data`` cannot score this artifact (layout, image size or classes differ), or None."""
-    name = manifest["artifact"]["file"]
-    if manifest["input"].get("layout", "NCHW") != "NCHW":
-        return f"{name} takes {manifest['input']['layout']} input and qexport prepares NCHW"
-    if tuple(data.image_size) != input_size(manifest):
-        return (f"{name} takes {input_size(manifest)[0]}×{input_size(manifest)[1]} images and the evaluation set "
+    name, expected = manifest.artifact.file, manifest.input.image_size
+    if manifest.input.layout != "NCHW":
+        return f"{name} takes {manifest.input.layout} input and qexport prepares NCHW"
+    if tuple(data.image_size) != expected:
+        return (f"{name} takes {expected[0]}×{expected[1]} images and the evaluation set "
                 f"({data.name}) is {data.image_size[0]}×{data.image_size[1]}")
-    classes = list(manifest["output"].get("classes", []))
+    classes = manifest.output.classes
     if classes != list(data.classes):
         return (f"{name} predicts {len(classes)} classes ({', '.join(classes[:3])}…) and the evaluation set "
                 f"({data.name}) has {len(data.classes)} ({', '.join(list(data.classes)[:3])}…)")
     return None
 
 
-def require_matching_data(entries: list[tuple[Path, dict]], data) -> None:
+def require_matching_data(entries: list[tuple[Path, Manifest]], data) -> None:
     """Refuse, before any worker starts, an evaluation set that would give a wrong accuracy."""
     for _, manifest in entries:
         problem = data_mismatch(manifest, data)
@@ -216,13 +212,7 @@ def require_matching_data(entries: list[tuple[Path, dict]], data) -> None:
             raise QExportError(f"{problem}; pass the --data/--data-dir it was built with, or --no-accuracy.")
 
 
-def data_source(manifest: dict) -> str:
-    """cifar10 / synthetic / imagefolder, from what the manifest recorded about its data."""
-    name = manifest["data"].get("name", "cifar10")
-    return name if name in ("cifar10", "synthetic") else "imagefolder"
-
-
-def evaluation_data(entries: list[tuple[Path, dict]], source: str | None, data_dir: Path | None):
+def evaluation_data(entries: list[tuple[Path, Manifest]], source: str | None, data_dir: Path | None):
     """The data to score the artifacts on, prepared the way their manifests say they were built.
 
     Source, image size and (for synthetic data) sample counts come from the first manifest unless
@@ -231,12 +221,12 @@ def evaluation_data(entries: list[tuple[Path, dict]], source: str | None, data_d
     from qexport.data import load_dataset
 
     first = entries[0][1]
-    recorded = first["data"]
-    source = source or data_source(first)
-    if source == "imagefolder" and data_dir is None and Path(recorded.get("source", "")).is_dir():
-        data_dir = Path(recorded["source"])  # the folder it was built from, when it is still here
-    samples = (recorded.get("train_samples", 512), recorded.get("test_samples", 256))
-    return load_dataset(source, data_dir, image_size=input_size(first)[0], synthetic_samples=samples)
+    recorded = first.data
+    source = source or recorded.source_kind
+    if source == "imagefolder" and data_dir is None and recorded.source and Path(recorded.source).is_dir():
+        data_dir = Path(recorded.source)  # the folder it was built from, when it is still here
+    samples = (recorded.train_samples or 512, recorded.test_samples or 256)
+    return load_dataset(source, data_dir, image_size=first.input.image_size[0], synthetic_samples=samples)
 
 
 class EvalSet:
@@ -250,10 +240,10 @@ class EvalSet:
         self.folder = folder
         self._files: dict[tuple, tuple[str, str]] = {}
 
-    def files_for(self, manifest: dict) -> tuple[str, str]:
+    def files_for(self, manifest: Manifest) -> tuple[str, str]:
         from qexport.data import normalize
 
-        key = (tuple(manifest["input"]["mean"]), tuple(manifest["input"]["std"]))
+        key = (tuple(manifest.input.mean), tuple(manifest.input.std))
         if key not in self._files:
             n = len(self._files)
             inputs, labels = self.folder / f"inputs{n}.npy", self.folder / "labels.npy"
@@ -264,14 +254,15 @@ class EvalSet:
 
 
 def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int = 0,
-                    progress=None) -> dict:
+                    progress=None) -> BenchDocument:
     """Measure every artifact in ``directory``; returns the bench.json document."""
     entries = discover(directory)
     if options.only:
-        chosen = set(match_keys(options.only, dict.fromkeys(m["family"] for _, m in entries), "family in this folder"))
-        entries = [(p, m) for p, m in entries if m["family"] in chosen]
+        chosen = set(match_keys(options.only, dict.fromkeys(m.family for _, m in entries), "family in this folder"))
+        entries = [(p, m) for p, m in entries if m.family in chosen]
     cores = options.pinned_cores()
     rows = [check_row(manifest_file, manifest, options) for manifest_file, manifest in entries]
+    rounds: dict[str, list[RoundResult]] = {row.family: [] for row in rows}
     logits: dict[str, np.ndarray] = {}
     started = time.time()
     if data is not None:
@@ -288,142 +279,130 @@ def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int
                 first = round_index == 0
                 spec = worker_spec(manifest_file, manifest, options, cores, eval_set if first else None,
                                    Path(tmp) / f"logits{number}.npy", first_round=first)
-                result = run_worker(spec, options, python=worker_python(row.runtime))
-                if result.get("status") != "ok":
-                    row.status, row.reason = result.get("status", "failed"), result.get("reason", "unknown failure")
+                outcome = run_worker(spec, options, python=worker_python(row.runtime))
+                if isinstance(outcome, WorkerFailure):
+                    row.status, row.reason = outcome.status, outcome.reason
                     continue
-                row.rounds.append(result)
-                if spec.get("logits_out"):
-                    logits[row.family] = np.load(spec["logits_out"])
+                rounds[row.family].append(outcome)
+                if spec.logits_out:
+                    logits[row.family] = np.load(spec.logits_out)
         for row in rows:
             if row.status == "ok":
-                row.result = combine_rounds(row.rounds)
+                row.result = combine_rounds(rounds[row.family])
         add_agreement(rows, logits)
     return make_document(rows, options, cores, data, started, directory)
 
 
-def combine_rounds(rounds: list[dict]) -> dict:
+def combine_rounds(rounds: list[RoundResult]) -> ArtifactResult:
     """One result from a row's rounds: latencies pooled over all rounds' calls, each statistic's
     per-round values kept, and the p50 as the geometric mean of round p50s with its 95 % interval.
     Load, memory, accuracy and harness overhead come from the first round (which measured them)."""
     from qexport.runtimes.stats import geometric_interval, spread_pct, summarize
 
-    combined = {key: value for key, value in rounds[0].items() if key != "batches"}
-    combined["rounds"] = len(rounds)
-    combined["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
-    combined["batches"] = {}
-    for batch, first in rounds[0]["batches"].items():
-        per_round = [r["batches"][batch] for r in rounds]
-        pooled = summarize([ms for r in per_round for ms in r.pop("latencies_ms")], int(batch))
-        round_p50 = [r["p50_ms"] for r in per_round]
+    first = rounds[0]
+    facts = {f.name: getattr(first, f.name) for f in dataclasses.fields(RunFacts)}
+    facts["peak_rss_mb"] = max(r.peak_rss_mb for r in rounds)
+    batches = {}
+    for batch, first_batch in first.batches.items():
+        per_round = [r.batches[batch] for r in rounds]
+        pooled = summarize([ms for r in per_round for ms in r.latencies_ms], int(batch))
+        round_p50 = [r.p50_ms for r in per_round]
         p50 = geometric_interval(round_p50)
-        combined["batches"][batch] = {
-            **pooled, "p50_ms": p50.estimate, "throughput_ips": int(batch) * 1000.0 / p50.estimate,
-            "pooled_p50_ms": pooled["p50_ms"], "p50_interval_ms": p50.to_dict(), "round_p50_ms": round_p50,
-            "round_spread_pct": spread_pct(round_p50), "warmup": [r["warmup"] for r in per_round],
-            "harness_overhead_pct": first.get("harness_overhead_pct")}
-    return combined
+        batches[batch] = BatchResult(
+            **{**pooled, "p50_ms": p50.estimate, "throughput_ips": int(batch) * 1000.0 / p50.estimate},
+            pooled_p50_ms=pooled["p50_ms"], p50_interval_ms=p50, round_p50_ms=round_p50,
+            round_spread_pct=spread_pct(round_p50), warmup=[r.warmup for r in per_round],
+            harness_overhead_pct=first_batch.harness_overhead_pct)
+    return ArtifactResult(**facts, batches=batches, rounds=len(rounds))
 
 
-def worker_spec(manifest_file: Path, manifest: dict, options: BenchOptions, cores: list[int],
-                eval_set: EvalSet | None, logits_out: Path, first_round: bool = True) -> dict:
+def worker_spec(manifest_file: Path, manifest: Manifest, options: BenchOptions, cores: list[int],
+                eval_set: EvalSet | None, logits_out: Path, first_round: bool = True) -> WorkerSpec:
     """What one worker measures; accuracy and the harness-overhead check only in the first round."""
-    spec = {"artifact": str(artifact_file(manifest_file, manifest)), "runtime": manifest["runtime"]["name"],
-            "manifest": manifest, "device": options.device, "threads": options.threads, "cores": cores,
-            "batch_sizes": list(options.batch_sizes), "warmup": options.warmup, "min_count": options.min_count,
-            "min_seconds": options.min_seconds, "input_shape": manifest["input"]["shape"][1:],
-            "overhead": first_round}
     files = eval_set.files_for(manifest) if eval_set is not None else None
-    if files:
-        spec.update(eval_inputs=files[0], eval_labels=files[1], logits_out=str(logits_out))
-    return spec
+    return WorkerSpec(
+        artifact=str(artifact_file(manifest_file, manifest)), runtime=manifest.runtime.name, hints=manifest.load_hints,
+        device=options.device, threads=options.threads, cores=cores, batch_sizes=list(options.batch_sizes),
+        warmup=options.warmup, min_count=options.min_count, min_seconds=options.min_seconds,
+        input_shape=manifest.input.shape[1:], overhead=first_round,
+        eval_inputs=files[0] if files else None, eval_labels=files[1] if files else None,
+        logits_out=str(logits_out) if files else None)
 
 
-def add_agreement(rows: list[Row], logits: dict[str, np.ndarray]) -> None:
+def add_agreement(rows: list[BenchRow], logits: dict[str, np.ndarray]) -> None:
     """Top-1 agreement and max |Δlogit| of every artifact against the fp32 TorchScript artifact."""
     reference = logits.get(BASELINE)
     if reference is None:
         return
     for row in rows:
         mine = logits.get(row.family)
-        if mine is not None and mine.shape == reference.shape:
-            row.result.setdefault("eval", {}).update(
-                agreement_with_fp32=float((mine.argmax(1) == reference.argmax(1)).mean()),
-                max_abs_logit_diff=float(np.abs(mine - reference).max()))
+        if mine is not None and mine.shape == reference.shape and row.measured and row.result.eval is not None:
+            row.result.eval.agreement_with_fp32 = float((mine.argmax(1) == reference.argmax(1)).mean())
+            row.result.eval.max_abs_logit_diff = float(np.abs(mine - reference).max())
 
 
-def add_ratios(rows: list[dict]) -> None:
+def add_ratios(rows: list[BenchRow]) -> None:
     """Speed-up vs the fp32 TorchScript baseline per batch size, paired round by round, with its
     95 % interval; and the size ratio."""
     from qexport.runtimes.stats import paired_ratio
 
-    base = next((r for r in rows if r["family"] == BASELINE and r["status"] == "ok"), None)
+    base = next((r for r in rows if r.family == BASELINE and r.measured), None)
+    if base is None:
+        return
     for row in rows:
-        if base is None or row["status"] != "ok":
+        if not row.measured:
             continue
-        row["size_ratio_vs_fp32"] = base["size_bytes"] / row["size_bytes"]
+        row.size_ratio_vs_fp32 = base.size_bytes / row.size_bytes
         if row is base:  # 1 by definition: no interval to show, nothing to mark '~'
-            row["speedup_vs_fp32"] = {b: 1.0 for b in row["result"]["batches"]}
+            row.speedup_vs_fp32 = {b: 1.0 for b in row.result.batches}
             continue
-        intervals = {b: paired_ratio(base["result"]["batches"][b]["round_p50_ms"], stats["round_p50_ms"])
-                     for b, stats in row["result"]["batches"].items() if b in base["result"]["batches"]}
-        row["speedup_vs_fp32"] = {b: i.estimate for b, i in intervals.items()}
-        row["speedup_interval"] = {b: i.to_dict() for b, i in intervals.items()}
+        row.speedup_interval = {b: paired_ratio(base.result.batches[b].round_medians(), stats.round_medians())
+                                for b, stats in row.result.batches.items() if b in base.result.batches}
+        row.speedup_vs_fp32 = {b: i.estimate for b, i in row.speedup_interval.items()}
 
 
 NOISY_SPREAD_PCT = 5.0
 
 
-def noise_summary(rows: list[dict], batch: str) -> dict:
+def noise_summary(rows: list[BenchRow], batch: str) -> Noise:
     """How much the host moved between rounds (median over artifacts of the round-to-round spread of
     p50 at ``batch``), and what helps when that is large."""
     from qexport.runtimes.stats import percentile
 
-    spreads = sorted(r["result"]["batches"][batch]["round_spread_pct"] for r in rows
-                     if r["status"] == "ok" and batch in r["result"].get("batches", {}))
+    spreads = sorted(row.batch(batch).round_spread_pct for row in rows if row.batch(batch))
     median = percentile(spreads, 50) if spreads else 0.0
     noisy = median > NOISY_SPREAD_PCT
     advice = (f"this host was noisy: p50 moved {median:.1f} % between rounds (median over artifacts, batch {batch}); "
               "more rounds (--rounds), longer rounds (--min-seconds), an idle machine or isolated cores "
               "(isolcpus, no other work on the pinned core) narrow the intervals") if noisy else ""
-    return {"batch": batch, "median_round_spread_pct": median, "noisy": noisy, "advice": advice}
+    return Noise(batch=batch, median_round_spread_pct=median, noisy=noisy, advice=advice)
 
 
-def ties(rows: list[dict], batch: str) -> list[dict]:
+def ties(rows: list[BenchRow], batch: str) -> list[Tie]:
     """Neighbours in the latency ranking at ``batch`` whose paired ratio interval contains 1: the
     measurement cannot tell them apart, and the report must not rank them."""
     from qexport.runtimes.stats import paired_ratio
 
-    ranked = sorted((r for r in rows if r["status"] == "ok" and batch in r["result"].get("batches", {})),
-                    key=lambda r: r["result"]["batches"][batch]["p50_ms"])
+    ranked = sorted((row for row in rows if row.batch(batch)), key=lambda row: row.batch(batch).p50_ms)
     found = []
     for faster, slower in zip(ranked, ranked[1:]):
-        ratio = paired_ratio(slower["result"]["batches"][batch]["round_p50_ms"],
-                             faster["result"]["batches"][batch]["round_p50_ms"])
+        ratio = paired_ratio(slower.batch(batch).round_medians(), faster.batch(batch).round_medians())
         if ratio.low is not None and not ratio.excludes(1.0):
-            found.append({"batch": batch, "faster": faster["family"], "slower": slower["family"],
-                          "ratio": ratio.to_dict()})
+            found.append(Tie(batch=batch, faster=faster.family, slower=slower.family, ratio=ratio))
     return found
 
 
-def make_document(rows: list[Row], options: BenchOptions, cores: list[int], data, started: float,
-                  directory: Path) -> dict:
-    row_dicts = [asdict(r) for r in rows]
-    for row in row_dicts:
-        del row["rounds"]  # combined into row["result"]; the raw rounds would only repeat it
-    add_ratios(row_dicts)
-    return {
-        "schema": BENCH_SCHEMA,
-        "schema_version": BENCH_SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "duration_s": round(time.time() - started, 1),
-        "command": " ".join(shlex.quote(a) for a in ["qexport", *sys.argv[1:]]),
-        "directory": str(directory),
-        "options": {**asdict(options), "pinned_cores": cores},
-        "environment": {**environment(foreign_environments()), "git_commit": git_commit(Path(__file__).parent)},
-        "data": data.describe() if data is not None else None,
-        "baseline": BASELINE,
-        "rows": row_dicts,
-        "noise": noise_summary(row_dicts, str(options.batch_sizes[0])),
-        "ties": [tie for b in options.batch_sizes for tie in ties(row_dicts, str(b))],
-    }
+def make_document(rows: list[BenchRow], options: BenchOptions, cores: list[int], data, started: float,
+                  directory: Path) -> BenchDocument:
+    add_ratios(rows)
+    return BenchDocument(
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        duration_s=round(time.time() - started, 1),
+        command=" ".join(shlex.quote(a) for a in ["qexport", *sys.argv[1:]]),
+        directory=str(directory),
+        options=parse(RunOptions, {**to_json(options), "pinned_cores": cores}, "the bench options"),
+        environment=current_environment(),
+        data=parse(DataInfo, data.describe(), "the evaluation data") if data is not None else None,
+        baseline=BASELINE, rows=rows,
+        noise=noise_summary(rows, str(options.batch_sizes[0])),
+        ties=[tie for b in options.batch_sizes for tie in ties(rows, str(b))])

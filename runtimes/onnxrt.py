@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +18,7 @@ class OnnxRuntimeRunner(Runner):
         self.input_name = session.get_inputs()[0].name
 
     @classmethod
-    def load(cls, path, *, device="cpu", threads=None, manifest=None):
+    def load(cls, path, *, device="cpu", threads=None, hints=None):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

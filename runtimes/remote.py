@@ -9,35 +9,33 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from qexport.errors import QExportError
+from qexport.manifest import LoadHints
 from qexport.runtimes.base import Runner, Stream
 from qexport.runtimes.foreign import child_env
 
 
 class RemoteRunner(Runner):
-    def __init__(self, process: subprocess.Popen, runtime: str, info: dict, manifest_dir: tempfile.TemporaryDirectory):
-        self.process, self.runtime, self.info, self._manifest_dir = process, runtime, info, manifest_dir
+    def __init__(self, process: subprocess.Popen, runtime: str, info: dict):
+        self.process, self.runtime, self.info = process, runtime, info
 
     @classmethod
-    def start(cls, python: str, runtime: str, path: Path, manifest: dict) -> "RemoteRunner":
-        folder = tempfile.TemporaryDirectory(prefix="qexport-remote-")
-        manifest_file = Path(folder.name) / "manifest.json"
-        manifest_file.write_text(json.dumps(manifest))
-        process = subprocess.Popen([python, "-m", "qexport.runtimes.serve", runtime, str(path), str(manifest_file)],
+    def start(cls, python: str, runtime: str, path: Path, hints: LoadHints) -> "RemoteRunner":
+        process = subprocess.Popen([python, "-m", "qexport.runtimes.serve", runtime, str(path),
+                                    json.dumps(hints.to_dict())],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                    env=child_env())
-        runner = cls(process, runtime, {}, folder)
+        runner = cls(process, runtime, {})
         runner.requests, runner.replies = Stream(process.stdin), Stream(process.stdout)
         runner.info = json.loads(runner._receive(expect_array=False))
         return runner
 
     @classmethod
-    def load(cls, path, *, device="cpu", threads=None, manifest=None):  # pragma: no cover - use start()
+    def load(cls, path, *, device="cpu", threads=None, hints=None):  # pragma: no cover - use start()
         raise NotImplementedError("RemoteRunner is created by runtimes.load_runner")
 
     def _receive(self, expect_array: bool):
@@ -76,7 +74,6 @@ class RemoteRunner(Runner):
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._manifest_dir.cleanup()
 
     def __del__(self):
         try:

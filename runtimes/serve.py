@@ -1,6 +1,6 @@
 """Child side of :class:`runtimes.remote.RemoteRunner`: serve one artifact over stdin/stdout.
 
-Run as ``python -m qexport.runtimes.serve RUNTIME ARTIFACT MANIFEST.json`` inside the runtime's own
+Run as ``python -m qexport.runtimes.serve RUNTIME ARTIFACT HINTS_JSON`` inside the runtime's own
 environment. Frames: one status byte (``K`` ok, ``E`` error) then, for ok, a JSON line (the
 hello) or a .npy array; for errors, one line of text. Anything the runtime prints goes to
 stderr, because stdout carries the frames.
@@ -34,24 +34,24 @@ def hello(runner, packages: list[str]) -> dict:
     return {"describe": runner.describe(), "versions": package_versions(packages)}
 
 
-def serve(runtime: str, artifact: str, manifest_file: str) -> int:
+def serve(runtime: str, artifact: str, hints_json: str) -> int:
     frames = claim_stdout()
     import numpy as np
 
     from qexport import runtimes
     from qexport.errors import describe_exception, user_message
 
-    manifest = json.loads(Path(manifest_file).read_text())
+    from qexport.manifest import LoadHints
+
     try:
-        runner = runtimes.load_runner(runtime, Path(artifact), manifest=manifest)
+        runner = runtimes.load_runner(runtime, Path(artifact), hints=LoadHints.from_dict(json.loads(hints_json)))
     except Exception as err:  # reported to the parent as one sentence
         send_error(frames, user_message(err))
         return 0
     from qexport.runtimes import RUNTIMES
 
     declared = RUNTIMES[runtime].packages if runtime in RUNTIMES else ()
-    packages = list(dict.fromkeys([*manifest.get("runtime", {}).get("requires", {}), *declared]))
-    frames.write(b"K" + json.dumps(hello(runner, packages)).encode() + b"\n")
+    frames.write(b"K" + json.dumps(hello(runner, list(declared))).encode() + b"\n")
     frames.flush()
     from qexport.runtimes.base import Stream
 

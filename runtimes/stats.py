@@ -76,13 +76,6 @@ class Interval:
         """True when the interval lies entirely on one side of ``value``: a real difference."""
         return self.low is not None and self.high is not None and (self.low > value or self.high < value)
 
-    def to_dict(self) -> dict:
-        return {"estimate": self.estimate, "low": self.low, "high": self.high, "rounds": self.rounds}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Interval":
-        return cls(float(data["estimate"]), data.get("low"), data.get("high"), int(data.get("rounds", 1)))
-
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     n = len(values)

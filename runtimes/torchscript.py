@@ -45,9 +45,9 @@ class TorchScriptRunner(TorchTensorRunner):
         self.module, self.device, self.path = module, device, path
 
     @classmethod
-    def load(cls, path, *, device="cpu", threads=None, manifest=None):
+    def load(cls, path, *, device="cpu", threads=None, hints=None):
         set_torch_threads(threads)
-        engine = (manifest or {}).get("build", {}).get("quantized_engine")
+        engine = hints.quantized_engine if hints else None
         if engine:  # int8 kernels dispatch on this global at run time, not at save time
             torch.backends.quantized.engine = engine
         try:

@@ -14,6 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from qexport.documents import parse, to_json
+from qexport.runtimes.results import EvalResult, RoundBatch, RoundResult, WorkerSpec
+
 
 def pin(cores: list[int] | None) -> list[int]:
     if cores and hasattr(os, "sched_setaffinity"):
@@ -99,62 +102,58 @@ def warm_up(call, native, fixed: int, window: int = 10, max_calls: int = 300) ->
     return {"fixed": fixed, "total_calls": calls, "stable": False}
 
 
-def run(spec: dict) -> dict:
-    cores = pin(spec.get("cores"))
+def run(spec: WorkerSpec) -> RoundResult:
+    cores = pin(spec.cores)
     import numpy as np
 
     from qexport import runtimes
+    from qexport.runtimes.stats import summarize
 
-    result: dict = {"pinned_cores": cores}
     rss_before = rss_mb()
     started = time.perf_counter()
-    runner = runtimes.load_runner(spec["runtime"], Path(spec["artifact"]), device=spec.get("device", "cpu"),
-                                  threads=spec.get("threads"), manifest=spec.get("manifest"))
-    result["load_ms"] = (time.perf_counter() - started) * 1e3
-    result["rss_after_load_mb"] = rss_mb()
-    result["rss_growth_from_load_mb"] = result["rss_after_load_mb"] - rss_before
-    shape = spec["input_shape"]
+    runner = runtimes.load_runner(spec.runtime, Path(spec.artifact), device=spec.device, threads=spec.threads,
+                                  hints=spec.hints)
+    load_ms = (time.perf_counter() - started) * 1e3
+    rss_after_load = rss_mb()
     rng = np.random.default_rng(0)
-    batches = {}
-    for batch_size in spec["batch_sizes"]:
-        data = rng.standard_normal((batch_size, *shape)).astype(np.float32)
+    batches: dict[str, RoundBatch] = {}
+    first_inference_ms = None
+    for batch_size in spec.batch_sizes:
+        data = rng.standard_normal((batch_size, *spec.input_shape)).astype(np.float32)
         native = runner.prepare(data)
-        if not batches:  # the very first inference: what a cold start costs
+        if first_inference_ms is None:  # the very first inference: what a cold start costs
             started = time.perf_counter()
             runner.run_native(native)
-            result["first_inference_ms"] = (time.perf_counter() - started) * 1e3
-        warm = warm_up(runner.run_native, native, spec["warmup"])
-        latencies = time_calls(runner.run_native, native, spec["min_count"], spec["min_seconds"])
-        from qexport.runtimes.stats import summarize
-
+            first_inference_ms = (time.perf_counter() - started) * 1e3
+        warm = warm_up(runner.run_native, native, spec.warmup)
+        latencies = time_calls(runner.run_native, native, spec.min_count, spec.min_seconds)
         stats = summarize(latencies, batch_size)
-        overhead = harness_overhead_pct(runner.run_native, native, stats["p50_ms"]) if spec.get("overhead", True) else None
-        batches[str(batch_size)] = {**stats, "warmup": warm, "harness_overhead_pct": overhead, "latencies_ms": latencies}
-    result["batches"] = batches
-    result["timer_cost_ns"] = timer_cost_ns() if spec.get("overhead", True) else None
-    if spec.get("eval_inputs"):
-        result.update(evaluate(runner, spec, np))
-    result["runtime"] = runner.describe()
-    result["os_threads"] = os_threads()
-    result["peak_rss_mb"] = peak_rss_mb()
-    result["env_threads"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    return result
+        overhead = harness_overhead_pct(runner.run_native, native, stats["p50_ms"]) if spec.overhead else None
+        batches[str(batch_size)] = RoundBatch(**stats, warmup=warm, harness_overhead_pct=overhead,
+                                              latencies_ms=latencies)
+    return RoundResult(
+        pinned_cores=cores, load_ms=load_ms, rss_after_load_mb=rss_after_load,
+        rss_growth_from_load_mb=rss_after_load - rss_before, first_inference_ms=first_inference_ms, batches=batches,
+        timer_cost_ns=timer_cost_ns() if spec.overhead else None,
+        eval=evaluate(runner, spec, np) if spec.eval_inputs else None, runtime=runner.describe(),
+        os_threads=os_threads(), peak_rss_mb=peak_rss_mb(),
+        env_threads={k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
 
 
-def evaluate(runner, spec: dict, np) -> dict:
-    inputs = np.load(spec["eval_inputs"], mmap_mode="r")
-    labels = np.load(spec["eval_labels"])
+def evaluate(runner, spec: WorkerSpec, np) -> EvalResult:
+    inputs = np.load(spec.eval_inputs, mmap_mode="r")
+    labels = np.load(spec.eval_labels)
     outputs = [runner.predict(np.asarray(inputs[i:i + 250])) for i in range(0, len(inputs), 250)]
     logits = np.concatenate(outputs)
-    np.save(spec["logits_out"], logits)
-    return {"eval": {"samples": int(len(labels)), "top1": float((logits.argmax(1) == labels).mean())}}
+    np.save(spec.logits_out, logits)
+    return EvalResult(samples=int(len(labels)), top1=float((logits.argmax(1) == labels).mean()))
 
 
 def main(argv: list[str]) -> int:
     spec_path, result_path = Path(argv[0]), Path(argv[1])
-    spec = json.loads(spec_path.read_text())
     try:
-        result = {"status": "ok", **run(spec)}
+        spec = parse(WorkerSpec, json.loads(spec_path.read_text()), "the worker's spec")
+        result = {"status": "ok", **to_json(run(spec))}
     except Exception as err:  # reported to the harness as this row's reason, never a crash of the run
         from qexport.errors import RuntimeMissing, user_message
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from qexport import benchreport
 from qexport.errors import QExportError
 from qexport.runtimes.harness import BenchOptions, bench_directory, run_worker, usable_cores
+from qexport.runtimes.results import load_bench
 from qexport.runtimes.stats import is_stable, percentile, summarize
 from tests.conftest import copy_artifacts
 
@@ -59,22 +60,22 @@ def small_dir(built_artifacts, tmp_path_factory):
 
 def test_bench_pins_one_core_and_one_thread(small_dir, tiny_data):
     doc = bench_directory(small_dir, BenchOptions(**FAST), tiny_data)
-    rows = {r["family"]: r for r in doc["rows"]}
+    rows = {r.family: r for r in doc.rows}
     assert set(rows) == {"torchscript-fp32", "onnx-fp32"}
     for row in rows.values():
-        assert row["status"] == "ok", row["reason"]
-        result = row["result"]
-        assert result["pinned_cores"] == [usable_cores()[-1]]
-        assert result["runtime"]["threads"] == 1
-        assert result["env_threads"]["OMP_NUM_THREADS"] == "1"
-        assert set(result["batches"]) == {"1", "2"}
-        assert result["batches"]["1"]["count"] >= 5 * 2 and [w["fixed"] for w in result["batches"]["1"]["warmup"]] == [2, 2]
-        assert result["peak_rss_mb"] > 0 and result["load_ms"] > 0 and result["first_inference_ms"] > 0
-        assert result["eval"]["samples"] == len(tiny_data.test)
-        assert result["eval"]["agreement_with_fp32"] > 0.99
-    assert rows["torchscript-fp32"]["speedup_vs_fp32"]["1"] == pytest.approx(1.0)
-    assert doc["schema"] == "qexport.bench" and doc["options"]["pinned_cores"] == [usable_cores()[-1]]
-    assert doc["environment"]["libraries"]["torch"]
+        assert row.status == "ok", row.reason
+        result = row.result
+        assert result.pinned_cores == [usable_cores()[-1]]
+        assert result.runtime["threads"] == 1
+        assert result.env_threads["OMP_NUM_THREADS"] == "1"
+        assert set(result.batches) == {"1", "2"}
+        assert result.batches["1"].count >= 5 * 2 and [w["fixed"] for w in result.batches["1"].warmup] == [2, 2]
+        assert result.peak_rss_mb > 0 and result.load_ms > 0 and result.first_inference_ms > 0
+        assert result.eval.samples == len(tiny_data.test)
+        assert result.eval.agreement_with_fp32 > 0.99
+    assert rows["torchscript-fp32"].speedup_vs_fp32["1"] == pytest.approx(1.0)
+    assert doc.schema == "qexport.bench" and doc.options.pinned_cores == [usable_cores()[-1]]
+    assert doc.environment.libraries["torch"]
 
     written = benchreport.write_outputs(doc, small_dir / "report")
     names = {p.name for p in written}
@@ -97,9 +98,9 @@ def test_tampered_artifact_is_refused_unless_allowed(small_dir, tmp_path):
     artifact = tmp_path / "resnet18.fp32.onnx"
     artifact.write_bytes(artifact.read_bytes()[:-1] + b"\x00")
     doc = bench_directory(tmp_path, BenchOptions(**FAST))
-    assert doc["rows"][0]["status"] == "refused" and "--allow-modified" in doc["rows"][0]["reason"]
+    assert doc.rows[0].status == "refused" and "--allow-modified" in doc.rows[0].reason
     allowed = bench_directory(tmp_path, BenchOptions(**FAST, allow_modified=True))
-    assert any("MODIFIED" in n for n in allowed["rows"][0]["notes"])
+    assert any("MODIFIED" in n for n in allowed.rows[0].notes)
 
 
 def test_corrupt_artifact_fails_its_row_only(small_dir, tmp_path):
@@ -109,9 +110,9 @@ def test_corrupt_artifact_fails_its_row_only(small_dir, tmp_path):
     broken = tmp_path / "resnet18.fp32.onnx"
     broken.write_bytes(b"garbage")
     doc = bench_directory(tmp_path, BenchOptions(**FAST, allow_modified=True))
-    rows = {r["family"]: r for r in doc["rows"]}
-    assert rows["onnx-fp32"]["status"] == "failed" and "corrupt, truncated" in rows["onnx-fp32"]["reason"]
-    assert rows["torchscript-fp32"]["status"] == "ok"
+    rows = {r.family: r for r in doc.rows}
+    assert rows["onnx-fp32"].status == "failed" and "corrupt, truncated" in rows["onnx-fp32"].reason
+    assert rows["torchscript-fp32"].status == "ok"
 
 
 def test_missing_runtime_is_a_skip(small_dir, tmp_path):
@@ -121,8 +122,8 @@ def test_missing_runtime_is_a_skip(small_dir, tmp_path):
     manifest = json.loads(manifest_file.read_text())
     manifest["runtime"]["name"] = "tensorrt"
     manifest_file.write_text(json.dumps(manifest))
-    row = bench_directory(tmp_path, BenchOptions(**FAST))["rows"][0]
-    assert row["status"] == "skipped" and "tensorrt" in row["reason"]
+    row = bench_directory(tmp_path, BenchOptions(**FAST)).rows[0]
+    assert row.status == "skipped" and "tensorrt" in row.reason
 
 
 def _fake_python(tmp_path, body: str):
@@ -134,20 +135,20 @@ def _fake_python(tmp_path, body: str):
 
 def test_hanging_worker_is_killed_and_reported(tmp_path):
     result = run_worker({}, BenchOptions(**FAST, timeout=1), python=_fake_python(tmp_path, "sleep 60"))
-    assert result["status"] == "failed" and "timed out after 1 s" in result["reason"]
+    assert result.status == "failed" and "timed out after 1 s" in result.reason
 
 
 def test_crashing_worker_is_reported(tmp_path):
     result = run_worker({}, BenchOptions(**FAST), python=_fake_python(tmp_path, "echo dying >&2; kill -SEGV $$"))
-    assert result["status"] == "failed" and "SIGSEGV" in result["reason"]
+    assert result.status == "failed" and "SIGSEGV" in result.reason
 
 
 def test_cuda_without_gpu_is_a_clear_skip(small_dir):
     if os.path.exists("/dev/nvidia0"):
         pytest.skip("this machine has a GPU")
     doc = bench_directory(small_dir, BenchOptions(**FAST, device="cuda"))
-    assert {r["status"] for r in doc["rows"]} == {"skipped"}
-    assert any("no CUDA GPU" in r["reason"] for r in doc["rows"])
+    assert {r.status for r in doc.rows} == {"skipped"}
+    assert any("no CUDA GPU" in r.reason for r in doc.rows)
 
 
 def test_bench_options_validate():
@@ -201,11 +202,11 @@ def test_image_folder_build_is_benched_at_its_own_size(tmp_path):
     done = run_cli("bench", str(out), "--batch-sizes", "1", "--min-seconds", "0.05", "--min-count", "3",
                    "--warmup", "1", "--rounds", "1")
     assert done.returncode == 0, done.stderr
-    rows = {r["family"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
+    rows = {r.family: r for r in load_bench(out / "bench.json").rows}
     for outcome in outcomes:
         row = rows[outcome.family]
-        assert row["status"] == "ok", row["reason"]
-        assert row["result"]["eval"]["top1"] == pytest.approx(outcome.manifest["evaluation"]["top1"])
+        assert row.status == "ok", row.reason
+        assert row.result.eval.top1 == pytest.approx(outcome.manifest.evaluation.top1)
     refused = run_cli("bench", str(out), "--data", "synthetic", "--batch-sizes", "1")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert "resnet18.fp32.onnx predicts 2 classes (blue, red…) and the evaluation set (synthetic) has 10" in refused.stderr

@@ -11,7 +11,7 @@ import pytest
 from qexport import runtimes
 from qexport.exporter import FAMILIES, BuildOptions, select_families
 from qexport.exporter.build import build_families
-from qexport.manifest import golden_path, manifest_path, read_manifest, validate
+from qexport.manifest import Manifest, golden_path, manifest_path, read_index, read_manifest
 from qexport.exporter.registry import Family
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file
@@ -39,52 +39,52 @@ def test_family_contract(key, built_artifacts, tiny_data):
     manifest = read_manifest(manifest_path(artifact))
     # naming says model, family and precision
     assert artifact.name.startswith("resnet18.") and family.variant in artifact.name
-    assert manifest["artifact"]["sha256"] == sha256_file(artifact)
-    assert manifest["artifact"]["size_bytes"] == artifact.stat().st_size
-    assert manifest["synthetic"] is True and manifest["evaluation"]["split"] == "test"
-    assert manifest["model"]["checkpoint_sha256"]
+    assert manifest.artifact.sha256 == sha256_file(artifact)
+    assert manifest.artifact.size_bytes == artifact.stat().st_size
+    assert manifest.synthetic is True and manifest.evaluation.split == "test"
+    assert manifest.model.checkpoint_sha256
     # loads in its runtime with no model code, dynamic batch, right output shape
-    runner = runtimes.load_runner(manifest["runtime"]["name"], artifact, manifest=manifest)
+    runner = runtimes.load_runner(manifest.runtime.name, artifact, hints=manifest.load_hints)
     batch = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     assert runner.predict(batch).shape == (3, tiny_data.num_classes)
     # golden I/O reproduces
     golden = np.load(golden_path(artifact))
     np.testing.assert_allclose(runner.predict(golden["inputs"]), golden["outputs"],
-                               atol=manifest["golden"]["atol"], rtol=1e-3)
-    assert manifest["evaluation"]["top1_agreement_with_fp32"] >= min_agreement(key, family)
+                               atol=manifest.golden.atol, rtol=1e-3)
+    assert manifest.evaluation.top1_agreement_with_fp32 >= min_agreement(key, family)
 
 
 @pytest.mark.parametrize("key", [k for k in FAMILIES if FAMILIES[k].precision == "int8"])
 def test_int8_coverage_is_honest(key, built_artifacts):
     out, outcomes = built_artifacts
-    coverage = built_outcome(outcomes, key).manifest["int8_coverage"]
+    coverage = built_outcome(outcomes, key).manifest.int8_coverage
     if "dynamic" in key:
-        assert coverage["ratio"] < 0.01  # a CNN's convolutions are untouched: say so
-        assert "Convolutions stay fp32" in " ".join(outcomes[key].manifest["notes"])
+        assert coverage.ratio < 0.01  # a CNN's convolutions are untouched: say so
+        assert "Convolutions stay fp32" in " ".join(outcomes[key].manifest.notes)
     else:
-        assert coverage["ratio"] > 0.9
-    if "int8_layers" in coverage:  # counted in the saved graph (IPEX): every conv/linear is int8
-        assert coverage["int8_layers"] == coverage["layers"] > 0
+        assert coverage.ratio > 0.9
+    if coverage.int8_layers is not None:  # counted in the saved graph (IPEX): every conv/linear is int8
+        assert coverage.int8_layers == coverage.layers > 0
 
 
 @pytest.mark.parametrize("key", [k for k in FAMILIES if FAMILIES[k].precision == "int8" and "dynamic" not in k])
 def test_int8_artifacts_are_small(key, built_artifacts):
     out, outcomes = built_artifacts
-    fp32 = outcomes["torchscript-fp32"].manifest["artifact"]["size_bytes"]
-    assert built_outcome(outcomes, key).manifest["artifact"]["size_bytes"] * 3.5 < fp32
+    fp32 = outcomes["torchscript-fp32"].manifest.artifact.size_bytes
+    assert built_outcome(outcomes, key).manifest.artifact.size_bytes * 3.5 < fp32
 
 
 def test_index_lists_every_artifact(built_artifacts):
     out, outcomes = built_artifacts
-    index = json.loads((out / "index.json").read_text())
-    assert {e["family"] for e in index["artifacts"]} == {k for k, o in outcomes.items() if o.status in PRODUCED}
+    index = read_index(out / "index.json")
+    assert {e.family for e in index.artifacts} == {k for k, o in outcomes.items() if o.status in PRODUCED}
 
 
 def test_calibration_is_from_train_split(built_artifacts):
     _, outcomes = built_artifacts
     for key in ("torchscript-int8-static", "onnx-int8"):
-        calibration = outcomes[key].manifest["calibration"]
-        assert calibration["split"] == "train" and calibration["samples"] == 64
+        calibration = outcomes[key].manifest.calibration
+        assert calibration.split == "train" and calibration.samples == 64
 
 
 def _explode(exc: BaseException, ctx, path):
@@ -145,13 +145,17 @@ def test_build_options_validate():
         BuildOptions(calibration_samples=0)
 
 
+def validate(data: dict) -> Manifest:
+    return Manifest.from_dict(data, "m.manifest.json")
+
+
 def test_manifest_validation_refuses_bad_input(built_artifacts):
     out, _ = built_artifacts
     good = json.loads(next(out.glob("*.manifest.json")).read_text())
     validate(good)
     with pytest.raises(QExportError, match="schema version 99"):
         validate({**good, "schema_version": 99})
-    with pytest.raises(QExportError, match="lacks required field.*evaluation"):
+    with pytest.raises(QExportError, match="lacks the required field 'evaluation'"):
         validate({k: v for k, v in good.items() if k != "evaluation"})
     for evil in ("../../etc/passwd", "/etc/passwd", "sub/file.pt", ""):
         with pytest.raises(QExportError, match="plain file name"):
@@ -197,6 +201,6 @@ def test_families_cannot_change_each_other(built_artifacts, tiny_data, tiny_chec
     ctx = make_context(tiny_data, tiny_checkpoint)
     after = build_families(ctx, [FAMILIES["torchscript-int8-static"], FAMILIES["pt2e-int8"]], tmp_path / "after")
     alone = build_families(ctx, [FAMILIES["pt2e-int8"]], tmp_path / "alone")
-    codes = {o.manifest["config"]["generated_code_sha256"] for o in (after[1], alone[0], outcomes["pt2e-int8"])}
+    codes = {o.manifest.config["generated_code_sha256"] for o in (after[1], alone[0], outcomes["pt2e-int8"])}
     assert len(codes) == 1
     assert torch.backends.quantized.engine == engine

@@ -140,12 +140,12 @@ def test_build_all_skips_what_this_host_cannot_build(monkeypatch, tiny_data, tin
 def test_manifests_record_what_the_artifact_needs(built_artifacts):
     _, outcomes = built_artifacts
     pt2 = built_outcome(outcomes, "pt2e-int8").manifest
-    assert pt2["requirements"]["cpu"]["any_of"] == [sorted(X86_64_V3)]
-    assert pt2["requirements"]["code"].startswith("compiled for avx2 (-march=x86-64-v3)")
-    assert pt2["config"]["vector_isa"] == "avx2" and pt2["build"]["options"]["target_cpu"] == "avx2"
+    assert pt2.requirements.cpu["any_of"] == [sorted(X86_64_V3)]
+    assert pt2.requirements.code.startswith("compiled for avx2 (-march=x86-64-v3)")
+    assert pt2.config["vector_isa"] == "avx2" and pt2.build.options["target_cpu"] == "avx2"
     onnx = built_outcome(outcomes, "onnx-int8").manifest
-    assert onnx["requirements"]["cpu"] is None and "run time" in onnx["requirements"]["code"]
-    assert onnx["requirements"]["kernels_on_build_host"] == host_cpu().isa_class()
+    assert onnx.requirements.cpu is None and "run time" in onnx.requirements.code
+    assert onnx.requirements.kernels_on_build_host == host_cpu().isa_class()
 
 
 def test_verify_and_bench_refuse_an_artifact_this_cpu_cannot_run(built_artifacts, tmp_path, monkeypatch):
@@ -157,8 +157,8 @@ def test_verify_and_bench_refuse_an_artifact_this_cpu_cannot_run(built_artifacts
     assert not check.passed and "needs AVX2 (x86-64-v3)" in check.detail and "avx2, bmi1" in check.detail
     assert "--target-cpu native` on a host like this one" in check.detail
     doc = bench_directory(folder, BenchOptions(rounds=1, batch_sizes=(1,), min_count=2, min_seconds=0.01, warmup=1), None)
-    [row] = doc["rows"]
-    assert row["status"] == "refused" and "needs AVX2 (x86-64-v3)" in row["reason"]
+    [row] = doc.rows
+    assert row.status == "refused" and "needs AVX2 (x86-64-v3)" in row.reason
 
 
 def compiled_library_disassembly(package, tmp_path) -> str:

@@ -8,17 +8,14 @@ recorded when it could not create it.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from qexport.exporter import FAMILIES
 from qexport.exporter.build import build_families
 from qexport.errors import RuntimeMissing
-from qexport.manifest import manifest_path, read_manifest
 from qexport.runtimes import foreign
 from qexport.runtimes.harness import BenchOptions, bench_directory
 from tests.conftest import built_outcome, make_context
@@ -66,8 +63,8 @@ def test_missing_environment_skips_bench_row(built_artifacts, no_ipex_env, tiny_
     built_outcome(outcomes, "ipex-int8")
     doc = bench_directory(out, BenchOptions(rounds=1, only=("ipex-int8",), batch_sizes=(1,), min_seconds=0.01, min_count=2,
                                             warmup=1), None)
-    (row,) = doc["rows"]
-    assert row["status"] == "skipped" and "make setup-ipex" in row["reason"]
+    (row,) = doc.rows
+    assert row.status == "skipped" and "make setup-ipex" in row.reason
 
 
 def test_checkpoint_format_loads_in_torch_2_8(ipex_python, tiny_checkpoint, tiny_data):
@@ -85,11 +82,11 @@ def test_manifest_names_the_ipex_runtime(ipex_python, built_artifacts, key):
     out, outcomes = built_artifacts
     # one family per case: ipex-bf16 skips on hosts without AVX-512 (see test_hardware.py)
     manifest = built_outcome(outcomes, key).manifest
-    runtime = manifest["runtime"]
-    assert runtime["name"] == "ipex" and runtime["requires"]["torch"].startswith("==2.8")
-    assert runtime["tested_with"]["intel_extension_for_pytorch"].startswith("2.8.0")
-    assert "before torch.jit.load" in runtime["load"]
-    assert manifest["calibration"] is None or manifest["calibration"]["split"] == "train"
+    runtime = manifest.runtime
+    assert runtime.name == "ipex" and runtime.requires["torch"].startswith("==2.8")
+    assert runtime.tested_with["intel_extension_for_pytorch"].startswith("2.8.0")
+    assert "before torch.jit.load" in runtime.load
+    assert manifest.calibration is None or manifest.calibration.split == "train"
 
 
 def test_bench_worker_runs_pinned_in_the_ipex_environment(ipex_python, built_artifacts, tiny_data):
@@ -97,13 +94,13 @@ def test_bench_worker_runs_pinned_in_the_ipex_environment(ipex_python, built_art
     built_outcome(outcomes, "ipex-int8")
     doc = bench_directory(out, BenchOptions(rounds=1, only=("ipex-int8", "torchscript-fp32"), batch_sizes=(1,),
                                             min_seconds=0.05, min_count=5, warmup=2), tiny_data)
-    rows = {r["family"]: r for r in doc["rows"]}
+    rows = {r.family: r for r in doc.rows}
     row = rows["ipex-int8"]
-    assert row["status"] == "ok", row["reason"]
-    runtime = row["result"]["runtime"]
+    assert row.status == "ok", row.reason
+    runtime = row.result.runtime
     assert runtime["runtime"] == "ipex" and runtime["version"].startswith("2.8") and runtime["threads"] == 1
-    assert row["result"]["pinned_cores"] == doc["options"]["pinned_cores"]
-    assert row["result"]["eval"]["agreement_with_fp32"] > 0.65  # int8 on the seconds-trained synthetic model (see test_build.MIN_AGREEMENT)
+    assert row.result.pinned_cores == doc.options.pinned_cores
+    assert row.result.eval.agreement_with_fp32 > 0.65  # int8 on the seconds-trained synthetic model (see test_build.MIN_AGREEMENT)
 
 
 def test_served_runner_reports_errors_in_one_sentence(ipex_python, tmp_path):
@@ -113,4 +110,4 @@ def test_served_runner_reports_errors_in_one_sentence(ipex_python, tmp_path):
     bogus = tmp_path / "resnet18.int8-ipex.torchscript.pt"
     bogus.write_bytes(b"not a torchscript archive")
     with pytest.raises(QExportError, match="cannot be loaded by ipex"):
-        runtimes.load_runner("ipex", bogus, manifest={})
+        runtimes.load_runner("ipex", bogus)

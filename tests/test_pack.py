@@ -10,6 +10,8 @@ import pytest
 
 from qexport.errors import QExportError
 from qexport.pack import pack
+from qexport.runtimes.results import (ArtifactResult, BatchResult, BenchDocument, BenchRow, CpuRecord, Environment,
+                                      RunOptions)
 from tests.conftest import copy_artifacts, run_cli
 
 NAMES = ("resnet18.fp32.torchscript.pt", "resnet18.fp32.onnx", "resnet18.int8.pt2")
@@ -46,12 +48,17 @@ def test_bundle_contents_and_model_card(small_dir, tmp_path):
 
 
 def test_bench_results_travel_with_the_bundle(small_dir, tmp_path):
-    bench = {"schema": "qexport.bench", "schema_version": 2, "environment": {"cpu": {"model": "Test CPU"}, "libraries": {"torch": "x", "onnxruntime": "y"}},
-             "options": {"device": "cpu", "pinned_cores": [1], "threads": 1}, "created": "2026-01-01T00:00:00Z",
-             "command": "qexport bench", "rows": [
-                 {"file": NAMES[0], "status": "ok", "speedup_vs_fp32": {"1": 1.0},
-                  "result": {"batches": {"1": {"p50_ms": 7.0, "p90_ms": 7.5, "throughput_ips": 142.0}}}},
-                 {"file": NAMES[1], "status": "skipped", "reason": "no runtime", "result": {}}]}
+    stats = BatchResult(count=10, min_ms=6.9, p50_ms=7.0, p90_ms=7.5, p99_ms=7.9, mean_ms=7.1, std_ms=0.2, max_ms=8.0,
+                        throughput_ips=142.0)
+    bench = BenchDocument(
+        created="2026-01-01T00:00:00Z", command="qexport bench",
+        options=RunOptions(threads=1, batch_sizes=[1], warmup=1, min_count=1, min_seconds=0.1, device="cpu",
+                           pinned_cores=[1]),
+        environment=Environment(python="3.11", cpu=CpuRecord("Test CPU", {}), libraries={"torch": "x", "onnxruntime": "y"}),
+        rows=[BenchRow(NAMES[0], NAMES[0], "torchscript", "fp32", "torchscript", speedup_vs_fp32={"1": 1.0},
+                       result=ArtifactResult(load_ms=1.0, peak_rss_mb=1.0, batches={"1": stats})),
+              BenchRow(NAMES[1], NAMES[1], "onnx", "fp32", "onnxruntime", status="skipped", reason="no runtime")]
+    ).to_dict()
     (small_dir / "bench.json").write_text(json.dumps(bench))
     bundle, _ = pack(small_dir, tmp_path / "r.zip")
     with zipfile.ZipFile(bundle) as archive:
@@ -84,5 +91,5 @@ def test_cli_pack_one_sentence_on_bad_name(small_dir, tmp_path):
 def test_malformed_bench_json_is_one_sentence(small_dir, tmp_path):
     folder = copy_artifacts(small_dir, tmp_path / "a", NAMES[:1])
     (folder / "bench.json").write_text(json.dumps({"schema": "qexport.bench", "schema_version": 2}))
-    with pytest.raises(QExportError, match="lacks rows, options, environment"):
+    with pytest.raises(QExportError, match="lacks the required field 'created'"):
         pack(folder, tmp_path / "r.zip")

@@ -93,7 +93,7 @@ def test_fp32_package_prepacks_conv_weights_and_restores_inductor(built_artifact
     from qexport.exporter.pt2e import prepacked_dynamic_convolutions
 
     _, outcomes = built_artifacts
-    config = outcomes["pt2e-fp32"].manifest["config"]
+    config = outcomes["pt2e-fp32"].manifest.config
     assert config["conv_weight_prepack"].startswith("build time")  # this torch: the fix applies
     before = (mkldnn_fusion.has_free_symbols, mkldnn_fusion._get_mkldnn_device_op)
     with prepacked_dynamic_convolutions() as applied:

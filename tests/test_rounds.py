@@ -5,6 +5,7 @@ with hypothesis; the harness is checked for interleaving and for what the report
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from qexport import benchreport
 from qexport.runtimes.harness import BenchOptions, bench_directory, noise_summary, ties
+from qexport.runtimes.results import ArtifactResult, BatchResult, BenchRow
 from qexport.runtimes.stats import Interval, geometric_interval, paired_ratio, spread_pct, t_975, welch_ratio
 
 
@@ -64,31 +66,34 @@ def test_spread():
     assert spread_pct([0.9, 1.1]) == pytest.approx(100 * math.sqrt(0.02) / 1.0)
 
 
-def fake_row(family: str, round_p50: list[float]) -> dict:
-    return {"family": family, "status": "ok", "result": {"batches": {"1": {
-        "p50_ms": geometric_interval(round_p50).estimate, "round_p50_ms": round_p50,
-        "round_spread_pct": spread_pct(round_p50)}}}}
+def fake_row(family: str, round_p50: list[float]) -> BenchRow:
+    p50 = geometric_interval(round_p50).estimate
+    stats = BatchResult(count=len(round_p50), min_ms=min(round_p50), p50_ms=p50, p90_ms=max(round_p50), p99_ms=max(round_p50),
+                        mean_ms=p50, std_ms=0.0, max_ms=max(round_p50), throughput_ips=1000 / p50,
+                        round_p50_ms=round_p50, round_spread_pct=spread_pct(round_p50))
+    return BenchRow(family=family, file=family, format="onnx", precision="fp32", runtime="onnxruntime",
+                    result=ArtifactResult(load_ms=1.0, peak_rss_mb=1.0, batches={"1": stats}))
 
 
 def test_ties_and_noise_are_reported():
     rows = [fake_row("a", [1.00, 1.30, 0.90, 1.10]), fake_row("b", [1.05, 1.00, 1.20, 1.00]),
             fake_row("c", [3.0, 3.1, 2.9, 3.0])]
     found = ties(rows, "1")
-    assert [(t["faster"], t["slower"]) for t in found] == [("b", "a")] or [(t["faster"], t["slower"]) for t in found] == [("a", "b")]
+    assert {(t.faster, t.slower) for t in found} in ({("b", "a")}, {("a", "b")})
     noise = noise_summary(rows, "1")
-    assert noise["noisy"] and "--rounds" in noise["advice"] and "isolated cores" in noise["advice"]
+    assert noise.noisy and "--rounds" in noise.advice and "isolated cores" in noise.advice
     quiet = noise_summary([fake_row("c", [3.0, 3.01, 2.99])], "1")
-    assert not quiet["noisy"] and quiet["advice"] == ""
-    doc = {"ties": found, "noise": noise}
+    assert not quiet.noisy and quiet.advice == ""
+    doc = SimpleNamespace(ties=found, noise=noise)
     lines = benchreport.uncertainty_lines(doc)
     assert lines[0].startswith("cannot be told apart at batch 1") and lines[-1].startswith("WARNING: this host was noisy")
 
 
 def test_speedup_cell_marks_what_cannot_be_told_from_fp32():
-    row = {"family": "x", "speedup_vs_fp32": {"1": 1.02},
-           "speedup_interval": {"1": {"estimate": 1.02, "low": 0.95, "high": 1.1, "rounds": 5}}}
+    row = fake_row("x", [1.0, 1.1])
+    row.speedup_vs_fp32, row.speedup_interval = {"1": 1.02}, {"1": Interval(1.02, 0.95, 1.1, 5)}
     assert benchreport.fmt_speedup(row, "1") == "~1.02 [0.95–1.10]"
-    row["speedup_interval"]["1"].update(low=1.01)
+    row.speedup_interval = {"1": Interval(1.02, 1.01, 1.1, 5)}
     assert benchreport.fmt_speedup(row, "1") == "1.02 [1.01–1.10]"
 
 
@@ -101,15 +106,15 @@ def test_rounds_are_interleaved_in_fresh_processes(built_artifacts, tmp_path):
     options = BenchOptions(rounds=3, batch_sizes=(1,), min_seconds=0.02, min_count=3, warmup=1)
     doc = bench_directory(folder, options, None, progress=lambda n, total, row, r, rounds: order.append((r, row.family)))
     assert [r for r, _ in order] == [0, 0, 1, 1, 2, 2]  # A B A B A B, never A A A B B B
-    rows = {r["family"]: r for r in doc["rows"]}
+    rows = {r.family: r for r in doc.rows}
     for row in rows.values():
-        stats = row["result"]["batches"]["1"]
-        assert row["result"]["rounds"] == 3 and len(stats["round_p50_ms"]) == 3
-        assert stats["p50_interval_ms"]["low"] <= stats["p50_ms"] <= stats["p50_interval_ms"]["high"]
-        assert "latencies_ms" not in stats  # pooled, not stored
+        stats = row.result.batches["1"]
+        assert row.result.rounds == 3 and len(stats.round_p50_ms) == 3
+        assert stats.p50_interval_ms.low <= stats.p50_ms <= stats.p50_interval_ms.high
+        assert "latencies_ms" not in doc.to_dict()["rows"][0]["result"]["batches"]["1"]  # pooled, not stored
     onnx = rows["onnx-fp32"]
-    assert onnx["speedup_interval"]["1"]["rounds"] == 3
-    assert doc["schema_version"] == 2 and "noise" in doc and isinstance(doc["ties"], list)
+    assert onnx.speedup_interval["1"].rounds == 3
+    assert doc.schema_version == 2 and doc.noise is not None and isinstance(doc.ties, list)
     single = bench_directory(folder, BenchOptions(rounds=1, batch_sizes=(1,), min_seconds=0.02, min_count=3,
                                                   warmup=1), None)
-    assert all(r["result"]["batches"]["1"]["p50_interval_ms"]["low"] is None for r in single["rows"])
+    assert all(r.result.batches["1"].p50_interval_ms.low is None for r in single.rows)

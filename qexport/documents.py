@@ -1,0 +1,124 @@
+"""Typed JSON documents: one parse-and-validate path for every file qexport writes and reads back.
+
+Manifests, bench results and the build details a family hands back are dataclasses. They become
+JSON through :func:`to_json` and come back through :func:`parse`, which checks every field
+against its annotation and names the first one that is wrong in one sentence -- a malformed or
+hand-edited file is never half-understood, and no reader looks anything up by string key.
+
+Torch-free and dependency-free: `verify` of an ONNX artifact runs where only onnxruntime is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar, Union
+
+from qexport.errors import QExportError
+
+T = TypeVar("T")
+
+
+class DocumentError(QExportError):
+    """A document does not have the shape its type declares."""
+
+
+def parse(cls: type[T], data: Any, where: str) -> T:
+    """``data`` (parsed JSON) as an instance of the dataclass ``cls``, or one sentence naming the
+    first field that is missing or of the wrong type (``where`` names the file, for the user)."""
+    return _convert(cls, data, where, "")
+
+
+def to_json(document: Any) -> Any:
+    """A dataclass (nested, in lists and dicts) as plain JSON values; ``None`` fields are kept so
+    a reader sees every field the type declares."""
+    if dataclasses.is_dataclass(document) and not isinstance(document, type):
+        return {f.name: to_json(getattr(document, f.name)) for f in dataclasses.fields(document)}
+    if isinstance(document, dict):
+        return {str(key): to_json(value) for key, value in document.items()}
+    if isinstance(document, (list, tuple)):
+        return [to_json(value) for value in document]
+    return document
+
+
+def _fail(where: str, path: str, expected: str, value: Any) -> DocumentError:
+    shown = repr(value) if len(repr(value)) <= 40 else type(value).__name__
+    field = f"field {path!r}" if path else "the document"
+    return DocumentError(f"{where}: {field} should be {expected}, not {shown}; the file is damaged or was not "
+                         "written by this qexport -- rewrite it with the command that made it.")
+
+
+def _convert(annotation: Any, value: Any, where: str, path: str) -> Any:  # noqa: C901 - one case per kind
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(option, value, where, path)
+            except DocumentError as err:
+                errors.append(err)
+        raise errors[0]
+    if dataclasses.is_dataclass(annotation):
+        return _dataclass(annotation, value, where, path)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _fail(where, path, "a list", value)
+        item = args[0] if args else Any
+        converted = [_convert(item, v, where, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(converted) if origin is tuple else converted
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise _fail(where, path, "an object", value)
+        item = args[1] if len(args) == 2 else Any
+        return {key: _convert(item, v, where, f"{path}.{key}") for key, v in value.items()}
+    if annotation is list:
+        if not isinstance(value, list):
+            raise _fail(where, path, "a list", value)
+        return value
+    return _scalar(annotation, value, where, path)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# scalar type -> (what the user is told it should be, does a JSON value qualify)
+SCALARS: dict[Any, tuple[str, Any]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    float: ("a number", _is_number),
+    int: ("a whole number", lambda v: _is_number(v) and isinstance(v, int)),
+    str: ("text", lambda v: isinstance(v, str)),
+    type(None): ("null", lambda v: v is None),
+}
+
+
+def _scalar(annotation: Any, value: Any, where: str, path: str) -> Any:
+    if annotation not in SCALARS:
+        raise TypeError(f"documents cannot parse {annotation!r} (at {path or 'top level'})")  # a programming error
+    expected, qualifies = SCALARS[annotation]
+    if not qualifies(value):
+        raise _fail(where, path, expected, value)
+    return float(value) if annotation is float else value
+
+
+def _dataclass(cls: type, value: Any, where: str, path: str) -> Any:
+    if not isinstance(value, dict):
+        raise _fail(where, path, "an object", value)
+    hints = typing.get_type_hints(cls)
+    given = {}
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        inner = f"{path}.{field.name}" if path else field.name
+        if field.name in value:
+            given[field.name] = _convert(hints[field.name], value[field.name], where, inner)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise DocumentError(f"{where} lacks the required field {inner!r}; the file is truncated or was not "
+                                "written by this qexport -- rewrite it with the command that made it.")
+    return cls(**given)

@@ -1,0 +1,284 @@
+"""The bench document (bench.json) and the one result a worker hands back, as types.
+
+``qexport bench`` writes a :class:`BenchDocument`; the reports, ``compare`` and ``pack`` read it
+back through :func:`load_bench` only, so a malformed or truncated file is one sentence wherever it
+is read. Workers write a :class:`RoundResult` (one fresh process, one round) that the harness
+parses the same way before combining rounds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qexport.documents import parse, to_json
+from qexport.errors import QExportError
+from qexport.manifest import DataInfo, LoadHints
+from qexport.runtimes.stats import Interval
+
+BENCH_SCHEMA = "qexport.bench"
+BENCH_SCHEMA_VERSION = 2  # 2: rounds, 95 % intervals and paired ratios
+READABLE_BENCH_VERSIONS = (1, 2)  # 1: single pass, no rounds (read as one round)
+
+
+@dataclass
+class WorkerSpec:
+    """What one worker process measures (written by the harness, read by ``runtimes.worker``)."""
+
+    artifact: str
+    runtime: str
+    batch_sizes: list[int]
+    input_shape: list[int | str]
+    warmup: int
+    min_count: int
+    min_seconds: float
+    hints: LoadHints = field(default_factory=LoadHints)
+    device: str = "cpu"
+    threads: int | None = None
+    cores: list[int] | None = None
+    overhead: bool = True          # measure the harness's own cost (first round only)
+    eval_inputs: str | None = None  # .npy files of the evaluation set, and where its logits go
+    eval_labels: str | None = None
+    logits_out: str | None = None
+
+
+@dataclass
+class EvalResult:
+    """Top-1 on the test split in the artifact's runtime, and agreement with the fp32 baseline."""
+
+    samples: int
+    top1: float
+    agreement_with_fp32: float | None = None
+    max_abs_logit_diff: float | None = None
+
+
+@dataclass
+class LatencySummary:
+    """Per-call latencies of one batch size (see stats.summarize)."""
+
+    count: int
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    max_ms: float
+    throughput_ips: float
+
+
+@dataclass
+class RoundBatch(LatencySummary):
+    """One batch size in one round: its summary, its warm-up and every call's latency."""
+
+    warmup: dict = field(default_factory=dict)
+    harness_overhead_pct: float | None = None
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BatchResult(LatencySummary):
+    """One batch size over every round: pooled summary, p50 as the geometric mean of the rounds'
+    medians with its 95 % interval (``p50_ms`` and ``throughput_ips`` follow that p50)."""
+
+    pooled_p50_ms: float | None = None
+    p50_interval_ms: Interval | None = None
+    round_p50_ms: list[float] = field(default_factory=list)
+    round_spread_pct: float = 0.0
+    warmup: Any = None
+    harness_overhead_pct: float | None = None
+
+    def round_medians(self) -> list[float]:
+        """The rounds' p50s (a version-1 document has one round: its p50)."""
+        return self.round_p50_ms or [self.p50_ms]
+
+
+@dataclass
+class RunFacts:
+    """What one worker process saw besides latency: load cost, memory, threads, runtime, accuracy."""
+
+    load_ms: float
+    peak_rss_mb: float
+    pinned_cores: list[int] = field(default_factory=list)
+    rss_after_load_mb: float | None = None
+    rss_growth_from_load_mb: float | None = None
+    first_inference_ms: float | None = None
+    timer_cost_ns: float | None = None
+    eval: EvalResult | None = None
+    runtime: dict = field(default_factory=dict)   # the runner's own description (name, version, threads)
+    os_threads: int | None = None
+    env_threads: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
+class RoundResult(RunFacts):
+    """What a worker writes: one round of one artifact."""
+
+    batches: dict[str, RoundBatch] = field(default_factory=dict)
+
+
+@dataclass
+class ArtifactResult(RunFacts):
+    """An artifact's rounds combined (load, memory and accuracy from the first round)."""
+
+    batches: dict[str, BatchResult] = field(default_factory=dict)
+    rounds: int = 1
+
+
+@dataclass
+class BenchRow:
+    family: str
+    file: str
+    format: str
+    precision: str
+    runtime: str
+    status: str = "ok"  # ok | failed | skipped | refused
+    reason: str = ""
+    size_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+    build_top1: float | None = None
+    result: ArtifactResult | None = None
+    size_ratio_vs_fp32: float | None = None
+    speedup_vs_fp32: dict[str, float] = field(default_factory=dict)
+    speedup_interval: dict[str, Interval] = field(default_factory=dict)
+
+    @property
+    def measured(self) -> bool:
+        return self.status == "ok" and self.result is not None
+
+    def batch(self, batch: str) -> BatchResult | None:
+        return self.result.batches.get(batch) if self.measured else None
+
+
+@dataclass
+class RunOptions:
+    """How the run measured (BenchOptions as recorded, plus the cores it pinned)."""
+
+    threads: int
+    batch_sizes: list[int]
+    warmup: int
+    min_count: int
+    min_seconds: float
+    device: str
+    pinned_cores: list[int]
+    rounds: int = 1
+    eval_samples: int | None = None
+    cores: list[int] | None = None
+    timeout: float | None = None
+    allow_modified: bool = False
+    only: list[str] | None = None
+    cpu_fp16: bool = False
+
+
+@dataclass
+class CpuRecord:
+    model: str
+    isa: dict[str, bool]
+    logical_cores: int | None = None
+    usable_cores: list[int] | None = None
+    isa_class: str = ""
+
+
+@dataclass
+class ForeignRecord:
+    python: str
+    versions: dict[str, str | None]
+
+
+@dataclass
+class Environment:
+    """The host and software a run measured on (qexport.envinfo.environment)."""
+
+    python: str
+    cpu: CpuRecord
+    libraries: dict[str, str | None]
+    gpus: list[str] = field(default_factory=list)
+    platform: str = ""
+    foreign_environments: dict[str, ForeignRecord | None] = field(default_factory=dict)
+    git_commit: str | None = None
+
+    def ipex_summary(self) -> str:
+        """'2.8.0', '2.8.0 (own environment, torch 2.8.0)' or 'not installed'."""
+        local = self.libraries.get("intel-extension-for-pytorch")
+        if local:
+            return local
+        own = self.foreign_environments.get("ipex")
+        if own and own.versions.get("intel_extension_for_pytorch"):
+            return f"{own.versions['intel_extension_for_pytorch']} (own environment, torch {own.versions.get('torch')})"
+        return "not installed (make setup-ipex)"
+
+
+@dataclass
+class Noise:
+    batch: str
+    median_round_spread_pct: float
+    noisy: bool
+    advice: str = ""
+
+
+@dataclass
+class Tie:
+    """Neighbours in the latency ranking the measurement cannot tell apart."""
+
+    batch: str
+    faster: str
+    slower: str
+    ratio: Interval
+
+
+@dataclass
+class BenchDocument:
+    created: str
+    command: str
+    options: RunOptions
+    environment: Environment
+    rows: list[BenchRow]
+    duration_s: float = 0.0
+    directory: str = ""
+    data: DataInfo | None = None  # the evaluation set; None: accuracy not measured
+    baseline: str = "torchscript-fp32"
+    noise: Noise | None = None
+    ties: list[Tie] = field(default_factory=list)
+    schema: str = BENCH_SCHEMA
+    schema_version: int = BENCH_SCHEMA_VERSION
+
+    @property
+    def batch_keys(self) -> list[str]:
+        return [str(b) for b in self.options.batch_sizes]
+
+    def measured_rows(self) -> list[BenchRow]:
+        return [row for row in self.rows if row.measured]
+
+    def to_dict(self) -> dict:
+        return to_json(self)
+
+
+def current_environment() -> Environment:
+    """This host and its software, as every report prints it (runtimes' own environments included)."""
+    from qexport.envinfo import environment, git_commit
+    from qexport.runtimes.foreign import foreign_environments
+
+    facts = {**environment(foreign_environments()), "git_commit": git_commit(Path(__file__).parent)}
+    return parse(Environment, facts, "the environment")
+
+
+def parse_round(data: Any, where: str) -> RoundResult:
+    return parse(RoundResult, data, where)
+
+
+def load_bench(path: Path) -> BenchDocument:
+    """A bench.json this qexport understands, or one sentence; the one reader of the format."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
+        raise QExportError(f"Cannot read bench results {path} ({err}); pass bench.json files written by `qexport bench`.") from err
+    if not isinstance(data, dict) or data.get("schema") != BENCH_SCHEMA \
+            or data.get("schema_version") not in READABLE_BENCH_VERSIONS:
+        raise QExportError(f"{path} is not a qexport bench.json (schema {BENCH_SCHEMA} version "
+                           f"{' or '.join(map(str, READABLE_BENCH_VERSIONS))}); rerun `qexport bench`.")
+    for row in data.get("rows") or []:
+        if isinstance(row, dict) and row.get("result") == {}:  # unmeasured rows were written as {} before
+            row["result"] = None
+    return parse(BenchDocument, data, str(path))
