@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from qexport import runtimes
-from qexport.manifest import (GOLDEN_ATOL, ArtifactFile, BuildRecord, CompiledWith, DataInfo, Evaluation, Failure,
+from qexport.manifest import (GOLDEN_ATOL, ArtifactFile, BuildRecord, CompanionFile, CompiledWith, DataInfo,
+                               Evaluation, Failure,
                                Golden, Index, IndexEntry, InputSpec, Manifest, ModelInfo, OutputSpec, Requirements,
-                               RuntimeSection, find_manifests, golden_path, manifest_path, read_manifest)
+                               RuntimeSection, artifact_problem, find_manifests, golden_path, manifest_path,
+                               read_manifest)
 from qexport.documents import parse
 from qexport.exporter.registry import BuildContext, BuildDetails, Family
 from qexport import __version__
@@ -102,7 +104,7 @@ def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Refer
         say("  up to date (use --force to rebuild)")
         return Outcome(family.key, "up-to-date", final.name, manifest=read_manifest(manifest_path(final)))
     started = time.perf_counter()
-    with atomic_path(final) as tmp:
+    with atomic_path(final, family.companions) as tmp:
         details = build_in_child(family, ctx, tmp) if family.isolate else family.build(ctx, tmp)
         measured = measure(family, tmp, ctx, reference, details)
     seconds = time.perf_counter() - started
@@ -111,7 +113,7 @@ def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Refer
     manifest = make_manifest(ctx, family, final, details, measured.evaluation, options, seconds, golden)
     atomic_write_json(manifest_path(final), manifest.to_dict())
     ev = manifest.evaluation
-    say(f"  built in {seconds:.0f} s: {manifest.artifact.size_bytes / 1e6:.1f} MB, "
+    say(f"  built in {seconds:.0f} s: {manifest.artifact.total_size_bytes / 1e6:.1f} MB, "
         f"top-1 {fmt_pct(ev.top1)} (fp32 {fmt_pct(ev.fp32_reference_top1)}), "
         f"agreement {fmt_pct(ev.top1_agreement_with_fp32)}")
     return Outcome(family.key, "built", final.name, manifest=manifest)
@@ -206,7 +208,7 @@ def is_up_to_date(final: Path, checkpoint_sha256: str, options: dict) -> bool:
         return False
     return (manifest.model.checkpoint_sha256 == checkpoint_sha256
             and manifest.build.options == options
-            and manifest.artifact.sha256 == sha256_file(final))
+            and artifact_problem(manifest_file, manifest) is None)
 
 
 @dataclass
@@ -264,7 +266,8 @@ def make_manifest(ctx: BuildContext, family: Family, final: Path, details: Build
     data = ctx.data
     height, width = data.image_size
     return Manifest(
-        artifact=ArtifactFile(file=final.name, size_bytes=final.stat().st_size, sha256=sha256_file(final)),
+        artifact=ArtifactFile(file=final.name, size_bytes=final.stat().st_size, sha256=sha256_file(final),
+                              companions=[companion_file(final.with_suffix(suffix)) for suffix in family.companions]),
         family=family.key, format=family.format, precision=family.precision, method=family.method,
         config=details.config, notes=details.notes + ([family.cpu_note] if family.cpu_note else []),
         devices=list(family.devices), requirements=requirements(family, ctx),
@@ -281,6 +284,10 @@ def make_manifest(ctx: BuildContext, family: Family, final: Path, details: Build
                           fine_tune=details.fine_tune, created=utc_now(), libraries=library_versions(),
                           cpu=cpu_info()["model"], isa=isa_summary(), qexport_version=__version__,
                           git_commit=git_commit(Path(__file__).parent)))
+
+
+def companion_file(path: Path) -> CompanionFile:
+    return CompanionFile(file=path.name, size_bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
 def utc_now() -> str:

@@ -118,7 +118,7 @@ class Family:
 
     key: str                 # unique CLI name, e.g. "torchscript-int8-static"
     variant: str             # the file-name part, e.g. "int8-static"
-    format: str              # torchscript | onnx | aoti
+    format: str              # torchscript | onnx | aoti | openvino
     extension: str           # ".torchscript.pt", ".onnx", ".pt2"
     precision: str           # fp32 | fp16 | bf16 | int8
     runtime: str             # key into runtimes.RUNTIMES
@@ -131,6 +131,7 @@ class Family:
     run_needs: CpuRequirement | None = None    # CPU features the artifact needs wherever it runs
     compiled: bool = False   # holds machine code compiled for --target-cpu (AOTInductor)
     isolate: bool = True     # build in a fresh child process (False: it already builds in another interpreter)
+    companions: tuple[str, ...] = ()  # suffixes of files written beside the artifact (OpenVINO: ".bin")
 
     def build_problem(self, cpu: HostCpu | None = None) -> str | None:
         """None when this host can build the family; else 'needs X; this CPU has Y'."""

@@ -35,8 +35,11 @@ def ensure_writable_dir(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``final``; rename it over ``final`` only on success."""
+def atomic_path(final: Path, companions: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it over ``final`` only on success.
+
+    ``companions``: suffixes of files a writer puts beside the file it is given (an OpenVINO IR's
+    ``.bin`` beside its ``.xml``); they are renamed into place with it, or removed with it."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     # ".tmp-<random>-<name>": hidden, recognisable, and it keeps the real extension, which some
@@ -47,11 +50,14 @@ def atomic_path(final: Path) -> Iterator[Path]:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts are meant to be shared
+    moves = [(tmp.with_suffix(suffix), final.with_suffix(suffix)) for suffix in companions] + [(tmp, final)]
     try:
         yield tmp
-        os.replace(tmp, final)
+        for source, target in moves:  # the main file last: once it exists, its companions do
+            os.replace(source, target)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
+        for source, _ in moves:
+            source.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise QExportError(f"Disk full while writing {final.name} in {final.parent}; nothing was kept -- "
                                "free some space (or choose another --out) and run again.") from err

@@ -33,10 +33,29 @@ def golden_path(artifact: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class CompanionFile:
+    """A file the artifact cannot be loaded without (an OpenVINO IR's .bin weights)."""
+
+    file: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class ArtifactFile:
     file: str          # a plain name beside the manifest (never a path)
     size_bytes: int
     sha256: str
+    companions: list[CompanionFile] = field(default_factory=list)
+
+    @property
+    def total_size_bytes(self) -> int:
+        """What a deployment ships: the file and its companions."""
+        return self.size_bytes + sum(c.size_bytes for c in self.companions)
+
+    @property
+    def names(self) -> list[str]:
+        return [self.file, *(c.file for c in self.companions)]
 
 
 @dataclass(frozen=True)
@@ -242,10 +261,10 @@ class Manifest:
                 f"{source} has manifest schema version {data.get('schema_version')!r}; this qexport reads "
                 f"version {SCHEMA_VERSION} -- rebuild the artifact or upgrade qexport.")
         manifest = parse(cls, data, source)
-        name = manifest.artifact.file
-        if not name or Path(name).name != name or name in (".", ".."):
-            raise QExportError(
-                f"{source} names artifact file {name!r}; only a plain file name beside the manifest is allowed.")
+        for name in manifest.artifact.names:
+            if not name or Path(name).name != name or name in (".", ".."):
+                raise QExportError(
+                    f"{source} names artifact file {name!r}; only a plain file name beside the manifest is allowed.")
         return manifest
 
     def to_dict(self) -> dict:
@@ -289,6 +308,25 @@ def artifact_file(manifest_file: Path, manifest: Manifest) -> Path:
     return Path(manifest_file).parent / manifest.artifact.file
 
 
+def artifact_paths(manifest_file: Path, manifest: Manifest) -> list[Path]:
+    """The artifact and its companion files, all beside the manifest."""
+    return [Path(manifest_file).parent / name for name in manifest.artifact.names]
+
+
+def artifact_problem(manifest_file: Path, manifest: Manifest) -> str | None:
+    """None when the artifact and every companion file are present and match the manifest's sha256;
+    else one sentence naming the first file that does not (missing, truncated, modified)."""
+    from qexport.fsutil import sha256_file
+
+    expected = [manifest.artifact.sha256, *(c.sha256 for c in manifest.artifact.companions)]
+    for path, sha256 in zip(artifact_paths(manifest_file, manifest), expected):
+        if not path.is_file():
+            return f"{path.name} is missing; rebuild it with `qexport build`"
+        if sha256_file(path) != sha256:
+            return f"{path.name} does not match the sha256 in its manifest (modified, truncated or tampered)"
+    return None
+
+
 def find_manifests(directory: Path) -> list[Path]:
     return sorted(Path(directory).glob("*.manifest.json"))
 
@@ -310,7 +348,7 @@ class IndexEntry:
     def of(cls, manifest_file: Path, manifest: Manifest) -> "IndexEntry":
         return cls(family=manifest.family, file=manifest.artifact.file, manifest=manifest_file.name,
                    format=manifest.format, precision=manifest.precision, runtime=manifest.runtime.name,
-                   size_bytes=manifest.artifact.size_bytes, sha256=manifest.artifact.sha256,
+                   size_bytes=manifest.artifact.total_size_bytes, sha256=manifest.artifact.sha256,
                    top1=manifest.evaluation.top1, model=manifest.model.name)
 
 

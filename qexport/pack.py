@@ -17,8 +17,8 @@ import zipfile
 from pathlib import Path
 
 from qexport.errors import QExportError
-from qexport.fsutil import atomic_path, sha256_file
-from qexport.manifest import Manifest, artifact_file, discover, golden_path
+from qexport.fsutil import atomic_path
+from qexport.manifest import Manifest, artifact_file, artifact_paths, artifact_problem, discover, golden_path
 from qexport.runtimes.results import BenchDocument
 
 EXTRA_FILES = ("index.json", "bench.json", "bench.md", "latency_vs_size.png", "latency_vs_accuracy.png",
@@ -40,12 +40,12 @@ def bundle_members(directory: Path) -> tuple[list[Path], list[Manifest]]:
     manifests: list[Manifest] = []
     for manifest_file, manifest in discover(directory):
         artifact = artifact_file(manifest_file, manifest)
-        if not artifact.is_file():
-            raise QExportError(f"{artifact.name} is listed but missing; rebuild with `qexport build` before packing.")
-        if sha256_file(artifact) != manifest.artifact.sha256:
-            raise QExportError(f"{artifact.name} does not match the sha256 in its manifest (modified or tampered); "
-                               "rebuild it before packing -- a bundle never carries a modified artifact.")
-        members += [artifact, manifest_file] + ([golden_path(artifact)] if golden_path(artifact).is_file() else [])
+        problem = artifact_problem(manifest_file, manifest)
+        if problem:
+            raise QExportError(f"{problem}; rebuild it before packing -- a bundle never carries a missing or modified "
+                               "artifact.")
+        members += [*artifact_paths(manifest_file, manifest), manifest_file]
+        members += [golden_path(artifact)] if golden_path(artifact).is_file() else []
         manifests.append(manifest)
     members += [directory / name for name in EXTRA_FILES if (directory / name).is_file()]
     return members, manifests
@@ -83,7 +83,7 @@ def model_card(manifests: list[Manifest], bench: BenchDocument | None) -> str:
         ev = m.evaluation
         lines.append(
             f"| {m.artifact.file} | {m.format} | {m.precision} | {m.runtime.name} | "
-            f"{m.artifact.size_bytes / 1e6:.1f} | {ev.top1:.2%} | {ev.drop_pt:+.2f} | {ev.top1_agreement_with_fp32:.2%} | "
+            f"{m.artifact.total_size_bytes / 1e6:.1f} | {ev.top1:.2%} | {ev.drop_pt:+.2f} | {ev.top1_agreement_with_fp32:.2%} | "
             f"{m.calibration.describe() if m.calibration else '-'} |")
     lines += ["", *latency_section(bench), "## Loading each artifact (only its runtime, no model code)", ""]
     for runtime in sorted({m.runtime.name for m in manifests}):

@@ -79,7 +79,7 @@ def print_build(outcomes, out_dir) -> None:
             colour = "yellow" if o.status == "skipped" else "red"
             table.add_row(o.family, f"[{colour}]{o.status}[/{colour}]", "see below", *[""] * 7)
             continue
-        size, ev = m.artifact.size_bytes, m.evaluation
+        size, ev = m.artifact.total_size_bytes, m.evaluation
         table.add_row(
             o.family, o.status, m.artifact.file, f"{size / 1e6:.2f}",
             f"{base_size / size:.2f}" if base_size else "",

@@ -15,8 +15,8 @@ import numpy as np
 
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file
-from qexport.manifest import (Manifest, artifact_file, discover, golden_path, host_problem_for, manifest_path,
-                               read_manifest)
+from qexport.manifest import (Manifest, artifact_file, artifact_problem, discover, golden_path, host_problem_for,
+                              manifest_path, read_manifest)
 from qexport.runtimes.foreign import is_foreign, runs_here
 
 RTOL = 1e-3
@@ -80,10 +80,9 @@ def verify_one(manifest_file: Path, manifest: Manifest) -> Check:
         return Check(file, family, runtime, False, detail)
 
     artifact = artifact_file(manifest_file, manifest)
-    if not artifact.is_file():
-        return fail("artifact file is missing")
-    if sha256_file(artifact) != manifest.artifact.sha256:
-        return fail("sha256 does not match the manifest: the file was modified or tampered with")
+    problem = artifact_problem(manifest_file, manifest)
+    if problem:
+        return fail(problem)
     problem = host_problem_for(manifest)  # before loading: never a SIGILL
     if problem:
         return fail(problem)

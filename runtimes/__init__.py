@@ -77,6 +77,11 @@ with torch.inference_mode():
     logits = model(torch.from_numpy(x)).float().numpy()''', None,
             ForeignEnvironment(runtime="ipex", module="intel_extension_for_pytorch", variable="QEXPORT_IPEX_PYTHON",
                                default=ROOT / ".venv-ipex" / "bin" / "python", setup="make setup-ipex")),
+    Runtime("openvino", "qexport.runtimes.openvino", "OpenVinoRunner", "qexport[openvino] (openvino==2026.4.1)",
+            "openvino", ("openvino",), '''import numpy as np, openvino as ov                # the .bin must sit beside the .xml
+compiled = ov.Core().compile_model("{file}", "CPU", {{"INFERENCE_PRECISION_HINT": "f32"}})
+x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
+logits = compiled(x)[0]''', same_minor_or_newer("openvino")),
 )}
 
 

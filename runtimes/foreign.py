@@ -75,6 +75,7 @@ def child_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONWARNINGS", "ignore")
+    env["NNCF_CI"] = "1"  # no usage telemetry from any process qexport starts (see runtimes.openvino)
     return env
 
 

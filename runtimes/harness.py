@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qexport.manifest import DataInfo, Manifest, artifact_file, discover, host_problem_for
+from qexport.manifest import (DataInfo, Manifest, artifact_file, artifact_paths, artifact_problem, discover,
+                              host_problem_for)
 from qexport.errors import QExportError, RuntimeMissing, last_line
-from qexport.fsutil import sha256_file
 from qexport.documents import parse, to_json
 from qexport.runtimes.results import (ArtifactResult, BatchResult, BenchDocument, BenchRow, Noise, RoundResult,
                                       RunFacts, RunOptions, Tie, WorkerSpec, current_environment, parse_round)
@@ -81,18 +81,19 @@ def check_row(manifest_file: Path, manifest: Manifest, options: BenchOptions) ->
     """Build the row and decide, before starting a worker, whether it can be measured at all."""
     row = BenchRow(family=manifest.family, file=manifest.artifact.file, format=manifest.format,
               precision=manifest.precision, runtime=manifest.runtime.name,
-              size_bytes=manifest.artifact.size_bytes, build_top1=manifest.evaluation.top1)
-    path = artifact_file(manifest_file, manifest)
-    if not path.is_file():
-        row.status, row.reason = "failed", f"{path.name} is missing; rebuild with `qexport build`."
+              size_bytes=manifest.artifact.total_size_bytes, build_top1=manifest.evaluation.top1)
+    paths = artifact_paths(manifest_file, manifest)
+    missing = next((path for path in paths if not path.is_file()), None)
+    if missing:
+        row.status, row.reason = "failed", f"{missing.name} is missing; rebuild with `qexport build`."
         return row
-    row.size_bytes = path.stat().st_size
-    if sha256_file(path) != manifest.artifact.sha256:
+    row.size_bytes = sum(path.stat().st_size for path in paths)
+    modified = artifact_problem(manifest_file, manifest)
+    if modified:
         if not options.allow_modified:
-            row.status, row.reason = "refused", (f"{path.name} does not match the sha256 in its manifest (modified or "
-                                                 "tampered); rebuild it, or pass --allow-modified to measure it anyway.")
+            row.status, row.reason = "refused", f"{modified}; rebuild it, or pass --allow-modified to measure it anyway."
             return row
-        row.notes.append("MODIFIED: sha256 differs from the manifest (--allow-modified)")
+        row.notes.append(f"MODIFIED: {modified} (--allow-modified)")
     cpu_problem = host_problem_for(manifest) if options.device == "cpu" else None
     if cpu_problem:  # checked before any worker loads it: a SIGILL is never the message
         row.status, row.reason = "refused", cpu_problem

@@ -94,8 +94,11 @@ def copy_artifacts(source: Path, target: Path, names) -> Path:
     """Copy artifacts with their manifest and golden data into ``target`` (no index: discovered)."""
     import shutil
 
+    from qexport.manifest import read_manifest
+
     target.mkdir(parents=True, exist_ok=True)
     for name in names:
-        for suffix in ("", ".manifest.json", ".golden.npz"):
-            shutil.copy(source / (name + suffix), target / (name + suffix))
+        files = read_manifest(source / (name + ".manifest.json")).artifact.names  # with companions (.bin)
+        for file in [*files, name + ".manifest.json", name + ".golden.npz"]:
+            shutil.copy(source / file, target / file)
     return target

@@ -1,0 +1,93 @@
+"""OpenVINO families: fp32 IR and NNCF post-training int8, run by the OpenVINO runtime.
+
+Both start from this build's own fp32 ONNX export (``exporter.onnx.scratch_fp32``), read by
+``openvino.Core().read_model`` with a dynamic batch -- not ``openvino.convert_model``, whose
+Python tooling sends telemetry. The IR is an .xml (graph) and a .bin (weights) that only work as a
+pair: the family declares the .bin as a companion, so build, verify, bench and pack treat the two
+as one artifact with a sha256 each. int8 calibrates on the same seeded **train**-split subset as
+every other PTQ family.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qexport.errors import RuntimeMissing
+from qexport.exporter.onnx import scratch_fp32
+from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
+from qexport.manifest import Int8Coverage
+from qexport.runtimes.openvino import INFERENCE_PRECISION, telemetry_off
+
+INSTALL = "pip install 'qexport[openvino]' (openvino==2026.4.1 nncf==3.4.0)"
+IR = dict(format="openvino", extension=".openvino.xml", runtime="openvino", companions=(".bin",))
+
+
+def require(module: str):
+    """Import openvino / nncf, or skip the family with the install command as the reason."""
+    import importlib
+
+    telemetry_off()
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise RuntimeMissing(f"{module} is not installed; {INSTALL}") from err
+
+
+def read_fp32(ctx: BuildContext, ov):
+    """This build's fp32 ONNX graph as an OpenVINO model with a dynamic batch."""
+    with scratch_fp32(ctx) as onnx_file:
+        model = ov.Core().read_model(str(onnx_file))
+    _, channels, height, width = ctx.example.shape
+    model.reshape({model.input(0).get_any_name(): ov.PartialShape([-1, channels, height, width])})
+    return model
+
+
+def save_ir(ov, model, path: Path) -> None:
+    """fp32 weights as they are: ``save_model`` compresses them to fp16 unless told not to."""
+    ov.save_model(model, str(path), compress_to_fp16=False)
+
+
+@register("openvino-fp32", variant="fp32", precision="fp32", method="ONNX export → openvino read_model "
+          "(dynamic batch) → IR, weights kept fp32 (compress_to_fp16=False)", **IR)
+def build_openvino_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
+    ov = require("openvino")
+    save_ir(ov, read_fp32(ctx, ov), path)
+    return BuildDetails(config={"compress_to_fp16": False, "inference_precision": INFERENCE_PRECISION,
+                                "openvino": ov.get_version()})
+
+
+@register("openvino-int8", variant="int8", precision="int8", method="NNCF post-training quantization "
+          "(nncf.quantize, performance preset) of the fp32 IR → IR", option_keys=("calibration_samples", "seed"), **IR)
+def build_openvino_int8(ctx: BuildContext, path: Path) -> BuildDetails:
+    ov, nncf = require("openvino"), require("nncf")
+    batches = [batch.numpy() for batch in ctx.calibration_batches(batch_size=1)]
+    quantized = nncf.quantize(read_fp32(ctx, ov), nncf.Dataset(batches), subset_size=len(batches),
+                              preset=nncf.QuantizationPreset.PERFORMANCE)
+    save_ir(ov, quantized, path)
+    return BuildDetails(config={"quantizer": "nncf.quantize, QuantizationPreset.PERFORMANCE", "subset_size": len(batches),
+                                "inference_precision": INFERENCE_PRECISION, "openvino": ov.get_version(),
+                                "nncf": nncf.__version__},
+                        int8_coverage=ir_int8_coverage(quantized), calibration=train_calibration(ctx, len(batches)))
+
+
+def ir_int8_coverage(model) -> Int8Coverage:
+    """Convolution/MatMul layers whose weights are stored as int8 constants (NNCF writes them as
+    Constant(i8) → Convert → Multiply by the scale): "quantized nothing" must show."""
+    quantized = total = 0
+    for op in model.get_ops():
+        if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul"):
+            continue
+        total += 1
+        quantized += int8_weights(op.input_value(1).get_node())
+    return Int8Coverage.of_layers(quantized, total)
+
+
+def int8_weights(node, depth: int = 4) -> bool:
+    """Does the weight input reach an int8 Constant through dequantizing ops (Convert/Multiply/...)?"""
+    for _ in range(depth):
+        if node.get_type_name() == "Constant":
+            return "int8" in str(node.get_element_type()) and "uint8" not in str(node.get_element_type())
+        if node.get_input_size() == 0:
+            return False
+        node = node.input_value(0).get_node()
+    return False
