@@ -198,13 +198,28 @@ def bench(
 
 
 @app.command()
-def verify(path: Path = typer.Argument(Path("artifacts"), help="An artifacts folder, an artifact file or its manifest.")) -> None:
-    """Check each artifact's sha256, runtime version and golden outputs in its own runtime."""
+def verify(
+    path: Path = typer.Argument(Path("artifacts"), help="An artifacts folder, an artifact file or its manifest."),
+    public_key: Optional[Path] = typer.Option(None, "--public-key", help="Check the folder's signature (model.sig) against the signer's public key first; any difference refuses the folder."),
+    certificate_chain: Optional[list[Path]] = typer.Option(None, "--certificate-chain", help="Check the signature against this certificate chain (repeatable) instead of a public key."),
+) -> None:
+    """Check each artifact's sha256, runtime version and golden outputs in its own runtime.
+
+    With --public-key or --certificate-chain, the folder's OpenSSF model signature is checked
+    before any manifest is trusted: a folder someone changed after signing is refused.
+    """
     from rich.table import Table
 
+    from qexport.progress import say
     from qexport.report import console
     from qexport.verify import verify_path
 
+    if public_key or certificate_chain:
+        from qexport.signing import TrustAnchor, verify_folder
+
+        anchor = TrustAnchor(public_key, tuple(certificate_chain or ()))
+        covered = verify_folder(path, anchor)
+        say(f"signature: verified against {anchor.describe()} ({covered} files, none added, removed or changed)")
     checks = verify_path(path)
     table = Table(title=f"qexport verify {path}")
     for column in ("artifact", "runtime", "result", "detail"):
@@ -220,19 +235,58 @@ def verify(path: Path = typer.Argument(Path("artifacts"), help="An artifacts fol
 def pack(
     directory: Path = typer.Argument(Path("artifacts"), help="Folder written by `qexport build` (and `qexport bench`)."),
     output: Path = typer.Option(..., "--output", "-o", help="Bundle to write: NAME.tar.gz or NAME.zip."),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Sign every file of the bundle with this PEM private key (OpenSSF Model Signing, model.sig). The key never enters the bundle."),
+    certificate: Optional[Path] = typer.Option(None, "--certificate", help="With --sign-key: the key's signing certificate (certificate signing)."),
+    chain: Optional[list[Path]] = typer.Option(None, "--certificate-chain", help="With --certificate: the chain up to the root (repeatable)."),
 ) -> None:
     """Bundle artifacts, manifests, golden data, bench results and a generated MODEL_CARD.md.
 
     The archive is deterministic (sorted entries, fixed times and owners): the same inputs give
-    the same bytes. Artifacts that no longer match their manifest are refused.
+    the same bytes (a signed bundle's signature differs per run). Artifacts that no longer match
+    their manifest are refused.
     """
     from qexport.fsutil import ensure_writable_dir, sha256_file
     from qexport.pack import pack as make_bundle
     from qexport.progress import say
 
     ensure_writable_dir(output.parent if str(output.parent) else Path("."))
-    path, count = make_bundle(directory, output)
+    path, count = make_bundle(directory, output, _signing_key(sign_key, certificate, chain))
     say(f"wrote {path} ({count} files, {path.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(path)})")
+
+
+@app.command()
+def sign(
+    directory: Path = typer.Argument(..., help="The folder to sign (an artifacts folder, or an extracted bundle)."),
+    key: Path = typer.Option(..., "--key", help="PEM private key, e.g. from `openssl ecparam -name prime256v1 -genkey -noout -out key.pem`."),
+    certificate: Optional[Path] = typer.Option(None, "--certificate", help="The key's signing certificate (certificate signing)."),
+    chain: Optional[list[Path]] = typer.Option(None, "--certificate-chain", help="With --certificate: the chain up to the root (repeatable)."),
+) -> None:
+    """Sign every file in DIRECTORY (OpenSSF Model Signing): writes DIRECTORY/model.sig.
+
+    Receivers check it with `qexport verify DIRECTORY --public-key pub.pem`, or with the upstream
+    `model_signing verify key DIRECTORY --signature DIRECTORY/model.sig --public_key pub.pem`.
+    """
+    from qexport.progress import say
+    from qexport.signing import sign_folder
+
+    if not directory.is_dir():
+        raise QExportError(f"{directory} is not a folder; sign the folder `qexport build` wrote, or pack --sign-key.")
+    signature = sign_folder(directory, _signing_key(key, certificate, chain))
+    say(f"wrote {signature}: covers every file in {directory}")
+
+
+def _signing_key(key: Optional[Path], certificate: Optional[Path], chain: Optional[list[Path]]):
+    """The signing key the options describe (None: do not sign); warns about a key others can read."""
+    from qexport.signing import SigningKey, private_key_warning, readable_file
+
+    if key is None:
+        if certificate or chain:
+            raise QExportError("--certificate and --certificate-chain sign together with --sign-key KEY.")
+        return None
+    warning = private_key_warning(readable_file(key, "private key"))
+    if warning:
+        print(f"qexport: {warning}", file=sys.stderr)
+    return SigningKey(key, certificate, tuple(chain or ()))
 
 
 @app.command()

@@ -13,13 +13,18 @@ import gzip
 import io
 import json
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qexport.errors import QExportError
 from qexport.fsutil import atomic_path
 from qexport.manifest import Manifest, artifact_file, artifact_paths, artifact_problem, discover, golden_path
 from qexport.runtimes.results import BenchDocument
+
+if TYPE_CHECKING:
+    from qexport.signing import SigningKey
 
 EXTRA_FILES = ("index.json", "bench.json", "bench.md", "latency_vs_size.png", "latency_vs_accuracy.png",
                "speedup.png")
@@ -60,7 +65,7 @@ def read_bench(directory: Path) -> BenchDocument | None:
     return load_bench(path)
 
 
-def model_card(manifests: list[Manifest], bench: BenchDocument | None) -> str:
+def model_card(manifests: list[Manifest], bench: BenchDocument | None, signed_with: str | None = None) -> str:
     first = manifests[0]
     lines = [f"# Model card: {first.model.name} ({first.model.num_classes} classes)", ""]
     if any(m.synthetic for m in manifests):
@@ -93,8 +98,28 @@ def model_card(manifests: list[Manifest], bench: BenchDocument | None) -> str:
                   "```python", load_snippet(runtime).format(file=example.artifact.file),
                   "```", ""]
     lines += ["## Checking the bundle", "",
-              "`qexport verify .` checks every file's sha256, the installed runtime version, and the golden outputs.", ""]
+              "`qexport verify .` checks every file's sha256, the installed runtime version, and the golden outputs.", "",
+              *signature_section(signed_with)]
     return "\n".join(lines)
+
+
+def signature_section(method: str | None) -> list[str]:
+    """How the bundle was signed and how to check it, with qexport and with the upstream tool alone."""
+    from qexport.signing import SIGNATURE_FILE, UPSTREAM_VERSION, upstream_verify_command
+
+    if method is None:
+        return ["## Signature", "", "Not signed: anyone who can change a file here can change its manifest too. "
+                "`qexport pack DIR -o B --sign-key key.pem` signs every file (OpenSSF Model Signing).", ""]
+    anchor = "--public-key pub.pem" if method == "key" else "--certificate-chain chain.pem"
+    what = "an elliptic-curve private key" if method == "key" else "a private key and its signing certificate"
+    return ["## Signature", "",
+            f"`{SIGNATURE_FILE}` is an OpenSSF Model Signing signature (Sigstore bundle, DSSE envelope) made with {what} "
+            "over the sha256 of every file in this folder, this card included. Check it before trusting any manifest:",
+            "", f"- with qexport: `qexport verify . {anchor}`",
+            f"- without qexport: `pip install model-signing=={UPSTREAM_VERSION} pyopenssl`, then in this folder "
+            f"`{upstream_verify_command(method)}`", "",
+            "The public key or certificate chain comes from the sender through another channel, never from the bundle.",
+            ""]
 
 
 def latency_section(bench: BenchDocument | None) -> list[str]:
@@ -117,21 +142,34 @@ def latency_section(bench: BenchDocument | None) -> list[str]:
     return lines + [""]
 
 
-def pack(directory: Path, output: Path) -> tuple[Path, int]:
-    """Write the bundle (``.tar.gz`` or ``.zip``) atomically; returns (path, number of entries)."""
+def pack(directory: Path, output: Path, sign_key: "SigningKey | None" = None) -> tuple[Path, int]:
+    """Write the bundle (``.tar.gz`` or ``.zip``) atomically; returns (path, number of entries).
+
+    With ``sign_key`` the bundle also holds ``model.sig`` over every other entry (its ECDSA
+    signature differs from run to run, so a signed bundle's bytes do too)."""
     directory = Path(directory)
+    if not output.name.endswith((".tar.gz", ".tgz", ".zip")):
+        raise QExportError(f"{output.name}: name the bundle *.tar.gz or *.zip.")
     members, manifests = bundle_members(directory)
-    card = model_card(manifests, read_bench(directory)).encode()
+    card = model_card(manifests, read_bench(directory), sign_key.method if sign_key else None).encode()
     entries = sorted([(p.name, p.read_bytes()) for p in members] + [("MODEL_CARD.md", card)])
+    if sign_key:
+        entries = sorted(entries + [signature_entry(entries, sign_key)])
     root = output.name.removesuffix(".tar.gz").removesuffix(".tgz").removesuffix(".zip")
     with atomic_path(output) as tmp:
-        if output.name.endswith(".zip"):
-            write_zip(tmp, root, entries)
-        elif output.name.endswith((".tar.gz", ".tgz")):
-            write_tar_gz(tmp, root, entries)
-        else:
-            raise QExportError(f"{output.name}: name the bundle *.tar.gz or *.zip.")
+        (write_zip if output.name.endswith(".zip") else write_tar_gz)(tmp, root, entries)
     return output, len(entries)
+
+
+def signature_entry(entries: list[tuple[str, bytes]], key: "SigningKey") -> tuple[str, bytes]:
+    """Sign the bundle's entries exactly as they will be extracted: written to a scratch folder,
+    signed there, and the signature added as one more entry."""
+    from qexport.signing import SIGNATURE_FILE, sign_folder
+
+    with tempfile.TemporaryDirectory(prefix="qexport-pack-") as tmp:
+        for name, data in entries:
+            (Path(tmp) / name).write_bytes(data)
+        return SIGNATURE_FILE, sign_folder(Path(tmp), key).read_bytes()
 
 
 def write_tar_gz(path: Path, root: str, entries: list[tuple[str, bytes]]) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HELPERS = ("errors", "fsutil", "manifest", "envinfo", "hardware", "selection", "progress", "data", "models", "train")
+HELPERS = ("documents", "errors", "fsutil", "manifest", "envinfo", "hardware", "selection", "progress", "data", "models",
+           "train", "signing")
 UPPER = ("qexport.exporter", "qexport.runtimes", "exporter", "runtimes")
 APPLICATION = ("qexport.cli", "qexport.pipeline", "qexport.verify", "qexport.pack", "qexport.report",
                "qexport.benchreport")
