@@ -57,6 +57,34 @@ def table_rows(doc: BenchDocument) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+SCENARIO_COLUMNS = {"single-stream": ("single-stream p90 ms", "p90_ms"), "multi-stream": ("multi-stream p99 ms", "p99_ms"),
+                    "server": ("server peak QPS", "qps"), "offline": ("offline img/s", "qps")}
+
+
+def scenario_rows(doc: BenchDocument) -> tuple[list[str], list[list[str]]]:
+    """One row per artifact: each scenario's headline figure, '(INVALID)' where LoadGen said so,
+    LoadGen's own top-1, and the reasons for INVALID runs."""
+    names = [name for name in SCENARIO_COLUMNS
+             if any(row.measured and row.result.scenario(name) for row in doc.rows)]
+    header = ["family", *[SCENARIO_COLUMNS[name][0] for name in names], "LoadGen top-1", "why INVALID"]
+    body = []
+    for row in doc.measured_rows():
+        if not row.result.scenarios:
+            continue
+        cells, why = [row.family], []
+        for name in names:
+            found = row.result.scenario(name)
+            value = getattr(found, SCENARIO_COLUMNS[name][1]) if found else None
+            cells.append(fmt(value, "{:.2f}" if name in ("single-stream", "multi-stream") else "{:.0f}")
+                         + ("" if not found or found.valid else " (INVALID)"))
+            if found and not found.valid:
+                why.append(f"{name}: {found.reason}")
+        accuracy = row.result.loadgen_accuracy
+        cells += [fmt(accuracy and accuracy.top1, "{:.2%}"), "; ".join(why) or "-"]
+        body.append(cells)
+    return header, body
+
+
 def fmt(value, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
@@ -114,6 +142,14 @@ def print_bench(doc: BenchDocument) -> None:
     for cells in body:
         table.add_row(*cells)
     console.print(table)
+    if any(row.measured and row.result.scenarios for row in doc.rows):
+        scenario_header, scenario_body = scenario_rows(doc)
+        table = Table(title="MLPerf LoadGen scenarios (logs: " + (doc.options.loadgen_dir or "-") + ")")
+        for column in scenario_header:
+            table.add_column(column, overflow="fold")
+        for cells in scenario_body:
+            table.add_row(*cells)
+        console.print(table)
     for line in reasons(doc) + uncertainty_lines(doc) + environment_lines(doc):
         console.print(line, highlight=False, soft_wrap=True, markup=False)
 
@@ -124,6 +160,17 @@ def markdown(doc: BenchDocument) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     lines += ["", *[f"- {line}" for line in uncertainty_lines(doc)]]
+    if any(row.measured and row.result.scenarios for row in doc.rows):
+        scenario_header, scenario_body = scenario_rows(doc)
+        settings = doc.options.scenarios
+        lines += ["", "## MLPerf LoadGen scenarios", "",
+                  f"mlperf_loadgen, each run ≥ {settings.min_duration_s:g} s "
+                  f"{'(official MLPerf minimums)' if settings.official else ''}; server: p99 ≤ "
+                  f"{settings.target_latency_ms:g} ms, {settings.server_steps} runs of bisection; multi-stream: 8 "
+                  f"samples per query; the artifact serves on the pinned cores with LoadGen beside it; "
+                  f"LoadGen's logs per artifact and scenario in `{doc.options.loadgen_dir}`.", "",
+                  "| " + " | ".join(scenario_header) + " |", "|" + "---|" * len(scenario_header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in scenario_body]
     lines += ["", "Files: " + ", ".join(f"{r.family} = `{r.file}`" for r in doc.rows)]
     lines += harness_overhead_lines(doc)
     notes = reasons(doc)
@@ -201,7 +248,37 @@ def write_plots(doc: BenchDocument, out_dir: Path) -> list[Path]:
     speed = sorted((r for r in rows if batch in r.speedup_vs_fp32), key=lambda r: r.speedup_vs_fp32[batch])
     if speed:
         written.append(speedup_plot(speed, batch, subtitle, out_dir / "speedup.png"))
+    served = [r for r in rows if r.result.scenario("server")]
+    if served:
+        written.append(server_plot(served, doc, subtitle, out_dir / "server_latency_vs_qps.png"))
     return written
+
+
+def server_plot(rows: list[BenchRow], doc: BenchDocument, subtitle: str, path: Path) -> Path:
+    """Where each artifact's latency takes off: p99 against offered QPS (every LoadGen server run),
+    and the peak VALID QPS as bars."""
+    import matplotlib.pyplot as plt
+
+    bound = doc.options.scenarios.target_latency_ms
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 5.5))
+    for i, row in enumerate(rows):
+        points = sorted((p.offered_qps, p.p99_ms, p.valid) for p in row.result.scenario("server").curve
+                        if p.p99_ms is not None)
+        if points:
+            curves.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=f"C{i % 10}", label=row.family)
+    curves.axhline(bound, color="black", linestyle="--", linewidth=0.8, label=f"p99 bound {bound:g} ms")
+    curves.set_xlabel("offered QPS (LoadGen server, Poisson arrivals)")
+    curves.set_ylabel("p99 latency (ms, log scale)")
+    curves.set_yscale("log")
+    curves.legend(fontsize=7)
+    curves.grid(True, alpha=0.3)
+    peaks = sorted(((r.family, r.result.scenario("server")) for r in rows), key=lambda p: p[1].qps or 0)
+    bars.barh([name for name, _ in peaks], [s.qps or 0 for _, s in peaks],
+              color=["tab:green" if s.valid else "tab:gray" for _, s in peaks])
+    bars.set_xlabel(f"peak VALID server QPS (p99 ≤ {bound:g} ms; grey: none VALID)")
+    bars.tick_params(axis="y", labelsize=7)
+    fig.suptitle(f"MLPerf LoadGen server scenario\n{subtitle}", fontsize=10)
+    return save(fig, path)
 
 
 def speedup_colour(row: BenchRow, batch: str) -> str:

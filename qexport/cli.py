@@ -170,9 +170,19 @@ def bench(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of that data (default: an image folder's recorded path when it still exists, else QEXPORT_DATA_DIR, else ./data)."),
     no_accuracy: bool = typer.Option(False, "--no-accuracy", help="Skip accuracy (timing, size and memory only)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where bench.json, bench.md and plots go (default: DIRECTORY)."),
+    scenario: Optional[str] = typer.Option(None, "--scenario", help="MLPerf LoadGen scenarios after the tight loop: single-stream, multi-stream, server, offline (comma-separated) or all. LoadGen's logs go to OUT/loadgen/<family>/<scenario>."),
+    scenario_seconds: float = typer.Option(5.0, "--scenario-seconds", help="Minimum duration of each LoadGen run (the server search makes --server-steps runs)."),
+    target_latency_ms: float = typer.Option(15.0, "--target-latency-ms", help="Server scenario: the p99 bound a QPS must meet to be VALID (MLPerf's ResNet50 bound)."),
+    server_steps: int = typer.Option(4, "--server-steps", help="Server scenario: LoadGen runs in the bisection for the peak VALID QPS."),
+    mlperf_durations: bool = typer.Option(False, "--mlperf-durations", help="MLPerf's official minimums (600 s per run) instead of --scenario-seconds."),
     seed: int = SeedOpt,
 ) -> None:
-    """Measure every artifact in DIRECTORY in its own pinned worker: latency, throughput, size, memory, accuracy."""
+    """Measure every artifact in DIRECTORY in its own pinned worker: latency, throughput, size, memory, accuracy.
+
+    The default is a tight loop (warm-up, then timed calls back to back). --scenario adds MLPerf
+    LoadGen runs per artifact: single-stream p90, multi-stream p99 (8 samples per query), the peak
+    server QPS whose p99 stays under --target-latency-ms, offline throughput; VALID or why not.
+    """
     from qexport import benchreport
     from qexport.progress import say
     from qexport.manifest import discover
@@ -182,7 +192,10 @@ def bench(
                            batch_sizes=_int_list(batch_sizes, "--batch-sizes") or (), warmup=warmup,
                            min_count=min_count, min_seconds=min_seconds, eval_samples=eval_samples, device=device,
                            timeout=timeout, allow_modified=allow_modified, cpu_fp16=cpu_fp16,
-                           only=tuple(o.strip() for o in only.split(",")) if only else None)
+                           only=tuple(o.strip() for o in only.split(",")) if only else None,
+                           scenarios=_scenario_settings(scenario, scenario_seconds, target_latency_ms, server_steps,
+                                                        mlperf_durations),
+                           loadgen_dir=str((out or directory) / "loadgen") if scenario else None)
     dataset = None if no_accuracy else evaluation_data(discover(directory), data, data_dir)
 
     def report_progress(number: int, total: int, row, round_index: int, rounds: int) -> None:
@@ -195,6 +208,27 @@ def bench(
     say("wrote " + ", ".join(str(p) for p in written))
     if any(row.status == "failed" for row in doc.rows):
         raise typer.Exit(1)
+
+
+def _scenario_settings(names: Optional[str], seconds: float, target_latency_ms: float, server_steps: int,
+                       official: bool):
+    """The LoadGen settings --scenario asks for (None: the tight loop only)."""
+    if not names:
+        return None
+    from qexport.runtimes.loadgen import SCENARIOS
+    from qexport.runtimes.results import ScenarioSettings
+    from qexport.selection import match_keys
+
+    chosen = list(SCENARIOS) if names.strip() == "all" else \
+        match_keys([n.strip() for n in names.split(",")], dict.fromkeys(SCENARIOS), "scenario")
+    import importlib.util
+
+    if importlib.util.find_spec("mlperf_loadgen") is None:
+        raise QExportError("--scenario needs the MLPerf LoadGen: pip install 'qexport[loadgen]' (mlcommons-loadgen==6.0.17).")
+    if seconds <= 0 or target_latency_ms <= 0 or server_steps < 1:
+        raise QExportError("--scenario-seconds and --target-latency-ms must be positive, --server-steps at least 1.")
+    return ScenarioSettings(scenarios=chosen, min_duration_s=seconds, target_latency_ms=target_latency_ms,
+                            server_steps=server_steps, official=official)
 
 
 @app.command()

@@ -27,7 +27,8 @@ from qexport.manifest import (DataInfo, Manifest, artifact_file, artifact_paths,
 from qexport.errors import QExportError, RuntimeMissing, last_line
 from qexport.documents import parse, to_json
 from qexport.runtimes.results import (ArtifactResult, BatchResult, BenchDocument, BenchRow, Noise, RoundResult,
-                                      RunFacts, RunOptions, Tie, WorkerSpec, current_environment, parse_round)
+                                      RunFacts, RunOptions, ScenarioSettings, Tie, WorkerSpec, current_environment,
+                                      parse_round)
 from qexport.selection import match_keys
 
 BASELINE = "torchscript-fp32"
@@ -52,6 +53,8 @@ class BenchOptions:
     allow_modified: bool = False
     only: tuple[str, ...] | None = None
     cpu_fp16: bool = False  # fp16 is a GPU format: on CPU it is measured only when asked
+    scenarios: ScenarioSettings | None = None  # MLPerf LoadGen scenarios (first round), logs under loadgen_dir
+    loadgen_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -67,6 +70,8 @@ class BenchOptions:
             raise QExportError(f"--cores {','.join(map(str, self.cores))} is not within the usable cores {usable}.")
         if self.threads > len(usable):
             raise QExportError(f"--threads {self.threads} exceeds the {len(usable)} usable cores.")
+        if self.scenarios and not self.loadgen_dir:
+            raise QExportError("LoadGen scenarios need a folder for their logs (loadgen_dir).")
 
     def pinned_cores(self) -> list[int]:
         """Explicit --cores, else the last N usable cores (core 0 tends to take interrupts)."""
@@ -327,7 +332,9 @@ def worker_spec(manifest_file: Path, manifest: Manifest, options: BenchOptions, 
         warmup=options.warmup, min_count=options.min_count, min_seconds=options.min_seconds,
         input_shape=manifest.input.shape[1:], overhead=first_round,
         eval_inputs=files[0] if files else None, eval_labels=files[1] if files else None,
-        logits_out=str(logits_out) if files else None)
+        logits_out=str(logits_out) if files else None,
+        scenarios=options.scenarios if first_round else None,
+        scenario_dir=str(Path(options.loadgen_dir) / manifest.family) if options.scenarios and first_round else None)
 
 
 def add_agreement(rows: list[BenchRow], logits: dict[str, np.ndarray]) -> None:

@@ -64,6 +64,11 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         return {"runtime": self.runtime, "version": ov.get_version(), "device": self.device, "threads": self.threads,
-                "inference_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
+                "inference_precision": precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
                 "inference_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
                 "streams": int(self.compiled.get_property("NUM_STREAMS"))}
+
+
+def precision_name(value) -> str:
+    """'f32', 'bf16', 'f16': OpenVINO returns an ``ov.Type`` (or a string, depending on the property)."""
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)

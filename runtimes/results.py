@@ -23,6 +23,52 @@ BENCH_SCHEMA_VERSION = 2  # 2: rounds, 95 % intervals and paired ratios
 READABLE_BENCH_VERSIONS = (1, 2)  # 1: single pass, no rounds (read as one round)
 
 
+# MLPerf's server bound for ResNet50 is 15 ms. ResNet18 at 32 px is lighter, but a deployment's
+# latency budget, not the model, sets the bound: the same 15 ms keeps the numbers comparable with MLPerf's.
+DEFAULT_TARGET_LATENCY_MS = 15.0
+
+
+@dataclass
+class ScenarioSettings:
+    """How the scenarios run (recorded in bench.json)."""
+
+    scenarios: list[str]
+    min_duration_s: float = 5.0
+    target_latency_ms: float = DEFAULT_TARGET_LATENCY_MS
+    server_steps: int = 4          # LoadGen runs in the bisection for the peak VALID server QPS
+    official: bool = False         # MLPerf's minimums: 600 s and the query counts of mlperf.conf
+    accuracy: bool = True          # also an AccuracyOnly run, decoded from mlperf_log_accuracy.json
+
+
+@dataclass
+class ServerPoint:
+    offered_qps: float
+    p99_ms: float | None
+    valid: bool
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    valid: bool
+    reason: str = ""               # LoadGen's reason for INVALID, and what to change
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    qps: float | None = None       # queries/s (single/multi-stream, server) or samples/s (offline)
+    queries: int | None = None
+    target_qps: float | None = None
+    log_dir: str = ""
+    curve: list[ServerPoint] = field(default_factory=list)  # server: every offered QPS tried
+
+
+@dataclass
+class LoadGenAccuracy:
+    samples: int
+    top1: float
+    log_dir: str
+
+
 @dataclass
 class WorkerSpec:
     """What one worker process measures (written by the harness, read by ``runtimes.worker``)."""
@@ -42,6 +88,8 @@ class WorkerSpec:
     eval_inputs: str | None = None  # .npy files of the evaluation set, and where its logits go
     eval_labels: str | None = None
     logits_out: str | None = None
+    scenarios: ScenarioSettings | None = None  # LoadGen scenarios to run after the tight loop (first round)
+    scenario_dir: str | None = None            # where LoadGen's logs for this artifact go
 
 
 @dataclass
@@ -110,6 +158,11 @@ class RunFacts:
     runtime: dict = field(default_factory=dict)   # the runner's own description (name, version, threads)
     os_threads: int | None = None
     env_threads: dict[str, str | None] = field(default_factory=dict)
+    scenarios: list[ScenarioResult] = field(default_factory=list)  # MLPerf LoadGen, first round only
+    loadgen_accuracy: LoadGenAccuracy | None = None
+
+    def scenario(self, name: str) -> "ScenarioResult | None":
+        return next((s for s in self.scenarios if s.scenario == name), None)
 
 
 @dataclass
@@ -170,6 +223,8 @@ class RunOptions:
     allow_modified: bool = False
     only: list[str] | None = None
     cpu_fp16: bool = False
+    scenarios: ScenarioSettings | None = None
+    loadgen_dir: str | None = None
 
 
 @dataclass

@@ -131,13 +131,35 @@ def run(spec: WorkerSpec) -> RoundResult:
         overhead = harness_overhead_pct(runner.run_native, native, stats["p50_ms"]) if spec.overhead else None
         batches[str(batch_size)] = RoundBatch(**stats, warmup=warm, harness_overhead_pct=overhead,
                                               latencies_ms=latencies)
-    return RoundResult(
+    result = RoundResult(
         pinned_cores=cores, load_ms=load_ms, rss_after_load_mb=rss_after_load,
         rss_growth_from_load_mb=rss_after_load - rss_before, first_inference_ms=first_inference_ms, batches=batches,
         timer_cost_ns=timer_cost_ns() if spec.overhead else None,
         eval=evaluate(runner, spec, np) if spec.eval_inputs else None, runtime=runner.describe(),
-        os_threads=os_threads(), peak_rss_mb=peak_rss_mb(),
-        env_threads={k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+        os_threads=os_threads(), env_threads={k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        peak_rss_mb=0.0)
+    if spec.scenarios:
+        under_load(runner, spec, result, np)
+    result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+def under_load(runner, spec: WorkerSpec, result: RoundResult, np) -> None:
+    """The MLPerf LoadGen scenarios, with expectations from the tight loop just measured; the QSL
+    is the evaluation set (random inputs when accuracy is not measured)."""
+    from qexport.runtimes import loadgen
+
+    smallest = min(result.batches, key=int)
+    p50_ms = result.batches[smallest].p50_ms / int(smallest)
+    offline_qps = max(stats.throughput_ips for stats in result.batches.values())
+    if spec.eval_inputs:
+        inputs = np.ascontiguousarray(np.load(spec.eval_inputs))
+    else:
+        inputs = np.random.default_rng(0).standard_normal((256, *spec.input_shape)).astype(np.float32)
+    folder = Path(spec.scenario_dir)
+    result.scenarios = loadgen.run_scenarios(runner, inputs, spec.scenarios, p50_ms, offline_qps, folder)
+    if spec.scenarios.accuracy and spec.eval_labels:
+        result.loadgen_accuracy = loadgen.accuracy_run(runner, inputs, np.load(spec.eval_labels), folder / "accuracy")
 
 
 def evaluate(runner, spec: WorkerSpec, np) -> EvalResult:

@@ -102,3 +102,20 @@ def copy_artifacts(source: Path, target: Path, names) -> Path:
         for file in [*files, name + ".manifest.json", name + ".golden.npz"]:
             shutil.copy(source / file, target / file)
     return target
+
+
+def minimal_manifest(file_name: str = "resnet18.fp32.onnx", **sections) -> dict:
+    """A complete manifest as JSON (only the fields without a default), with ``sections`` replaced."""
+    from qexport.documents import to_json
+    from qexport.manifest import (ArtifactFile, BuildRecord, DataInfo, Evaluation, Golden, InputSpec, Manifest,
+                                  ModelInfo, OutputSpec, RuntimeSection)
+
+    classes = ["a", "b"]
+    manifest = to_json(Manifest(
+        artifact=ArtifactFile(file_name, 10, "0" * 64), family="onnx-fp32", format="onnx", precision="fp32",
+        runtime=RuntimeSection("onnxruntime"), model=ModelInfo("resnet18", 2, "1" * 64),
+        data=DataInfo("cifar10", classes, [32, 32], [0.5] * 3, [0.25] * 3),
+        input=InputSpec(["batch", 3, 32, 32], [0.5] * 3, [0.25] * 3), output=OutputSpec(["batch", 2], classes),
+        evaluation=Evaluation(100, 0.9, 0.9, 1.0, 0.0), golden=Golden(file_name + ".golden.npz", "2" * 64, 8, 1e-3),
+        build=BuildRecord(1.0, {}, "2026-11-23T00:00:00Z", {}, "cpu", ["AVX2"], "0.1.0")))
+    return {**manifest, **sections}

@@ -19,10 +19,10 @@ from qexport.exporter.build import build_families
 from qexport.errors import QExportError
 from qexport.hardware import (FAKE_FLAGS_VARIABLE, TARGETS, X86_64_V3, X86_64_V4, HostCpu, host_cpu,
                               native_requirement, resolve_target)
-from qexport.manifest import host_problem_for
+from qexport.manifest import Manifest, host_problem_for
 from qexport.runtimes.harness import BenchOptions, bench_directory
 from qexport.verify import verify_path
-from tests.conftest import built_outcome, copy_artifacts, make_context, run_cli
+from tests.conftest import built_outcome, copy_artifacts, make_context, minimal_manifest, run_cli
 
 AVX2_HOST = HostCpu("Fake AVX2 EPYC", frozenset(X86_64_V3 | {"sse4_2"}))
 AVX512_HOST = HostCpu("Fake AVX-512 Xeon", frozenset(X86_64_V4 | {"avx512_vnni", "avx512_bf16"}))
@@ -78,10 +78,10 @@ def test_compiled_families_need_what_their_target_allows():
     assert FAMILIES["onnx-int8"].artifact_needs(TARGETS["native"], AVX512_HOST) is None  # MLAS dispatches at run time
 
 
-def fake_pt2_manifest(target: str) -> dict:
+def fake_pt2_manifest(target: str) -> Manifest:
     needs = FAMILIES["pt2e-fp32"].artifact_needs(TARGETS[target], AVX512_HOST)
-    return {"artifact": {"file": "resnet18.fp32.pt2"},
-            "requirements": {"cpu": needs.to_dict(), "compiled": True, "code": f"compiled for {target}"}}
+    return Manifest.from_dict(minimal_manifest(
+        "resnet18.fp32.pt2", requirements={"cpu": needs.to_dict(), "compiled": True, "code": f"compiled for {target}"}))
 
 
 def test_host_check_refuses_an_avx512_package_on_an_avx2_host(monkeypatch):
@@ -95,11 +95,11 @@ def test_host_check_refuses_an_avx512_package_on_an_avx2_host(monkeypatch):
 
 
 def test_manifest_from_before_requirements_still_protects_its_package(monkeypatch):
-    legacy = {"artifact": {"file": "old.pt2"},
-              "runtime": {"compiled_with": {"isa": ["AVX2", "AVX-512F", "AVX-512 VNNI"]}}}
+    legacy = Manifest.from_dict(minimal_manifest(
+        "old.pt2", runtime={"name": "aoti", "compiled_with": {"isa": ["AVX2", "AVX-512F", "AVX-512 VNNI"]}}))
     monkeypatch.setenv(FAKE_FLAGS_VARIABLE, AVX2_FLAGS)
     assert "lacks avx512_vnni, avx512f" in host_problem_for(legacy)
-    assert host_problem_for({"artifact": {"file": "old.onnx"}, "runtime": {"name": "onnxruntime"}}) is None
+    assert host_problem_for(Manifest.from_dict(minimal_manifest("old.onnx"))) is None
 
 
 def test_fake_flags_change_the_decision_not_the_cpu(monkeypatch):

@@ -12,28 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qexport.documents import to_json
 from qexport.errors import QExportError
-from qexport.manifest import (ArtifactFile, BuildRecord, DataInfo, Evaluation, Golden, InputSpec, Manifest, ModelInfo,
-                              OutputSpec, RuntimeSection, SCHEMA_VERSION, read_manifest)
+from qexport.manifest import SCHEMA_VERSION, Manifest, read_manifest
+from tests.conftest import minimal_manifest
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
                     max_leaves=15)
-CLASSES = ["a", "b"]
-
-
-def minimal_manifest(file_name: str = "resnet18.fp32.onnx") -> dict:
-    """A complete manifest as JSON: only the fields without a default."""
-    return to_json(Manifest(
-        artifact=ArtifactFile(file_name, 10, "0" * 64), family="onnx-fp32", format="onnx", precision="fp32",
-        runtime=RuntimeSection("onnxruntime"), model=ModelInfo("resnet18", 2, "1" * 64),
-        data=DataInfo("cifar10", CLASSES, [32, 32], [0.5] * 3, [0.25] * 3),
-        input=InputSpec(["batch", 3, 32, 32], [0.5] * 3, [0.25] * 3), output=OutputSpec(["batch", 2], CLASSES),
-        evaluation=Evaluation(100, 0.9, 0.9, 1.0, 0.0), golden=Golden(file_name + ".golden.npz", "2" * 64, 8, 1e-3),
-        build=BuildRecord(1.0, {}, "2026-11-23T00:00:00Z", {}, "cpu", ["AVX2"], "0.1.0")))
-
-
 REQUIRED_FIELDS = sorted(f.name for f in dataclasses.fields(Manifest)
                          if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
 

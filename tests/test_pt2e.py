@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision
 
+from qexport.manifest import CompiledWith
 from qexport.exporter.pt2e import count_quantized, export_dynamic, require_quantized, unshare_modules, x86_quantizer
 from qexport.errors import QExportError
 
@@ -29,7 +30,7 @@ def test_shared_module_fix_lets_x86_quantizer_quantize(name, size):
     converted = convert_pt2e(_prepared(model, size))
     coverage = count_quantized(converted)
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    assert coverage["quantized_layers"] >= convs * 0.9, coverage  # "quantized nothing" cannot pass
+    assert coverage.quantized_layers >= convs * 0.9, coverage  # "quantized nothing" cannot pass
     out = converted(torch.randn(3, 3, size, size))
     assert out.shape == (3, 10)
 
@@ -56,7 +57,7 @@ def test_unshare_keeps_numerics():
 def test_fp32_graph_counts_as_unquantized():
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     graph = export_dynamic(model, torch.randn(1, 3, 32, 32)).module()
-    assert count_quantized(graph)["quantized_layers"] == 0
+    assert count_quantized(graph).quantized_layers == 0
     with pytest.raises(QExportError, match="nothing was quantized"):
         require_quantized(graph, "pt2e-int8")
 
@@ -82,9 +83,9 @@ def test_aoti_package_from_another_torch_is_refused_clearly():
     from qexport.runtimes.aoti import check_compatible
 
     with pytest.raises(QExportError, match="compiled with torch 2.8.0"):
-        check_compatible({"runtime": {"compiled_with": {"torch": "2.8.0"}}})
+        check_compatible(CompiledWith(torch="2.8.0"))
     with pytest.raises(QExportError, match="compiled for aarch64"):
-        check_compatible({"runtime": {"compiled_with": {"torch": torch.__version__, "machine": "aarch64"}}})
+        check_compatible(CompiledWith(torch=torch.__version__, machine="aarch64"))
 
 
 def test_fp32_package_prepacks_conv_weights_and_restores_inductor(built_artifacts):

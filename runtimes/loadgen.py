@@ -1,0 +1,218 @@
+"""MLPerf Inference LoadGen scenarios for one loaded artifact, run inside its pinned bench worker.
+
+The LoadGen (``mlcommons-loadgen``, module ``mlperf_loadgen``) decides when queries arrive and
+whether a run is VALID; qexport only serves them. The runner is wrapped as a SUT whose issue
+callback just queues the samples -- a worker thread computes and completes them, because work
+inside the callback delays LoadGen's scheduler (p99 7.0 vs 4.5 ms in a trial at 200 QPS) -- and
+the test split, preprocessed once, is the QSL, in memory. Every figure comes from LoadGen's own
+``mlperf_log_detail.txt``, kept per artifact and scenario for the reader to check.
+
+Traps handled here: LoadGen aborts the process at exit when its output folder does not exist (it
+is created first); an ``audit.config`` in the working directory silently overrides the settings
+(each run happens in a fresh empty folder as working directory); the expected latency / QPS decide
+how many queries are generated (they come from the worker's own tight-loop measurement); early
+stopping needs >= 64 queries for a SingleStream p90 and >= 662 for a MultiStream p99.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from qexport.runtimes.results import LoadGenAccuracy, ScenarioResult, ScenarioSettings, ServerPoint
+
+SCENARIOS = ("single-stream", "multi-stream", "server", "offline")
+LOADGEN_NAMES = {"single-stream": "SingleStream", "multi-stream": "MultiStream", "server": "Server",
+                 "offline": "Offline"}
+MULTI_STREAM_SAMPLES = 8
+MIN_QUERIES = {"single-stream": 64, "multi-stream": 662, "server": 100, "offline": 1}  # early stopping / sanity
+OFFLINE_BATCH = 32
+OFFLINE_MARGIN = 1.5
+
+
+class ServedRunner:
+    """SUT: issue_cb only queues; one thread runs the artifact and completes the samples."""
+
+    def __init__(self, lg, runner, inputs: np.ndarray, batch: int):
+        self.lg, self.runner, self.inputs, self.batch = lg, runner, inputs, batch
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def issue(self, samples) -> None:
+        self.queue.put(list(samples))
+
+    def flush(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+    def _serve(self) -> None:
+        while (samples := self.queue.get()) is not None:
+            for start in range(0, len(samples), self.batch):
+                self._complete(samples[start:start + self.batch])
+
+    def _complete(self, samples) -> None:
+        batch = self.inputs[[s.index for s in samples]]
+        predicted = self.runner.predict(batch).argmax(1).astype(np.int32)
+        answers = [np.array([p], dtype=np.int32) for p in predicted]  # alive until QuerySamplesComplete returns
+        self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(s.id, a.ctypes.data, a.nbytes)
+                                      for s, a in zip(samples, answers)])
+
+
+@contextlib.contextmanager
+def clean_folder(folder: Path) -> Iterator[Path]:
+    """Run LoadGen with ``folder`` (created, empty) as working directory: no stray audit.config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield folder
+    finally:
+        os.chdir(previous)
+
+
+def run_loadgen(lg, runner, inputs: np.ndarray, settings, folder: Path, batch: int) -> dict:
+    """One LoadGen test; returns the ``result_*`` entries of its detail log."""
+    served = ServedRunner(lg, runner, inputs, batch)
+    sut = lg.ConstructSUT(served.issue, served.flush)
+    qsl = lg.ConstructQSL(len(inputs), min(len(inputs), 1024), lambda _: None, lambda _: None)
+    log = lg.LogSettings()
+    log.log_output.outdir = str(folder)
+    log.log_output.copy_summary_to_stdout = False
+    try:
+        with clean_folder(folder):
+            lg.StartTestWithLogSettings(sut, qsl, settings, log)
+    finally:
+        served.stop()
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+    return read_detail_log(folder / "mlperf_log_detail.txt")
+
+
+def read_detail_log(path: Path) -> dict:
+    """The ``:::MLLOG {json}`` lines of LoadGen's detail log, as key -> value."""
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.startswith(":::MLLOG "):
+            entry = json.loads(line[len(":::MLLOG "):])
+            values[entry.get("key")] = entry.get("value")
+    return values
+
+
+def ms(log: dict, key: str) -> float | None:
+    value = log.get(key)
+    return None if value is None else float(value) / 1e6
+
+
+def test_settings(lg, scenario: str, options: ScenarioSettings, p50_ms: float, offline_qps: float):
+    """LoadGen settings for one scenario, expectations taken from this worker's own measurement."""
+    ts = lg.TestSettings()
+    ts.scenario = getattr(lg.TestScenario, LOADGEN_NAMES[scenario])
+    ts.mode = lg.TestMode.PerformanceOnly
+    if options.official:
+        ts.min_duration_ms = 600_000
+    else:
+        ts.min_duration_ms = int(options.min_duration_s * 1000)
+        ts.min_query_count = MIN_QUERIES[scenario]
+    ts.single_stream_expected_latency_ns = int(p50_ms * 1e6)
+    ts.multi_stream_samples_per_query = MULTI_STREAM_SAMPLES
+    ts.multi_stream_expected_latency_ns = int(p50_ms * MULTI_STREAM_SAMPLES * 1e6)
+    ts.server_target_latency_ns = int(options.target_latency_ms * 1e6)
+    # Offline issues expected QPS x duration samples at once: expecting too little finishes early and
+    # fails "min duration"; half again the tight loop's best throughput keeps it busy long enough.
+    ts.offline_expected_qps = OFFLINE_MARGIN * offline_qps
+    return ts
+
+
+def result_of(scenario: str, log: dict, folder: Path) -> ScenarioResult:
+    valid = log.get("result_validity") == "VALID"
+    per_query = "_per_query" if scenario == "multi-stream" else ""
+    qps = (log.get("result_samples_per_second") if scenario == "offline"
+           else log.get("result_completed_samples_per_sec") if scenario == "server"
+           else log.get("result_qps_with_loadgen_overhead"))
+    return ScenarioResult(
+        scenario=scenario, valid=valid, reason="" if valid else invalid_reason(scenario, log),
+        p50_ms=ms(log, f"result_50.00_percentile{per_query}_latency_ns"),
+        p90_ms=ms(log, f"result_90.00_percentile{per_query}_latency_ns"),
+        p99_ms=ms(log, f"result_99.00_percentile{per_query}_latency_ns"),
+        qps=None if qps is None else float(qps), queries=log.get("result_query_count"), log_dir=str(folder))
+
+
+def invalid_reason(scenario: str, log: dict) -> str:
+    """LoadGen's reason for an INVALID run, and the fix."""
+    if log.get("result_min_duration_met") is False:
+        return "min duration not met: raise the expected QPS, or the duration (--scenario-seconds)"
+    if log.get("result_min_queries_met") is False or log.get("early_stopping_met") is False:
+        return (f"too few queries for the percentile (early stopping needs >= {MIN_QUERIES[scenario]}): "
+                "raise the duration (--scenario-seconds)")
+    if scenario == "server":
+        return "the latency bound was exceeded at this QPS: lower the target QPS (or raise --target-latency-ms)"
+    return str(log.get("result_invalid_reason") or "LoadGen marked the run INVALID (see mlperf_log_detail.txt)")
+
+
+def server_peak(lg, runner, inputs, options: ScenarioSettings, p50_ms: float, folder: Path) -> ScenarioResult:
+    """Bisection over LoadGen Server runs for the highest target QPS that stays VALID."""
+    capacity = 1000.0 / p50_ms  # one instance, back to back
+    low, high = 0.0, 1.2 * capacity
+    best: ScenarioResult | None = None
+    curve = []
+    for step in range(options.server_steps):
+        target = (low + high) / 2 if step else 0.7 * capacity
+        settings = test_settings(lg, "server", options, p50_ms, capacity)
+        settings.server_target_qps = target
+        run_folder = folder / f"server-{step}-{target:.0f}qps"
+        result = result_of("server", run_loadgen(lg, runner, inputs, settings, run_folder, batch=1), run_folder)
+        result.target_qps = target
+        curve.append(ServerPoint(target, result.p99_ms, result.valid))
+        if result.valid:
+            low, best = target, result
+        else:
+            high = target
+    chosen = best or result
+    chosen.curve = curve
+    if best is None:
+        chosen.reason = (f"no VALID run even at {curve[-1].offered_qps:.0f} QPS under the {options.target_latency_ms:g} "
+                         "ms p99 bound: raise --target-latency-ms")
+    return chosen
+
+
+def run_scenarios(runner, inputs: np.ndarray, options: ScenarioSettings, p50_ms: float, offline_qps: float,
+                  folder: Path) -> list[ScenarioResult]:
+    """Every requested scenario for one artifact; logs under ``folder/<scenario>``."""
+    import mlperf_loadgen as lg
+
+    results = []
+    for scenario in options.scenarios:
+        if scenario == "server":
+            results.append(server_peak(lg, runner, inputs, options, p50_ms, folder / scenario))
+            continue
+        settings = test_settings(lg, scenario, options, p50_ms, offline_qps)
+        batch = OFFLINE_BATCH if scenario == "offline" else MULTI_STREAM_SAMPLES
+        log = run_loadgen(lg, runner, inputs, settings, folder / scenario, batch)
+        results.append(result_of(scenario, log, folder / scenario))
+    return results
+
+
+def accuracy_run(runner, inputs: np.ndarray, labels: np.ndarray, folder: Path) -> LoadGenAccuracy:
+    """LoadGen's AccuracyOnly mode over the whole set, decoded from mlperf_log_accuracy.json."""
+    import mlperf_loadgen as lg
+
+    settings = lg.TestSettings()
+    settings.scenario = lg.TestScenario.Offline
+    settings.mode = lg.TestMode.AccuracyOnly
+    settings.offline_expected_qps = 1000.0
+    run_loadgen(lg, runner, inputs, settings, folder, OFFLINE_BATCH)
+    entries = json.loads((folder / "mlperf_log_accuracy.json").read_text())
+    predicted = {e["qsl_idx"]: int(np.frombuffer(bytes.fromhex(e["data"]), np.int32)[0]) for e in entries}
+    correct = sum(predicted[i] == int(labels[i]) for i in predicted)
+    return LoadGenAccuracy(samples=len(predicted), top1=correct / max(len(predicted), 1), log_dir=str(folder))
