@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from qexport import runtimes
-from qexport.manifest import (GOLDEN_ATOL, ArtifactFile, BuildRecord, CompanionFile, CompiledWith, DataInfo,
+from qexport.manifest import (GOLDEN_ATOL, ArtifactFile, BuildRecord, CompiledWith, DataInfo, FileRecord,
                                Evaluation, Failure,
                                Golden, Index, IndexEntry, InputSpec, Manifest, ModelInfo, OutputSpec, Requirements,
                                RuntimeSection, artifact_problem, find_manifests, golden_path, manifest_path,
@@ -266,8 +266,8 @@ def make_manifest(ctx: BuildContext, family: Family, final: Path, details: Build
     data = ctx.data
     height, width = data.image_size
     return Manifest(
-        artifact=ArtifactFile(file=final.name, size_bytes=final.stat().st_size, sha256=sha256_file(final),
-                              companions=[companion_file(final.with_suffix(suffix)) for suffix in family.companions]),
+        artifact=ArtifactFile(**vars(file_record(final)),
+                              companions=[file_record(final.with_suffix(suffix)) for suffix in family.companions]),
         family=family.key, format=family.format, precision=family.precision, method=family.method,
         config=details.config, notes=details.notes + ([family.cpu_note] if family.cpu_note else []),
         devices=list(family.devices), requirements=requirements(family, ctx),
@@ -286,8 +286,8 @@ def make_manifest(ctx: BuildContext, family: Family, final: Path, details: Build
                           git_commit=git_commit(Path(__file__).parent)))
 
 
-def companion_file(path: Path) -> CompanionFile:
-    return CompanionFile(file=path.name, size_bytes=path.stat().st_size, sha256=sha256_file(path))
+def file_record(path: Path) -> FileRecord:
+    return FileRecord(file=path.name, size_bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
 def utc_now() -> str:

@@ -33,8 +33,8 @@ def golden_path(artifact: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class CompanionFile:
-    """A file the artifact cannot be loaded without (an OpenVINO IR's .bin weights)."""
+class FileRecord:
+    """A plain file name beside the manifest (never a path), its size and sha256."""
 
     file: str
     size_bytes: int
@@ -42,11 +42,8 @@ class CompanionFile:
 
 
 @dataclass(frozen=True)
-class ArtifactFile:
-    file: str          # a plain name beside the manifest (never a path)
-    size_bytes: int
-    sha256: str
-    companions: list[CompanionFile] = field(default_factory=list)
+class ArtifactFile(FileRecord):
+    companions: list[FileRecord] = field(default_factory=list)  # files it cannot load without (an IR's .bin)
 
     @property
     def total_size_bytes(self) -> int:
