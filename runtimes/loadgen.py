@@ -83,6 +83,7 @@ def clean_folder(folder: Path) -> Iterator[Path]:
 
 def run_loadgen(lg, runner, inputs: np.ndarray, settings, folder: Path, batch: int) -> dict:
     """One LoadGen test; returns the ``result_*`` entries of its detail log."""
+    folder = folder.resolve()  # LoadGen runs with this folder as working directory: no relative paths
     served = ServedRunner(lg, runner, inputs, batch)
     sut = lg.ConstructSUT(served.issue, served.flush)
     qsl = lg.ConstructQSL(len(inputs), min(len(inputs), 1024), lambda _: None, lambda _: None)
@@ -207,6 +208,7 @@ def accuracy_run(runner, inputs: np.ndarray, labels: np.ndarray, folder: Path) -
     """LoadGen's AccuracyOnly mode over the whole set, decoded from mlperf_log_accuracy.json."""
     import mlperf_loadgen as lg
 
+    folder = folder.resolve()
     settings = lg.TestSettings()
     settings.scenario = lg.TestScenario.Offline
     settings.mode = lg.TestMode.AccuracyOnly

@@ -42,11 +42,13 @@ def test_all_scenarios_run_in_loadgen_and_its_accuracy_matches(built_artifacts, 
     assert "server_latency_vs_qps.png" in names
 
 
-def test_an_invalid_server_run_says_why_and_what_to_change(built_artifacts, tmp_path):
+def test_an_invalid_server_run_says_why_and_what_to_change(built_artifacts, tmp_path, monkeypatch):
     out, _ = built_artifacts
     folder = copy_artifacts(out, tmp_path / "a", ["resnet18.fp32.torchscript.pt"])
     settings = ScenarioSettings(scenarios=["server"], min_duration_s=0.3, server_steps=1, target_latency_ms=0.001,
                                 accuracy=False)
-    doc = bench_directory(folder, BenchOptions(**QUICK, scenarios=settings, loadgen_dir=str(tmp_path / "lg")))
+    monkeypatch.chdir(tmp_path)  # a relative log folder (LoadGen runs with another working directory)
+    doc = bench_directory(folder, BenchOptions(**QUICK, scenarios=settings, loadgen_dir="lg"))
     server = doc.rows[0].result.scenario("server")
     assert not server.valid and "raise --target-latency-ms" in server.reason
+    assert (tmp_path / "lg" / "torchscript-fp32" / "server").is_dir()
