@@ -150,14 +150,16 @@ def under_load(runner, spec: WorkerSpec, result: RoundResult, np) -> None:
     from qexport.runtimes import loadgen
 
     smallest = min(result.batches, key=int)
-    p50_ms = result.batches[smallest].p50_ms / int(smallest)
-    offline_qps = max(stats.throughput_ips for stats in result.batches.values())
+    expect = loadgen.Expectations(
+        single_ms=result.batches[smallest].p50_ms / int(smallest),
+        per_sample_ms=min(stats.p50_ms / int(batch) for batch, stats in result.batches.items()),
+        offline_qps=max(stats.throughput_ips for stats in result.batches.values()))
     if spec.eval_inputs:
         inputs = np.ascontiguousarray(np.load(spec.eval_inputs))
     else:
         inputs = np.random.default_rng(0).standard_normal((256, *spec.input_shape)).astype(np.float32)
     folder = Path(spec.scenario_dir)
-    result.scenarios = loadgen.run_scenarios(runner, inputs, spec.scenarios, p50_ms, offline_qps, folder)
+    result.scenarios = loadgen.run_scenarios(runner, inputs, spec.scenarios, expect, folder)
     if spec.scenarios.accuracy and spec.eval_labels:
         result.loadgen_accuracy = loadgen.accuracy_run(runner, inputs, np.load(spec.eval_labels), folder / "accuracy")
 
