@@ -195,7 +195,7 @@ def bench(
                            only=tuple(o.strip() for o in only.split(",")) if only else None,
                            scenarios=_scenario_settings(scenario, scenario_seconds, target_latency_ms, server_steps,
                                                         mlperf_durations),
-                           loadgen_dir=str(((out or directory) / "loadgen").resolve()) if scenario else None)
+                           loadgen_dir=str((out or directory) / "loadgen") if scenario else None)
     dataset = None if no_accuracy else evaluation_data(discover(directory), data, data_dir)
 
     def report_progress(number: int, total: int, row, round_index: int, rounds: int) -> None:

@@ -75,7 +75,9 @@ def child_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONWARNINGS", "ignore")
-    env["NNCF_CI"] = "1"  # no usage telemetry from any process qexport starts (see runtimes.openvino)
+    from qexport.runtimes.openvino import TELEMETRY_OFF
+
+    env.update(TELEMETRY_OFF)  # no usage telemetry from any process qexport starts
     return env
 
 

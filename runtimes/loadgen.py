@@ -104,7 +104,7 @@ def run_loadgen(lg, runner, inputs: np.ndarray, settings, folder: Path, batch: i
 
 
 def read_detail_log(path: Path) -> dict:
-    """The ``:::MLLOG {json}`` lines of LoadGen's detail log, as key -> value."""
+    """Every ``:::MLLOG {json}`` line of LoadGen's detail log, as key -> value."""
     values = {}
     for line in path.read_text().splitlines():
         if line.startswith(":::MLLOG "):
@@ -230,7 +230,6 @@ def accuracy_run(runner, inputs: np.ndarray, labels: np.ndarray, folder: Path) -
     """LoadGen's AccuracyOnly mode over the whole set, decoded from mlperf_log_accuracy.json."""
     import mlperf_loadgen as lg
 
-    folder = folder.resolve()
     settings = lg.TestSettings()
     settings.scenario = lg.TestScenario.Offline
     settings.mode = lg.TestMode.AccuracyOnly

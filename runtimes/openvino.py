@@ -17,12 +17,16 @@ from qexport.runtimes.base import Runner, load_failure_message
 INFERENCE_PRECISION = "f32"
 
 
+# NNCF and OpenVINO's Python tools send usage data unless opted out; qexport never lets them. NNCF_CI
+# is NNCF's documented opt-out; OpenVINO's telemetry lives in convert_model, which qexport never calls.
+TELEMETRY_OFF = {"NNCF_CI": "1"}
+
+
 def telemetry_off() -> None:
-    """NNCF and OpenVINO's Python tools send usage data unless opted out; qexport never lets them.
-    Set before either is imported; children inherit it (see runtimes.foreign.child_env)."""
+    """Opt this process out before NNCF is imported (children get it through foreign.child_env)."""
     import os
 
-    os.environ["NNCF_CI"] = "1"  # NNCF: its documented opt-out for automated environments
+    os.environ.update(TELEMETRY_OFF)
 
 
 class OpenVinoRunner(Runner):

@@ -9,6 +9,7 @@ parses the same way before combining rounds.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,26 +206,62 @@ class BenchRow:
         return self.result.batches.get(batch) if self.measured else None
 
 
-@dataclass
-class RunOptions:
-    """How the run measured (BenchOptions as recorded, plus the cores it pinned)."""
+@dataclass(frozen=True)
+class BenchOptions:
+    """How to measure; every field is printed with the results."""
 
-    threads: int
-    batch_sizes: list[int]
-    warmup: int
-    min_count: int
-    min_seconds: float
-    device: str
-    pinned_cores: list[int]
-    rounds: int = 1
+    threads: int = 1
+    cores: tuple[int, ...] | None = None
+    batch_sizes: tuple[int, ...] = (1, 32, 128)
+    rounds: int = 5          # fresh worker processes per artifact, interleaved across artifacts
+    warmup: int = 5          # per round: fixed calls, then windows until the median is stable
+    min_count: int = 10      # per round and batch size
+    min_seconds: float = 0.5  # per round and batch size
     eval_samples: int | None = None
-    cores: list[int] | None = None
-    timeout: float | None = None
+    device: str = "cpu"
+    timeout: float = 900.0
     allow_modified: bool = False
-    only: list[str] | None = None
-    cpu_fp16: bool = False
-    scenarios: ScenarioSettings | None = None
+    only: tuple[str, ...] | None = None
+    cpu_fp16: bool = False  # fp16 is a GPU format: on CPU it is measured only when asked
+    scenarios: ScenarioSettings | None = None  # MLPerf LoadGen scenarios (first round), logs under loadgen_dir
     loadgen_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise QExportError(f"--threads must be at least 1, got {self.threads}.")
+        if self.rounds < 1:
+            raise QExportError(f"--rounds must be at least 1, got {self.rounds}.")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise QExportError("--batch-sizes must be positive integers, e.g. 1,32,128.")
+        if self.device not in ("cpu", "cuda"):
+            raise QExportError(f"--device must be cpu or cuda, got {self.device!r}.")
+        usable = usable_cores()
+        if self.cores and not set(self.cores) <= set(usable):
+            raise QExportError(f"--cores {','.join(map(str, self.cores))} is not within the usable cores {usable}.")
+        if self.threads > len(usable):
+            raise QExportError(f"--threads {self.threads} exceeds the {len(usable)} usable cores.")
+        if self.scenarios and not self.loadgen_dir:
+            raise QExportError("LoadGen scenarios need a folder for their logs (loadgen_dir).")
+
+    def pinned_cores(self) -> list[int]:
+        """Explicit --cores, else the last N usable cores (core 0 tends to take interrupts)."""
+        return list(self.cores) if self.cores else usable_cores()[-self.threads:]
+
+
+def usable_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class RunOptions(BenchOptions):
+    """The options a run measured with, as bench.json records them, plus the cores it pinned.
+    A record from another host is read as it is: it is not checked against this host's cores."""
+
+    rounds: int = 1  # version-1 documents: a single pass
+    pinned_cores: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        pass
 
 
 @dataclass
