@@ -10,20 +10,22 @@ from __future__ import annotations
 import platform
 import time
 import traceback
-from dataclasses import dataclass
+from functools import cached_property
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from qexport import runtimes
-from qexport.manifest import (GOLDEN_ATOL, ArtifactFile, BuildRecord, CompiledWith, DataInfo, FileRecord,
+from qexport.manifest import (GOLDEN_ATOL, AccuracyBudget, ArtifactFile, BuildRecord, CompiledWith, DataInfo, FileRecord,
                                Evaluation, Failure,
                                Golden, Index, IndexEntry, InputSpec, Manifest, ModelInfo, OutputSpec, Requirements,
                                RuntimeSection, artifact_problem, find_manifests, golden_path, manifest_path,
                                read_manifest)
 from qexport.documents import parse
-from qexport.exporter.registry import BuildContext, BuildDetails, Family
+from qexport.exporter.budget import HeldOut, fallback_sizes, over_budget_message
+from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, Family
 from qexport import __version__
 from qexport.data import Split, normalize, seeded_subset
 from qexport.envinfo import cpu_info, git_commit, isa_summary, library_versions
@@ -33,7 +35,6 @@ from qexport.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, e
 from qexport.progress import say
 from qexport.train import predict, top1
 
-EVAL_BATCH = 250
 
 
 @dataclass
@@ -50,15 +51,11 @@ class Reference:
 
     def __init__(self, ctx: BuildContext):
         self.split = evaluation_split(ctx)
-        self._logits: torch.Tensor | None = None
         self._ctx = ctx
 
-    @property
+    @cached_property
     def logits(self) -> torch.Tensor:
-        if self._logits is None:
-            model = self._ctx.fresh_model()
-            self._logits = predict(model, self.split, self._ctx.data.mean, self._ctx.data.std, EVAL_BATCH)
-        return self._logits
+        return self._ctx.fp32_logits(self.split)
 
 
 def evaluation_split(ctx: BuildContext) -> Split:
@@ -71,17 +68,17 @@ def build_families(ctx: BuildContext, families: list[Family], out_dir: Path, for
                    debug: bool = False) -> list[Outcome]:
     """Build each family in turn; one failing never stops the others."""
     ensure_writable_dir(out_dir)
-    reference = Reference(ctx)
+    reference, held_out = Reference(ctx), HeldOut(ctx)
     outcomes = []
     for family in families:
-        problem = family.build_problem()
-        if problem:  # e.g. ipex-bf16 on an AVX2-only host: not a failure, a fact of this host
+        problem = family.build_problem() or family.model_problem(ctx.model_name)
+        if problem:  # ipex-bf16 on an AVX2-only host, eager int8 for a model without a quantizable twin
             outcomes.append(Outcome(family.key, "skipped", reason=problem))
             say(f"[yellow]skipped[/yellow] {family.key}: {problem}")
             continue
         say(f"[bold]{family.key}[/bold] → {family.filename(ctx.model_name)}")
         try:
-            outcomes.append(build_one(ctx, family, out_dir, reference, force))
+            outcomes.append(build_one(ctx, family, out_dir, reference, held_out, force))
         except RuntimeMissing as err:  # e.g. no IPEX environment: say how to get it, build the rest
             outcomes.append(Outcome(family.key, "skipped", reason=str(err)))
             say(f"  [yellow]skipped[/yellow]: {err}")
@@ -97,7 +94,8 @@ def build_families(ctx: BuildContext, families: list[Family], out_dir: Path, for
     return outcomes
 
 
-def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Reference, force: bool) -> Outcome:
+def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Reference, held_out: HeldOut,
+              force: bool) -> Outcome:
     final = out_dir / family.filename(ctx.model_name)
     options = family.relevant_options(ctx.options)
     if not force and is_up_to_date(final, ctx.checkpoint_sha256, options):
@@ -105,18 +103,53 @@ def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Refer
         return Outcome(family.key, "up-to-date", final.name, manifest=read_manifest(manifest_path(final)))
     started = time.perf_counter()
     with atomic_path(final, family.companions) as tmp:
-        details = build_in_child(family, ctx, tmp) if family.isolate else family.build(ctx, tmp)
+        details, budget = build_within_budget(family, ctx, tmp, held_out)
         measured = measure(family, tmp, ctx, reference, details)
     seconds = time.perf_counter() - started
     golden = golden_path(final)
     write_golden(golden, measured.golden_inputs, measured.golden_outputs)
-    manifest = make_manifest(ctx, family, final, details, measured.evaluation, options, seconds, golden)
+    manifest = make_manifest(ctx, family, final, details, measured.evaluation, options, seconds, golden, budget)
     atomic_write_json(manifest_path(final), manifest.to_dict())
     ev = manifest.evaluation
     say(f"  built in {seconds:.0f} s: {manifest.artifact.total_size_bytes / 1e6:.1f} MB, "
         f"top-1 {fmt_pct(ev.top1)} (fp32 {fmt_pct(ev.fp32_reference_top1)}), "
         f"agreement {fmt_pct(ev.top1_agreement_with_fp32)}")
     return Outcome(family.key, "built", final.name, manifest=manifest)
+
+
+def run_family(family: Family, ctx: BuildContext, path: Path) -> BuildDetails:
+    """The family's build function, in a child process unless it already builds in another interpreter."""
+    return build_in_child(family, ctx, path) if family.isolate else family.build(ctx, path)
+
+
+def build_within_budget(family: Family, ctx: BuildContext, path: Path,
+                        held_out: HeldOut) -> tuple[BuildDetails, AccuracyBudget | None]:
+    """Build, and hold an int8 family to ``--max-accuracy-drop`` (see exporter/budget.py): over
+    budget, a family that can fall back is rebuilt with the 1, 2, 4, ... most sensitive layers in
+    float until it fits; one that still misses raises, so nothing over budget is ever written."""
+    details = run_family(family, ctx, path)
+    if family.precision != "int8":
+        return details, None
+    if not len(held_out.split):
+        details.notes.append(f"Accuracy budget not checked: the train split has no images beyond the "
+                             f"{ctx.options.calibration_samples} used for calibration.")
+        return details, None
+    limit, kept = ctx.options.max_accuracy_drop, ()
+    attempts = [held_out.attempt(runner_logits(family, path, details, held_out.split, ctx.data)[1], 0)]
+    if attempts[-1].drop_pt > limit and family.fallback:
+        for size in fallback_sizes(len(held_out.ranking)):
+            kept = tuple(held_out.ranking[:size])
+            say(f"  {attempts[-1].drop_pt:.2f} pt lost (budget {limit:g}): rebuilding with the {size} most "
+                "sensitive layers in float")
+            details = run_family(family, replace(ctx, keep_float=kept), path)
+            logits = runner_logits(family, path, details, held_out.split, ctx.data)[1]
+            attempts.append(held_out.attempt(logits, size))
+            if attempts[-1].drop_pt <= limit:
+                break
+    budget = held_out.record(attempts, kept, shares=family.fallback)
+    if not budget.met:
+        raise QExportError(over_budget_message(family.key, budget, family.fallback, len(held_out.costs)))
+    return details, budget
 
 
 def build_in_child(family: Family, ctx: BuildContext, path: Path) -> BuildDetails:
@@ -220,11 +253,15 @@ class Measured:
     golden_outputs: np.ndarray
 
 
-def measure(family: Family, path: Path, ctx: BuildContext, reference: Reference, details: BuildDetails) -> Measured:
-    """Load the file in its deployment runtime (no model code) and measure it on the test split."""
+def runner_logits(family: Family, path: Path, details: BuildDetails, split: Split, data) -> tuple[object, torch.Tensor]:
+    """The file loaded in its deployment runtime (no model code), and its logits on ``split``."""
     runner = runtimes.load_runner(family.runtime, path, hints=details.load_hints)
-    logits = predict(lambda x: torch.from_numpy(runner.predict(x.numpy())), reference.split,
-                     ctx.data.mean, ctx.data.std, EVAL_BATCH)
+    return runner, predict(lambda x: torch.from_numpy(runner.predict(x.numpy())), split, data.mean, data.std, EVAL_BATCH)
+
+
+def measure(family: Family, path: Path, ctx: BuildContext, reference: Reference, details: BuildDetails) -> Measured:
+    """Load the file in its deployment runtime and measure it on the test split."""
+    runner, logits = runner_logits(family, path, details, reference.split, ctx.data)
     if logits.shape != reference.logits.shape:
         raise QExportError(f"{family.key} produced logits of shape {tuple(logits.shape)}, expected "
                            f"{tuple(reference.logits.shape)}; the export is broken.")
@@ -262,7 +299,7 @@ def runtime_section(family: Family, details: BuildDetails) -> RuntimeSection:
 
 
 def make_manifest(ctx: BuildContext, family: Family, final: Path, details: BuildDetails, evaluation: Evaluation,
-                  options: dict, seconds: float, golden: Path) -> Manifest:
+                  options: dict, seconds: float, golden: Path, budget: AccuracyBudget | None = None) -> Manifest:
     data = ctx.data
     height, width = data.image_size
     return Manifest(
@@ -274,7 +311,7 @@ def make_manifest(ctx: BuildContext, family: Family, final: Path, details: Build
         runtime=runtime_section(family, details),
         model=ModelInfo(name=ctx.model_name, num_classes=data.num_classes, checkpoint_sha256=ctx.checkpoint_sha256),
         data=parse(DataInfo, data.describe(), "the data description"), synthetic=data.synthetic,
-        calibration=details.calibration, int8_coverage=details.int8_coverage,
+        calibration=details.calibration, int8_coverage=details.int8_coverage, accuracy_budget=budget,
         input=InputSpec(shape=["batch", 3, height, width], mean=list(data.mean), std=list(data.std)),
         output=OutputSpec(shape=["batch", data.num_classes], classes=list(data.classes)),
         evaluation=evaluation,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qexport.exporter.budget import not_found_note
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage
 
@@ -117,7 +118,7 @@ class CalibrationReader:
 @register("onnx-int8", variant="int8", format="onnx", extension=".onnx", precision="int8",
           runtime="onnxruntime",
           method="onnxruntime quant_pre_process + quantize_static (QDQ, per-channel weights, U8S8)",
-          option_keys=("calibration_samples", "calibration_method", "seed"))
+          option_keys=("calibration_samples", "calibration_method", "seed"), fallback=True)
 def build_onnx_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -129,14 +130,36 @@ def build_onnx_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     with scratch_fp32(ctx) as fp32, tempfile.TemporaryDirectory(prefix="qexport-onnx-") as tmp:
         pre = Path(tmp) / "model.pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
+        excluded, missing = nodes_of_layers(pre, ctx.keep_float)
         say(f"  calibrating onnx-int8 ({ctx.options.calibration_method}, {ctx.options.calibration_samples} train images)")
         quantize_static(str(pre), str(path), CalibrationReader(ctx), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[ctx.options.calibration_method])
+                        calibrate_method=methods[ctx.options.calibration_method], nodes_to_exclude=excluded)
     return BuildDetails(config={"format": "QDQ", "per_channel": True, "activations": "uint8", "weights": "int8",
-                                "calibration_method": ctx.options.calibration_method, "opset": onnx_opset(path)},
+                                "calibration_method": ctx.options.calibration_method, "opset": onnx_opset(path),
+                                "nodes_to_exclude": excluded},
+                        notes=not_found_note(missing),
                         int8_coverage=onnx_int8_coverage(path),
                         calibration=train_calibration(ctx, min(ctx.options.calibration_samples, len(ctx.data.train))))
+
+
+def nodes_of_layers(path: Path, layers: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The ONNX nodes computing the torch modules ``layers``, and the layers not found.
+
+    The exporter names each weight initializer after its parameter (``features.0.0.weight``),
+    also after folding batch norm into the convolution, so a node is found by its weight input.
+    """
+    import onnx
+
+    if not layers:
+        return [], []
+    wanted = {f"{layer}.weight": layer for layer in layers}
+    nodes, found = [], set()
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if len(node.input) > 1 and node.input[1] in wanted:
+            nodes.append(node.name)
+            found.add(wanted[node.input[1]])
+    return nodes, [layer for layer in layers if layer not in found]
 
 
 def onnx_int8_coverage(path: Path) -> Int8Coverage:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qexport.errors import RuntimeMissing
+from qexport.exporter.budget import not_found_note
 from qexport.exporter.onnx import scratch_fp32
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage
@@ -57,17 +58,38 @@ def build_openvino_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
 
 
 @register("openvino-int8", variant="int8", precision="int8", method="NNCF post-training quantization "
-          "(nncf.quantize, performance preset) of the fp32 IR → IR", option_keys=("calibration_samples", "seed"), **IR)
+          "(nncf.quantize, performance preset) of the fp32 IR → IR", option_keys=("calibration_samples", "seed"),
+          fallback=True, **IR)
 def build_openvino_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     ov, nncf = require("openvino"), require("nncf")
     batches = [batch.numpy() for batch in ctx.calibration_batches(batch_size=1)]
-    quantized = nncf.quantize(read_fp32(ctx, ov), nncf.Dataset(batches), subset_size=len(batches),
-                              preset=nncf.QuantizationPreset.PERFORMANCE)
+    model = read_fp32(ctx, ov)
+    ignored, missing = ops_of_layers(model, ctx.keep_float)
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                              preset=nncf.QuantizationPreset.PERFORMANCE,
+                              ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None)
     save_ir(ov, quantized, path)
     return BuildDetails(config={"quantizer": "nncf.quantize, QuantizationPreset.PERFORMANCE", "subset_size": len(batches),
                                 "inference_precision": INFERENCE_PRECISION, "openvino": ov.get_version(),
-                                "nncf": nncf.__version__},
+                                "nncf": nncf.__version__, "ignored_scope": ignored},
+                        notes=not_found_note(missing),
                         int8_coverage=ir_int8_coverage(quantized), calibration=train_calibration(ctx, len(batches)))
+
+
+WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
+
+
+def ops_of_layers(model, layers: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The IR operations computing the torch modules ``layers`` (found by their weight constant,
+    which keeps the parameter's name through the ONNX export), and the layers not found."""
+    wanted = {f"{layer}.weight": layer for layer in layers}
+    ops, found = [], set()
+    for op in model.get_ops() if layers else ():
+        constant = weight_constant(op.input_value(1).get_node()) if op.get_type_name() in WEIGHT_OPS else None
+        if constant is not None and constant.get_friendly_name() in wanted:
+            ops.append(op.get_friendly_name())
+            found.add(wanted[constant.get_friendly_name()])
+    return ops, [layer for layer in layers if layer not in found]
 
 
 def ir_int8_coverage(model) -> Int8Coverage:
@@ -75,19 +97,22 @@ def ir_int8_coverage(model) -> Int8Coverage:
     Constant(i8) → Convert → Multiply by the scale): "quantized nothing" must show."""
     quantized = total = 0
     for op in model.get_ops():
-        if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul"):
+        if op.get_type_name() not in WEIGHT_OPS:
             continue
         total += 1
-        quantized += int8_weights(op.input_value(1).get_node())
+        constant = weight_constant(op.input_value(1).get_node())
+        element = str(constant.get_element_type()) if constant is not None else ""
+        quantized += "int8" in element and "uint8" not in element
     return Int8Coverage.of_layers(quantized, total)
 
 
-def int8_weights(node, depth: int = 4) -> bool:
-    """Does the weight input reach an int8 Constant through dequantizing ops (Convert/Multiply/...)?"""
+def weight_constant(node, depth: int = 4):
+    """The Constant a weight input comes from through single-input ops (Convert, Multiply by a
+    scale, Reshape of a grouped convolution's weight), or None."""
     for _ in range(depth):
         if node.get_type_name() == "Constant":
-            return "int8" in str(node.get_element_type()) and "uint8" not in str(node.get_element_type())
+            return node
         if node.get_input_size() == 0:
-            return False
+            return None
         node = node.input_value(0).get_node()
-    return False
+    return None

@@ -80,11 +80,15 @@ def export_dynamic(model: nn.Module, example: torch.Tensor) -> torch.export.Expo
     return torch.export.export(model, (sample,), dynamic_shapes=({0: batch},))
 
 
-def x86_quantizer(is_qat: bool = False):
+def x86_quantizer(is_qat: bool = False, keep_float: tuple[str, ...] = ()):
+    """The x86 Inductor quantizer; the modules named in ``keep_float`` get no quantization config,
+    so their operators stay fp32 (the accuracy budget's per-layer fallback)."""
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
 
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    for name in keep_float:
+        quantizer.set_module_name_qconfig(name, None)
     return quantizer
 
 
@@ -237,11 +241,11 @@ def calibrate_graph(prepared: nn.Module, ctx: BuildContext) -> int:
 
 @register("pt2e-int8", variant="int8", format="aoti", extension=".pt2", precision="int8", runtime="aoti",
           method="torch.export → torchao X86InductorQuantizer PTQ (per-channel) → convert_pt2e → AOTInductor package",
-          option_keys=("calibration_samples", "seed", "target_cpu"), compiled=True)
+          option_keys=("calibration_samples", "seed", "target_cpu"), compiled=True, fallback=True)
 def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(exported_for_quantization(ctx), x86_quantizer())
+    prepared = prepare_pt2e(exported_for_quantization(ctx), x86_quantizer(keep_float=ctx.keep_float))
     seen = calibrate_graph(prepared, ctx)
     converted = convert_pt2e(prepared)
     coverage = require_quantized(converted, "pt2e-int8")

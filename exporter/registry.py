@@ -17,12 +17,14 @@ from torch import nn
 
 from qexport.data import Dataset, Split, calibration_split, normalize
 from qexport.errors import QExportError
-from qexport.manifest import Calibration, Int8Coverage, LoadHints, RuntimeSection
+from qexport.manifest import DEFAULT_MAX_DROP, Calibration, Int8Coverage, LoadHints, RuntimeSection
 from qexport.selection import match_keys
 from qexport.hardware import (DEFAULT_TARGET, TARGETS, CpuRequirement, HostCpu, TargetIsa, host_cpu,
                               native_requirement, resolve_target)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+BUDGET_OPTIONS = ("max_accuracy_drop", "budget_samples")
+EVAL_BATCH = 250  # images per forward pass when a build scores a model or an artifact
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,15 @@ class BuildOptions:
     eval_samples: int | None = None  # None: the full test split
     golden_samples: int = 8
     target_cpu: str = DEFAULT_TARGET  # what compiled (AOTInductor) code may use: avx2 | avx512 | native
+    max_accuracy_drop: float = DEFAULT_MAX_DROP  # top-1 points an int8 family may lose vs fp32 (held-out train images)
+    budget_samples: int = 1000  # held-out train images the drop is measured on
 
     def __post_init__(self) -> None:
         resolve_target(self.target_cpu)  # unknown, or beyond this host: one sentence before anything is built
+        if not 0 <= self.max_accuracy_drop <= 100:  # also refuses NaN
+            raise QExportError(f"--max-accuracy-drop is in top-1 points between 0 and 100, got {self.max_accuracy_drop}.")
+        if self.budget_samples < 1:
+            raise QExportError(f"--budget-samples must be at least 1, got {self.budget_samples}.")
         if self.calibration_samples < 1:
             raise QExportError(f"--calibration-samples must be at least 1, got {self.calibration_samples}.")
         if self.calibration_method not in CALIBRATION_METHODS:
@@ -68,6 +76,7 @@ class BuildContext:
     checkpoint_sha256: str
     show_progress: bool = True
     notes: list[str] = field(default_factory=list)
+    keep_float: tuple[str, ...] = ()  # module names a fallback-capable int8 family must leave in float
 
     @property
     def example(self) -> torch.Tensor:
@@ -76,6 +85,13 @@ class BuildContext:
 
     def fresh_model(self) -> nn.Module:
         return copy.deepcopy(self.model).eval()
+
+    def fp32_logits(self, split: Split) -> torch.Tensor:
+        """The eager fp32 model's logits on ``split``: what every artifact is compared with."""
+        from qexport.train import predict
+
+        with torch.no_grad():
+            return predict(self.fresh_model(), split, self.data.mean, self.data.std, EVAL_BATCH)
 
     def calibration(self) -> Split:
         return calibration_split(self.data, self.options.calibration_samples, self.options.seed)
@@ -132,10 +148,16 @@ class Family:
     compiled: bool = False   # holds machine code compiled for --target-cpu (AOTInductor)
     isolate: bool = True     # build in a fresh child process (False: it already builds in another interpreter)
     companions: tuple[str, ...] = ()  # suffixes of files written beside the artifact (OpenVINO: ".bin")
+    fallback: bool = False   # honours BuildContext.keep_float: can keep chosen layers in float to meet the budget
+    model_support: Callable[[str], str | None] | None = None  # why a model cannot take this family, or None
 
     def build_problem(self, cpu: HostCpu | None = None) -> str | None:
         """None when this host can build the family; else 'needs X; this CPU has Y'."""
         return self.build_needs.problem(cpu or host_cpu()) if self.build_needs else None
+
+    def model_problem(self, model_name: str) -> str | None:
+        """None when the family applies to ``model_name``; else why not (a skip, not a failure)."""
+        return self.model_support(model_name) if self.model_support else None
 
     def artifact_needs(self, target: TargetIsa, cpu: HostCpu | None = None) -> CpuRequirement | None:
         """What the built artifact needs on the host it runs on (recorded in its manifest)."""
@@ -149,6 +171,8 @@ class Family:
     def relevant_options(self, options: BuildOptions) -> dict:
         chosen = {k: v for k, v in options.as_dict().items() if k in self.option_keys}
         chosen.update(eval_samples=options.eval_samples, golden_samples=options.golden_samples)
+        if self.precision == "int8":  # every int8 family is held to the budget
+            chosen.update({key: getattr(options, key) for key in BUDGET_OPTIONS})
         return chosen
 
 

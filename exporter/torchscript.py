@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qexport.exporter.budget import not_found_note
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage
 from qexport.errors import QExportError
@@ -93,17 +94,31 @@ def build_int8_dynamic(ctx: BuildContext, path: Path) -> BuildDetails:
                "Convolutions stay fp32, so size and speed barely change; use int8-static, int8-qat or onnx int8 for CNNs."])
 
 
+def quantizable_twins() -> list[str]:
+    """The torchvision models with a quantization-ready twin (QuantStub, fusable blocks)."""
+    import torchvision.models.quantization as tvq
+
+    from qexport.models import classification_models
+
+    return [name for name in classification_models() if callable(getattr(tvq, name, None))]
+
+
+def twin_problem(model_name: str) -> str | None:
+    """Why eager int8 does not apply to ``model_name`` (it has no quantizable twin), or None."""
+    if model_name in quantizable_twins():
+        return None
+    return (f"eager-mode int8 needs torchvision's quantizable twin of the model and {model_name} has none "
+            f"(only {', '.join(quantizable_twins())}); pt2e-int8, onnx-int8 and openvino-int8 quantize any model")
+
+
 def quantizable_copy(ctx: BuildContext) -> nn.Module:
     """torchvision's quantization-ready twin of the model, carrying the trained weights."""
     import torchvision.models.quantization as tvq
 
-    factory = getattr(tvq, ctx.model_name, None)
-    if factory is None or not callable(factory):
-        raise QExportError(
-            f"Eager-mode int8 needs a torchvision quantizable variant and {ctx.model_name} has none; "
-            "use the pt2e-int8 or onnx-int8 families for this model."
-        )
-    model = factory(weights=None, quantize=False, num_classes=ctx.data.num_classes)
+    problem = twin_problem(ctx.model_name)
+    if problem:
+        raise QExportError(f"{problem}.")
+    model = getattr(tvq, ctx.model_name)(weights=None, quantize=False, num_classes=ctx.data.num_classes)
     try:
         model.load_state_dict(ctx.model.state_dict(), strict=True)
     except RuntimeError as err:
@@ -132,27 +147,53 @@ def convert_and_save(model: nn.Module, ctx: BuildContext, path: Path, variant: s
     return coverage
 
 
+class FloatIsland(nn.Sequential):
+    """A layer kept in float inside an eager int8 model: its quantized input is dequantized, the
+    layer runs in fp32, and its output is quantized again (with its own calibrated observer)."""
+
+    def __init__(self, layer: nn.Module):
+        layer.qconfig = None  # its own attribute wins over the parent's when qconfigs propagate
+        super().__init__(torch.ao.quantization.DeQuantStub(), layer, torch.ao.quantization.QuantStub())
+
+
+def keep_in_float(model: nn.Module, layers: tuple[str, ...]) -> list[str]:
+    """Wrap each named (already fused) layer in a :class:`FloatIsland`; returns the names not found."""
+    missing = []
+    for name in layers:
+        parent_name, _, attribute = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name)
+            layer = getattr(parent, attribute)
+        except AttributeError:
+            missing.append(name)
+            continue
+        setattr(parent, attribute, FloatIsland(layer))
+    return missing
+
+
 @register("torchscript-int8-static", variant="int8-static", format="torchscript",
           extension=".torchscript.pt", precision="int8", runtime="torchscript",
           method="eager PTQ: fuse conv+bn+relu, x86 per-channel qconfig, calibrate, convert, trace + freeze",
-          option_keys=("calibration_samples", "seed"))
+          option_keys=("calibration_samples", "seed"), fallback=True, model_support=twin_problem)
 def build_int8_static(ctx: BuildContext, path: Path) -> BuildDetails:
     torch.backends.quantized.engine = QUANT_ENGINE
     model = quantizable_copy(ctx).eval()
     model.fuse_model()
     model.qconfig = torch.ao.quantization.get_default_qconfig(QUANT_ENGINE)
+    missing = keep_in_float(model, ctx.keep_float)
     torch.ao.quantization.prepare(model, inplace=True)
     seen = calibrate(model, ctx)
     coverage = convert_and_save(model, ctx, path, "int8-static")
     return BuildDetails(config={"qconfig": f"default {QUANT_ENGINE} (per-channel symmetric weights, histogram "
                                            "activations)", "fused": "conv+bn(+relu)"},
+                        notes=not_found_note(missing),
                         quantized_engine=QUANT_ENGINE, int8_coverage=coverage, calibration=train_calibration(ctx, seen))
 
 
 @register("torchscript-int8-qat", variant="int8-qat", format="torchscript",
           extension=".torchscript.pt", precision="int8", runtime="torchscript",
           method="eager QAT: fuse, x86 QAT qconfig, fine-tune with fake quant, convert, trace + freeze",
-          option_keys=("qat_epochs", "qat_lr", "seed"))
+          option_keys=("qat_epochs", "qat_lr", "seed"), model_support=twin_problem)
 def build_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
     from qexport.train import fine_tune
 

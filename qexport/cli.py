@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from qexport.errors import QExportError
+from qexport.manifest import DEFAULT_MAX_DROP
 
 app = typer.Typer(
     help="Export trained PyTorch classifiers to every deployment format and benchmark them honestly.\n\n"
@@ -102,6 +103,8 @@ def build(
     calibration_method: str = typer.Option("minmax", "--calibration-method", help="ONNX int8 calibration: minmax, entropy or percentile."),
     qat_epochs: int = typer.Option(1, "--qat-epochs", help="Fine-tuning epochs of the QAT families."),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Measure accuracy on a seeded subset of the test split (default: all of it)."),
+    max_accuracy_drop: float = typer.Option(DEFAULT_MAX_DROP, "--max-accuracy-drop", help="Top-1 points an int8 artifact may lose against fp32, measured on held-out train images (never the test split). Over it, pt2e/ONNX/OpenVINO/TorchScript static int8 are rebuilt with the most sensitive layers in float until it fits; a family that cannot fit is not written. 1.0 ~ MLPerf's 99 %-of-fp32 rule."),
+    budget_samples: int = typer.Option(1000, "--budget-samples", help="Held-out train images (after the calibration ones) the accuracy budget is measured on."),
     epochs: int = typer.Option(30, "--epochs", help="Training epochs when no checkpoint is given."),
     seed: int = SeedOpt,
     train_samples: Optional[int] = TrainSamplesOpt,
@@ -124,7 +127,8 @@ def build(
     if not all_families and not only:
         raise QExportError("Say what to build: --all, or --only with names from `qexport build --list`.")
     options = BuildOptions(calibration_samples=calibration_samples, calibration_method=calibration_method,
-                           qat_epochs=qat_epochs, seed=seed, eval_samples=eval_samples, target_cpu=target_cpu)
+                           qat_epochs=qat_epochs, seed=seed, eval_samples=eval_samples, target_cpu=target_cpu,
+                           max_accuracy_drop=max_accuracy_drop, budget_samples=budget_samples)
     families = select_families(None if all_families else [n.strip() for n in only.split(",") if n.strip()])
     ensure_writable_dir(out)
     train_device = resolve_device(device)

@@ -88,7 +88,7 @@ def model_card(manifests: list[Manifest], bench: BenchDocument | None, signed_wi
         ev = m.evaluation
         lines.append(
             f"| {m.artifact.file} | {m.format} | {m.precision} | {m.runtime.name} | "
-            f"{m.artifact.total_size_bytes / 1e6:.1f} | {ev.top1:.2%} | {ev.drop_pt:+.2f} | {ev.top1_agreement_with_fp32:.2%} | "
+            f"{m.artifact.total_size_bytes / 1e6:.1f} | {ev.top1:.2%} | {ev.change_pt:+.2f} | {ev.top1_agreement_with_fp32:.2%} | "
             f"{m.calibration.describe() if m.calibration else '-'} |")
     lines += ["", *latency_section(bench), "## Loading each artifact (only its runtime, no model code)", ""]
     for runtime in sorted({m.runtime.name for m in manifests}):

@@ -57,6 +57,14 @@ def print_families(families, target_cpu: str) -> None:
     console.print(table)
 
 
+def budget_cell(budget, precision: str) -> str:
+    """'0.20 / 1' (top-1 points lost on held-out train images / the budget), with the float layers kept."""
+    if budget is None:
+        return "not checked (see notes)" if precision == "int8" else "-"
+    kept = f", {len(budget.kept_float)} float" if budget.kept_float else ""
+    return f"{budget.drop_pt:.2f} / {budget.max_drop_pt:g}{kept}"
+
+
 def _yes_or(problem: str | None) -> str:
     return "[green]yes[/green]" if problem is None else f"[yellow]no[/yellow]: {problem}"
 
@@ -71,21 +79,31 @@ def print_build(outcomes, out_dir) -> None:
     entries = read_index(index_file).artifacts if index_file.is_file() else []
     base_size = next((e.size_bytes for e in entries if e.family == "torchscript-fp32"), None)
     table = Table(title=f"qexport build → {out_dir}")
-    for column in ("family", "status", "file", "MB", "× smaller", "top-1", "Δ vs fp32 (pt)", "agree", "int8 weights", "s"):
+    columns = ("family", "status", "file", "MB", "× smaller", "top-1", "Δ vs fp32 (pt)", "agree", "int8 weights",
+               "pt lost / budget", "s")
+    for column in columns:
         table.add_column(column, justify="right" if column not in ("family", "status", "file") else "left")
     for o in outcomes:
         m = o.manifest
         if not m:
             colour = "yellow" if o.status == "skipped" else "red"
-            table.add_row(o.family, f"[{colour}]{o.status}[/{colour}]", "see below", *[""] * 7)
+            table.add_row(o.family, f"[{colour}]{o.status}[/{colour}]", "see below", *[""] * (len(columns) - 3))
             continue
         size, ev = m.artifact.total_size_bytes, m.evaluation
         table.add_row(
             o.family, o.status, m.artifact.file, f"{size / 1e6:.2f}",
             f"{base_size / size:.2f}" if base_size else "",
-            f"{ev.top1:.2%}", f"{ev.drop_pt:+.2f}", f"{ev.top1_agreement_with_fp32:.2%}",
-            f"{m.int8_coverage.ratio:.1%}" if m.int8_coverage else "-", f"{m.build.seconds:.0f}")
+            f"{ev.top1:.2%}", f"{ev.change_pt:+.2f}", f"{ev.top1_agreement_with_fp32:.2%}",
+            f"{m.int8_coverage.ratio:.1%}" if m.int8_coverage else "-", budget_cell(m.accuracy_budget, m.precision),
+            f"{m.build.seconds:.0f}")
     console.print(table)
+    for o in outcomes:
+        budget = o.manifest.accuracy_budget if o.manifest else None
+        if budget and budget.kept_float:
+            console.print(f"{o.family} kept {len(budget.kept_float)} layer(s) in float to stay within "
+                          f"{budget.max_drop_pt:g} pt ({', '.join(budget.kept_float)}); still int8: "
+                          f"{budget.int8_weight_share:.1%} of conv/linear weights, {budget.int8_mac_share:.1%} of "
+                          "their multiply-accumulates", highlight=False)
     for o in outcomes:
         if o.status in ("failed", "skipped"):
             colour = "yellow" if o.status == "skipped" else "red"

@@ -62,7 +62,9 @@ def make_context(data, checkpoint, **options):
     from qexport.exporter import BuildOptions
     from qexport.pipeline import build_context
 
-    opts = BuildOptions(**{"calibration_samples": 64, **options})
+    # The tiny model's int8 twins lose 5-25 top-1 points on thin margins (see test_build.MIN_AGREEMENT):
+    # a 1-point budget would send every int8 family into rebuilds. The budget has its own tests.
+    opts = BuildOptions(**{"calibration_samples": 64, "max_accuracy_drop": 100.0, **options})
     return build_context("resnet18", data, checkpoint, opts, show_progress=False)
 
 

@@ -1,0 +1,215 @@
+"""The accuracy budget every int8 family is held to, and the per-layer fallback that meets it.
+
+The drop is measured on train images held out from calibration -- never on the test split, which
+stays untouched for the reported accuracy -- in the artifact's own runtime (``build.py`` runs the
+search). A family over budget that can keep chosen layers in float (``Family.fallback``) is rebuilt
+with the layers whose quantization hurts most left in float: the 1, 2, 4, ... most sensitive, so
+the search ends after at most log2(layers) rebuilds. A family that still misses, or cannot fall
+back, fails with the numbers and writes nothing.
+
+The ranking is computed once per build run, in torch, and only when some family misses: each
+convolution/linear layer alone is fake-quantized the way the x86 backends quantize it (per-channel
+int8 weights, per-tensor uint8 input over the calibration range) and scored by the logit error it
+causes. It is a proxy -- each backend folds and fuses differently -- which is why every rebuild is
+measured again in its own runtime rather than trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from qexport.data import Split, normalize
+from qexport.exporter.registry import BuildContext, BuildOptions
+from qexport.manifest import AccuracyBudget, BudgetAttempt
+from qexport.progress import say
+
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+RANKING_SAMPLES = 128      # held-out images each layer's sensitivity is scored on
+RANGE_SAMPLES = 256        # calibration images the input ranges come from
+MEASURED_ON = "train split, held out from calibration (never the test split)"
+RANKING = ("each convolution/linear layer alone fake-quantized in torch (per-channel int8 weights, per-tensor uint8 "
+           f"input over the calibration range), most sensitive first by the mean squared logit error on "
+           f"{RANKING_SAMPLES} held-out train images")
+
+
+def budget_split(data, options: BuildOptions) -> Split:
+    """The next ``budget_samples`` train images of the seeded permutation whose head is the
+    calibration subset (``data.calibration_split``): disjoint from calibration by construction."""
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(options.seed))
+    start = options.calibration_samples
+    return data.train.subset(order[start:start + options.budget_samples].sort().values)
+
+
+def fallback_sizes(layers: int) -> list[int]:
+    """How many of the most sensitive layers each rebuild keeps in float: 1, 2, 4, ... below
+    ``layers`` (keeping every layer in float would no longer be an int8 artifact)."""
+    sizes, size = [], 1
+    while size < layers:
+        sizes.append(size)
+        size *= 2
+    return sizes
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers int8 backends quantize, by qualified module name (the name every fallback uses)."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, LAYER_TYPES)}
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    weights: int
+    macs: int  # multiply-accumulates for one image
+
+
+def layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, LayerCost]:
+    """Weights and per-image MACs of every quantizable layer, from one forward pass."""
+    costs: dict[str, LayerCost] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+            per_output = module.weight[0].numel()  # in_channels/groups x kernel, or in_features
+            costs[name] = LayerCost(module.weight.numel(), output[:1].numel() * per_output)
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in quantizable_layers(model).items()]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return costs
+
+
+def int8_shares(costs: dict[str, LayerCost], kept_float: tuple[str, ...]) -> tuple[float, float]:
+    """Share of quantizable weights and of their MACs still int8 once ``kept_float`` stay float."""
+    int8 = [cost for name, cost in costs.items() if name not in kept_float]
+    weights, macs = sum(c.weights for c in costs.values()), sum(c.macs for c in costs.values())
+    return (round(sum(c.weights for c in int8) / weights, 4) if weights else 0.0,
+            round(sum(c.macs for c in int8) / macs, 4) if macs else 0.0)
+
+
+def input_ranges(model: nn.Module, layers: dict[str, nn.Module], batches: Iterator[torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """Min/max of each layer's input over calibration images: what a min-max observer sees."""
+    ranges: dict[str, tuple[float, float]] = {}
+
+    def record(name: str):
+        def hook(_module, inputs) -> None:
+            low, high = float(inputs[0].min()), float(inputs[0].max())
+            seen = ranges.get(name, (low, high))
+            ranges[name] = (min(seen[0], low), max(seen[1], high))
+        return hook
+
+    handles = [module.register_forward_pre_hook(record(name)) for name, module in layers.items()]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ranges
+
+
+@contextlib.contextmanager
+def fake_quantized(layer: nn.Module, value_range: tuple[float, float]) -> Iterator[None]:
+    """``layer`` computing as an x86 int8 kernel would: per-channel symmetric int8 weights and a
+    per-tensor asymmetric uint8 input, both rounded and dequantized (restored on exit)."""
+    low, high = min(value_range[0], 0.0), max(value_range[1], 0.0)
+    scale = max((high - low) / 255, 1e-8)
+    zero_point = int(min(max(round(-low / scale), 0), 255))
+    original = layer.weight.data
+    channel_scale = original.abs().amax(dim=tuple(range(1, original.dim()))).clamp(min=1e-12) / 127
+    layer.weight.data = torch.fake_quantize_per_channel_affine(
+        original, channel_scale, torch.zeros_like(channel_scale, dtype=torch.int32), 0, -128, 127)
+    handle = layer.register_forward_pre_hook(
+        lambda _m, inputs: (torch.fake_quantize_per_tensor_affine(inputs[0], scale, zero_point, 0, 255),) + inputs[1:])
+    try:
+        yield
+    finally:
+        handle.remove()
+        layer.weight.data = original
+
+
+def rank_layers(ctx: BuildContext, split: Split) -> list[str]:
+    """Quantizable layers, the one whose quantization alone changes the logits most first."""
+    model = ctx.fresh_model()
+    layers = quantizable_layers(model)
+    say(f"  ranking {len(layers)} layers by how much int8 alone costs each ({min(len(split), RANKING_SAMPLES)} "
+        "held-out images)…")
+    calibration = ctx.calibration_batches()
+    ranges = input_ranges(model, layers, (batch for _, batch in zip(range(RANGE_SAMPLES // 64), calibration)))
+    images = normalize(split.images[:RANKING_SAMPLES], ctx.data.mean, ctx.data.std)
+    scores = {}
+    with torch.no_grad():
+        reference = model(images)
+        for name, layer in layers.items():
+            with fake_quantized(layer, ranges.get(name, (0.0, 0.0))):
+                scores[name] = float(((model(images) - reference) ** 2).mean())
+    return sorted(scores, key=lambda name: scores[name], reverse=True)
+
+
+class HeldOut:
+    """The budget's images and what is computed on them once per build run: the fp32 model's
+    logits, and -- only when a family misses the budget -- the layer ranking and layer costs."""
+
+    def __init__(self, ctx: BuildContext):
+        self.ctx = ctx
+        self.split = budget_split(ctx.data, ctx.options)
+
+    @cached_property
+    def fp32_logits(self) -> torch.Tensor:
+        return self.ctx.fp32_logits(self.split)
+
+    @cached_property
+    def ranking(self) -> list[str]:
+        return rank_layers(self.ctx, self.split)
+
+    @cached_property
+    def costs(self) -> dict[str, LayerCost]:
+        return layer_costs(self.ctx.fresh_model(), self.ctx.example)
+
+    def attempt(self, logits: torch.Tensor, kept_float: int) -> BudgetAttempt:
+        """The top-1 points ``logits`` lose against the fp32 model on these images."""
+        from qexport.train import top1
+
+        fp32, quantized = top1(self.fp32_logits, self.split.labels), top1(logits, self.split.labels)
+        return BudgetAttempt(kept_float=kept_float, top1=quantized, drop_pt=round((fp32 - quantized) * 100, 4))
+
+    def record(self, attempts: list[BudgetAttempt], kept_float: tuple[str, ...], shares: bool) -> AccuracyBudget:
+        """The manifest's budget section for the last of ``attempts`` (``shares``: the family
+        quantizes every convolution/linear layer it does not keep in float)."""
+        from qexport.train import top1
+
+        last, options = attempts[-1], self.ctx.options
+        weight_share, mac_share = int8_shares(self.costs, kept_float) if shares else (None, None)
+        return AccuracyBudget(
+            max_drop_pt=options.max_accuracy_drop, measured_on=MEASURED_ON, samples=len(self.split),
+            seed=options.seed, fp32_top1=top1(self.fp32_logits, self.split.labels), top1=last.top1,
+            drop_pt=last.drop_pt, met=last.drop_pt <= options.max_accuracy_drop, kept_float=list(kept_float),
+            int8_weight_share=weight_share, int8_mac_share=mac_share, attempts=attempts,
+            ranking=RANKING if kept_float else "")
+
+
+def over_budget_message(key: str, budget: AccuracyBudget, can_fall_back: bool, layers: int) -> str:
+    """One sentence: what was lost, against what, what was tried, and what the user can do."""
+    lost = (f"{key} loses {budget.drop_pt:.2f} top-1 points against fp32 on {budget.samples} held-out train images, "
+            f"over --max-accuracy-drop {budget.max_drop_pt:g}")
+    if not can_fall_back:
+        tried = "; this family cannot keep single layers in float"
+    elif budget.kept_float:
+        tried = f" even with the {len(budget.kept_float)} most sensitive of {layers} layers in float"
+    else:
+        tried = f"; with {layers} quantizable layer(s) there is none to keep in float"
+    return f"{lost}{tried} -- raise the budget, use a QAT family, or leave {key} out."
+
+
+def not_found_note(missing: list[str]) -> list[str]:
+    """A manifest note for layers the fallback asked to keep in float that this graph does not name."""
+    return [f"Layers asked to stay float but not found in this graph (left int8): {', '.join(missing)}"] if missing else []

@@ -1,0 +1,203 @@
+"""The accuracy budget (--max-accuracy-drop): measured on held-out train images, per-layer
+fallback until it holds, nothing written when it cannot, and each backend's way of keeping a
+layer in float."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from qexport.data import calibration_split
+from qexport.errors import QExportError
+from qexport.exporter import FAMILIES, BuildOptions
+from qexport.exporter.budget import (budget_split, fallback_sizes, fake_quantized, int8_shares, layer_costs,
+                                     rank_layers)
+from qexport.exporter.build import build_families
+from qexport.exporter.registry import BuildContext, BuildDetails, Family
+from qexport.manifest import read_manifest, manifest_path
+from tests.conftest import make_context
+
+DAMAGED = 3  # layers the test family ruins unless the fallback keeps them in float
+
+
+def test_budget_split_is_disjoint_from_calibration(tiny_data):
+    options = BuildOptions(calibration_samples=64, budget_samples=100)
+    held_out, calibration = budget_split(tiny_data, options), calibration_split(tiny_data, 64, options.seed)
+    assert len(held_out) == 100
+    as_rows = lambda split: {tuple(image.flatten()[:64].tolist()) for image in split.images}  # noqa: E731
+    assert not as_rows(held_out) & as_rows(calibration)
+    assert torch.equal(budget_split(tiny_data, options).labels, held_out.labels)  # seeded
+
+
+def test_budget_split_is_empty_when_calibration_takes_every_image(tiny_data):
+    assert len(budget_split(tiny_data, BuildOptions(calibration_samples=len(tiny_data.train)))) == 0
+
+
+def test_fallback_sizes_double_and_never_keep_everything():
+    assert fallback_sizes(1) == []
+    assert fallback_sizes(5) == [1, 2, 4]
+    assert fallback_sizes(8) == [1, 2, 4]
+
+
+def test_budget_options_refuse_bad_values():
+    for bad in (-0.1, float("nan"), 101):
+        with pytest.raises(QExportError, match="--max-accuracy-drop"):
+            BuildOptions(max_accuracy_drop=bad)
+    with pytest.raises(QExportError, match="--budget-samples"):
+        BuildOptions(budget_samples=0)
+
+
+def test_layer_costs_and_int8_shares():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    costs = layer_costs(model, torch.zeros(2, 3, 8, 8))
+    assert costs["0"].weights == 4 * 3 * 3 * 3 and costs["0"].macs == 4 * 8 * 8 * 27
+    assert costs["2"].weights == costs["2"].macs == 256 * 10
+    weights, macs = int8_shares(costs, ("2",))
+    assert weights == round(108 / (108 + 2560), 4) and macs == round(6912 / (6912 + 2560), 4)
+    assert int8_shares(costs, ()) == (1.0, 1.0)
+
+
+def test_fake_quantized_is_close_and_restores_the_layer():
+    torch.manual_seed(0)
+    layer, x = nn.Linear(16, 4), torch.rand(8, 16)
+    original = layer.weight.detach().clone()
+    with torch.no_grad(), fake_quantized(layer, (0.0, 1.0)):
+        approximate = layer(x)
+    assert torch.equal(layer.weight, original) and not layer._forward_pre_hooks
+    with torch.no_grad():
+        assert 0 < (approximate - layer(x)).abs().max() < 0.05
+
+
+def test_ranking_puts_the_layer_int8_hurts_most_first(tiny_data, tiny_checkpoint):
+    ctx = make_context(tiny_data, tiny_checkpoint)
+    with torch.no_grad():  # one outlier weight per output channel: int8 steps become coarse there
+        ctx.model.fc.weight[:, 0] = 1000.0
+    ranking = rank_layers(ctx, budget_split(ctx.data, ctx.options))
+    assert ranking[0] == "fc"
+    assert sorted(ranking) == sorted(n for n, m in ctx.model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def _ruin_top_layers(ctx: BuildContext, path: Path) -> BuildDetails:
+    """A stand-in for a quantizer that wrecks exactly the most sensitive layers (the ranking the
+    build uses) unless asked to keep them in float: a real TorchScript file, run by its runtime."""
+    from qexport.exporter.torchscript import embedded_meta, save_traced
+
+    model = ctx.fresh_model()
+    ruined = rank_layers(ctx, budget_split(ctx.data, ctx.options))[:DAMAGED]
+    with torch.no_grad():
+        for name in ruined:
+            if name not in ctx.keep_float:
+                weight = model.get_submodule(name).weight
+                weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(1)) * 10)
+    save_traced(model, ctx.example, path, embedded_meta(ctx, "ruined"))
+    return BuildDetails()
+
+
+def _ruining_family(fallback: bool) -> Family:
+    return Family(key="ruined-int8", variant="ruined", format="torchscript", extension=".pt", precision="int8",
+                  runtime="torchscript", method="test stand-in", build=_ruin_top_layers, isolate=False,
+                  fallback=fallback)
+
+
+def test_over_budget_family_is_rebuilt_with_sensitive_layers_in_float(tiny_data, tiny_checkpoint, tmp_path):
+    ctx = make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=1.0)
+    [outcome] = build_families(ctx, [_ruining_family(fallback=True)], tmp_path)
+    assert outcome.status == "built", outcome.reason
+    budget = read_manifest(manifest_path(tmp_path / outcome.file)).accuracy_budget
+    assert [a.kept_float for a in budget.attempts] == [0, 1, 2, 4]  # 1, 2 still leave a ruined layer
+    assert budget.attempts[0].drop_pt > 1.0 and budget.met and budget.drop_pt <= 1.0
+    assert budget.kept_float == rank_layers(ctx, budget_split(ctx.data, ctx.options))[:4]
+    assert budget.samples == len(budget_split(ctx.data, ctx.options)) and "train" in budget.measured_on
+    assert 0 < budget.int8_weight_share < 1 and 0 < budget.int8_mac_share < 1 and budget.ranking
+
+
+def test_family_that_cannot_fall_back_is_not_written(tiny_data, tiny_checkpoint, tmp_path):
+    ctx = make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=1.0)
+    [outcome] = build_families(ctx, [_ruining_family(fallback=False)], tmp_path)
+    assert outcome.status == "failed"
+    assert "over --max-accuracy-drop 1" in outcome.reason and "cannot keep single layers in float" in outcome.reason
+    assert not list(tmp_path.glob("resnet18.ruined*"))
+
+
+def test_budget_is_recorded_in_int8_manifests_only(tiny_data, tiny_checkpoint, tmp_path):
+    ctx = make_context(tiny_data, tiny_checkpoint)
+    outcomes = build_families(ctx, [FAMILIES["torchscript-int8-dynamic"], FAMILIES["torchscript-fp32"]], tmp_path)
+    int8, fp32 = (o.manifest for o in outcomes)
+    assert int8.accuracy_budget.max_drop_pt == 100.0 and int8.accuracy_budget.met
+    assert int8.accuracy_budget.kept_float == [] and int8.accuracy_budget.int8_weight_share is None
+    assert int8.build.options["max_accuracy_drop"] == 100.0  # changing the budget rebuilds int8 artifacts
+    assert fp32.accuracy_budget is None and "max_accuracy_drop" not in fp32.build.options
+
+
+def test_eager_int8_is_skipped_for_a_model_without_a_quantizable_twin(tiny_data, tiny_checkpoint, tmp_path):
+    ctx = make_context(tiny_data, tiny_checkpoint)
+    ctx.model_name = "efficientnet_b0"  # checked before anything is built: the resnet18 weights are never used
+    outcomes = build_families(ctx, [FAMILIES["torchscript-int8-static"], FAMILIES["torchscript-int8-qat"]], tmp_path)
+    assert [o.status for o in outcomes] == ["skipped", "skipped"]
+    assert "quantizable twin" in outcomes[0].reason and "pt2e-int8" in outcomes[0].reason
+    assert FAMILIES["torchscript-int8-static"].model_problem("mobilenet_v3_large") is None
+
+
+# --- each backend keeps the named layers in float ------------------------------------------------
+
+KEEP = ("conv1", "layer1.0.conv1", "fc")
+
+
+def _keep_context(tiny_data, tiny_checkpoint) -> BuildContext:
+    from dataclasses import replace
+
+    return replace(make_context(tiny_data, tiny_checkpoint), keep_float=KEEP)
+
+
+def test_pt2e_keeps_named_layers_in_float(tiny_data, tiny_checkpoint):
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from qexport.exporter.pt2e import count_quantized, exported_for_quantization, x86_quantizer
+
+    ctx = _keep_context(tiny_data, tiny_checkpoint)
+    prepared = prepare_pt2e(exported_for_quantization(ctx), x86_quantizer(keep_float=ctx.keep_float))
+    prepared(ctx.example.expand(2, -1, -1, -1))
+    coverage = count_quantized(convert_pt2e(prepared))
+    assert coverage.quantized_layers == coverage.layers - len(KEEP)
+
+
+def test_onnx_int8_excludes_the_nodes_of_named_layers(tiny_data, tiny_checkpoint, tmp_path):
+    import onnx
+
+    ctx = _keep_context(tiny_data, tiny_checkpoint)
+    details = FAMILIES["onnx-int8"].build(ctx, tmp_path / "m.onnx")
+    assert len(details.config["nodes_to_exclude"]) == len(KEEP) and not details.notes
+    float_weights = {i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.initializer if i.data_type == 1}
+    assert {f"{layer}.weight" for layer in KEEP} <= float_weights
+
+
+def test_openvino_int8_ignores_the_ops_of_named_layers(tiny_data, tiny_checkpoint, tmp_path):
+    pytest.importorskip("nncf", reason="OpenVINO/NNCF not installed: pip install 'qexport[openvino]'")
+    ctx = _keep_context(tiny_data, tiny_checkpoint)
+    details = FAMILIES["openvino-int8"].build(ctx, tmp_path / "m.openvino.xml")
+    assert len(details.config["ignored_scope"]) == len(KEEP) and not details.notes
+    assert details.int8_coverage.quantized_layers == details.int8_coverage.layers - len(KEEP)
+
+
+def test_torchscript_static_int8_keeps_named_layers_in_float(tiny_data, tiny_checkpoint, tmp_path):
+    ctx = _keep_context(tiny_data, tiny_checkpoint)
+    kept = FAMILIES["torchscript-int8-static"].build(ctx, tmp_path / "kept.pt").int8_coverage
+    full = FAMILIES["torchscript-int8-static"].build(make_context(tiny_data, tiny_checkpoint), tmp_path / "all.pt")
+    assert kept.quantized_weights < full.int8_coverage.quantized_weights and kept.total_weights == full.int8_coverage.total_weights
+    from qexport import runtimes
+
+    runner = runtimes.load_runner("torchscript", tmp_path / "kept.pt")
+    assert runner.predict(ctx.example.numpy()).shape == (1, tiny_data.num_classes)
+
+
+def test_unknown_layer_names_are_noted_not_silently_ignored(tiny_data, tiny_checkpoint, tmp_path):
+    from dataclasses import replace
+
+    ctx = replace(make_context(tiny_data, tiny_checkpoint), keep_float=("no.such.layer",))
+    details = FAMILIES["onnx-int8"].build(ctx, tmp_path / "m.onnx")
+    assert details.notes and "no.such.layer" in details.notes[0]
+
+
