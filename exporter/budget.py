@@ -7,11 +7,12 @@ with the layers whose quantization hurts most left in float: the 1, 2, 4, ... mo
 the search ends after at most log2(layers) rebuilds. A family that still misses, or cannot fall
 back, fails with the numbers and writes nothing.
 
-The ranking is computed once per build run, in torch, and only when some family misses: each
-convolution/linear layer alone is fake-quantized the way the x86 backends quantize it (per-channel
-int8 weights, per-tensor uint8 input over the calibration range) and scored by the logit error it
-causes. It is a proxy -- each backend folds and fuses differently -- which is why every rebuild is
-measured again in its own runtime rather than trusted.
+The ranking is computed once per build run, in torch, and only when some family misses: with
+every convolution/linear layer fake-quantized the way the x86 backends quantize it (per-channel
+int8 weights, per-tensor uint8 input over the calibration range), each layer in turn goes back to
+float and is scored by how much logit error that removes. It is a proxy -- each backend folds,
+fuses and quantizes other ops differently -- which is why every rebuild is measured again in its
+own runtime rather than trusted.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 RANKING_SAMPLES = 128      # held-out images each layer's sensitivity is scored on
 RANGE_SAMPLES = 256        # calibration images the input ranges come from
 MEASURED_ON = "train split, held out from calibration (never the test split)"
-RANKING = ("each convolution/linear layer alone fake-quantized in torch (per-channel int8 weights, per-tensor uint8 "
-           f"input over the calibration range), most sensitive first by the mean squared logit error on "
-           f"{RANKING_SAMPLES} held-out train images")
+RANKING = ("leave-one-out in torch: every convolution/linear layer fake-quantized (per-channel int8 weights, "
+           "per-tensor uint8 input over the calibration range), each put back in float in turn; most first by how "
+           f"much that lowers the mean squared logit error against fp32 on {RANKING_SAMPLES} held-out train images")
 
 
 def budget_split(data, options: BuildOptions) -> Split:
@@ -117,42 +118,75 @@ def input_ranges(model: nn.Module, layers: dict[str, nn.Module], batches: Iterat
     return ranges
 
 
+class FakeQuantized:
+    """``layer`` computing as an x86 int8 kernel would -- per-channel symmetric int8 weights and a
+    per-tensor asymmetric uint8 input over ``value_range``, rounded and dequantized -- while
+    switched on; the float weights come back when switched off or removed."""
+
+    def __init__(self, layer: nn.Module, value_range: tuple[float, float]):
+        low, high = min(value_range[0], 0.0), max(value_range[1], 0.0)
+        self.scale = max((high - low) / 255, 1e-8)
+        self.zero_point = int(min(max(round(-low / self.scale), 0), 255))
+        self.layer, self.float_weight = layer, layer.weight.data
+        channel_scale = self.float_weight.abs().amax(dim=tuple(range(1, self.float_weight.dim()))).clamp(min=1e-12) / 127
+        self.int8_weight = torch.fake_quantize_per_channel_affine(
+            self.float_weight, channel_scale, torch.zeros_like(channel_scale, dtype=torch.int32), 0, -128, 127)
+        self.on = False
+        self.handle = layer.register_forward_pre_hook(self._quantize_input)
+
+    def _quantize_input(self, _module, inputs):
+        if not self.on:
+            return None
+        return (torch.fake_quantize_per_tensor_affine(inputs[0], self.scale, self.zero_point, 0, 255),) + inputs[1:]
+
+    def switch(self, on: bool) -> None:
+        self.on = on
+        self.layer.weight.data = self.int8_weight if on else self.float_weight
+
+    def remove(self) -> None:
+        self.switch(False)
+        self.handle.remove()
+
+
 @contextlib.contextmanager
-def fake_quantized(layer: nn.Module, value_range: tuple[float, float]) -> Iterator[None]:
-    """``layer`` computing as an x86 int8 kernel would: per-channel symmetric int8 weights and a
-    per-tensor asymmetric uint8 input, both rounded and dequantized (restored on exit)."""
-    low, high = min(value_range[0], 0.0), max(value_range[1], 0.0)
-    scale = max((high - low) / 255, 1e-8)
-    zero_point = int(min(max(round(-low / scale), 0), 255))
-    original = layer.weight.data
-    channel_scale = original.abs().amax(dim=tuple(range(1, original.dim()))).clamp(min=1e-12) / 127
-    layer.weight.data = torch.fake_quantize_per_channel_affine(
-        original, channel_scale, torch.zeros_like(channel_scale, dtype=torch.int32), 0, -128, 127)
-    handle = layer.register_forward_pre_hook(
-        lambda _m, inputs: (torch.fake_quantize_per_tensor_affine(inputs[0], scale, zero_point, 0, 255),) + inputs[1:])
+def fake_quantized(layers: dict[str, nn.Module], ranges: dict[str, tuple[float, float]]) -> Iterator[dict[str, FakeQuantized]]:
+    """Every layer in ``layers`` fake-quantized (switched on); all restored on exit."""
+    quantized = {name: FakeQuantized(layer, ranges.get(name, (0.0, 0.0))) for name, layer in layers.items()}
     try:
-        yield
+        for fake in quantized.values():
+            fake.switch(True)
+        yield quantized
     finally:
-        handle.remove()
-        layer.weight.data = original
+        for fake in quantized.values():
+            fake.remove()
 
 
 def rank_layers(ctx: BuildContext, split: Split) -> list[str]:
-    """Quantizable layers, the one whose quantization alone changes the logits most first."""
+    """Quantizable layers, the one whose return to float helps most first.
+
+    Leave-one-out, as accuracy-aware tuners rank (NNCF's accuracy control, Intel Neural
+    Compressor): with every layer fake-quantized, each layer in turn goes back to float and is
+    scored by how much that lowers the squared logit error against fp32 -- which counts what a
+    layer's quantization does to the layers after it, not only its own error.
+    """
     model = ctx.fresh_model()
     layers = quantizable_layers(model)
-    say(f"  ranking {len(layers)} layers by how much int8 alone costs each ({min(len(split), RANKING_SAMPLES)} "
+    say(f"  ranking {len(layers)} layers by what keeping each in float recovers ({min(len(split), RANKING_SAMPLES)} "
         "held-out images)…")
     calibration = ctx.calibration_batches()
     ranges = input_ranges(model, layers, (batch for _, batch in zip(range(RANGE_SAMPLES // 64), calibration)))
     images = normalize(split.images[:RANKING_SAMPLES], ctx.data.mean, ctx.data.std)
-    scores = {}
     with torch.no_grad():
         reference = model(images)
-        for name, layer in layers.items():
-            with fake_quantized(layer, ranges.get(name, (0.0, 0.0))):
-                scores[name] = float(((model(images) - reference) ** 2).mean())
-    return sorted(scores, key=lambda name: scores[name], reverse=True)
+        with fake_quantized(layers, ranges) as quantized:
+            error = lambda: float(((model(images) - reference) ** 2).mean())  # noqa: E731
+            everything = error()
+            recovered = {}
+            for name, fake in quantized.items():
+                fake.switch(False)
+                recovered[name] = everything - error()
+                fake.switch(True)
+    return sorted(recovered, key=lambda name: recovered[name], reverse=True)
 
 
 class HeldOut:

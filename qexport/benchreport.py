@@ -66,7 +66,8 @@ def scenario_rows(doc: BenchDocument) -> tuple[list[str], list[list[str]]]:
     LoadGen's own top-1, and the reasons for INVALID runs."""
     names = [name for name in SCENARIO_COLUMNS
              if any(row.measured and row.result.scenario(name) for row in doc.rows)]
-    header = ["family", *[SCENARIO_COLUMNS[name][0] for name in names], "LoadGen top-1", "why INVALID"]
+    header = ["family", *[SCENARIO_COLUMNS[name][0] for name in names], "LoadGen top-1", "server/offline served by",
+              "why INVALID"]
     body = []
     for row in doc.measured_rows():
         if not row.result.scenarios:
@@ -80,7 +81,9 @@ def scenario_rows(doc: BenchDocument) -> tuple[list[str], list[list[str]]]:
             if found and not found.valid:
                 why.append(f"{name}: {found.reason}")
         accuracy = row.result.loadgen_accuracy
-        cells += [fmt(accuracy and accuracy.top1, "{:.2%}"), "; ".join(why) or "-"]
+        instancing = row.result.instancing
+        cells += [fmt(accuracy and accuracy.top1, "{:.2%}"), instancing.label() if instancing else "-",
+                  "; ".join(why) or "-"]
         body.append(cells)
     return header, body
 
@@ -124,6 +127,36 @@ def uncertainty_lines(doc: BenchDocument) -> list[str]:
     return lines
 
 
+def slower_int8_lines(rows: list[BenchRow], batch: str = "1") -> list[str]:
+    """Every int8 artifact measurably slower than TorchScript fp32 at ``batch``, with the causes the
+    measurement and the manifest show: a quantized model that loses to fp32 is a finding, never a
+    silent row."""
+    lines = []
+    for row in rows:
+        ratio, interval = row.speedup_vs_fp32.get(batch), row.speedup_interval.get(batch)
+        if row.precision != "int8" or ratio is None or ratio >= 1 or cannot_tell_from_one(interval):
+            continue
+        lines.append(f"{row.file}: int8 is SLOWER than TorchScript fp32 at batch {batch} ({ratio:.2f}x): "
+                     + "; ".join(slowness_causes(row, batch)))
+    return lines
+
+
+def slowness_causes(row: BenchRow, batch: str) -> list[str]:
+    """Why an int8 row is slow at ``batch``, from what was measured and what the manifest records."""
+    causes = []
+    largest = max(row.speedup_vs_fp32, key=int, default=batch)
+    if int(largest) > int(batch) and row.speedup_vs_fp32[largest] > 1:
+        causes.append(f"{row.speedup_vs_fp32[largest]:.2f}x faster at batch {largest}, so the int8 kernels win once "
+                      "the fixed per-call cost (quantizing the input, quantize/dequantize between ops, layout "
+                      "reorders, per-op dispatch) is spread over a batch: per-op overhead, not arithmetic")
+    if row.float_layers:
+        causes.append(f"{row.float_layers} layer(s) kept in float for the accuracy budget, each with a "
+                      "dequantize -> fp32 -> quantize round trip")
+    if row.int8_share is not None and row.int8_share < 0.5:
+        causes.append(f"only {row.int8_share:.0%} of the weights are int8 (the rest runs in fp32 plus conversions)")
+    return causes or ["no cause recorded in the manifest; profile it at batch 1 (torch.profiler / ORT profiling)"]
+
+
 def reasons(doc: BenchDocument) -> list[str]:
     lines = []
     for row in doc.rows:
@@ -150,7 +183,7 @@ def print_bench(doc: BenchDocument) -> None:
         for cells in scenario_body:
             table.add_row(*cells)
         console.print(table)
-    for line in reasons(doc) + uncertainty_lines(doc) + environment_lines(doc):
+    for line in reasons(doc) + slower_int8_lines(doc.rows) + uncertainty_lines(doc) + environment_lines(doc):
         console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
@@ -159,7 +192,7 @@ def markdown(doc: BenchDocument) -> str:
     lines = ["# qexport bench", "", *[f"- {line}" for line in environment_lines(doc)], "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    lines += ["", *[f"- {line}" for line in uncertainty_lines(doc)]]
+    lines += ["", *[f"- {line}" for line in slower_int8_lines(doc.rows) + uncertainty_lines(doc)]]
     if any(row.measured and row.result.scenarios for row in doc.rows):
         scenario_header, scenario_body = scenario_rows(doc)
         settings = doc.options.scenarios

@@ -179,6 +179,7 @@ def bench(
     target_latency_ms: float = typer.Option(15.0, "--target-latency-ms", help="Server scenario: the p99 bound a QPS must meet to be VALID (MLPerf's ResNet50 bound)."),
     server_steps: int = typer.Option(4, "--server-steps", help="Server scenario: LoadGen runs in the bisection for the peak VALID QPS."),
     mlperf_durations: bool = typer.Option(False, "--mlperf-durations", help="MLPerf's official minimums (600 s per run) instead of --scenario-seconds."),
+    instancing: str = typer.Option("auto", "--instancing", help="Server/offline on several cores (--cores, default all usable): per-core (one single-threaded instance per core), threads (one instance, a thread per core) or auto (offline both ways, keep the one that serves more; both recorded)."),
     seed: int = SeedOpt,
 ) -> None:
     """Measure every artifact in DIRECTORY in its own pinned worker: latency, throughput, size, memory, accuracy.
@@ -198,7 +199,7 @@ def bench(
                            timeout=timeout, allow_modified=allow_modified, cpu_fp16=cpu_fp16,
                            only=tuple(o.strip() for o in only.split(",")) if only else None,
                            scenarios=_scenario_settings(scenario, scenario_seconds, target_latency_ms, server_steps,
-                                                        mlperf_durations),
+                                                        mlperf_durations, _int_list(cores, "--cores"), instancing),
                            loadgen_dir=str((out or directory) / "loadgen") if scenario else None)
     dataset = None if no_accuracy else evaluation_data(discover(directory), data, data_dir)
 
@@ -215,12 +216,12 @@ def bench(
 
 
 def _scenario_settings(names: Optional[str], seconds: float, target_latency_ms: float, server_steps: int,
-                       official: bool):
+                       official: bool, cores, instancing: str):
     """The LoadGen settings --scenario asks for (None: the tight loop only)."""
     if not names:
         return None
-    from qexport.runtimes.loadgen import SCENARIOS
-    from qexport.runtimes.results import ScenarioSettings
+    from qexport.runtimes.loadgen import INSTANCING, SCENARIOS
+    from qexport.runtimes.results import ScenarioSettings, usable_cores
     from qexport.selection import match_keys
 
     chosen = list(SCENARIOS) if names.strip() == "all" else \
@@ -231,8 +232,11 @@ def _scenario_settings(names: Optional[str], seconds: float, target_latency_ms: 
         raise QExportError("--scenario needs the MLPerf LoadGen: pip install 'qexport[loadgen]' (mlcommons-loadgen==6.0.17).")
     if seconds <= 0 or target_latency_ms <= 0 or server_steps < 1:
         raise QExportError("--scenario-seconds and --target-latency-ms must be positive, --server-steps at least 1.")
+    if instancing not in INSTANCING:
+        raise QExportError(f"--instancing must be one of {', '.join(INSTANCING)}, got {instancing!r}.")
     return ScenarioSettings(scenarios=chosen, min_duration_s=seconds, target_latency_ms=target_latency_ms,
-                            server_steps=server_steps, official=official)
+                            server_steps=server_steps, official=official, cores=list(cores or usable_cores()),
+                            instancing=instancing)
 
 
 @app.command()

@@ -282,6 +282,11 @@ class Manifest:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def float_layers(self) -> int:
+        """Layers the accuracy budget kept in float (0 when none, or no budget applies)."""
+        return len(self.accuracy_budget.kept_float) if self.accuracy_budget else 0
+
     @classmethod
     def from_dict(cls, data: Any, source: str = "manifest") -> "Manifest":
         """The manifest if it is one this version understands; otherwise one sentence."""

@@ -21,13 +21,14 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from qexport.runtimes.results import LoadGenAccuracy, ScenarioResult, ScenarioSettings, ServerPoint
+from qexport.runtimes.results import (InstancingChoice, LoadGenAccuracy, ScenarioResult, ScenarioSettings,
+                                      ServerPoint)
 
 SCENARIOS = ("single-stream", "multi-stream", "server", "offline")
 LOADGEN_NAMES = {"single-stream": "SingleStream", "multi-stream": "MultiStream", "server": "Server",
@@ -38,16 +39,40 @@ MULTI_STREAM_SAMPLES = 8
 MIN_QUERIES = {"single-stream": 64, "multi-stream": 662, "server": 500, "offline": 1}
 OFFLINE_BATCH = 32
 OFFLINE_MARGIN = 1.5
+INSTANCING = ("auto", "per-core", "threads")
+
+
+@dataclass
+class Instances:
+    """The loaded artifact instances that serve queries, and the cores each serving thread is
+    pinned to (None: wherever the process may run)."""
+
+    runners: list
+    pins: list[list[int]] | None = None
+
+    @classmethod
+    def single(cls, runner, cores: list[int] | None = None) -> "Instances":
+        return cls([runner], [cores] if cores else None)
+
+
+def pin_this_thread(cores: list[int] | None) -> None:
+    """Linux affinity is per thread: pid 0 is the calling thread, so each server thread gets its core."""
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(cores))
 
 
 class ServedRunner:
-    """SUT: issue_cb only queues; one thread runs the artifact and completes the samples."""
+    """SUT: issue_cb only queues; one thread per instance takes queries from the queue, runs its
+    instance and completes the samples."""
 
-    def __init__(self, lg, runner, inputs: np.ndarray, batch: int):
-        self.lg, self.runner, self.inputs, self.batch = lg, runner, inputs, batch
+    def __init__(self, lg, instances: Instances, inputs: np.ndarray, batch: int):
+        self.lg, self.inputs, self.batch = lg, inputs, batch
         self.queue: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        pins = instances.pins or [None] * len(instances.runners)
+        self.threads = [threading.Thread(target=self._serve, args=(runner, cores), daemon=True)
+                        for runner, cores in zip(instances.runners, pins)]
+        for thread in self.threads:
+            thread.start()
 
     def issue(self, samples) -> None:
         self.queue.put(list(samples))
@@ -56,20 +81,50 @@ class ServedRunner:
         pass
 
     def stop(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
 
-    def _serve(self) -> None:
+    def _serve(self, runner, cores: list[int] | None) -> None:
+        pin_this_thread(cores)
         while (samples := self.queue.get()) is not None:
             for start in range(0, len(samples), self.batch):
-                self._complete(samples[start:start + self.batch])
+                self._complete(runner, samples[start:start + self.batch])
 
-    def _complete(self, samples) -> None:
+    def _complete(self, runner, samples) -> None:
         batch = self.inputs[[s.index for s in samples]]
-        predicted = self.runner.predict(batch).argmax(1).astype(np.int32)
+        predicted = runner.predict(batch).argmax(1).astype(np.int32)
         answers = [np.array([p], dtype=np.int32) for p in predicted]  # alive until QuerySamplesComplete returns
         self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(s.id, a.ctypes.data, a.nbytes)
                                       for s, a in zip(samples, answers)])
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How several cores serve: one single-threaded instance per core, or one instance with a
+    thread per core. On one core the two are the same."""
+
+    mode: str
+    cores: tuple[int, ...]
+
+    @property
+    def instances(self) -> int:
+        return len(self.cores) if self.mode == "per-core" else 1
+
+    @property
+    def threads_each(self) -> int:
+        return 1 if self.mode == "per-core" else len(self.cores)
+
+    def load(self, load_runner: Callable[[int], object]) -> Instances:
+        """Fresh instances for this layout (loading sets the runtime's thread count, which for torch
+        is process-wide: always load right before serving)."""
+        pins = [[core] for core in self.cores] if self.mode == "per-core" else [list(self.cores)]
+        return Instances([load_runner(self.threads_each) for _ in range(self.instances)], pins)
+
+    def choice(self, chosen_by: str, offline: dict[str, float]) -> InstancingChoice:
+        return InstancingChoice(mode=self.mode, instances=self.instances, threads_each=self.threads_each,
+                                cores=list(self.cores), chosen_by=chosen_by, offline_samples_per_s=offline)
 
 
 @contextlib.contextmanager
@@ -84,10 +139,10 @@ def clean_folder(folder: Path) -> Iterator[Path]:
         os.chdir(previous)
 
 
-def run_loadgen(lg, runner, inputs: np.ndarray, settings, folder: Path, batch: int) -> dict:
+def run_loadgen(lg, instances: Instances, inputs: np.ndarray, settings, folder: Path, batch: int) -> dict:
     """One LoadGen test; returns the ``result_*`` entries of its detail log."""
     folder = folder.resolve()  # LoadGen runs with this folder as working directory: no relative paths
-    served = ServedRunner(lg, runner, inputs, batch)
+    served = ServedRunner(lg, instances, inputs, batch)
     sut = lg.ConstructSUT(served.issue, served.flush)
     qsl = lg.ConstructQSL(len(inputs), min(len(inputs), 1024), lambda _: None, lambda _: None)
     log = lg.LogSettings()
@@ -176,11 +231,12 @@ def invalid_reason(scenario: str, log: dict) -> str:
     return str(log.get("result_invalid_reason") or "LoadGen marked the run INVALID (see mlperf_log_detail.txt)")
 
 
-def server_peak(lg, runner, inputs, options: ScenarioSettings, expect: Expectations, folder: Path) -> ScenarioResult:
+def server_peak(lg, instances: Instances, inputs, options: ScenarioSettings, expect: Expectations, folder: Path,
+                cores: int = 1) -> ScenarioResult:
     """Bisection over LoadGen Server runs for the highest target QPS that stays VALID: a run whose p99
     broke the bound moves the search down; any other run (VALID, or INVALID only for too few
     queries) moves it up, since the latency held there."""
-    capacity = 1000.0 / expect.single_ms  # one instance serving one query at a time, back to back
+    capacity = cores * 1000.0 / expect.single_ms  # every core serving one query at a time, back to back
     low, high = 0.0, 1.2 * capacity
     best: ScenarioResult | None = None
     curve = []
@@ -189,7 +245,7 @@ def server_peak(lg, runner, inputs, options: ScenarioSettings, expect: Expectati
         settings = loadgen_settings(lg, "server", options, expect)
         settings.server_target_qps = target
         run_folder = folder / f"server-{step}-{target:.0f}qps"
-        result = result_of("server", run_loadgen(lg, runner, inputs, settings, run_folder, batch=1), run_folder)
+        result = result_of("server", run_loadgen(lg, instances, inputs, settings, run_folder, batch=1), run_folder)
         result.target_qps = target
         curve.append(ServerPoint(target, result.p99_ms, result.valid))
         if result.valid:
@@ -209,21 +265,51 @@ def server_peak(lg, runner, inputs, options: ScenarioSettings, expect: Expectati
     return chosen
 
 
-def run_scenarios(runner, inputs: np.ndarray, options: ScenarioSettings, expect: Expectations,
-                  folder: Path) -> list[ScenarioResult]:
-    """Every requested scenario for one artifact; logs under ``folder/<scenario>``."""
+def run_scenarios(runner, load_runner: Callable[[int], object], inputs: np.ndarray, options: ScenarioSettings,
+                  expect: Expectations, folder: Path, pinned: list[int]) -> tuple[list[ScenarioResult],
+                                                                                  InstancingChoice | None]:
+    """Every requested scenario for one artifact; logs under ``folder/<scenario>``.
+
+    Single- and multi-stream measure latency: the tight loop's instance serves on its pinned cores.
+    Server and offline measure what the cores given serve (``options.cores``): with one instance
+    per core or one instance with a thread per core -- as asked, or (auto) whichever serves more
+    samples per second offline, both measured and recorded.
+    """
     import mlperf_loadgen as lg
 
-    results = []
-    for scenario in options.scenarios:
-        if scenario == "server":
-            results.append(server_peak(lg, runner, inputs, options, expect, folder / scenario))
-            continue
-        settings = loadgen_settings(lg, scenario, options, expect)
-        batch = OFFLINE_BATCH if scenario == "offline" else MULTI_STREAM_SAMPLES
-        log = run_loadgen(lg, runner, inputs, settings, folder / scenario, batch)
-        results.append(result_of(scenario, log, folder / scenario))
-    return results
+    found: dict[str, ScenarioResult] = {}
+    for scenario in ("single-stream", "multi-stream"):
+        if scenario in options.scenarios:
+            log = run_loadgen(lg, Instances.single(runner, pinned), inputs,
+                              loadgen_settings(lg, scenario, options, expect), folder / scenario, MULTI_STREAM_SAMPLES)
+            found[scenario] = result_of(scenario, log, folder / scenario)
+    choice = None
+    if {"server", "offline"} & set(options.scenarios):
+        cores = tuple(options.cores or pinned)
+        layout, choice, found["offline"] = choose_layout(lg, load_runner, inputs, options, expect, folder, cores)
+        if "server" in options.scenarios:
+            found["server"] = server_peak(lg, layout.load(load_runner), inputs, options, expect, folder / "server",
+                                          cores=len(cores))
+    return [found[s] for s in options.scenarios if s in found], choice
+
+
+def choose_layout(lg, load_runner, inputs, options: ScenarioSettings, expect: Expectations, folder: Path,
+                  cores: tuple[int, ...]) -> tuple[Layout, InstancingChoice, ScenarioResult]:
+    """The layout server and offline use, and the offline result under it. ``auto`` runs offline
+    under both layouts (logs in ``offline/<layout>``) and keeps the one with more samples/s."""
+    modes = ["per-core", "threads"] if options.instancing == "auto" and len(cores) > 1 else \
+        ["per-core" if options.instancing == "auto" else options.instancing]
+    scaled = Expectations(expect.single_ms, expect.per_sample_ms, expect.offline_qps * len(cores))
+    results = {}
+    for mode in modes:
+        run_folder = folder / "offline" / mode if len(modes) > 1 else folder / "offline"
+        log = run_loadgen(lg, Layout(mode, cores).load(load_runner), inputs,
+                          loadgen_settings(lg, "offline", options, scaled), run_folder, OFFLINE_BATCH)
+        results[mode] = result_of("offline", log, run_folder)
+    best = max(results, key=lambda mode: results[mode].qps or 0.0)
+    throughput = {mode: round(result.qps or 0.0, 1) for mode, result in results.items()}
+    chosen_by = "auto" if options.instancing == "auto" else "asked"
+    return Layout(best, cores), Layout(best, cores).choice(chosen_by, throughput), results[best]
 
 
 def accuracy_run(runner, inputs: np.ndarray, labels: np.ndarray, folder: Path) -> LoadGenAccuracy:
@@ -234,7 +320,7 @@ def accuracy_run(runner, inputs: np.ndarray, labels: np.ndarray, folder: Path) -
     settings.scenario = lg.TestScenario.Offline
     settings.mode = lg.TestMode.AccuracyOnly
     settings.offline_expected_qps = 1000.0
-    run_loadgen(lg, runner, inputs, settings, folder, OFFLINE_BATCH)
+    run_loadgen(lg, Instances.single(runner), inputs, settings, folder, OFFLINE_BATCH)
     entries = json.loads((folder / "mlperf_log_accuracy.json").read_text())
     predicted = {e["qsl_idx"]: int(np.frombuffer(bytes.fromhex(e["data"]), np.int32)[0]) for e in entries}
     correct = sum(predicted[i] == int(labels[i]) for i in predicted)

@@ -39,6 +39,27 @@ class ScenarioSettings:
     server_steps: int = 4          # LoadGen runs in the bisection for the peak VALID server QPS
     official: bool = False         # MLPerf's minimums: 600 s and the query counts of mlperf.conf
     accuracy: bool = True          # also an AccuracyOnly run, decoded from mlperf_log_accuracy.json
+    cores: list[int] = field(default_factory=list)  # where server and offline serve (empty: the tight loop's cores)
+    instancing: str = "auto"       # per-core | threads | auto (offline both ways, the one that serves more)
+
+
+@dataclass
+class InstancingChoice:
+    """How server and offline used several cores, and -- when chosen automatically -- the offline
+    throughput of each layout that decided it."""
+
+    mode: str                      # per-core: one single-threaded instance per core | threads: one instance, N threads
+    instances: int
+    threads_each: int
+    cores: list[int]
+    chosen_by: str = "asked"       # asked | auto
+    offline_samples_per_s: dict[str, float] = field(default_factory=dict)
+
+    def label(self) -> str:
+        cores = ",".join(map(str, self.cores))
+        tried = ", ".join(f"{mode} {sps:.0f}/s" for mode, sps in self.offline_samples_per_s.items())
+        how = f" (auto: offline {tried})" if self.chosen_by == "auto" and tried else ""
+        return f"{self.mode}: {self.instances} x {self.threads_each} thread(s) on cores {cores}{how}"
 
 
 @dataclass
@@ -161,6 +182,7 @@ class RunFacts:
     env_threads: dict[str, str | None] = field(default_factory=dict)
     scenarios: list[ScenarioResult] = field(default_factory=list)  # MLPerf LoadGen, first round only
     loadgen_accuracy: LoadGenAccuracy | None = None
+    instancing: InstancingChoice | None = None  # how server/offline used the cores
 
     def scenario(self, name: str) -> "ScenarioResult | None":
         return next((s for s in self.scenarios if s.scenario == name), None)
@@ -193,6 +215,8 @@ class BenchRow:
     size_bytes: int = 0
     notes: list[str] = field(default_factory=list)
     build_top1: float | None = None
+    float_layers: int = 0              # layers the accuracy budget kept in float (from the manifest)
+    int8_share: float | None = None    # the manifest's int8 coverage ratio (int8 families)
     result: ArtifactResult | None = None
     size_ratio_vs_fp32: float | None = None
     speedup_vs_fp32: dict[str, float] = field(default_factory=dict)

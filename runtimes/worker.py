@@ -159,7 +159,17 @@ def under_load(runner, spec: WorkerSpec, result: RoundResult, np) -> None:
     else:
         inputs = np.random.default_rng(0).standard_normal((256, *spec.input_shape)).astype(np.float32)
     folder = Path(spec.scenario_dir)
-    result.scenarios = loadgen.run_scenarios(runner, inputs, spec.scenarios, expect, folder)
+    pinned = result.pinned_cores
+    pin(sorted(set(spec.scenarios.cores) | set(pinned)))  # LoadGen's threads and server/offline instances
+
+    def load_runner(threads: int):
+        from qexport import runtimes
+
+        return runtimes.load_runner(spec.runtime, Path(spec.artifact), device=spec.device, threads=threads,
+                                    hints=spec.hints)
+
+    result.scenarios, result.instancing = loadgen.run_scenarios(runner, load_runner, inputs, spec.scenarios, expect,
+                                                                folder, pinned)
     if spec.scenarios.accuracy and spec.eval_labels:
         result.loadgen_accuracy = loadgen.accuracy_run(runner, inputs, np.load(spec.eval_labels), folder / "accuracy")
 

@@ -217,3 +217,23 @@ def test_data_of_another_size_is_refused(small_dir):
 
     with pytest.raises(QExportError, match=r"takes 32×32 images and the evaluation set \(synthetic\) is 48×48"):
         bench_directory(small_dir, BenchOptions(**FAST), make_synthetic(16, 16, image_size=48))
+
+
+def test_int8_slower_than_fp32_is_flagged_with_its_causes():
+    from qexport.benchreport import slower_int8_lines
+    from qexport.runtimes.results import BenchRow
+    from qexport.runtimes.stats import Interval
+
+    def row(name: str, precision: str, at_1: float, low: float, high: float, **facts) -> BenchRow:
+        return BenchRow(family=name, file=f"{name}.pt", format="aoti", precision=precision, runtime="aoti",
+                        speedup_vs_fp32={"1": at_1, "32": 2.4}, speedup_interval={"1": Interval(at_1, low, high, 5)},
+                        **facts)
+
+    rows = [row("slow-int8", "int8", 0.75, 0.7, 0.8, float_layers=3, int8_share=0.2),
+            row("tied-int8", "int8", 0.97, 0.9, 1.05),      # cannot be told from fp32: not flagged
+            row("slow-fp16", "fp16", 0.5, 0.45, 0.55),      # not int8: fp16 on CPU has its own note
+            row("fast-int8", "int8", 3.0, 2.8, 3.2)]
+    [line] = slower_int8_lines(rows)
+    assert line.startswith("slow-int8.pt: int8 is SLOWER than TorchScript fp32 at batch 1 (0.75x)")
+    assert "2.40x faster at batch 32" in line and "per-op overhead" in line
+    assert "3 layer(s) kept in float" in line and "only 20% of the weights" in line

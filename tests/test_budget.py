@@ -64,8 +64,10 @@ def test_fake_quantized_is_close_and_restores_the_layer():
     torch.manual_seed(0)
     layer, x = nn.Linear(16, 4), torch.rand(8, 16)
     original = layer.weight.detach().clone()
-    with torch.no_grad(), fake_quantized(layer, (0.0, 1.0)):
+    with torch.no_grad(), fake_quantized({"fc": layer}, {"fc": (0.0, 1.0)}) as quantized:
         approximate = layer(x)
+        quantized["fc"].switch(False)
+        assert torch.equal(layer(x), nn.functional.linear(x, original, layer.bias))
     assert torch.equal(layer.weight, original) and not layer._forward_pre_hooks
     with torch.no_grad():
         assert 0 < (approximate - layer(x)).abs().max() < 0.05

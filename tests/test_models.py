@@ -87,3 +87,30 @@ def test_pickled_code_is_refused(tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(QExportError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.pt")
+
+
+def test_any_classifier_builds_or_skips_with_a_reason(tmp_path):
+    """A non-ResNet architecture (depthwise convolutions, squeeze-excitation, SiLU) on the user's
+    own image folder, through the CLI: every family tried either builds or is skipped in one line
+    (eager int8 needs a quantizable twin efficientnet_b0 lacks), and nothing fails."""
+    import json
+
+    from tests.conftest import run_cli
+    from tests.test_bench import write_image_folder
+
+    folder, out = tmp_path / "images", tmp_path / "artifacts"
+    write_image_folder(folder, size=32, per_class=24)
+    checkpoint = tmp_path / "effnet.pt"
+    trained = run_cli("train", "--model", "efficientnet_b0", "--data", "imagefolder", "--data-dir", str(folder),
+                      "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--out", str(checkpoint),
+                      "--no-progress")
+    assert trained.returncode == 0, trained.stderr
+    built = run_cli("build", "--only", "torchscript-fp32,torchscript-int8-static,torchscript-int8-qat,onnx-int8",
+                    "--checkpoint", str(checkpoint), "--data", "imagefolder", "--data-dir", str(folder),
+                    "--image-size", "32", "--calibration-samples", "16", "--budget-samples", "16",
+                    "--max-accuracy-drop", "100", "--out", str(out), "--no-progress")
+    assert built.returncode == 0, built.stdout + built.stderr
+    said = " ".join((built.stdout + built.stderr).split())  # rich wraps lines at the terminal width
+    assert "torchscript-int8-static skipped" in said and "quantizable twin" in said
+    index = json.loads((out / "index.json").read_text())
+    assert {a["family"] for a in index["artifacts"]} == {"torchscript-fp32", "onnx-int8"} and not index["failed"]
