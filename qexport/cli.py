@@ -28,6 +28,7 @@ _state = {"debug": False}
 
 DATA_HELP = "Folder holding the data (cifar10.npz, torchvision's cifar-10-batches-py, or train/ + val/ class folders). Env: QEXPORT_DATA_DIR; default ./data."
 ModelOpt = typer.Option("resnet18", "--model", "-m", help="torchvision classifier name (see `qexport train --list-models`).")
+BuildModelOpt = typer.Option(None, "--model", "-m", help="torchvision classifier name (see `qexport train --list-models`). Default: the one a qexport --checkpoint records, else resnet18.")
 DataOpt = typer.Option("cifar10", "--data", help="Data source: cifar10, imagefolder (your own train/ val/ tree) or synthetic (smoke runs only).")
 DataDirOpt = typer.Option(None, "--data-dir", envvar="QEXPORT_DATA_DIR", help=DATA_HELP)
 ImageSizeOpt = typer.Option(None, "--image-size", help="Resize imagefolder/synthetic images to this square size (imagefolder default 224).")
@@ -94,7 +95,7 @@ def build(
     list_families: bool = typer.Option(False, "--list", help="List the artifact families and exit."),
     out: Path = typer.Option(Path("artifacts"), "--out", "-o", help="Output folder."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="FP32 checkpoint (qexport or bare state_dict). Without it, trains first or reuses an up-to-date one."),
-    model: str = ModelOpt,
+    model: Optional[str] = BuildModelOpt,
     data: str = DataOpt,
     data_dir: Optional[Path] = DataDirOpt,
     image_size: Optional[int] = ImageSizeOpt,
@@ -118,7 +119,7 @@ def build(
     from qexport.exporter.build import build_families
     from qexport import pipeline, report
     from qexport.fsutil import ensure_writable_dir
-    from qexport.models import build_model
+    from qexport.models import DEFAULT_MODEL, build_model
     from qexport.train import TrainConfig, resolve_device
 
     if list_families:
@@ -133,6 +134,7 @@ def build(
     ensure_writable_dir(out)
     train_device = resolve_device(device)
     if checkpoint is None:
+        model = model or DEFAULT_MODEL
         build_model(model, 1)  # fail on an unknown name before loading data
     dataset = pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed)
     ckpt = pipeline.resolve_checkpoint(model, dataset, checkpoint, TrainConfig(epochs=epochs, seed=seed), progress,

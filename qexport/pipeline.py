@@ -83,13 +83,16 @@ def resolve_checkpoint(model_name: str, data: Dataset, checkpoint: Path | None, 
     return train_checkpoint(model_name, data, config, path, show_progress=show_progress, device=device)
 
 
-def build_context(model_name: str, data: Dataset, checkpoint: Path, options, show_progress: bool = True):
-    """Load the FP32 model and the data normalisation it was trained with into a BuildContext."""
+def build_context(model_name: str | None, data: Dataset, checkpoint: Path, options, show_progress: bool = True):
+    """Load the FP32 model and the data normalisation it was trained with into a BuildContext.
+
+    ``model_name`` None means "whatever the checkpoint records" (resnet18 for a bare state_dict),
+    so a user who trained efficientnet_b0 need not repeat --model at build time."""
     from dataclasses import replace
 
     from qexport.exporter.registry import BuildContext
     from qexport.fsutil import sha256_file
-    from qexport.models import load_model
+    from qexport.models import DEFAULT_MODEL, load_model
 
     model, ckpt = load_model(checkpoint, model_name, data.num_classes)
     norm = ckpt.get("meta", {}).get("normalization")
@@ -99,5 +102,5 @@ def build_context(model_name: str, data: Dataset, checkpoint: Path, options, sho
     if saved_classes and list(saved_classes) != list(data.classes):
         raise QExportError(f"Checkpoint {checkpoint} was trained on classes {saved_classes[:3]}…, "
                            f"but the data has {list(data.classes)[:3]}…; use matching --data/--checkpoint.")
-    return BuildContext(model_name=ckpt.get("model") or model_name, model=model, data=data, options=options,
+    return BuildContext(model_name=ckpt.get("model") or model_name or DEFAULT_MODEL, model=model, data=data, options=options,
                         checkpoint_sha256=sha256_file(checkpoint), show_progress=show_progress)

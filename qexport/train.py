@@ -82,12 +82,20 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=1) == labels).float().mean()) if len(labels) else float("nan")
 
 
-def evaluate(model: nn.Module, split: Split, mean, std, batch_size: int = 500, device: str = "cpu") -> float:
-    """Top-1 accuracy of an eager model on ``split`` (the test split, by convention)."""
+def evaluate(model: nn.Module, split: Split, mean, std, batch_size: int = 500, device: str = "cpu",
+             require_finite: bool = False) -> float:
+    """Top-1 accuracy of an eager model on ``split`` (the test split, by convention).
+
+    With ``require_finite``, inf/NaN logits are refused: argmax of NaN is class 0, so such a model
+    would otherwise be reported at chance accuracy as if it were merely undertrained."""
     model.eval()
     model = model.to(memory_format=torch.channels_last)
     logits = predict(lambda x: model(x.to(device).contiguous(memory_format=torch.channels_last)).cpu(),
                      split, mean, std, batch_size)
+    if require_finite and not bool(torch.isfinite(logits).all()):
+        raise QExportError(
+            "The trained model gives non-finite logits (inf/NaN) on the test split, so no checkpoint was written; "
+            "train for more steps (--epochs, a smaller --batch-size: batch-norm statistics need a few dozen) or lower --lr.")
     return top1(logits, split.labels)
 
 
@@ -148,7 +156,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
                 say(f"epoch {epoch + 1}/{config.epochs} loss {history[-1]['loss']:.3f} "
                     f"train top-1 {history[-1]['train_top1']:.1%} ({time.perf_counter() - started:.0f} s)")
     train_seconds = time.perf_counter() - started
-    accuracy = evaluate(model, data.test, data.mean, data.std, device=device)
+    accuracy = evaluate(model, data.test, data.mean, data.std, device=device, require_finite=True)
     model.to("cpu").eval()
     return {
         "test_top1": accuracy,

@@ -81,3 +81,15 @@ def test_whole_run_estimate_after_the_first_epoch(capsys):
     announce_estimate(300.0, 30, "cpu")
     said = capsys.readouterr().err
     assert "epoch 1/30 took 300 s on cpu" in said and "2.5 h" in said
+
+
+def test_a_model_with_non_finite_logits_is_refused_not_scored_at_chance(tiny_data):
+    """argmax of NaN is class 0: without the check a diverged model reads as 'chance accuracy'."""
+
+    class Diverged(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], tiny_data.num_classes), float("nan"))
+
+    assert evaluate(Diverged(), tiny_data.test, tiny_data.mean, tiny_data.std) >= 0  # plain scoring still scores
+    with pytest.raises(QExportError, match="non-finite logits.*no checkpoint was written"):
+        evaluate(Diverged(), tiny_data.test, tiny_data.mean, tiny_data.std, require_finite=True)
