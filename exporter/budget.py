@@ -18,14 +18,14 @@ own runtime rather than trusted.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 from torch import nn
 
-from qexport.data import Split, normalize
+from qexport.data import Split, normalize, seeded_subset
 from qexport.exporter.registry import BuildContext, BuildOptions
 from qexport.manifest import AccuracyBudget, BudgetAttempt
 from qexport.progress import say
@@ -34,6 +34,9 @@ LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 RANKING_SAMPLES = 128      # held-out images each layer's sensitivity is scored on
 RANGE_SAMPLES = 256        # calibration images the input ranges come from
 MEASURED_ON = "train split, held out from calibration (never the test split)"
+# QAT fine-tunes on the whole train split, so its held-out images are not unseen: said, not hidden.
+MEASURED_ON_FINE_TUNED = ("train split, held out from calibration but seen by the QAT fine-tune (never the test "
+                          "split): an optimistic drop")
 RANKING = ("leave-one-out in torch: every convolution/linear layer fake-quantized (per-channel int8 weights, "
            "per-tensor uint8 input over the calibration range), each put back in float in turn; most first by how "
            f"much that lowers the mean squared logit error against fp32 on {RANKING_SAMPLES} held-out train images")
@@ -42,9 +45,7 @@ RANKING = ("leave-one-out in torch: every convolution/linear layer fake-quantize
 def budget_split(data, options: BuildOptions) -> Split:
     """The next ``budget_samples`` train images of the seeded permutation whose head is the
     calibration subset (``data.calibration_split``): disjoint from calibration by construction."""
-    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(options.seed))
-    start = options.calibration_samples
-    return data.train.subset(order[start:start + options.budget_samples].sort().values)
+    return seeded_subset(data.train, options.budget_samples, options.seed, skip=options.calibration_samples)
 
 
 def fallback_sizes(layers: int) -> list[int]:
@@ -216,15 +217,18 @@ class HeldOut:
         fp32, quantized = top1(self.fp32_logits, self.split.labels), top1(logits, self.split.labels)
         return BudgetAttempt(kept_float=kept_float, top1=quantized, drop_pt=round((fp32 - quantized) * 100, 4))
 
-    def record(self, attempts: list[BudgetAttempt], kept_float: tuple[str, ...], shares: bool) -> AccuracyBudget:
+    def record(self, attempts: list[BudgetAttempt], kept_float: tuple[str, ...], shares: bool,
+               fine_tuned: bool = False) -> AccuracyBudget:
         """The manifest's budget section for the last of ``attempts`` (``shares``: the family
-        quantizes every convolution/linear layer it does not keep in float)."""
+        quantizes every convolution/linear layer it does not keep in float; ``fine_tuned``: a QAT
+        family, which trained on these images)."""
         from qexport.train import top1
 
         last, options = attempts[-1], self.ctx.options
         weight_share, mac_share = int8_shares(self.costs, kept_float) if shares else (None, None)
         return AccuracyBudget(
-            max_drop_pt=options.max_accuracy_drop, measured_on=MEASURED_ON, samples=len(self.split),
+            max_drop_pt=options.max_accuracy_drop, measured_on=MEASURED_ON_FINE_TUNED if fine_tuned else MEASURED_ON,
+            samples=len(self.split),
             seed=options.seed, fp32_top1=top1(self.fp32_logits, self.split.labels), top1=last.top1,
             drop_pt=last.drop_pt, met=last.drop_pt <= options.max_accuracy_drop, kept_float=list(kept_float),
             int8_weight_share=weight_share, int8_mac_share=mac_share, attempts=attempts,
@@ -242,6 +246,23 @@ def over_budget_message(key: str, budget: AccuracyBudget, can_fall_back: bool, l
     else:
         tried = f"; with {layers} quantizable layer(s) there is none to keep in float"
     return f"{lost}{tried} -- raise the budget, use a QAT family, or leave {key} out."
+
+
+def ops_of_named_layers(ops: Iterable[tuple[str, str | None]], layers: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Which graph ops compute the torch modules ``layers``, and the layers none computes.
+
+    ``ops`` are (op name, name of its weight) pairs. Exporters name a weight after its parameter
+    (``features.0.0.weight``); graph optimizers may prefix it (ONNX Runtime's Conv+BN fusion writes
+    ``ConvBnFusion_W_features.0.0.weight``), so a weight ending in the parameter name after a
+    separator matches too."""
+    wanted = {f"{layer}.weight": layer for layer in layers}
+    matched, found = [], set()
+    for op, weight in ops:
+        layer = next((wanted[w] for w in wanted if weight and (weight == w or weight.endswith(("_" + w, "/" + w)))), None)
+        if layer is not None:
+            matched.append(op)
+            found.add(layer)
+    return matched, [layer for layer in layers if layer not in found]
 
 
 def not_found_note(missing: list[str]) -> list[str]:

@@ -24,7 +24,7 @@ from qexport.manifest import (GOLDEN_ATOL, AccuracyBudget, ArtifactFile, BuildRe
                                RuntimeSection, artifact_problem, find_manifests, golden_path, manifest_path,
                                read_manifest)
 from qexport.documents import parse
-from qexport.exporter.budget import HeldOut, fallback_sizes, over_budget_message
+from qexport.exporter.budget import HeldOut, fallback_sizes, not_found_note, over_budget_message
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, Family
 from qexport import __version__
 from qexport.data import Split, normalize, seeded_subset
@@ -138,15 +138,21 @@ def build_within_budget(family: Family, ctx: BuildContext, path: Path,
     attempts = [held_out.attempt(runner_logits(family, path, details, held_out.split, ctx.data)[1], 0)]
     if attempts[-1].drop_pt > limit and family.fallback:
         for size in fallback_sizes(len(held_out.ranking)):
-            kept = tuple(held_out.ranking[:size])
+            asked = tuple(held_out.ranking[:size])
             say(f"  {attempts[-1].drop_pt:.2f} pt lost (budget {limit:g}): rebuilding with the {size} most "
                 "sensitive layers in float")
-            details = run_family(family, replace(ctx, keep_float=kept), path)
+            details = run_family(family, replace(ctx, keep_float=asked), path)
+            kept = tuple(layer for layer in asked if layer not in details.float_not_found)
+            if not kept:  # rebuilding again would build the same artifact again
+                raise QExportError(f"{family.key} loses {attempts[-1].drop_pt:.2f} top-1 points, over --max-accuracy-drop "
+                                   f"{limit:g}, and none of the {size} layers to keep in float ({asked[0]}, ...) is named "
+                                   f"in its graph, so its fallback cannot help -- raise the budget or leave {family.key} out.")
             logits = runner_logits(family, path, details, held_out.split, ctx.data)[1]
-            attempts.append(held_out.attempt(logits, size))
+            attempts.append(held_out.attempt(logits, len(kept)))
             if attempts[-1].drop_pt <= limit:
                 break
-    budget = held_out.record(attempts, kept, shares=family.fallback)
+    details.notes.extend(not_found_note(details.float_not_found))
+    budget = held_out.record(attempts, kept, shares=family.fallback, fine_tuned="qat_epochs" in family.option_keys)
     if not budget.met:
         raise QExportError(over_budget_message(family.key, budget, family.fallback, len(held_out.costs)))
     return details, budget

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qexport.exporter.budget import not_found_note
+from qexport.exporter.budget import ops_of_named_layers
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage
 
@@ -138,7 +138,7 @@ def build_onnx_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     return BuildDetails(config={"format": "QDQ", "per_channel": True, "activations": "uint8", "weights": "int8",
                                 "calibration_method": ctx.options.calibration_method, "opset": onnx_opset(path),
                                 "nodes_to_exclude": excluded},
-                        notes=not_found_note(missing),
+                        float_not_found=missing,
                         int8_coverage=onnx_int8_coverage(path),
                         calibration=train_calibration(ctx, min(ctx.options.calibration_samples, len(ctx.data.train))))
 
@@ -153,13 +153,9 @@ def nodes_of_layers(path: Path, layers: tuple[str, ...]) -> tuple[list[str], lis
 
     if not layers:
         return [], []
-    wanted = {f"{layer}.weight": layer for layer in layers}
-    nodes, found = [], set()
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        if len(node.input) > 1 and node.input[1] in wanted:
-            nodes.append(node.name)
-            found.add(wanted[node.input[1]])
-    return nodes, [layer for layer in layers if layer not in found]
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return ops_of_named_layers(((node.name, node.input[1] if len(node.input) > 1 else None) for node in graph.node),
+                               layers)
 
 
 def onnx_int8_coverage(path: Path) -> Int8Coverage:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from qexport.errors import RuntimeMissing
-from qexport.exporter.budget import not_found_note
 from qexport.exporter.onnx import scratch_fp32
+from qexport.exporter.budget import ops_of_named_layers
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage
 from qexport.runtimes.openvino import INFERENCE_PRECISION, telemetry_off
@@ -72,7 +72,7 @@ def build_openvino_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     return BuildDetails(config={"quantizer": "nncf.quantize, QuantizationPreset.PERFORMANCE", "subset_size": len(batches),
                                 "inference_precision": INFERENCE_PRECISION, "openvino": ov.get_version(),
                                 "nncf": nncf.__version__, "ignored_scope": ignored},
-                        notes=not_found_note(missing),
+                        float_not_found=missing,
                         int8_coverage=ir_int8_coverage(quantized), calibration=train_calibration(ctx, len(batches)))
 
 
@@ -82,14 +82,12 @@ WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
 def ops_of_layers(model, layers: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """The IR operations computing the torch modules ``layers`` (found by their weight constant,
     which keeps the parameter's name through the ONNX export), and the layers not found."""
-    wanted = {f"{layer}.weight": layer for layer in layers}
-    ops, found = [], set()
-    for op in model.get_ops() if layers else ():
+    def weight_name(op) -> str | None:
         constant = weight_constant(op.input_value(1).get_node()) if op.get_type_name() in WEIGHT_OPS else None
-        if constant is not None and constant.get_friendly_name() in wanted:
-            ops.append(op.get_friendly_name())
-            found.add(wanted[constant.get_friendly_name()])
-    return ops, [layer for layer in layers if layer not in found]
+        return constant.get_friendly_name() if constant is not None else None
+
+    return ops_of_named_layers(((op.get_friendly_name(), weight_name(op)) for op in (model.get_ops() if layers else ())),
+                               layers)
 
 
 def ir_int8_coverage(model) -> Int8Coverage:

@@ -114,6 +114,7 @@ class BuildDetails:
     quantized_engine: str | None = None             # int8 kernels dispatch on it at run time
     fine_tune: list[dict] | None = None             # QAT: the fine-tune history, per epoch
     runtime: RuntimeSection | None = None           # built in the runtime's own environment, which knows its versions
+    float_not_found: list[str] = field(default_factory=list)  # --keep-float layers this graph does not name (left int8)
 
     @property
     def load_hints(self) -> LoadHints:

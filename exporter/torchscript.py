@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qexport.exporter.budget import not_found_note
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage
 from qexport.errors import QExportError
@@ -186,7 +185,7 @@ def build_int8_static(ctx: BuildContext, path: Path) -> BuildDetails:
     coverage = convert_and_save(model, ctx, path, "int8-static")
     return BuildDetails(config={"qconfig": f"default {QUANT_ENGINE} (per-channel symmetric weights, histogram "
                                            "activations)", "fused": "conv+bn(+relu)"},
-                        notes=not_found_note(missing),
+                        float_not_found=missing,
                         quantized_engine=QUANT_ENGINE, int8_coverage=coverage, calibration=train_calibration(ctx, seen))
 
 

@@ -145,7 +145,8 @@ def slowness_causes(row: BenchRow, batch: str) -> list[str]:
     """Why an int8 row is slow at ``batch``, from what was measured and what the manifest records."""
     causes = []
     largest = max(row.speedup_vs_fp32, key=int, default=batch)
-    if int(largest) > int(batch) and row.speedup_vs_fp32[largest] > 1:
+    if (int(largest) > int(batch) and row.speedup_vs_fp32[largest] > 1
+            and not cannot_tell_from_one(row.speedup_interval.get(largest))):
         causes.append(f"{row.speedup_vs_fp32[largest]:.2f}x faster at batch {largest}, so the int8 kernels win once "
                       "the fixed per-call cost (quantizing the input, quantize/dequantize between ops, layout "
                       "reorders, per-op dispatch) is spread over a batch: per-op overhead, not arithmetic")

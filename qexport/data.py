@@ -97,11 +97,12 @@ class Dataset:
                        mean=self.mean, std=self.std)
 
 
-def seeded_subset(split: Split, n: int, seed: int) -> Split:
-    """``n`` samples chosen by a seeded permutation: the same seed gives the same images."""
-    n = min(n, len(split))
+def seeded_subset(split: Split, n: int, seed: int, skip: int = 0) -> Split:
+    """``n`` samples chosen by a seeded permutation, after its first ``skip``: the same seed gives
+    the same images, and subsets taken from disjoint ranges of one permutation never overlap (the
+    accuracy budget's held-out images follow the calibration images this way)."""
     generator = torch.Generator().manual_seed(seed)
-    indices = torch.randperm(len(split), generator=generator)[:n].sort().values
+    indices = torch.randperm(len(split), generator=generator)[skip:skip + max(n, 0)].sort().values
     return split.subset(indices)
 
 

@@ -287,6 +287,15 @@ class Manifest:
         """Layers the accuracy budget kept in float (0 when none, or no budget applies)."""
         return len(self.accuracy_budget.kept_float) if self.accuracy_budget else 0
 
+    @property
+    def int8_weight_share(self) -> float | None:
+        """Share of convolution/linear weights stored int8: the budget's count where it made one,
+        else the coverage ratio when that counts weights (some backends count layers instead)."""
+        if self.accuracy_budget and self.accuracy_budget.int8_weight_share is not None:
+            return self.accuracy_budget.int8_weight_share
+        coverage = self.int8_coverage
+        return coverage.ratio if coverage and coverage.total_weights is not None else None
+
     @classmethod
     def from_dict(cls, data: Any, source: str = "manifest") -> "Manifest":
         """The manifest if it is one this version understands; otherwise one sentence."""

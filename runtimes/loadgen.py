@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from qexport.errors import QExportError, first_line
 from qexport.runtimes.results import (InstancingChoice, LoadGenAccuracy, ScenarioResult, ScenarioSettings,
                                       ServerPoint)
+from qexport.runtimes.worker import pin
 
 SCENARIOS = ("single-stream", "multi-stream", "server", "offline")
 LOADGEN_NAMES = {"single-stream": "SingleStream", "multi-stream": "MultiStream", "server": "Server",
@@ -55,19 +57,19 @@ class Instances:
         return cls([runner], [cores] if cores else None)
 
 
-def pin_this_thread(cores: list[int] | None) -> None:
-    """Linux affinity is per thread: pid 0 is the calling thread, so each server thread gets its core."""
-    if cores and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, set(cores))
-
-
 class ServedRunner:
-    """SUT: issue_cb only queues; one thread per instance takes queries from the queue, runs its
-    instance and completes the samples."""
+    """SUT: issue_cb only queues; one thread per instance takes work from the queue, runs its
+    instance and completes the samples.
+
+    A query is queued in chunks of at most ``batch`` samples: Offline issues every sample as one
+    query, and a whole query on the queue would keep all instances but one idle. A serving thread
+    whose runner raises still completes its samples (LoadGen would otherwise wait forever) and the
+    error is raised once the run ends."""
 
     def __init__(self, lg, instances: Instances, inputs: np.ndarray, batch: int):
         self.lg, self.inputs, self.batch = lg, inputs, batch
         self.queue: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
         pins = instances.pins or [None] * len(instances.runners)
         self.threads = [threading.Thread(target=self._serve, args=(runner, cores), daemon=True)
                         for runner, cores in zip(instances.runners, pins)]
@@ -75,7 +77,9 @@ class ServedRunner:
             thread.start()
 
     def issue(self, samples) -> None:
-        self.queue.put(list(samples))
+        samples = list(samples)
+        for start in range(0, len(samples), self.batch):
+            self.queue.put(samples[start:start + self.batch])
 
     def flush(self) -> None:
         pass
@@ -87,14 +91,16 @@ class ServedRunner:
             thread.join()
 
     def _serve(self, runner, cores: list[int] | None) -> None:
-        pin_this_thread(cores)
+        pin(cores)  # Linux affinity is per thread: pid 0 is the calling thread, so each gets its core
         while (samples := self.queue.get()) is not None:
-            for start in range(0, len(samples), self.batch):
-                self._complete(runner, samples[start:start + self.batch])
+            self._complete(runner, samples)
 
     def _complete(self, runner, samples) -> None:
-        batch = self.inputs[[s.index for s in samples]]
-        predicted = runner.predict(batch).argmax(1).astype(np.int32)
+        try:
+            predicted = runner.predict(self.inputs[[s.index for s in samples]]).argmax(1).astype(np.int32)
+        except Exception as err:  # noqa: BLE001 -- reported after the run, see the class docstring
+            self.error = self.error or err
+            predicted = np.full(len(samples), -1, dtype=np.int32)
         answers = [np.array([p], dtype=np.int32) for p in predicted]  # alive until QuerySamplesComplete returns
         self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(s.id, a.ctypes.data, a.nbytes)
                                       for s, a in zip(samples, answers)])
@@ -155,6 +161,9 @@ def run_loadgen(lg, instances: Instances, inputs: np.ndarray, settings, folder: 
         served.stop()
         lg.DestroyQSL(qsl)
         lg.DestroySUT(sut)
+    if served.error is not None:
+        raise QExportError(f"the artifact failed while serving LoadGen queries "
+                           f"({first_line(str(served.error), 200, default=type(served.error).__name__)}).")
     return read_detail_log(folder / "mlperf_log_detail.txt")
 
 
@@ -231,12 +240,19 @@ def invalid_reason(scenario: str, log: dict) -> str:
     return str(log.get("result_invalid_reason") or "LoadGen marked the run INVALID (see mlperf_log_detail.txt)")
 
 
+def server_capacity(expect: Expectations, cores: int, offline_qps: float | None) -> float:
+    """The most a layout can serve one query at a time: every core back to back at the single-sample
+    latency, and never more than the layout served offline (one instance with a thread per core
+    serves a batch-1 query on all its threads at once, far from ``cores`` times one core)."""
+    back_to_back = cores * 1000.0 / expect.single_ms
+    return min(back_to_back, offline_qps) if offline_qps else back_to_back
+
+
 def server_peak(lg, instances: Instances, inputs, options: ScenarioSettings, expect: Expectations, folder: Path,
-                cores: int = 1) -> ScenarioResult:
-    """Bisection over LoadGen Server runs for the highest target QPS that stays VALID: a run whose p99
-    broke the bound moves the search down; any other run (VALID, or INVALID only for too few
-    queries) moves it up, since the latency held there."""
-    capacity = cores * 1000.0 / expect.single_ms  # every core serving one query at a time, back to back
+                capacity: float) -> ScenarioResult:
+    """Bisection over LoadGen Server runs for the highest target QPS that stays VALID, between 0 and
+    1.2 x ``capacity``: a run whose p99 broke the bound moves the search down; any other run (VALID,
+    or INVALID only for too few queries) moves it up, since the latency held there."""
     low, high = 0.0, 1.2 * capacity
     best: ScenarioResult | None = None
     curve = []
@@ -286,20 +302,23 @@ def run_scenarios(runner, load_runner: Callable[[int], object], inputs: np.ndarr
     choice = None
     if {"server", "offline"} & set(options.scenarios):
         cores = tuple(options.cores or pinned)
-        layout, choice, found["offline"] = choose_layout(lg, load_runner, inputs, options, expect, folder, cores)
+        layout, choice, found["offline"] = choose_layout(lg, load_runner, inputs, options, expect, folder, cores,
+                                                         len(pinned) or 1)
         if "server" in options.scenarios:
+            capacity = server_capacity(expect, len(cores), found["offline"].qps)
             found["server"] = server_peak(lg, layout.load(load_runner), inputs, options, expect, folder / "server",
-                                          cores=len(cores))
+                                          capacity)
     return [found[s] for s in options.scenarios if s in found], choice
 
 
 def choose_layout(lg, load_runner, inputs, options: ScenarioSettings, expect: Expectations, folder: Path,
-                  cores: tuple[int, ...]) -> tuple[Layout, InstancingChoice, ScenarioResult]:
+                  cores: tuple[int, ...], measured_on: int) -> tuple[Layout, InstancingChoice, ScenarioResult]:
     """The layout server and offline use, and the offline result under it. ``auto`` runs offline
-    under both layouts (logs in ``offline/<layout>``) and keeps the one with more samples/s."""
+    under both layouts (logs in ``offline/<layout>``) and keeps the one with more samples/s.
+    The tight loop measured on ``measured_on`` cores, so its throughput scales by cores / that."""
     modes = ["per-core", "threads"] if options.instancing == "auto" and len(cores) > 1 else \
         ["per-core" if options.instancing == "auto" else options.instancing]
-    scaled = Expectations(expect.single_ms, expect.per_sample_ms, expect.offline_qps * len(cores))
+    scaled = Expectations(expect.single_ms, expect.per_sample_ms, expect.offline_qps * len(cores) / measured_on)
     results = {}
     for mode in modes:
         run_folder = folder / "offline" / mode if len(modes) > 1 else folder / "offline"

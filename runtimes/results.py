@@ -216,7 +216,7 @@ class BenchRow:
     notes: list[str] = field(default_factory=list)
     build_top1: float | None = None
     float_layers: int = 0              # layers the accuracy budget kept in float (from the manifest)
-    int8_share: float | None = None    # the manifest's int8 coverage ratio (int8 families)
+    int8_share: float | None = None    # share of weights int8 (Manifest.int8_weight_share)
     result: ArtifactResult | None = None
     size_ratio_vs_fp32: float | None = None
     speedup_vs_fp32: dict[str, float] = field(default_factory=dict)

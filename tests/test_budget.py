@@ -4,6 +4,7 @@ layer in float."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -149,7 +150,6 @@ KEEP = ("conv1", "layer1.0.conv1", "fc")
 
 
 def _keep_context(tiny_data, tiny_checkpoint) -> BuildContext:
-    from dataclasses import replace
 
     return replace(make_context(tiny_data, tiny_checkpoint), keep_float=KEEP)
 
@@ -171,7 +171,7 @@ def test_onnx_int8_excludes_the_nodes_of_named_layers(tiny_data, tiny_checkpoint
 
     ctx = _keep_context(tiny_data, tiny_checkpoint)
     details = FAMILIES["onnx-int8"].build(ctx, tmp_path / "m.onnx")
-    assert len(details.config["nodes_to_exclude"]) == len(KEEP) and not details.notes
+    assert len(details.config["nodes_to_exclude"]) == len(KEEP) and not details.float_not_found
     float_weights = {i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.initializer if i.data_type == 1}
     assert {f"{layer}.weight" for layer in KEEP} <= float_weights
 
@@ -180,7 +180,7 @@ def test_openvino_int8_ignores_the_ops_of_named_layers(tiny_data, tiny_checkpoin
     pytest.importorskip("nncf", reason="OpenVINO/NNCF not installed: pip install 'qexport[openvino]'")
     ctx = _keep_context(tiny_data, tiny_checkpoint)
     details = FAMILIES["openvino-int8"].build(ctx, tmp_path / "m.openvino.xml")
-    assert len(details.config["ignored_scope"]) == len(KEEP) and not details.notes
+    assert len(details.config["ignored_scope"]) == len(KEEP) and not details.float_not_found
     assert details.int8_coverage.quantized_layers == details.int8_coverage.layers - len(KEEP)
 
 
@@ -196,10 +196,26 @@ def test_torchscript_static_int8_keeps_named_layers_in_float(tiny_data, tiny_che
 
 
 def test_unknown_layer_names_are_noted_not_silently_ignored(tiny_data, tiny_checkpoint, tmp_path):
-    from dataclasses import replace
 
     ctx = replace(make_context(tiny_data, tiny_checkpoint), keep_float=("no.such.layer",))
     details = FAMILIES["onnx-int8"].build(ctx, tmp_path / "m.onnx")
-    assert details.notes and "no.such.layer" in details.notes[0]
+    assert details.float_not_found == ["no.such.layer"]
+
+
+def test_fallback_that_finds_none_of_its_layers_stops_in_one_sentence(tiny_data, tiny_checkpoint, tmp_path):
+    """A graph that names none of the layers to keep in float would be rebuilt identically
+    log2(layers) times and then blamed on 'even with k layers in float': it stops at the first."""
+    rebuilds = []
+
+    def ruin_and_find_nothing(ctx: BuildContext, path: Path) -> BuildDetails:
+        rebuilds.append(ctx.keep_float)
+        _ruin_top_layers(replace(ctx, keep_float=()), path)
+        return BuildDetails(float_not_found=list(ctx.keep_float))
+
+    family = replace(_ruining_family(fallback=True), build=ruin_and_find_nothing)
+    [outcome] = build_families(make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=1.0), [family], tmp_path)
+    assert outcome.status == "failed" and rebuilds == [(), rebuilds[1]] and len(rebuilds[1]) == 1
+    assert "none of the 1 layers to keep in float" in outcome.reason and "\n" not in outcome.reason
+    assert not list(tmp_path.glob("resnet18.ruined*"))
 
 

@@ -78,7 +78,8 @@ def test_layouts_pin_one_serving_thread_per_core():
     import os
     import threading
 
-    from qexport.runtimes.loadgen import Layout, pin_this_thread
+    from qexport.runtimes.loadgen import Layout
+    from qexport.runtimes.worker import pin
 
     per_core, shared = Layout("per-core", (0, 1)), Layout("threads", (0, 1))
     assert (per_core.instances, per_core.threads_each) == (2, 1) and (shared.instances, shared.threads_each) == (1, 2)
@@ -87,7 +88,66 @@ def test_layouts_pin_one_serving_thread_per_core():
     assert shared.load(lambda threads: threads).pins == [[0, 1]]
     core = usable_cores()[-1]
     seen = []
-    thread = threading.Thread(target=lambda: (pin_this_thread([core]), seen.append(os.sched_getaffinity(0))))
+    thread = threading.Thread(target=lambda: (pin([core]), seen.append(os.sched_getaffinity(0))))
     thread.start()
     thread.join()
     assert seen == [{core}] and len(os.sched_getaffinity(0)) == len(usable_cores())  # only that thread moved
+
+
+class _CountingRunner:
+    """A stand-in model (the LoadGen and the serving threads are real): counts the batches it
+    served and sleeps like a kernel that releases the GIL."""
+
+    def __init__(self, fail: bool = False):
+        self.batches, self.fail = 0, fail
+
+    def predict(self, batch):
+        import time
+
+        import numpy as np
+
+        if self.fail:
+            raise RuntimeError("kernel exploded\nsecond line")
+        self.batches += 1
+        time.sleep(0.002)
+        return np.zeros((len(batch), 10), np.float32)
+
+
+def _offline_settings(lg, expected_qps: float = 2000.0):
+    settings = lg.TestSettings()
+    settings.scenario, settings.mode = lg.TestScenario.Offline, lg.TestMode.PerformanceOnly
+    settings.offline_expected_qps, settings.min_duration_ms, settings.min_query_count = expected_qps, 200, 1
+    return settings
+
+
+def test_offline_query_is_shared_by_every_instance(tmp_path):
+    """Offline issues all samples as one query: each per-core instance must still get work."""
+    import mlperf_loadgen as lg
+    import numpy as np
+
+    from qexport.runtimes.loadgen import Instances, run_loadgen
+
+    runners = [_CountingRunner(), _CountingRunner()]
+    log = run_loadgen(lg, Instances(runners), np.zeros((64, 3, 4, 4), np.float32), _offline_settings(lg),
+                      tmp_path / "offline", batch=8)
+    assert log["result_validity"] in ("VALID", "INVALID") and all(r.batches > 0 for r in runners)
+
+
+def test_a_runner_failing_under_load_is_one_sentence_not_a_hang(tmp_path):
+    import mlperf_loadgen as lg
+    import numpy as np
+
+    from qexport.errors import QExportError
+    from qexport.runtimes.loadgen import Instances, run_loadgen
+
+    with pytest.raises(QExportError, match=r"failed while serving LoadGen queries \(kernel exploded\)"):
+        run_loadgen(lg, Instances([_CountingRunner(fail=True)]), np.zeros((16, 3, 4, 4), np.float32),
+                    _offline_settings(lg, 100.0), tmp_path / "offline", batch=8)
+
+
+def test_server_search_never_starts_above_what_the_layout_served_offline():
+    from qexport.runtimes.loadgen import Expectations, server_capacity
+
+    expect = Expectations(single_ms=2.0, per_sample_ms=1.0, offline_qps=900.0)
+    assert server_capacity(expect, 2, None) == 1000.0  # two cores back to back at 2 ms
+    assert server_capacity(expect, 2, 600.0) == 600.0  # one instance with two threads served only 600/s
