@@ -25,6 +25,7 @@ from qexport.manifest import (GOLDEN_ATOL, AccuracyBudget, ArtifactFile, BuildRe
                                read_manifest)
 from qexport.documents import parse
 from qexport.exporter.budget import HeldOut, fallback_sizes, not_found_note, over_budget_message
+from qexport.exporter.capture import explain_capture_failure
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, Family
 from qexport import __version__
 from qexport.data import Split, normalize, seeded_subset
@@ -119,7 +120,15 @@ def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Refer
 
 def run_family(family: Family, ctx: BuildContext, path: Path) -> BuildDetails:
     """The family's build function, in a child process unless it already builds in another interpreter."""
-    return build_in_child(family, ctx, path) if family.isolate else family.build(ctx, path)
+    if family.isolate:
+        return build_in_child(family, ctx, path)
+    try:
+        return family.build(ctx, path)
+    except Exception as err:
+        explained = explain_capture_failure(err, family.key, ctx.model)
+        if explained is err:
+            raise
+        raise explained from err
 
 
 def build_within_budget(family: Family, ctx: BuildContext, path: Path,
@@ -228,7 +237,7 @@ def _build_and_send(family: Family, ctx: BuildContext, path: Path, send) -> None
     try:
         send.send((True, family.build(ctx, path)))
     except BaseException as err:  # noqa: BLE001 -- every outcome goes back to the parent, which decides
-        send.send((False, err))
+        send.send((False, explain_capture_failure(err, family.key, ctx.model)))
     finally:
         send.close()
 

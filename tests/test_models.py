@@ -114,3 +114,47 @@ def test_any_classifier_builds_or_skips_with_a_reason(tmp_path):
     assert "torchscript-int8-static skipped" in said and "quantizable twin" in said
     index = json.loads((out / "index.json").read_text())
     assert {a["family"] for a in index["artifacts"]} == {"torchscript-fp32", "onnx-int8"} and not index["failed"]
+
+
+class DataDependentGate(torch.nn.Module):
+    """Doubles its input only when the batch mean is positive: Python control flow on a value."""
+
+    def forward(self, x):
+        if x.mean() > 0:
+            return x * 2
+        return x
+
+
+class Branchy(torch.nn.Module):
+    """A classifier no exporter can capture whole: ``gate`` branches on the data."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.gate = DataDependentGate()
+        self.fc = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.gate(self.conv(x)).mean((2, 3)))
+
+
+def test_a_model_no_exporter_can_capture_fails_per_family_in_one_sentence_naming_the_layer(tiny_data, tiny_checkpoint,
+                                                                                           tmp_path):
+    """Data-dependent control flow: torch.export-based families fail naming the layer and the line,
+    TorchScript tracing (which would silently keep one branch) is refused the same way, and a
+    family that does not run the model's Python (none here) would still build: each is its own outcome."""
+    from dataclasses import replace
+
+    from qexport.exporter import FAMILIES
+    from qexport.exporter.build import build_families
+    from tests.conftest import make_context
+
+    ctx = replace(make_context(tiny_data, tiny_checkpoint), model=Branchy(tiny_data.num_classes))
+    keys = ["torchscript-fp32", "onnx-fp32", "pt2e-fp32"]
+    outcomes = build_families(ctx, [FAMILIES[k] for k in keys], tmp_path)
+    for key, outcome in zip(keys, outcomes):
+        assert outcome.status == "failed", key
+        assert outcome.reason.startswith(f"{key} cannot capture the model"), outcome.reason
+        assert "layer 'gate' (DataDependentGate) at test_models.py:" in outcome.reason, outcome.reason
+        assert "\n" not in outcome.reason and "torch.where" in outcome.reason
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".pt", ".onnx", ".pt2")]
