@@ -60,8 +60,9 @@ def failing_site(err: BaseException, model: nn.Module) -> tuple[str, traceback.F
     return None
 
 
-def describe_site(name: str, module: nn.Module, filename: str, lineno: int, code: str | None) -> str:
-    layer = f"layer '{name}' ({type(module.get_submodule(name)).__name__})" if name else f"the model's own forward"
+def describe_site(name: str, model: nn.Module, filename: str, lineno: int, code: str | None) -> str:
+    """"layer 'gate' (DataDependentGate) at file.py:12 (`if x.mean() > 0:`)"."""
+    layer = f"layer '{name}' ({type(model.get_submodule(name)).__name__})" if name else "the model's own forward"
     return f"{layer} at {Path(filename).name}:{lineno}" + (f" (`{code.strip()}`)" if code else "")
 
 
