@@ -54,3 +54,5 @@ def quiet_library_warnings() -> None:
     # log line on CPU-only machines; read when torch is first imported, so set before that.
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # torchao registers an Enum as a pytree constant, which torch 2.14 logs as deprecated on every import.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
