@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from qexport.data import Dataset, Split, normalize
+from qexport.data import Dataset, Split, normalize, seeded_subset
 from qexport.errors import QExportError
 from qexport.progress import progress_bar, say
 
@@ -102,6 +102,41 @@ def evaluate(model: nn.Module, split: Split, mean, std, batch_size: int = 500, d
 DEVICES = ("auto", "cpu", "cuda")
 
 
+BN_RECALIBRATION_IMAGES = 10_000
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, data: Dataset, seed: int, device: str = "cpu",
+                           images: int = BN_RECALIBRATION_IMAGES, batch_size: int = 250) -> int:
+    """Recompute every batch-norm layer's running statistics for the final weights ("precise BN").
+
+    During training the running mean/var are an exponential average over weights that kept
+    changing; with short schedules, high learning rates or a small momentum (torchvision's
+    MobileNetV3 and EfficientNet use 0.01) they lag far behind, and the eval-mode model scores
+    much lower than it should (mobilenet_v3_large after 3 CIFAR-10 epochs: 28 % test top-1 with
+    the training averages, far above that after recalibration). A forward pass in train mode over
+    ``images`` seeded train images (no augmentation, no gradients) with a cumulative average
+    replaces them. Returns the number of layers recalibrated (0: the model has none)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the recalibration batches
+    was_training = model.training
+    model.train()
+    subset = seeded_subset(data.train, images, seed)
+    try:
+        for batch, _ in batches(subset, batch_size):
+            model(normalize(batch, data.mean, data.std).to(device).contiguous(memory_format=torch.channels_last))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(norms)
+
+
 def resolve_device(name: str) -> str:
     """'auto' → cuda when torch sees a GPU, else cpu; an unavailable choice is one sentence."""
     if name not in DEVICES:
@@ -155,6 +190,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
             if bar.disable and show_progress:  # no terminal (CI, logs): one line per epoch instead
                 say(f"epoch {epoch + 1}/{config.epochs} loss {history[-1]['loss']:.3f} "
                     f"train top-1 {history[-1]['train_top1']:.1%} ({time.perf_counter() - started:.0f} s)")
+    recalibrated = recalibrate_batch_norm(model, data, config.seed, device)
     train_seconds = time.perf_counter() - started
     accuracy = evaluate(model, data.test, data.mean, data.std, device=device, require_finite=True)
     model.to("cpu").eval()
@@ -164,6 +200,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
         "train_seconds": round(train_seconds, 1),
         "epochs": config.epochs,
         "threads": torch.get_num_threads(),
+        "batch_norm_recalibrated": {"layers": recalibrated, "images": min(BN_RECALIBRATION_IMAGES, len(data.train))},
         "device": device if device == "cpu" else f"{device} ({torch.cuda.get_device_name()})",
         "history": history,
     }

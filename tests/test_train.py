@@ -93,3 +93,21 @@ def test_a_model_with_non_finite_logits_is_refused_not_scored_at_chance(tiny_dat
     assert evaluate(Diverged(), tiny_data.test, tiny_data.mean, tiny_data.std) >= 0  # plain scoring still scores
     with pytest.raises(QExportError, match="non-finite logits.*no checkpoint was written"):
         evaluate(Diverged(), tiny_data.test, tiny_data.mean, tiny_data.std, require_finite=True)
+
+
+def test_batch_norm_statistics_are_recomputed_for_the_final_weights(tiny_data):
+    """Running statistics that lag behind the weights (short schedules, torchvision's 0.01 momentum)
+    are replaced by the statistics of the final model on train images; the momentum is restored."""
+    from qexport.data import normalize
+    from qexport.train import recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.01)).eval()
+    model[1].running_mean.fill_(50.0)  # stale: nothing like what the conv produces
+    assert recalibrate_batch_norm(model, tiny_data, seed=0, images=len(tiny_data.train), batch_size=16) == 1
+    with torch.no_grad():
+        features = model[0](normalize(tiny_data.train.images, tiny_data.mean, tiny_data.std))
+    expected = features.mean((0, 2, 3))
+    assert torch.allclose(model[1].running_mean, expected, atol=1e-4)  # every train image, averaged over batches
+    assert model[1].momentum == 0.01 and not model.training
+    assert recalibrate_batch_norm(torch.nn.Linear(2, 2), tiny_data, seed=0) == 0
