@@ -217,6 +217,7 @@ class BudgetAttempt:
     kept_float: int
     top1: float
     drop_pt: float
+    drop_ci95_pt: float | None = None  # half-width of the paired 95 % interval on drop_pt (same images, both models)
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,7 @@ class AccuracyBudget:
     drop_pt: float
     met: bool
     kept_float: list[str] = field(default_factory=list)
+    drop_ci95_pt: float | None = None  # half-width of the paired 95 % interval on drop_pt
     int8_weight_share: float | None = None
     int8_mac_share: float | None = None
     attempts: list[BudgetAttempt] = field(default_factory=list)

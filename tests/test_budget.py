@@ -219,3 +219,16 @@ def test_fallback_that_finds_none_of_its_layers_stops_in_one_sentence(tiny_data,
     assert not list(tmp_path.glob("resnet18.ruined*"))
 
 
+
+
+def test_the_drop_carries_its_paired_95_percent_interval():
+    """Hand-computed: of 10 images fp32 alone is right on 3, int8 alone on 1, both agree on 6:
+    d = (1,1,1,-1,0,...), mean 0.2, sample std sqrt(3.6 / 9), half-width 1.96 * std / sqrt(10)."""
+    from qexport.exporter.budget import paired_drop_ci95_pt
+
+    labels = torch.zeros(10, dtype=torch.long)
+    right, wrong = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    fp32 = torch.stack([right] * 3 + [wrong] + [right] * 6)
+    int8 = torch.stack([wrong] * 3 + [right] + [right] * 6)
+    assert paired_drop_ci95_pt(fp32, int8, labels) == pytest.approx(1.96 * (3.6 / 9) ** 0.5 / 10 ** 0.5 * 100, abs=1e-3)
+    assert paired_drop_ci95_pt(fp32, fp32, labels) == 0.0  # the same model: no spread at all
