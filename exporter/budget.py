@@ -48,7 +48,7 @@ def budget_split(data, options: BuildOptions) -> Split:
     return seeded_subset(data.train, options.budget_samples, options.seed, skip=options.calibration_samples)
 
 
-def paired_drop_ci95_pt(fp32_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> float:
+def paired_drop_ci95_pt(fp32_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> float | None:
     """Half-width, in top-1 points, of the 95 % interval on the drop, paired per image.
 
     Both models score the same images, so the drop is the mean of d_i = fp32 right - int8 right
@@ -57,8 +57,8 @@ def paired_drop_ci95_pt(fp32_logits: torch.Tensor, logits: torch.Tensor, labels:
     on 5000 (2 %, a well-trained ResNet18: +-0.9 and +-0.4). That is the resolution a budget can be
     checked at -- said in the manifest next to the drop."""
     d = ((fp32_logits.argmax(1) == labels).double() - (logits.argmax(1) == labels).double())
-    if len(d) < 2:
-        return float("nan")
+    if len(d) < 2:  # no spread can be estimated from one image (and NaN is not JSON)
+        return None
     return round(float(1.96 * d.std(unbiased=True) / len(d) ** 0.5) * 100, 4)
 
 

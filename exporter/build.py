@@ -125,7 +125,7 @@ def run_family(family: Family, ctx: BuildContext, path: Path) -> BuildDetails:
     try:
         return family.build(ctx, path)
     except Exception as err:
-        explained = explain_capture_failure(err, family.key, ctx.model)
+        explained = explain_capture_failure(err, family.key)
         if explained is err:
             raise
         raise explained from err
@@ -237,7 +237,7 @@ def _build_and_send(family: Family, ctx: BuildContext, path: Path, send) -> None
     try:
         send.send((True, family.build(ctx, path)))
     except BaseException as err:  # noqa: BLE001 -- every outcome goes back to the parent, which decides
-        send.send((False, explain_capture_failure(err, family.key, ctx.model)))
+        send.send((False, explain_capture_failure(err, family.key)))
     finally:
         send.close()
 

@@ -4,42 +4,25 @@ Every exporter runs the model's Python ``forward``: torch.export and FX trace it
 ``torch.jit.trace`` records one run. Python control flow on tensor *values* (``if x.mean() > 0:``)
 cannot be captured: torch.export raises ``GuardOnDataDependentSymNode`` deep inside torch, FX a
 ``TraceError`` without a location, and ``torch.jit.trace`` only warns and silently bakes in the
-branch the example input took. The failing frame of the user's code is on the traceback of the
-error (or in the warning), so the module whose ``forward`` it is can be named.
+branch the example input took. The frames of the model's own ``forward`` calls are on the
+traceback of the error, each with its module as ``self``, so the failing layer can be named.
 """
 
 from __future__ import annotations
 
 import inspect
-import traceback
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
+import torch
 from torch import nn
 
 from qexport.errors import QExportError, describe_exception
 
-CONTROL_FLOW_SIGNS = ("data-dependent", "GuardOnDataDependentSymNode", "cannot be used as inputs to control flow",
-                      "Python boolean")
+CONTROL_FLOW_SIGNS = ("data-dependent", "GuardOnDataDependentSymNode", "cannot be used as inputs to control flow")
 TRACER_CONTROL_FLOW = "Converting a tensor to a Python boolean"
-
-
-def layer_at(model: nn.Module, filename: str, lineno: int) -> str | None:
-    """The name of the module whose ``forward`` holds ``filename:lineno`` ("" for the model itself)."""
-    for name, module in model.named_modules():
-        forward = getattr(type(module), "forward", None)
-        code = getattr(forward, "__code__", None)
-        if code is None or code.co_filename != filename:
-            continue
-        try:
-            lines, start = inspect.getsourcelines(forward)
-        except (OSError, TypeError):
-            continue
-        if start <= lineno < start + len(lines):
-            return name
-    return None
 
 
 def _chain(err: BaseException) -> Iterator[BaseException]:
@@ -50,20 +33,51 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
         err = err.__cause__ or err.__context__
 
 
-def failing_site(err: BaseException, model: nn.Module) -> tuple[str, traceback.FrameSummary] | None:
-    """The innermost frame, over the whole exception chain, that runs inside one of ``model``'s modules."""
+def _module_frames(err: BaseException) -> list[tuple[FrameType, nn.Module, int]]:
+    """(frame, its ``self``, line) for every frame of an nn.Module method on the error's tracebacks, outermost first."""
+    frames = []
     for link in _chain(err):
-        for frame in reversed(traceback.extract_tb(link.__traceback__)):
-            name = layer_at(model, frame.filename, frame.lineno or 0)
-            if name is not None:
-                return name, frame
+        tb = link.__traceback__
+        while tb is not None:
+            owner = tb.tb_frame.f_locals.get("self")
+            if isinstance(owner, nn.Module):
+                frames.append((tb.tb_frame, owner, tb.tb_lineno))
+            tb = tb.tb_next
+    return frames
+
+
+def failing_site(err: BaseException) -> tuple[str, nn.Module, str, int] | None:
+    """(layer name, model, file, line) of the innermost model module the error passed through.
+
+    The model is the outermost module on the traceback that is not torch's own (exporters wrap it);
+    names come from its ``named_modules``, matched by identity, so a repeated block is named right."""
+    frames = _module_frames(err)
+    roots = [owner for _, owner, _ in frames if not type(owner).__module__.startswith("torch.")]
+    if not roots:
+        return None
+    names = {id(module): name for name, module in roots[0].named_modules()}
+    for frame, owner, lineno in reversed(frames):
+        if id(owner) in names:
+            return names[id(owner)], roots[0], frame.f_code.co_filename, lineno
     return None
 
 
-def describe_site(name: str, model: nn.Module, filename: str, lineno: int, code: str | None) -> str:
+def _source_line(filename: str, lineno: int) -> str | None:
+    import linecache
+
+    return linecache.getline(filename, lineno).strip() or None
+
+
+def describe_site(name: str | None, model: nn.Module | None, filename: str, lineno: int) -> str:
     """"layer 'gate' (DataDependentGate) at file.py:12 (`if x.mean() > 0:`)"."""
-    layer = f"layer '{name}' ({type(model.get_submodule(name)).__name__})" if name else "the model's own forward"
-    return f"{layer} at {Path(filename).name}:{lineno}" + (f" (`{code.strip()}`)" if code else "")
+    if name is None:
+        layer = "the model"
+    elif name:
+        layer = f"layer '{name}' ({type(model.get_submodule(name)).__name__})"
+    else:
+        layer = "the model's own forward"
+    code = _source_line(filename, lineno)
+    return f"{layer} at {Path(filename).name}:{lineno}" + (f" (`{code}`)" if code else "")
 
 
 def control_flow_error(family: str, where: str) -> QExportError:
@@ -72,33 +86,72 @@ def control_flow_error(family: str, where: str) -> QExportError:
         f"and an exported graph has one -- rewrite it with torch.where or torch.cond, or leave {family} out.")
 
 
-def explain_capture_failure(err: BaseException, family: str, model: nn.Module) -> BaseException:
+def explain_capture_failure(err: BaseException, family: str) -> BaseException:
     """``err`` as one sentence naming the layer it came from, when it was raised inside the model;
-    otherwise ``err`` itself (qexport's own errors pass through unchanged)."""
+    otherwise ``err`` itself (qexport's own errors pass through unchanged). Never raises."""
     if isinstance(err, QExportError) and err.__cause__ is None:
         return err
-    site = failing_site(err, model)
-    if site is None:
+    try:
+        site = failing_site(err)
+        if site is None:
+            return err
+        name, model, filename, lineno = site
+        where = describe_site(name, model, filename, lineno)
+        if any(sign in str(link) or sign in type(link).__name__ for link in _chain(err) for sign in CONTROL_FLOW_SIGNS):
+            return control_flow_error(family, where)
+        return QExportError(f"{family} failed in {where}: {describe_exception(err)}.")
+    except Exception:  # noqa: BLE001 -- explaining must never hide the error it explains
         return err
-    name, frame = site
-    where = describe_site(name, model, frame.filename, frame.lineno or 0, frame.line)
-    if any(sign in str(link) for link in _chain(err) for sign in CONTROL_FLOW_SIGNS):
-        return control_flow_error(family, where)
-    return QExportError(f"{family} failed in {where}: {describe_exception(err)}.")
 
 
-@contextmanager
-def refusing_baked_branches(family: str, model: nn.Module) -> Iterator[None]:
-    """Around ``torch.jit.trace``: a traced branch on a tensor value is refused, not saved (the
-    file would give wrong answers for every input that takes the other branch)."""
-    from torch.jit import TracerWarning
+def _probes(example: torch.Tensor) -> list[torch.Tensor]:
+    """Inputs that send a value-dependent branch both ways: the example, negated and scaled."""
+    return [example, -example, 100 * example, -100 * example]
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", TracerWarning)
-        yield
+
+def _disagrees(traced: Callable, module: nn.Module, example: torch.Tensor) -> bool:
+    with torch.no_grad():
+        for x in _probes(example):
+            expected, got = module(x), traced(x)
+            if not torch.allclose(got.float(), expected.float(), rtol=1e-3, atol=1e-3 * float(expected.abs().max()) + 1e-5):
+                return True
+    return False
+
+
+def _warned_site(caught, model: nn.Module) -> str | None:
+    """Where the first tensor-to-bool conversion happened, naming the layer when one class matches."""
     for warning in caught:
-        if issubclass(warning.category, TracerWarning) and TRACER_CONTROL_FLOW in str(warning.message):
-            name = layer_at(model, warning.filename, warning.lineno)
-            where = (describe_site(name, model, warning.filename, warning.lineno, None) if name is not None
-                     else f"{Path(warning.filename).name}:{warning.lineno}")
-            raise control_flow_error(family, where)
+        if issubclass(warning.category, torch.jit.TracerWarning) and TRACER_CONTROL_FLOW in str(warning.message):
+            owners = [name for name, m in model.named_modules() if _defines(type(m), warning.filename, warning.lineno)]
+            name = owners[0] if len(owners) == 1 else None
+            return describe_site(name, model, warning.filename, warning.lineno)
+    return None
+
+
+def _defines(cls: type, filename: str, lineno: int) -> bool:
+    forward = getattr(cls, "forward", None)
+    code = getattr(forward, "__code__", None)
+    if code is None or code.co_filename != filename:
+        return False
+    try:
+        lines, start = inspect.getsourcelines(forward)
+    except (OSError, TypeError):
+        return False
+    return start <= lineno < start + len(lines)
+
+
+def traced_or_refused(family: str, module: nn.Module, example: torch.Tensor):
+    """``torch.jit.trace(module, example)``; when tracing converted a tensor to a Python bool (a
+    branch on a value, or a shape check in library code) the traced module is run against the eager
+    one on inputs that flip value branches, and a difference is refused, not saved: the file would
+    give wrong answers for every input that takes the other branch."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        traced = torch.jit.trace(module, example, check_trace=False)
+    where = _warned_site(caught, module)
+    for warning in caught:  # everything else goes on as if it had not been caught
+        if where is None or TRACER_CONTROL_FLOW not in str(warning.message):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if where is not None and _disagrees(traced, module, example):
+        raise control_flow_error(family, where)
+    return traced

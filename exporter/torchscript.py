@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qexport.exporter.capture import refusing_baked_branches
+from qexport.exporter.capture import traced_or_refused
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage
 from qexport.errors import QExportError
@@ -25,8 +25,8 @@ QUANT_ENGINE = "x86"
 def save_traced(module: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
     """Trace, freeze and save with a small JSON description embedded in the file (a branch on a
     tensor value is refused: tracing would keep only the branch the example took)."""
-    with torch.inference_mode(False), torch.no_grad(), refusing_baked_branches(f"torchscript-{meta['variant']}", module):
-        traced = torch.jit.trace(module.eval(), example, check_trace=False)
+    with torch.inference_mode(False), torch.no_grad():
+        traced = traced_or_refused(f"torchscript-{meta['variant']}", module.eval(), example)
         frozen = torch.jit.freeze(traced.eval())
     torch.jit.save(frozen, str(path), _extra_files={"qexport.json": json.dumps(meta)})
 

@@ -158,3 +158,31 @@ def test_a_model_no_exporter_can_capture_fails_per_family_in_one_sentence_naming
         assert "layer 'gate' (DataDependentGate) at test_models.py:" in outcome.reason, outcome.reason
         assert "\n" not in outcome.reason and "torch.where" in outcome.reason
     assert not [p for p in tmp_path.iterdir() if p.suffix in (".pt", ".onnx", ".pt2")]
+
+
+class AlwaysTrueGate(torch.nn.Module):
+    """Converts a tensor to a bool while tracing, as library shape checks do, but always takes the
+    same branch: nothing is baked in that another input would change."""
+
+    def forward(self, x):
+        if (x * 0).sum() == 0:
+            return x
+        return -x
+
+
+class Asserting(Branchy):
+    def __init__(self, num_classes: int = 10):
+        super().__init__(num_classes)
+        self.gate = AlwaysTrueGate()
+
+
+def test_a_tensor_to_bool_that_never_changes_the_branch_is_traced(tiny_data, tiny_checkpoint, tmp_path):
+    from dataclasses import replace
+
+    from qexport.exporter import FAMILIES
+    from qexport.exporter.build import build_families
+    from tests.conftest import make_context
+
+    ctx = replace(make_context(tiny_data, tiny_checkpoint), model=Asserting(tiny_data.num_classes))
+    [outcome] = build_families(ctx, [FAMILIES["torchscript-fp32"]], tmp_path)
+    assert outcome.status == "built", outcome.reason
