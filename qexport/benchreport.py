@@ -141,6 +141,30 @@ def slower_int8_lines(rows: list[BenchRow], batch: str = "1") -> list[str]:
     return lines
 
 
+def slower_than_own_fp32_lines(rows: list[BenchRow]) -> list[str]:
+    """Every int8 artifact measurably slower than the fp32 artifact of its *own* runtime (paired
+    round by round), with the batch sizes where it is: TorchScript fp32 can be slow enough to
+    flatter every int8 row, while a runtime whose int8 loses to its own fp32 is a finding."""
+    from qexport.runtimes.stats import paired_ratio
+
+    fp32 = {row.runtime: row for row in rows if row.precision == "fp32" and row.measured}
+    lines = []
+    for row in rows:
+        own = fp32.get(row.runtime)
+        if row.precision != "int8" or not row.measured or own is None:
+            continue
+        slower = []
+        for batch in sorted(set(row.result.batches) & set(own.result.batches), key=int):
+            ratio = paired_ratio(own.batch(batch).round_medians(), row.batch(batch).round_medians())
+            if ratio.estimate < 1 and ratio.excludes(1.0):
+                slower.append(f"batch {batch}: {fmt_interval(ratio, '{:.2f}')}x")
+        if slower:
+            lines.append(f"{row.file}: int8 is SLOWER than {own.family} in the same runtime ({'; '.join(slower)}): "
+                         "its int8 kernels do not pay for the quantize/dequantize around them on this CPU "
+                         f"(without VNNI int8 dot products gain little; profile it per op, or deploy {own.family} here)")
+    return lines
+
+
 def slowness_causes(row: BenchRow, batch: str) -> list[str]:
     """Why an int8 row is slow at ``batch``, from what was measured and what the manifest records."""
     causes = []
@@ -184,7 +208,8 @@ def print_bench(doc: BenchDocument) -> None:
         for cells in scenario_body:
             table.add_row(*cells)
         console.print(table)
-    for line in reasons(doc) + slower_int8_lines(doc.rows) + uncertainty_lines(doc) + environment_lines(doc):
+    for line in reasons(doc) + slower_int8_lines(doc.rows) + slower_than_own_fp32_lines(doc.rows) \
+            + uncertainty_lines(doc) + environment_lines(doc):
         console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
@@ -193,7 +218,8 @@ def markdown(doc: BenchDocument) -> str:
     lines = ["# qexport bench", "", *[f"- {line}" for line in environment_lines(doc)], "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    lines += ["", *[f"- {line}" for line in slower_int8_lines(doc.rows) + uncertainty_lines(doc)]]
+    lines += ["", *[f"- {line}" for line in slower_int8_lines(doc.rows) + slower_than_own_fp32_lines(doc.rows)
+                    + uncertainty_lines(doc)]]
     if any(row.measured and row.result.scenarios for row in doc.rows):
         scenario_header, scenario_body = scenario_rows(doc)
         settings = doc.options.scenarios

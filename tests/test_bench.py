@@ -237,3 +237,24 @@ def test_int8_slower_than_fp32_is_flagged_with_its_causes():
     assert line.startswith("slow-int8.pt: int8 is SLOWER than TorchScript fp32 at batch 1 (0.75x)")
     assert "2.40x faster at batch 32" in line and "per-op overhead" in line
     assert "3 layer(s) kept in float" in line and "only 20% of the weights" in line
+
+
+def test_int8_slower_than_the_fp32_of_its_own_runtime_is_flagged():
+    """openvino-int8 slower than openvino-fp32 (paired by round) is a finding even when both beat
+    TorchScript fp32; a difference the rounds cannot resolve is not."""
+    from types import SimpleNamespace
+
+    from qexport.benchreport import slower_than_own_fp32_lines
+    from qexport.runtimes.results import BenchRow
+
+    def row(family: str, precision: str, rounds: dict[str, list[float]], runtime: str = "openvino") -> BenchRow:
+        batches = {b: SimpleNamespace(round_medians=lambda r=r: r) for b, r in rounds.items()}
+        return BenchRow(family=family, file=f"{family}.xml", format="openvino", precision=precision, runtime=runtime,
+                        result=SimpleNamespace(batches=batches))
+
+    rows = [row("openvino-fp32", "fp32", {"1": [1.0, 1.1, 0.9, 1.0, 1.05], "32": [10, 11, 9, 10, 10.5]}),
+            row("openvino-int8", "int8", {"1": [1.0, 1.2, 0.8, 1.1, 1.0], "32": [16, 17.5, 14.6, 16.2, 16.9]}),
+            row("onnx-int8", "int8", {"1": [0.1] * 5}, runtime="onnxruntime")]  # no onnx fp32 row: nothing to compare
+    [line] = slower_than_own_fp32_lines(rows)
+    assert line.startswith("openvino-int8.xml: int8 is SLOWER than openvino-fp32 in the same runtime (batch 32: 0.6")
+    assert "batch 1" not in line
