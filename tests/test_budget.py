@@ -76,7 +76,12 @@ def test_fake_quantized_is_close_and_restores_the_layer():
 
 def test_ranking_puts_the_layer_int8_hurts_most_first(tiny_data, tiny_checkpoint):
     ctx = make_context(tiny_data, tiny_checkpoint)
-    with torch.no_grad():  # one outlier weight per output channel: int8 steps become coarse there
+    with torch.no_grad():
+        # fc's input channel 0 forced to 0 (its last batch norm drives it far below ReLU), then one
+        # outlier weight per output channel there: int8 steps become coarse for all of fc's other
+        # weights, while the fp32 function -- and so every other layer's error -- stays unchanged.
+        last = ctx.model.layer4[-1].bn2
+        last.weight[0], last.bias[0] = 0.0, -1e4
         ctx.model.fc.weight[:, 0] = 1000.0
     ranking = rank_layers(ctx, budget_split(ctx.data, ctx.options))
     assert ranking[0] == "fc"

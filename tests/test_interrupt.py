@@ -21,8 +21,11 @@ from tests.conftest import ROOT, copy_artifacts
 
 def interrupt_when(args: list[str], ready: Callable[[], bool], timeout: float = 240) -> subprocess.CompletedProcess:
     """Start `qexport ARGS`, wait for ``ready()``, press Ctrl-C, and collect the result."""
+    # A test run started as a background job of a non-interactive shell inherits SIGINT *ignored*
+    # (POSIX), and Python then installs no Ctrl-C handler: the child gets the terminal's default back.
     process = subprocess.Popen([sys.executable, "-m", "qexport.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     while not ready():
         if process.poll() is not None or time.monotonic() > deadline:
