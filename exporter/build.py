@@ -120,8 +120,13 @@ def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Refer
 
 def run_family(family: Family, ctx: BuildContext, path: Path) -> BuildDetails:
     """The family's build function, in a child process unless it already builds in another interpreter."""
-    if family.isolate:
-        return build_in_child(family, ctx, path)
+    return build_in_child(family, ctx, path) if family.isolate else build_explained(family, ctx, path)
+
+
+def build_explained(family: Family, ctx: BuildContext, path: Path) -> BuildDetails:
+    """``family.build``, with an error raised inside the model's code turned into one sentence
+    naming the layer (exporter/capture.py) -- where the traceback still exists: in the child for
+    isolated families, which pickles only the exception."""
     try:
         return family.build(ctx, path)
     except Exception as err:
@@ -235,9 +240,9 @@ def _build_and_send(family: Family, ctx: BuildContext, path: Path, send) -> None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C (see build_in_child)
     die_with_parent()
     try:
-        send.send((True, family.build(ctx, path)))
+        send.send((True, build_explained(family, ctx, path)))
     except BaseException as err:  # noqa: BLE001 -- every outcome goes back to the parent, which decides
-        send.send((False, explain_capture_failure(err, family.key)))
+        send.send((False, err))
     finally:
         send.close()
 
