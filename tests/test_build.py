@@ -192,15 +192,15 @@ def test_disk_full_mid_write_keeps_nothing_and_says_so(tiny_data, tiny_checkpoin
 
 def test_families_cannot_change_each_other(built_artifacts, tiny_data, tiny_checkpoint, tmp_path):
     """pt2e-int8 compiled after torchscript-int8-static (eager int8 convert: it sets the quantized
-    engine) generates the same code as compiled alone, and the parent's torch state is untouched:
-    every family builds in its own child process. No timing is involved."""
+    engine) generates the same code as compiled before any eager int8 family, and the parent's
+    torch state is untouched: every family builds in its own child process. No timing is involved."""
     import torch
 
     engine = torch.backends.quantized.engine
     _, outcomes = built_artifacts  # registry order: pt2e families before the eager int8 ones
+    assert list(FAMILIES).index("pt2e-int8") < list(FAMILIES).index("torchscript-int8-static")
     ctx = make_context(tiny_data, tiny_checkpoint)
     after = build_families(ctx, [FAMILIES["torchscript-int8-static"], FAMILIES["pt2e-int8"]], tmp_path / "after")
-    alone = build_families(ctx, [FAMILIES["pt2e-int8"]], tmp_path / "alone")
-    codes = {o.manifest.config["generated_code_sha256"] for o in (after[1], alone[0], outcomes["pt2e-int8"])}
+    codes = {o.manifest.config["generated_code_sha256"] for o in (after[1], outcomes["pt2e-int8"])}
     assert len(codes) == 1
     assert torch.backends.quantized.engine == engine

@@ -19,8 +19,10 @@ import pytest
 from tests.conftest import ROOT, copy_artifacts
 
 
-def interrupt_when(args: list[str], ready: Callable[[], bool], timeout: float = 240) -> subprocess.CompletedProcess:
-    """Start `qexport ARGS`, wait for ``ready()``, press Ctrl-C, and collect the result."""
+def interrupt_when(args: list[str], ready: Callable[[], bool],
+                   timeout: float = 240) -> tuple[subprocess.CompletedProcess, int]:
+    """Start `qexport ARGS`, wait for ``ready()``, press Ctrl-C, and collect the result with the
+    process group it ran in (start_new_session: named by the command's own pid)."""
     # A test run started as a background job of a non-interactive shell inherits SIGINT *ignored*
     # (POSIX), and Python then installs no Ctrl-C handler: the child gets the terminal's default back.
     process = subprocess.Popen([sys.executable, "-m", "qexport.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
@@ -35,7 +37,7 @@ def interrupt_when(args: list[str], ready: Callable[[], bool], timeout: float = 
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err), process.pid
 
 
 def worker_pids() -> set[int]:
@@ -53,6 +55,27 @@ def worker_pids() -> set[int]:
     return pids
 
 
+def group_members(group: int) -> set[int]:
+    """Live processes of a process group (the build's child, the fork server, compilers...)."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().split(") ")[-1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == group:  # state, ppid, pgrp
+                members.add(int(entry.name))
+    return members
+
+
+def wait_until_gone(group: int, seconds: float = 15) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while (left := group_members(group)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 def assert_clean_interrupt(done: subprocess.CompletedProcess) -> None:
     assert done.returncode == 130, done.stderr[-800:]
     assert "Traceback" not in done.stderr
@@ -64,9 +87,10 @@ def test_ctrl_c_during_build_leaves_nothing_half_written(tiny_checkpoint, tmp_pa
     out = tmp_path / "artifacts"
     args = ["build", "--only", "torchscript-int8-qat", "--data", "synthetic", "--checkpoint", str(tiny_checkpoint),
             "--qat-epochs", "500", "--out", str(out), "--no-progress"]
-    done = interrupt_when(args, lambda: any(out.glob(".tmp-*")))  # the family has started writing
+    done, group = interrupt_when(args, lambda: any(out.glob(".tmp-*")))  # the family has started writing
     assert_clean_interrupt(done)
     assert [p.name for p in out.iterdir()] == []
+    assert not wait_until_gone(group), "a build process outlived the interrupted build"
 
 
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups")
@@ -81,7 +105,7 @@ def test_ctrl_c_during_bench_reaps_workers(built_artifacts, tmp_path):
         started.update(worker_pids() - before)
         return bool(started)
 
-    done = interrupt_when(args, worker_running)
+    done, _ = interrupt_when(args, worker_running)
     assert_clean_interrupt(done)
     assert not (worker_pids() & started), "a bench worker outlived Ctrl-C"
     assert not (folder / "bench.json").exists()
