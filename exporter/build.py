@@ -8,8 +8,11 @@ that file is produced here, identically for every family.
 from __future__ import annotations
 
 import platform
+import threading
 import time
 import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +36,7 @@ from qexport.envinfo import cpu_info, git_commit, isa_summary, library_versions
 from qexport.errors import QExportError, RuntimeMissing, describe_exception
 from qexport.hardware import host_cpu
 from qexport.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, ensure_writable_dir, sha256_file
-from qexport.progress import say
+from qexport.progress import current_label, labelled, say
 from qexport.train import predict, top1
 
 
@@ -66,33 +69,70 @@ def evaluation_split(ctx: BuildContext) -> Split:
 
 
 def build_families(ctx: BuildContext, families: list[Family], out_dir: Path, force: bool = False,
-                   debug: bool = False) -> list[Outcome]:
-    """Build each family in turn; one failing never stops the others."""
+                   debug: bool = False, jobs: int = 1) -> list[Outcome]:
+    """Build each family; one failing never stops the others. ``jobs`` > 1 builds that many at
+    once, each still in its own child process, with every status line labelled by its family."""
     ensure_writable_dir(out_dir)
     reference, held_out = Reference(ctx), HeldOut(ctx)
-    outcomes = []
-    for family in families:
-        problem = family.build_problem() or family.model_problem(ctx.model_name)
-        if problem:  # ipex-bf16 on an AVX2-only host, eager int8 for a model without a quantizable twin
-            outcomes.append(Outcome(family.key, "skipped", reason=problem))
-            say(f"[yellow]skipped[/yellow] {family.key}: {problem}")
-            continue
-        say(f"[bold]{family.key}[/bold] → {family.filename(ctx.model_name)}")
-        try:
-            outcomes.append(build_one(ctx, family, out_dir, reference, held_out, force))
-        except RuntimeMissing as err:  # e.g. no IPEX environment: say how to get it, build the rest
-            outcomes.append(Outcome(family.key, "skipped", reason=str(err)))
-            say(f"  [yellow]skipped[/yellow]: {err}")
-        except QExportError as err:
-            outcomes.append(Outcome(family.key, "failed", reason=str(err)))
-        except Exception as err:  # an exporter bug must not take the other families down
-            if debug:
-                traceback.print_exc()
-            outcomes.append(Outcome(family.key, "failed", reason=describe_exception(err)))
-        if outcomes[-1].status == "failed":
-            say(f"  [red]failed[/red]: {outcomes[-1].reason}")
+
+    def build(family: Family) -> Outcome:
+        return build_or_record(ctx, family, out_dir, reference, held_out, force, debug)
+
+    _cancelled.clear()
+    outcomes = [build(f) for f in families] if jobs <= 1 else build_concurrently(build, families, jobs)
     write_index(out_dir, ctx.model_name, outcomes)
     return outcomes
+
+
+_cancelled = threading.Event()  # set on Ctrl-C: concurrent builds stop and discard what they wrote
+
+
+def build_concurrently(build: Callable[[Family], Outcome], families: list[Family], jobs: int) -> list[Outcome]:
+    """``build`` for every family on ``jobs`` threads, outcomes in the families' order. Ctrl-C
+    reaches the main thread only: it tells the others to stop (their children are killed, their
+    temporary files removed) and waits for them before the interrupt goes on."""
+    def labelled_build(family: Family) -> Outcome:
+        with labelled(family.key):
+            return build(family)
+
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="qexport-build") as pool:
+        futures = [pool.submit(labelled_build, family) for family in families]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            _cancelled.set()
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def stop_if_cancelled() -> None:
+    if _cancelled.is_set():
+        raise KeyboardInterrupt
+
+
+def build_or_record(ctx: BuildContext, family: Family, out_dir: Path, reference: Reference, held_out: HeldOut,
+                    force: bool, debug: bool) -> Outcome:
+    """One family's outcome: built, up to date, skipped (with the reason) or failed (with one sentence)."""
+    problem = family.build_problem() or family.model_problem(ctx.model_name)
+    name = "" if current_label() else f" [bold]{family.key}[/bold]"  # labelled lines already name it
+    if problem:  # ipex-bf16 on an AVX2-only host, eager int8 for a model without a quantizable twin
+        say(f"[yellow]skipped[/yellow]{name}: {problem}")
+        return Outcome(family.key, "skipped", reason=problem)
+    say(f"{name.lstrip()} → {family.filename(ctx.model_name)}")
+    try:
+        return build_one(ctx, family, out_dir, reference, held_out, force)
+    except RuntimeMissing as err:  # e.g. no IPEX environment: say how to get it, build the rest
+        say(f"  [yellow]skipped[/yellow]: {err}")
+        return Outcome(family.key, "skipped", reason=str(err))
+    except QExportError as err:
+        outcome = Outcome(family.key, "failed", reason=str(err))
+    except Exception as err:  # an exporter bug must not take the other families down
+        if debug:
+            traceback.print_exc()
+        outcome = Outcome(family.key, "failed", reason=describe_exception(err))
+    say(f"  [red]failed[/red]: {outcome.reason}")
+    return outcome
 
 
 def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Reference, held_out: HeldOut,
@@ -106,6 +146,7 @@ def build_one(ctx: BuildContext, family: Family, out_dir: Path, reference: Refer
     with atomic_path(final, family.companions) as tmp:
         details, budget = build_within_budget(family, ctx, tmp, held_out)
         measured = measure(family, tmp, ctx, reference, details)
+        stop_if_cancelled()  # interrupted meanwhile: the temporary file goes, nothing is written
     seconds = time.perf_counter() - started
     golden = golden_path(final)
     write_golden(golden, measured.golden_inputs, measured.golden_outputs)
@@ -197,22 +238,29 @@ def build_in_child(family: Family, ctx: BuildContext, path: Path) -> BuildDetail
     child and removes the half-written file.
     """
     import signal
+    from multiprocessing import resource_tracker
 
     processes = build_processes()
     receive, send = processes.Pipe(duplex=False)
-    child = processes.Process(target=_build_and_send, args=(family, ctx, path, send), daemon=True)
+    job_receive, job_send = processes.Pipe(duplex=False)
+    child = processes.Process(target=_build_and_send, args=(job_receive, send), daemon=True)
     try:
         # SIGINT blocked while the child starts: the fork server, started by the first child and
         # importing torch for seconds, inherits the blocked mask and passes it to every child it
         # forks (Ctrl-C never reaches them, not even before they run a line); one pressed
-        # meanwhile stays pending for the parent, delivered when the mask is restored.
+        # meanwhile stays pending for the parent, delivered when the mask is restored. The
+        # resource tracker is started first: starting it unblocks SIGINT again (CPython 3.11).
+        resource_tracker.ensure_running()
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             child.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             send.close()
+            job_receive.close()
+        send_job(job_send, (family, ctx, path, current_label()))
         while not receive.poll(0.2):
+            stop_if_cancelled()
             if not child.is_alive() and not receive.poll(0):
                 raise QExportError(f"the process building {family.key} died without a result (exit {child.exitcode}: "
                                    "killed, out of memory or a crash in native code); rerun with --only to see its output.")
@@ -230,6 +278,19 @@ def build_in_child(family: Family, ctx: BuildContext, path: Path) -> BuildDetail
     return value
 
 
+def send_job(connection, job: tuple) -> None:
+    """Send the child its job after it has started, not as its start arguments: a fork server
+    passes a new process at most ~250 file descriptors, and every tensor of the model and data
+    travels as one (efficientnet_b0 alone has more). Over a pipe they go one by one, any number.
+    A child that died before reading is reported by the caller's wait for its result."""
+    try:
+        connection.send(job)
+    except (BrokenPipeError, EOFError):
+        pass
+    finally:
+        connection.close()
+
+
 def die_with_parent() -> None:
     """Linux: be killed when the parent dies, even by SIGKILL, so that no orphaned build keeps
     burning the cores (best effort; elsewhere the daemon flag covers normal exits). A build
@@ -243,8 +304,9 @@ def die_with_parent() -> None:
         pass
 
 
-def _build_and_send(family: Family, ctx: BuildContext, path: Path, send) -> None:
-    """Child side of :func:`build_in_child`: build, then send (True, details) or (False, exception)."""
+def _build_and_send(job, send) -> None:
+    """Child side of :func:`build_in_child`: receive the job, build, then send (True, details) or
+    (False, exception)."""
     import signal
 
     from qexport.progress import quiet_library_warnings
@@ -253,9 +315,20 @@ def _build_and_send(family: Family, ctx: BuildContext, path: Path, send) -> None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C (see build_in_child)
     die_with_parent()
     try:
-        send.send((True, build_explained(family, ctx, path)))
+        family, ctx, path, label = job.recv()
+    except EOFError:  # the parent stopped (Ctrl-C) before sending the job: nothing to build
+        return
+    finally:
+        job.close()
+    try:
+        with labelled(label):
+            result = (True, build_explained(family, ctx, path))
     except BaseException as err:  # noqa: BLE001 -- every outcome goes back to the parent, which decides
-        send.send((False, err))
+        result = (False, err)
+    try:
+        send.send(result)
+    except BrokenPipeError:  # the parent is gone (Ctrl-C): nobody to tell
+        pass
     finally:
         send.close()
 

@@ -4,6 +4,9 @@ looks the same and goes to stderr, leaving stdout for tables and JSON."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
@@ -35,8 +38,28 @@ def _force_progress() -> bool:
     return os.environ.get("QEXPORT_PROGRESS") == "1"
 
 
+_label: ContextVar[str] = ContextVar("qexport_say_label", default="")
+
+
+@contextmanager
+def labelled(label: str) -> Iterator[None]:
+    """Prefix this thread's status lines with ``label``: where several families build at once
+    (``build --jobs``), an unlabelled "built in 7 s" would not say which."""
+    token = _label.set(label)
+    try:
+        yield
+    finally:
+        _label.reset(token)
+
+
+def current_label() -> str:
+    return _label.get()
+
+
 def say(message: str) -> None:
     """A status line on stderr (kept apart from the report on stdout)."""
+    if label := _label.get():
+        message = f"[dim]{label}:[/dim] {message.lstrip()}"
     stderr_console.print(message, highlight=False, soft_wrap=True)  # logs: one line, never wrapped at 80
 
 

@@ -70,12 +70,13 @@ def make_context(data, checkpoint, **options):
 
 @pytest.fixture(scope="session")
 def built_artifacts(tiny_data, tiny_checkpoint, tmp_path_factory):
-    """Every registered family built once from the tiny checkpoint (shared by the family tests)."""
+    """Every registered family built once from the tiny checkpoint (shared by the family tests),
+    two at a time: the family tests then also prove that concurrent builds cannot spoil each other."""
     from qexport.exporter import FAMILIES
     from qexport.exporter.build import build_families
 
     out = tmp_path_factory.mktemp("artifacts")
-    outcomes = build_families(make_context(tiny_data, tiny_checkpoint), list(FAMILIES.values()), out)
+    outcomes = build_families(make_context(tiny_data, tiny_checkpoint), list(FAMILIES.values()), out, jobs=2)
     return out, {o.family: o for o in outcomes}
 
 

@@ -83,11 +83,13 @@ def assert_clean_interrupt(done: subprocess.CompletedProcess) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups")
-def test_ctrl_c_during_build_leaves_nothing_half_written(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("families,jobs", [("torchscript-int8-qat", 1), ("torchscript-int8-qat,pt2e-int8-qat", 2)])
+def test_ctrl_c_during_build_leaves_nothing_half_written(tiny_checkpoint, tmp_path, families, jobs):
     out = tmp_path / "artifacts"
-    args = ["build", "--only", "torchscript-int8-qat", "--data", "synthetic", "--checkpoint", str(tiny_checkpoint),
-            "--qat-epochs", "500", "--out", str(out), "--no-progress"]
-    done, group = interrupt_when(args, lambda: any(out.glob(".tmp-*")))  # the family has started writing
+    args = ["build", "--only", families, "--data", "synthetic", "--checkpoint", str(tiny_checkpoint),
+            "--qat-epochs", "500", "--jobs", str(jobs), "--out", str(out), "--no-progress"]
+    started = families.count(",") + 1
+    done, group = interrupt_when(args, lambda: len(list(out.glob(".tmp-*"))) >= started)  # every family writing
     assert_clean_interrupt(done)
     assert [p.name for p in out.iterdir()] == []
     assert not wait_until_gone(group), "a build process outlived the interrupted build"
