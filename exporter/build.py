@@ -232,33 +232,21 @@ def build_in_child(family: Family, ctx: BuildContext, path: Path) -> BuildDetail
     pt2e patches Inductor internals while compiling, and a pt2e int8 package compiled after an
     eager int8 ``convert`` in the same process ran 2-3x slower. Each child is forked from a fork
     server that has only imported torch (``build_processes``), so it starts from a clean torch; the
-    model and data reach it through shared memory (torch.multiprocessing), the artifact through
-    ``path``, and what was done (or the exception raised) comes back through a pipe. The child
+    data reaches it through shared memory (torch.multiprocessing), the model as one pickled buffer
+    (``BuildContext.__getstate__``), the artifact through ``path``, and what was done (or the exception raised) comes back through a pipe. The child
     ignores Ctrl-C, which reaches the whole process group: the parent alone handles it, stops the
     child and removes the half-written file.
     """
-    import signal
-    from multiprocessing import resource_tracker
-
     processes = build_processes()
     receive, send = processes.Pipe(duplex=False)
-    job_receive, job_send = processes.Pipe(duplex=False)
-    child = processes.Process(target=_build_and_send, args=(job_receive, send), daemon=True)
+    job = (family, ctx, path, current_label())
+    child = processes.Process(target=_build_and_send, args=(job, send), daemon=True)
     try:
-        # SIGINT blocked while the child starts: the fork server, started by the first child and
-        # importing torch for seconds, inherits the blocked mask and passes it to every child it
-        # forks (Ctrl-C never reaches them, not even before they run a line); one pressed
-        # meanwhile stays pending for the parent, delivered when the mask is restored. The
-        # resource tracker is started first: starting it unblocks SIGINT again (CPython 3.11).
-        resource_tracker.ensure_running()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        start_fork_server()
         try:
-            child.start()
+            child.start()  # a Ctrl-C here: a child already forked dies with the fork server
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             send.close()
-            job_receive.close()
-        send_job(job_send, (family, ctx, path, current_label()))
         while not receive.poll(0.2):
             stop_if_cancelled()
             if not child.is_alive() and not receive.poll(0):
@@ -278,17 +266,22 @@ def build_in_child(family: Family, ctx: BuildContext, path: Path) -> BuildDetail
     return value
 
 
-def send_job(connection, job: tuple) -> None:
-    """Send the child its job after it has started, not as its start arguments: a fork server
-    passes a new process at most ~250 file descriptors, and every tensor of the model and data
-    travels as one (efficientnet_b0 alone has more). Over a pipe they go one by one, any number.
-    A child that died before reading is reported by the caller's wait for its result."""
+def start_fork_server() -> None:
+    """Start the fork server (if it is not running) with SIGINT blocked. It keeps the blocked
+    mask and passes it to every child it forks, so Ctrl-C, which reaches the whole process
+    group, never interrupts it or a child, not even while they import torch; the parent alone
+    handles it and stops the child. Only the spawn is blocked, not the seconds the server then
+    spends importing, so the parent's own Ctrl-C still arrives at once. The resource tracker is
+    started first: starting it unblocks SIGINT again (CPython 3.11)."""
+    import signal
+    from multiprocessing import forkserver, resource_tracker
+
+    resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        connection.send(job)
-    except (BrokenPipeError, EOFError):
-        pass
+        forkserver.ensure_running()
     finally:
-        connection.close()
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def die_with_parent() -> None:
@@ -304,9 +297,8 @@ def die_with_parent() -> None:
         pass
 
 
-def _build_and_send(job, send) -> None:
-    """Child side of :func:`build_in_child`: receive the job, build, then send (True, details) or
-    (False, exception)."""
+def _build_and_send(job: tuple[Family, BuildContext, Path, str], send) -> None:
+    """Child side of :func:`build_in_child`: build, then send (True, details) or (False, exception)."""
     import signal
 
     from qexport.progress import quiet_library_warnings
@@ -314,12 +306,7 @@ def _build_and_send(job, send) -> None:
     quiet_library_warnings()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C (see build_in_child)
     die_with_parent()
-    try:
-        family, ctx, path, label = job.recv()
-    except EOFError:  # the parent stopped (Ctrl-C) before sending the job: nothing to build
-        return
-    finally:
-        job.close()
+    family, ctx, path, label = job
     try:
         with labelled(label):
             result = (True, build_explained(family, ctx, path))

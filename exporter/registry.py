@@ -8,6 +8,7 @@ imports each family module once (one line per family module). ``build --all``, t
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,6 +86,16 @@ class BuildContext:
 
     def fresh_model(self) -> nn.Module:
         return copy.deepcopy(self.model).eval()
+
+    def __getstate__(self) -> dict:
+        """Pickled for a build child: the model travels as one plain-pickled buffer. Through
+        torch.multiprocessing each of its tensors would be one shared-memory descriptor, and a
+        fork server passes a new process at most ~250 (efficientnet_b0 has more); the dataset's
+        few large tensors still travel through shared memory."""
+        return {**self.__dict__, "model": pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({**state, "model": pickle.loads(state["model"])})
 
     def fp32_logits(self, split: Split) -> torch.Tensor:
         """The eager fp32 model's logits on ``split``: what every artifact is compared with."""
