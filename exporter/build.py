@@ -233,9 +233,10 @@ def build_in_child(family: Family, ctx: BuildContext, path: Path) -> BuildDetail
     eager int8 ``convert`` in the same process ran 2-3x slower. Each child is forked from a fork
     server that has only imported torch (``build_processes``), so it starts from a clean torch; the
     data reaches it through shared memory (torch.multiprocessing), the model as one pickled buffer
-    (``BuildContext.__getstate__``), the artifact through ``path``, and what was done (or the exception raised) comes back through a pipe. The child
-    ignores Ctrl-C, which reaches the whole process group: the parent alone handles it, stops the
-    child and removes the half-written file.
+    (``BuildContext.__getstate__``), the artifact through ``path``, and what was done (or the
+    exception raised) comes back through a pipe. The child never sees Ctrl-C, which reaches the
+    whole process group (``start_fork_server``): the parent alone handles it, stops the child and
+    removes the half-written file.
     """
     processes = build_processes()
     receive, send = processes.Pipe(duplex=False)
