@@ -1,7 +1,7 @@
 """Artifact families. Importing this package registers every family (one line each below).
 
 Import order is the order of ``build --list`` and of builds; it does not change results: every
-family builds in its own child process (``build.build_in_child``), so global torch state one
+family builds in its own child process (``isolation.build_in_child``), so global torch state one
 family sets (quantized engine, Inductor patches) cannot reach another.
 """
 

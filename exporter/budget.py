@@ -1,8 +1,11 @@
 """The accuracy budget every int8 family is held to, and the per-layer fallback that meets it.
 
-The drop is measured on train images held out from calibration -- never on the test split, which
-stays untouched for the reported accuracy -- in the artifact's own runtime (``build.py`` runs the
-search). A family over budget that can keep chosen layers in float (``Family.fallback``) is rebuilt
+The drop is measured on the validation split -- images the fp32 model never trained on, set aside
+by ``qexport train`` or named by the user -- or, for a checkpoint without one, on train images held
+out from calibration (said to be optimistic); never on the test split, which stays untouched for
+the reported accuracy. It is measured in the artifact's own runtime (``budget_search.py`` runs the
+search), and judged by the upper end of its paired 95 % interval: "met" promises the artifact
+plausibly loses no more than the budget, not only that the estimate does. A family over budget that can keep chosen layers in float (``Family.fallback``) is rebuilt
 with the layers whose quantization hurts most left in float: the 1, 2, 4, ... most sensitive, so
 the search ends after at most log2(layers) rebuilds. A family that still misses, or cannot fall
 back, fails with the numbers and writes nothing.
@@ -18,8 +21,10 @@ own runtime rather than trusted.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from functools import cached_property
 
 import torch
@@ -33,19 +38,84 @@ from qexport.progress import say
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 RANKING_SAMPLES = 128      # held-out images each layer's sensitivity is scored on
 RANGE_SAMPLES = 256        # calibration images the input ranges come from
-MEASURED_ON = "train split, held out from calibration (never the test split)"
-# QAT fine-tunes on the whole train split, so its held-out images are not unseen: said, not hidden.
+MEASURED_ON_VALIDATION = "validation split: {source} (never trained on, never the test split)"
+MEASURED_ON_TRAIN = ("train split, held out from calibration but trained on by the fp32 model (never the test "
+                     "split): likely an optimistic drop -- give a validation split (--val-dir)")
+# QAT fine-tunes on the train split, so its held-out train images are not unseen: said, not hidden.
 MEASURED_ON_FINE_TUNED = ("train split, held out from calibration but seen by the QAT fine-tune (never the test "
                           "split): an optimistic drop")
 RANKING = ("leave-one-out in torch: every convolution/linear layer fake-quantized (per-channel int8 weights, "
            "per-tensor uint8 input over the calibration range), each put back in float in turn; most first by how "
-           f"much that lowers the mean squared logit error against fp32 on {RANKING_SAMPLES} held-out train images")
+           f"much that lowers the mean squared logit error against fp32 on {RANKING_SAMPLES} held-out images")
+TYPICAL_CHANGED = 0.05  # share of images an int8 model gets right where fp32 is wrong or back: the resolution shown
+
+
+class Verdict(str, Enum):
+    """How a measured drop compares with the budget, given its 95 % interval."""
+
+    MET = "met"                                 # the interval's upper end is within the budget
+    ESTIMATE_ONLY = "met on the estimate only"  # the estimate is, the upper end is not: the images cannot tell
+    MISSED = "missed"                           # the estimate itself is over
+
+
+def judge(drop_pt: float, ci95_pt: float | None, budget_pt: float) -> Verdict:
+    """The verdict on a drop of ``drop_pt`` ± ``ci95_pt`` top-1 points against ``budget_pt``."""
+    if drop_pt + (ci95_pt or 0.0) <= budget_pt:
+        return Verdict.MET
+    return Verdict.ESTIMATE_ONLY if drop_pt <= budget_pt else Verdict.MISSED
+
+
+def accepted(verdict: Verdict, rule: str) -> bool:
+    """Whether ``verdict`` lets an artifact ship under --budget-verdict ``rule``: "interval" (the
+    default) accepts only MET; "estimate" also accepts a drop whose interval reaches over."""
+    return verdict is Verdict.MET or (rule == "estimate" and verdict is Verdict.ESTIMATE_ONLY)
+
+
+def one_change_upper_pt(images: int) -> float:
+    """The upper end of the drop's interval when a single one of ``images`` changes correctness:
+    d has one 1 and n-1 zeros, so the drop is 100/n and its half-width 1.96 * 100/n."""
+    return 296.0 / images
+
+
+def typical_ci95_pt(images: int, changed: float = TYPICAL_CHANGED) -> float:
+    """Half-width of the drop's interval on ``images`` where ``changed`` of them change correctness."""
+    return 196.0 * math.sqrt(changed / images)
+
+
+def resolution_problem(images: int, budget_pt: float, rule: str) -> str | None:
+    """Why ``images`` cannot resolve ``budget_pt`` under the interval rule -- one image changing
+    correctness would already put the interval over it -- or None."""
+    if rule != "interval" or not images or one_change_upper_pt(images) <= budget_pt:
+        return None
+    fix = f"use at least {math.ceil(296.0 / budget_pt)} (a larger --val-dir or --budget-samples)" if budget_pt > 0 \
+        else "a 0-pt budget can only be met by an artifact that changes no image"
+    return (f"The accuracy budget has {images} images to be measured on, too few for a {budget_pt:g}-pt budget: "
+            f"one image changing correctness would already put the drop's 95 % interval at "
+            f"{one_change_upper_pt(images):.1f} pt (±{typical_ci95_pt(images):.1f} pt where "
+            f"{TYPICAL_CHANGED:.0%} change); {fix}, raise --max-accuracy-drop, or pass --budget-verdict estimate.")
+
+
+def unresolved_line(attempt: BudgetAttempt, budget_pt: float, images: int) -> str:
+    """One line for a drop under the budget whose interval is not: the images cannot tell."""
+    return (f"{attempt.drop_pt:.2f} ± {attempt.drop_ci95_pt or 0:.2f} pt lost: under the {budget_pt:g}-pt budget on "
+            f"the estimate, but the interval reaches {attempt.drop_pt + (attempt.drop_ci95_pt or 0):.2f} pt -- "
+            f"{images} images cannot resolve it")
 
 
 def budget_split(data, options: BuildOptions) -> Split:
-    """The next ``budget_samples`` train images of the seeded permutation whose head is the
-    calibration subset (``data.calibration_split``): disjoint from calibration by construction."""
+    """The images the budget is measured on: ``budget_samples`` of the validation split, or --
+    without one -- the next ``budget_samples`` train images of the seeded permutation whose head is
+    the calibration subset (``data.calibration_split``): disjoint from calibration by construction."""
+    if data.validation is not None:
+        return seeded_subset(data.validation, options.budget_samples, options.seed)
     return seeded_subset(data.train, options.budget_samples, options.seed, skip=options.calibration_samples)
+
+
+def measured_on(data, fine_tuned: bool) -> str:
+    """Where the drop was measured, for the manifest: unseen images, or training images said to be optimistic."""
+    if data.validation is not None:
+        return MEASURED_ON_VALIDATION.format(source=data.validation_source)
+    return MEASURED_ON_FINE_TUNED if fine_tuned else MEASURED_ON_TRAIN
 
 
 def paired_drop_ci95_pt(fp32_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> float | None:
@@ -233,36 +303,58 @@ class HeldOut:
         return BudgetAttempt(kept_float=kept_float, top1=quantized, drop_pt=round((fp32 - quantized) * 100, 4),
                              drop_ci95_pt=paired_drop_ci95_pt(self.fp32_logits, logits, self.split.labels))
 
+    @property
+    def unseen(self) -> bool:
+        return self.ctx.data.validation is not None
+
+    def resolution_problem(self) -> str | None:
+        options = self.ctx.options
+        return resolution_problem(len(self.split), options.max_accuracy_drop, options.budget_verdict)
+
+    def verdict(self, attempt: BudgetAttempt) -> Verdict:
+        return judge(attempt.drop_pt, attempt.drop_ci95_pt, self.ctx.options.max_accuracy_drop)
+
+    def accepts(self, attempt: BudgetAttempt) -> bool:
+        """Whether ``attempt`` ships under the build's --budget-verdict rule (the fallback's stop, too)."""
+        return accepted(self.verdict(attempt), self.ctx.options.budget_verdict)
+
     def record(self, attempts: list[BudgetAttempt], kept_float: tuple[str, ...], shares: bool,
                fine_tuned: bool = False) -> AccuracyBudget:
         """The manifest's budget section for the last of ``attempts`` (``shares``: the family
         quantizes every convolution/linear layer it does not keep in float; ``fine_tuned``: a QAT
-        family, which trained on these images)."""
+        family, which trained on the train split)."""
         from qexport.train import top1
 
         last, options = attempts[-1], self.ctx.options
         weight_share, mac_share = int8_shares(self.costs, kept_float) if shares else (None, None)
         return AccuracyBudget(
-            max_drop_pt=options.max_accuracy_drop, measured_on=MEASURED_ON_FINE_TUNED if fine_tuned else MEASURED_ON,
+            max_drop_pt=options.max_accuracy_drop, measured_on=measured_on(self.ctx.data, fine_tuned),
             samples=len(self.split),
             seed=options.seed, fp32_top1=top1(self.fp32_logits, self.split.labels), top1=last.top1,
-            drop_pt=last.drop_pt, met=last.drop_pt <= options.max_accuracy_drop, kept_float=list(kept_float),
+            drop_pt=last.drop_pt, met=self.accepts(last), kept_float=list(kept_float),
             drop_ci95_pt=last.drop_ci95_pt,
             int8_weight_share=weight_share, int8_mac_share=mac_share, attempts=attempts,
-            ranking=RANKING if kept_float else "")
+            ranking=RANKING if kept_float else "", verdict=self.verdict(last).value, rule=options.budget_verdict,
+            unseen=self.unseen)
 
 
 def over_budget_message(key: str, budget: AccuracyBudget, can_fall_back: bool, layers: int) -> str:
     """One sentence: what was lost, against what, what was tried, and what the user can do."""
-    lost = (f"{key} loses {budget.drop_pt:.2f} top-1 points against fp32 on {budget.samples} held-out train images, "
-            f"over --max-accuracy-drop {budget.max_drop_pt:g}")
+    unresolved = budget.verdict == Verdict.ESTIMATE_ONLY.value
+    images = "validation" if budget.unseen else "held-out train"
+    lost = (f"{key} loses {budget.drop_pt:.2f} ± {budget.drop_ci95_pt or 0:.2f} top-1 points against fp32 on "
+            f"{budget.samples} {images} images, ")
+    lost += (f"under --max-accuracy-drop {budget.max_drop_pt:g} on the estimate only (the interval reaches "
+             f"{budget.upper_pt:.2f}: these images cannot resolve the budget)"
+             if unresolved else f"over --max-accuracy-drop {budget.max_drop_pt:g}")
     if not can_fall_back:
         tried = "; this family cannot keep single layers in float"
     elif budget.kept_float:
         tried = f" even with the {len(budget.kept_float)} most sensitive of {layers} layers in float"
     else:
         tried = f"; with {layers} quantizable layer(s) there is none to keep in float"
-    return f"{lost}{tried} -- raise the budget, use a QAT family, or leave {key} out."
+    more = ", give more validation images, or pass --budget-verdict estimate" if unresolved else ""
+    return f"{lost}{tried} -- raise the budget, use a QAT family{more}, or leave {key} out."
 
 
 def ops_of_named_layers(ops: Iterable[tuple[str, str | None]], layers: tuple[str, ...]) -> tuple[list[str], list[str]]:

@@ -1,4 +1,4 @@
-"""Imported once by the fork server that forks every build child (``build.build_processes``).
+"""Imported once by the fork server that forks every build child (``isolation.build_processes``).
 
 A spawned child paid ~5 s importing torch, torchvision, torchao and Inductor before it could build
 anything -- a minute of a 15-family ``build --all`` on a 2-core host. The fork server imports
@@ -24,4 +24,4 @@ import torchvision  # noqa: E402,F401
 import torchvision.models.quantization  # noqa: E402,F401  eager int8 twins
 
 import qexport.exporter  # noqa: E402,F401  every family registered
-import qexport.exporter.build  # noqa: E402,F401  the child's entry point
+import qexport.exporter.isolation  # noqa: E402,F401  the child's entry point

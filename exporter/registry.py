@@ -24,7 +24,8 @@ from qexport.hardware import (DEFAULT_TARGET, TARGETS, CpuRequirement, HostCpu, 
                               native_requirement, resolve_target)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-BUDGET_OPTIONS = ("max_accuracy_drop", "budget_samples")
+BUDGET_OPTIONS = ("max_accuracy_drop", "budget_samples", "budget_verdict")
+BUDGET_VERDICTS = ("interval", "estimate")  # what "met" needs: the interval's upper end, or the estimate alone
 EVAL_BATCH = 250  # images per forward pass when a build scores a model or an artifact
 
 
@@ -41,7 +42,8 @@ class BuildOptions:
     golden_samples: int = 8
     target_cpu: str = DEFAULT_TARGET  # what compiled (AOTInductor) code may use: avx2 | avx512 | native
     max_accuracy_drop: float = DEFAULT_MAX_DROP  # top-1 points an int8 family may lose vs fp32 (held-out train images)
-    budget_samples: int = 5000  # held-out train images the drop is measured on (see budget.paired_drop_ci95_pt)
+    budget_samples: int = 5000  # validation (else held-out train) images the drop is measured on (budget.paired_drop_ci95_pt)
+    budget_verdict: str = "interval"  # "met" needs the drop's 95 % upper end within budget ("estimate": the estimate)
 
     def __post_init__(self) -> None:
         resolve_target(self.target_cpu)  # unknown, or beyond this host: one sentence before anything is built
@@ -51,6 +53,8 @@ class BuildOptions:
             raise QExportError(f"--budget-samples must be at least 1, got {self.budget_samples}.")
         if self.calibration_samples < 1:
             raise QExportError(f"--calibration-samples must be at least 1, got {self.calibration_samples}.")
+        if self.budget_verdict not in BUDGET_VERDICTS:
+            raise QExportError(f"--budget-verdict must be one of {', '.join(BUDGET_VERDICTS)}, got {self.budget_verdict!r}.")
         if self.calibration_method not in CALIBRATION_METHODS:
             raise QExportError(
                 f"Unknown calibration method {self.calibration_method!r}; choose {', '.join(CALIBRATION_METHODS)}.")
@@ -176,6 +180,16 @@ class Family:
         if self.compiled:
             return target.needs or native_requirement(cpu)
         return self.run_needs
+
+    @property
+    def is_int8(self) -> bool:
+        """Held to the accuracy budget."""
+        return self.precision == "int8"
+
+    @property
+    def fine_tuned(self) -> bool:
+        """A QAT family: it trains on the train split, so held-out train images are not unseen to it."""
+        return "qat_epochs" in self.option_keys
 
     def filename(self, model_name: str) -> str:
         return f"{model_name}.{self.variant}{self.extension}"

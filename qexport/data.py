@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from qexport.errors import QExportError
+from qexport.manifest import VALIDATION_FRACTION, VALIDATION_MAX
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -55,6 +56,11 @@ class Dataset:
     std: tuple[float, ...] = field(default=())
     fingerprint: str = ""
     note: str = ""
+    # Images the fp32 model never trained on, for the accuracy budget (never the test split): set
+    # aside of the train split by `qexport train` (``train`` then holds the rest), or the user's.
+    validation: Split | None = None
+    validation_source: str = ""
+    held_out_of_train: int = 0  # images ``train`` lost to ``validation`` (the train split as loaded had them)
 
     def __post_init__(self) -> None:
         if not self.mean or not self.std:
@@ -77,8 +83,10 @@ class Dataset:
             "source": self.source,
             "synthetic": self.synthetic,
             "classes": list(self.classes),
-            "train_samples": len(self.train),
+            "train_samples": len(self.train) + self.held_out_of_train,  # as loaded (the fingerprint's)
             "test_samples": len(self.test),
+            "validation_samples": len(self.validation) if self.validation is not None else 0,
+            "validation": self.validation_source,
             "image_size": list(self.image_size),
             "mean": [round(m, 6) for m in self.mean],
             "std": [round(s, 6) for s in self.std],
@@ -106,6 +114,58 @@ def seeded_subset(split: Split, n: int, seed: int, skip: int = 0) -> Split:
     return split.subset(indices)
 
 
+def split_fingerprint(split: Split) -> str:
+    """sha256 over one split's pixels and labels: proves a validation split is the same images."""
+    digest = hashlib.sha256()
+    _digest_split(digest, split)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The seeded validation subset ``qexport train`` sets aside of the train split before
+    training, as the checkpoint records it: the first ``count`` of the seeded permutation of the
+    train split, and the fingerprint that proves a later build holds out the same images."""
+
+    seed: int
+    count: int
+    fingerprint: str
+
+    @classmethod
+    def choose(cls, train: Split, seed: int, fraction: float = VALIDATION_FRACTION,
+               cap: int = VALIDATION_MAX) -> "Holdout":
+        count = min(int(len(train) * fraction), cap)
+        return cls(seed=seed, count=count, fingerprint=split_fingerprint(seeded_subset(train, count, seed)))
+
+    def describe(self) -> str:
+        return f"{self.count} images held out of the train split before training (seed {self.seed})"
+
+
+def hold_out(data: Dataset, holdout: Holdout) -> Dataset:
+    """``data`` with the validation images of ``holdout`` set aside: ``train`` keeps the rest (what
+    training, calibration and fine-tuning see), ``validation`` the held-out images. Mean, std and
+    the data fingerprint stay those of the data as loaded. Different images than the checkpoint
+    recorded (other --data, --train-samples or --seed) are one sentence, never a silent mix."""
+    if holdout.count == 0:
+        return data
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(holdout.seed))
+    validation = data.train.subset(order[:holdout.count].sort().values)
+    if split_fingerprint(validation) != holdout.fingerprint:
+        raise QExportError(
+            f"The checkpoint held out {holdout.count} validation images (seed {holdout.seed}) that this data does not "
+            "have; build with the --data, --data-dir, --train-samples and --seed it was trained with, or pass --val-dir.")
+    return replace(data, train=data.train.subset(order[holdout.count:].sort().values), validation=validation,
+                   validation_source=holdout.describe(), held_out_of_train=holdout.count,
+                   mean=data.mean, std=data.std, fingerprint=data.fingerprint)
+
+
+def with_validation(data: Dataset, validation: Split, source: str) -> Dataset:
+    """``data`` with a validation split the user names (``--val-dir``, or an image folder's val/
+    beside its test/); the train split is left whole."""
+    return replace(data, validation=validation, validation_source=source, mean=data.mean, std=data.std,
+                   fingerprint=data.fingerprint)
+
+
 def calibration_split(data: Dataset, samples: int, seed: int = 0) -> Split:
     """The calibration subset every PTQ family shares: always from the **train** split."""
     return seeded_subset(data.train, samples, seed)
@@ -130,9 +190,13 @@ def fingerprint(train: Split, test: Split) -> str:
     """sha256 over pixels and labels of both splits: ties a checkpoint to the exact data."""
     digest = hashlib.sha256()
     for split in (train, test):
-        digest.update(split.images.contiguous().numpy().tobytes())
-        digest.update(split.labels.to(torch.int64).numpy().tobytes())
+        _digest_split(digest, split)
     return digest.hexdigest()
+
+
+def _digest_split(digest, split: Split) -> None:
+    digest.update(split.images.contiguous().numpy().tobytes())
+    digest.update(split.labels.to(torch.int64).numpy().tobytes())
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -234,10 +298,12 @@ def _cifar10_dataset(x_train, y_train, x_test, y_test, *, source: str) -> Datase
 
 
 def load_imagefolder(directory: Path, *, image_size: int = 224) -> Dataset:
-    """A user's tree ``train/<class>/*.jpg`` and ``val/<class>/*.jpg`` (``test/`` also accepted)."""
+    """A user's tree ``train/<class>/*.jpg`` and ``val/<class>/*.jpg`` (``test/`` also accepted).
+    A tree with both ``val/`` and ``test/`` keeps ``test/`` for reported accuracy and ``val/`` as
+    the validation split the accuracy budget is measured on."""
     train_dir = directory / "train"
-    test_dir = next((directory / n for n in ("val", "test") if (directory / n).is_dir()), None)
-    if not train_dir.is_dir() or test_dir is None:
+    present = [directory / n for n in ("val", "test") if (directory / n).is_dir()]
+    if not train_dir.is_dir() or not present:
         raise QExportError(
             f"{directory} is not an image-folder tree: it needs train/<class>/ and val/<class>/ "
             "sub-folders (pass the tree's root with --data-dir)."
@@ -245,13 +311,27 @@ def load_imagefolder(directory: Path, *, image_size: int = 224) -> Dataset:
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not classes:
         raise QExportError(f"{train_dir} has no class sub-folders; put images in train/<class>/.")
-    test_classes = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
-    if set(test_classes) - set(classes):
-        extra = ", ".join(sorted(set(test_classes) - set(classes)))
-        raise QExportError(f"{test_dir} has classes that train/ lacks ({extra}); both splits need the same classes.")
+    test_dir = present[-1]  # test/ when there is one, else val/
     train = _read_image_split(train_dir, classes, image_size)
-    test = _read_image_split(test_dir, classes, image_size, allow_empty_class=True)
-    return Dataset(directory.name or "imagefolder", classes, train, test, source=str(directory))
+    dataset = Dataset(directory.name or "imagefolder", classes, train, read_labelled_folder(test_dir, classes, image_size),
+                      source=str(directory))
+    if len(present) == 2:
+        dataset = with_validation(dataset, read_labelled_folder(present[0], classes, image_size),
+                                  f"{present[0]} (the image folder's val/, never trained on by qexport)")
+    return dataset
+
+
+def read_labelled_folder(root: Path, classes: list[str], image_size: int) -> Split:
+    """``root/<class>/*.jpg`` labelled by ``classes`` (the train split's, or the checkpoint's); a
+    class the model does not know is one sentence, a known class with no images is allowed."""
+    if not root.is_dir():
+        raise QExportError(f"{root} is not a folder; point it at a folder of <class>/ sub-folders.")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise QExportError(f"{root} has classes the model was not trained on ({', '.join(unknown[:5])}); "
+                           f"it needs the same classes as train/ ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}).")
+    return _read_image_split(root, classes, image_size, allow_empty_class=True)
 
 
 def _read_image_split(root: Path, classes: list[str], size: int, allow_empty_class: bool = False) -> Split:

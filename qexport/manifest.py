@@ -208,6 +208,8 @@ class Int8Coverage:
 # MLPerf Inference accepts an int8 ResNet50 at 99 % of its fp32 top-1 (0.76 pt of 76.46 %); 1.0 pt is that rule
 # rounded up for smaller models and data, and about the noise of a drop measured on 1000 held-out images.
 DEFAULT_MAX_DROP = 1.0
+VALIDATION_FRACTION = 0.1  # of the train split, set aside by `qexport train` before training for the accuracy budget
+VALIDATION_MAX = 5000      # enough to resolve a 1-pt budget where 5 % of images change correctness (±0.6 pt)
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,17 @@ class AccuracyBudget:
     int8_mac_share: float | None = None
     attempts: list[BudgetAttempt] = field(default_factory=list)
     ranking: str = ""
+    # "met" (the interval's upper end is within the budget), "met on the estimate only" (the point
+    # estimate is, the interval is not: the images cannot tell) or "missed"; and the rule that
+    # decided ``met`` (--budget-verdict: interval, or estimate). Older files judged the estimate.
+    verdict: str = ""
+    rule: str = "estimate"
+    unseen: bool = False  # measured on images the fp32 model never trained on (a validation split)
+
+    @property
+    def upper_pt(self) -> float:
+        """The upper end of the drop's 95 % interval: the most the artifact may plausibly lose."""
+        return self.drop_pt + (self.drop_ci95_pt or 0.0)
 
 
 @dataclass(frozen=True)

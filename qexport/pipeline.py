@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from qexport.data import Dataset, load_dataset
+from qexport.data import Dataset, Holdout, hold_out, load_dataset, read_labelled_folder, with_validation
+from qexport.documents import parse, to_json
 from qexport.envinfo import library_versions
 from qexport.errors import QExportError
 from qexport.fsutil import ensure_writable_dir
@@ -31,10 +32,15 @@ def train_checkpoint(model_name: str, data: Dataset, config: TrainConfig, path: 
     """Train ``model_name`` on ``data`` and write the checkpoint with everything needed to trust it."""
     ensure_writable_dir(Path(path).parent)
     model = build_model(model_name, data.num_classes)
-    say(f"training {model_name} on {data.name} ({len(data.train)} train images, {config.epochs} epochs)"
+    holdout = (Holdout.choose(data.train, config.seed, config.validation_fraction) if data.validation is None
+               else Holdout(config.seed, 0, ""))  # an image folder's own val/ is the validation split
+    fit = hold_out(data, holdout)
+    say(f"training {model_name} on {data.name} ({len(fit.train)} train images, {config.epochs} epochs"
+        + (f"; {holdout.count} held out for validation" if holdout.count else "") + ")"
         + (" [SYNTHETIC]" if data.synthetic else ""))
-    metrics = train(model, data, config, show_progress=show_progress, device=device)
+    metrics = train(model, fit, config, show_progress=show_progress, device=device)
     meta = checkpoint_meta(model_name, data, config, metrics)
+    meta["validation"] = to_json(holdout)
     save_checkpoint(path, model, model_name, meta)
     say(f"test top-1 {metrics['test_top1']:.2%} on {metrics['test_samples']} test images, "
         f"{metrics['train_seconds'] / 60:.1f} min training → {path}")
@@ -83,7 +89,26 @@ def resolve_checkpoint(model_name: str, data: Dataset, checkpoint: Path | None, 
     return train_checkpoint(model_name, data, config, path, show_progress=show_progress, device=device)
 
 
-def build_context(model_name: str | None, data: Dataset, checkpoint: Path, options, show_progress: bool = True):
+def recorded_holdout(ckpt: dict, checkpoint: Path) -> Holdout | None:
+    """The validation images `qexport train` set aside, as the checkpoint records them (None: a
+    checkpoint qexport did not train, or one from before validation splits)."""
+    recorded = ckpt.get("meta", {}).get("validation")
+    return parse(Holdout, recorded, f"checkpoint {checkpoint}") if recorded else None
+
+
+def with_budget_images(data: Dataset, holdout: Holdout | None, val_dir: Path | None) -> Dataset:
+    """The data a build uses: the checkpoint's validation images set aside of the train split
+    (so calibration never sees them), and ``--val-dir`` as the validation split when given."""
+    if holdout is not None:
+        data = hold_out(data, holdout)
+    if val_dir is not None:
+        split = read_labelled_folder(Path(val_dir), list(data.classes), data.image_size[0])
+        data = with_validation(data, split, f"--val-dir {val_dir}")
+    return data
+
+
+def build_context(model_name: str | None, data: Dataset, checkpoint: Path, options, show_progress: bool = True,
+                  val_dir: Path | None = None):
     """Load the FP32 model and the data normalisation it was trained with into a BuildContext.
 
     ``model_name`` None means "whatever the checkpoint records" (resnet18 for a bare state_dict),
@@ -102,5 +127,6 @@ def build_context(model_name: str | None, data: Dataset, checkpoint: Path, optio
     if saved_classes and list(saved_classes) != list(data.classes):
         raise QExportError(f"Checkpoint {checkpoint} was trained on classes {saved_classes[:3]}…, "
                            f"but the data has {list(data.classes)[:3]}…; use matching --data/--checkpoint.")
+    data = with_budget_images(data, recorded_holdout(ckpt, checkpoint), val_dir)
     return BuildContext(model_name=ckpt.get("model") or model_name or DEFAULT_MODEL, model=model, data=data, options=options,
                         checkpoint_sha256=sha256_file(checkpoint), show_progress=show_progress)

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from qexport.data import Dataset, Split, normalize, seeded_subset
+from qexport.data import VALIDATION_FRACTION, Dataset, Split, normalize, seeded_subset
 from qexport.errors import QExportError
 from qexport.progress import progress_bar, say
 
@@ -37,8 +37,14 @@ class TrainConfig:
     # Batch-norm statistics recomputed on this many train images at the end (0: off). Part of the
     # recipe, so a checkpoint trained without it is not reused as "up to date".
     bn_recalibration_images: int = 10_000
+    # Share of the train split set aside before training (at most data.VALIDATION_MAX images) so the
+    # accuracy budget is measured on images the model never trained on (0: none; the budget then
+    # falls back to training images and says it is likely optimistic).
+    validation_fraction: float = VALIDATION_FRACTION
 
     def __post_init__(self) -> None:
+        if not 0 <= self.validation_fraction < 1:
+            raise QExportError(f"--val-fraction must be at least 0 and below 1, got {self.validation_fraction}.")
         if self.epochs < 0:
             raise QExportError(f"--epochs must be 0 or more, got {self.epochs}.")
         if self.batch_size < 1:
@@ -199,10 +205,13 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
     recalibrated = recalibrate_batch_norm(model, data, config.seed, device, images=config.bn_recalibration_images)
     train_seconds = time.perf_counter() - started
     accuracy = evaluate(model, data.test, data.mean, data.std, device=device, require_finite=True)
+    validation = (evaluate(model, data.validation, data.mean, data.std, device=device)
+                  if data.validation is not None and len(data.validation) else None)
     model.to("cpu").eval()
     return {
         "test_top1": accuracy,
         "test_samples": len(data.test),
+        "validation_top1": validation,  # beside train_top1 and test_top1: how far the model fits its training images
         "train_seconds": round(train_seconds, 1),
         "epochs": config.epochs,
         "threads": torch.get_num_threads(),

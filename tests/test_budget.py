@@ -22,6 +22,9 @@ from qexport.manifest import read_manifest, manifest_path
 from tests.conftest import make_context
 
 DAMAGED = 3  # layers the test family ruins unless the fallback keeps them in float
+# The tiny checkpoint holds out 25 validation images: one changed image puts the interval at 11.8 pt,
+# so a budget these images can resolve (a ruined layer costs far more).
+RESOLVABLE = 12.0
 
 
 def test_budget_split_is_disjoint_from_calibration(tiny_data):
@@ -111,22 +114,22 @@ def _ruining_family(fallback: bool) -> Family:
 
 
 def test_over_budget_family_is_rebuilt_with_sensitive_layers_in_float(tiny_data, tiny_checkpoint, tmp_path):
-    ctx = make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=1.0)
+    ctx = make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=RESOLVABLE)
     [outcome] = build_families(ctx, [_ruining_family(fallback=True)], tmp_path)
     assert outcome.status == "built", outcome.reason
     budget = read_manifest(manifest_path(tmp_path / outcome.file)).accuracy_budget
     assert [a.kept_float for a in budget.attempts] == [0, 1, 2, 4]  # 1, 2 still leave a ruined layer
-    assert budget.attempts[0].drop_pt > 1.0 and budget.met and budget.drop_pt <= 1.0
+    assert budget.attempts[0].drop_pt > RESOLVABLE and budget.met and budget.upper_pt <= RESOLVABLE
     assert budget.kept_float == rank_layers(ctx, budget_split(ctx.data, ctx.options))[:4]
-    assert budget.samples == len(budget_split(ctx.data, ctx.options)) and "train" in budget.measured_on
+    assert budget.samples == len(ctx.data.validation) == 25 and budget.unseen and "validation" in budget.measured_on
     assert 0 < budget.int8_weight_share < 1 and 0 < budget.int8_mac_share < 1 and budget.ranking
 
 
 def test_family_that_cannot_fall_back_is_not_written(tiny_data, tiny_checkpoint, tmp_path):
-    ctx = make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=1.0)
+    ctx = make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=RESOLVABLE)
     [outcome] = build_families(ctx, [_ruining_family(fallback=False)], tmp_path)
     assert outcome.status == "failed"
-    assert "over --max-accuracy-drop 1" in outcome.reason and "cannot keep single layers in float" in outcome.reason
+    assert f"over --max-accuracy-drop {RESOLVABLE:g}" in outcome.reason and "cannot keep single layers in float" in outcome.reason
     assert not list(tmp_path.glob("resnet18.ruined*"))
 
 
@@ -218,7 +221,7 @@ def test_fallback_that_finds_none_of_its_layers_stops_in_one_sentence(tiny_data,
         return BuildDetails(float_not_found=list(ctx.keep_float))
 
     family = replace(_ruining_family(fallback=True), build=ruin_and_find_nothing)
-    [outcome] = build_families(make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=1.0), [family], tmp_path)
+    [outcome] = build_families(make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=RESOLVABLE), [family], tmp_path)
     assert outcome.status == "failed" and rebuilds == [(), rebuilds[1]] and len(rebuilds[1]) == 1
     assert "none of the 1 layers to keep in float" in outcome.reason and "\n" not in outcome.reason
     assert not list(tmp_path.glob("resnet18.ruined*"))
@@ -237,3 +240,62 @@ def test_the_drop_carries_its_paired_95_percent_interval():
     int8 = torch.stack([wrong] * 3 + [right] + [right] * 6)
     assert paired_drop_ci95_pt(fp32, int8, labels) == pytest.approx(1.96 * (3.6 / 9) ** 0.5 / 10 ** 0.5 * 100, abs=1e-3)
     assert paired_drop_ci95_pt(fp32, fp32, labels) == 0.0  # the same model: no spread at all
+
+
+# --- the verdict: the interval's upper end, not the estimate ----------------------------------------
+
+def _logits_changing(images: int, changed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp32 right on every image; the int8 stand-in wrong on the first ``changed``."""
+    labels = torch.zeros(images, dtype=torch.long)
+    fp32 = torch.tensor([[1.0, 0.0]]).repeat(images, 1)
+    int8 = fp32.clone()
+    int8[:changed] = torch.tensor([0.0, 1.0])
+    return fp32, int8, labels
+
+
+def test_a_drop_under_the_budget_whose_interval_is_not_is_met_on_the_estimate_only():
+    """300 images, 2 changed: drop 0.667 pt, half-width 1.96 * sqrt(0.006644) / sqrt(300) = 0.922 pt,
+    upper end 1.589: under a 1-pt budget on the estimate, over it on the interval."""
+    from qexport.exporter.budget import Verdict, accepted, judge, paired_drop_ci95_pt
+
+    fp32, int8, labels = _logits_changing(300, 2)
+    ci = paired_drop_ci95_pt(fp32, int8, labels)
+    assert ci == pytest.approx(0.9224, abs=1e-3)
+    verdict = judge(200 / 300, ci, 1.0)
+    assert verdict is Verdict.ESTIMATE_ONLY
+    assert not accepted(verdict, "interval") and accepted(verdict, "estimate")
+    assert judge(200 / 300, ci, 1.6) is Verdict.MET and accepted(Verdict.MET, "interval")
+    assert judge(1.5, 0.2, 1.0) is Verdict.MISSED and not accepted(Verdict.MISSED, "estimate")
+    assert judge(0.0, 0.0, 0.0) is Verdict.MET  # an artifact that changes no image meets even a 0-pt budget
+
+
+def test_budget_images_too_few_to_resolve_the_budget_are_refused_before_building(tiny_data, tiny_checkpoint, tmp_path):
+    from qexport.exporter.budget import resolution_problem
+
+    problem = resolution_problem(25, 1.0, "interval")
+    assert "25 images" in problem and "11.8 pt" in problem and "at least 296" in problem and "\n" not in problem
+    assert resolution_problem(296, 1.0, "interval") is None and resolution_problem(25, 1.0, "estimate") is None
+    ctx = make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=1.0)
+    with pytest.raises(QExportError, match="too few for a 1-pt budget"):
+        build_families(ctx, [FAMILIES["torchscript-int8-dynamic"]], tmp_path)
+    assert not list(tmp_path.glob("resnet18.*"))
+
+
+def test_the_record_says_which_rule_met_it_and_on_what_images(tiny_data, tiny_checkpoint, tmp_path):
+    ctx = make_context(tiny_data, tiny_checkpoint, budget_verdict="estimate")
+    [outcome] = build_families(ctx, [FAMILIES["torchscript-int8-dynamic"]], tmp_path)
+    budget = outcome.manifest.accuracy_budget
+    assert budget.rule == "estimate" and budget.verdict in ("met", "met on the estimate only") and budget.unseen
+    assert budget.upper_pt == pytest.approx(budget.drop_pt + budget.drop_ci95_pt)
+    assert outcome.manifest.build.options["budget_verdict"] == "estimate"  # changing the rule rebuilds
+    with pytest.raises(QExportError, match="--budget-verdict"):
+        BuildOptions(budget_verdict="median")
+
+
+def test_without_a_validation_split_the_budget_says_it_used_training_images(tiny_data, tiny_checkpoint, tmp_path, capsys):
+    ctx = make_context(tiny_data, tiny_checkpoint)
+    ctx.data = replace(ctx.data, validation=None, validation_source="")  # a checkpoint qexport did not train
+    [outcome] = build_families(ctx, [FAMILIES["torchscript-int8-dynamic"]], tmp_path)
+    budget = outcome.manifest.accuracy_budget
+    assert not budget.unseen and "optimistic" in budget.measured_on
+    assert "likely optimistic" in capsys.readouterr().err

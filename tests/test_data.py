@@ -130,3 +130,36 @@ def test_real_cifar10_matches_its_readme(real_cifar):
     assert real_cifar.test.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
     assert np.allclose(np.array(real_cifar.mean) * 255, (125.3, 122.9, 113.9), atol=0.3)
     assert torch.bincount(real_cifar.test.labels).tolist() == [1000] * 10
+
+
+def test_imagefolder_with_val_and_test_keeps_test_for_accuracy_and_val_for_the_budget(tmp_path):
+    for split, count in (("train", 3), ("val", 2), ("test", 4)):
+        _write_images(tmp_path / split / "cats", count, (200, 10, 10))
+        _write_images(tmp_path / split / "dogs", 1, (10, 10, 200))
+    data = load_dataset("imagefolder", tmp_path, image_size=16)
+    assert len(data.train) == 4 and len(data.test) == 5 and len(data.validation) == 3
+    assert "val" in data.validation_source and data.describe()["validation_samples"] == 3
+
+
+def test_a_validation_folder_with_classes_the_model_lacks_is_one_sentence(tmp_path):
+    _write_images(tmp_path / "val" / "cats", 1, (200, 10, 10))
+    _write_images(tmp_path / "val" / "zebras", 1, (10, 10, 200))
+    with pytest.raises(QExportError, match=r"classes the model was not trained on \(zebras\)") as caught:
+        qdata.read_labelled_folder(tmp_path / "val", ["cats", "dogs"], 16)
+    assert "\n" not in str(caught.value)
+
+
+def test_holdout_sets_validation_images_aside_and_refuses_other_data(tiny_data):
+    holdout = qdata.Holdout.choose(tiny_data.train, seed=0)
+    assert holdout.count == int(len(tiny_data.train) * 0.1) == 25
+    data = qdata.hold_out(tiny_data, holdout)
+    assert len(data.train) + len(data.validation) == len(tiny_data.train)
+    rows = lambda split: {bytes(image.numpy().tobytes()) for image in split.images}  # noqa: E731
+    assert not rows(data.train) & rows(data.validation)  # never trained on, never calibrated on
+    assert rows(calibration_split(data, 64)) <= rows(data.train)
+    assert data.fingerprint == tiny_data.fingerprint and data.mean == tiny_data.mean  # the data as loaded
+    assert data.describe()["train_samples"] == len(tiny_data.train)
+    other = make_synthetic(train=256, test=128, image_size=32, seed=5)
+    with pytest.raises(QExportError, match="held out 25 validation images"):
+        qdata.hold_out(other, holdout)
+    assert qdata.Holdout.choose(make_synthetic(train=60_000, test=8, seed=0).train, seed=0).count == 5000  # capped

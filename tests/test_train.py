@@ -111,3 +111,18 @@ def test_batch_norm_statistics_are_recomputed_for_the_final_weights(tiny_data):
     assert torch.allclose(model[1].running_mean, expected, atol=1e-4)  # every train image, averaged over batches
     assert model[1].momentum == 0.01 and not model.training
     assert recalibrate_batch_norm(torch.nn.Linear(2, 2), tiny_data, seed=0) == 0
+
+
+def test_training_never_sees_the_validation_images_and_the_build_uses_them(tiny_data, tmp_path):
+    from qexport.exporter import BuildOptions
+    from qexport.pipeline import build_context
+
+    path = train_checkpoint("resnet18", tiny_data, TrainConfig(epochs=1, batch_size=64), tmp_path / "ck.pt",
+                            show_progress=False)
+    meta = load_model(path, "resnet18", 10)[1]["meta"]
+    assert meta["validation"]["count"] == 25 and meta["metrics"]["validation_top1"] is not None
+    data = build_context(None, tiny_data, path, BuildOptions(), show_progress=False).data
+    assert len(data.validation) == 25 and len(data.train) == len(tiny_data.train) - 25
+    assert "held out of the train split before training" in data.validation_source
+    with pytest.raises(QExportError, match="--val-fraction"):
+        TrainConfig(validation_fraction=1.0)
