@@ -58,13 +58,16 @@ def print_families(families, target_cpu: str) -> None:
 
 
 def budget_cell(budget, precision: str) -> str:
-    """'0.20 ±0.61 / 1' (top-1 points lost on held-out train images with the 95 % interval / the
-    budget), with the float layers kept."""
+    """'0.20 ±0.61 / 1' (top-1 points lost on the validation split with the 95 % interval / the
+    budget), with the float layers kept; 'estimate only' when the interval reaches over the budget
+    (--budget-verdict estimate) and 'train images' when no validation split was there."""
     if budget is None:
         return "not checked (see notes)" if precision == "int8" else "-"
     kept = f", {len(budget.kept_float)} float" if budget.kept_float else ""
     spread = f" ±{budget.drop_ci95_pt:.2f}" if budget.drop_ci95_pt is not None else ""
-    return f"{budget.drop_pt:.2f}{spread} / {budget.max_drop_pt:g}{kept}"
+    caveats = [c for c, shown in (("estimate only", budget.verdict == "met on the estimate only"),
+                                  ("train images", not budget.unseen)) if shown]
+    return f"{budget.drop_pt:.2f}{spread} / {budget.max_drop_pt:g}{kept}" + (f" ({', '.join(caveats)})" if caveats else "")
 
 
 def _yes_or(problem: str | None) -> str:
