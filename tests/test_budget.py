@@ -14,8 +14,8 @@ from torch import nn
 from qexport.data import calibration_split
 from qexport.errors import QExportError
 from qexport.exporter import FAMILIES, BuildOptions
-from qexport.exporter.budget import (budget_split, fallback_sizes, fake_quantized, int8_shares, layer_costs,
-                                     rank_layers)
+from qexport.exporter.budget import budget_split, fallback_sizes
+from qexport.exporter.sensitivity import fake_quantized, int8_shares, layer_costs, rank_layers
 from qexport.exporter.build import build_families
 from qexport.exporter.registry import BuildContext, BuildDetails, Family
 from qexport.manifest import read_manifest, manifest_path
