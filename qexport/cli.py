@@ -114,6 +114,7 @@ def build(
     train_samples: Optional[int] = TrainSamplesOpt,
     test_samples: Optional[int] = TestSamplesOpt,
     force: bool = typer.Option(False, "--force", help="Rebuild artifacts even when up to date."),
+    retrain: bool = typer.Option(False, "--retrain", help="Without --checkpoint: replace a checkpoint at the default path that was trained with another recipe or data (otherwise the build refuses and says why it is not reused)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Families built at once, each in its own process. Much of a build is one core's work (tracing, compiling), so 2 on 2 or more cores saves time; each family's 'built in' seconds then include sharing the cores."),
     device: str = TrainDeviceOpt,
     progress: bool = ProgressOpt,
@@ -143,7 +144,7 @@ def build(
         build_model(model, 1)  # fail on an unknown name before loading data
     dataset = pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed)
     ckpt = pipeline.resolve_checkpoint(model, dataset, checkpoint, TrainConfig(epochs=epochs, seed=seed), progress,
-                                      train_device)
+                                      train_device, retrain=retrain)
     ctx = pipeline.build_context(model, dataset, ckpt, options, progress, val_dir=val_dir)
     outcomes = build_families(ctx, families, out, force=force, debug=_state["debug"], jobs=jobs)
     report.print_build(outcomes, out)

@@ -64,28 +64,48 @@ def checkpoint_meta(model_name: str, data: Dataset, config: TrainConfig, metrics
     }
 
 
-def checkpoint_is_current(path: Path, model_name: str, data: Dataset, config: TrainConfig) -> bool:
-    """A checkpoint is reusable when it was trained on the same data with the same recipe."""
-    if not Path(path).is_file():
-        return False
+def why_not_reusable(path: Path, model_name: str, data: Dataset, config: TrainConfig) -> str | None:
+    """Why the checkpoint at ``path`` was not trained by this recipe on this data (None: it was):
+    the first difference a user can act on, e.g. 'it was trained 2 epochs, the recipe asks 30'."""
     try:
         meta = read_checkpoint(path).get("meta", {})
-    except QExportError:
-        return False
-    return (meta.get("model") == model_name
-            and meta.get("data", {}).get("fingerprint") == data.fingerprint
-            and meta.get("train_config") == config.as_dict())
+    except QExportError as err:
+        return f"it cannot be read ({err})"
+    if meta.get("model") != model_name:
+        return f"it holds {meta.get('model') or 'an unnamed model'}, not {model_name}"
+    if meta.get("data", {}).get("fingerprint") != data.fingerprint:
+        return "it was trained on other data (its fingerprint differs: other --data, --data-dir or --train-samples)"
+    recorded, asked = meta.get("train_config") or {}, config.as_dict()
+    changed = [key for key in asked if recorded.get(key) != asked[key]]
+    if changed:
+        return "it was trained with " + ", ".join(f"{key}={recorded.get(key, 'unset')}" for key in changed[:3]) + \
+            ", the recipe asks " + ", ".join(f"{key}={asked[key]}" for key in changed[:3])
+    return None
+
+
+def checkpoint_is_current(path: Path, model_name: str, data: Dataset, config: TrainConfig) -> bool:
+    """A checkpoint is reusable when it was trained on the same data with the same recipe."""
+    return Path(path).is_file() and why_not_reusable(path, model_name, data, config) is None
 
 
 def resolve_checkpoint(model_name: str, data: Dataset, checkpoint: Path | None, config: TrainConfig,
-                       show_progress: bool = True, device: str = "cpu") -> Path:
-    """The checkpoint to build from: the user's, an up-to-date trained one, or a fresh training run."""
+                       show_progress: bool = True, device: str = "cpu", retrain: bool = False) -> Path:
+    """The checkpoint to build from: the user's, an up-to-date trained one, or a fresh training run.
+
+    An existing checkpoint at the default path that this recipe would not reuse is never replaced
+    silently (that costs hours on a CPU): without ``retrain`` it is one sentence saying why."""
     if checkpoint is not None:
         return Path(checkpoint)
     path = default_checkpoint_path(model_name, data)
-    if checkpoint_is_current(path, model_name, data, config):
-        say(f"reusing up-to-date checkpoint {path}")
-        return path
+    if path.is_file():
+        reason = why_not_reusable(path, model_name, data, config)
+        if reason is None:
+            say(f"reusing up-to-date checkpoint {path}")
+            return path
+        if not retrain:
+            raise QExportError(f"{path} is not reused: {reason}; pass --checkpoint {path} to build from it as it is, "
+                               "or --retrain to train a new one in its place.")
+        say(f"retraining {path}: {reason}")
     return train_checkpoint(model_name, data, config, path, show_progress=show_progress, device=device)
 
 

@@ -126,3 +126,29 @@ def test_training_never_sees_the_validation_images_and_the_build_uses_them(tiny_
     assert "held out of the train split before training" in data.validation_source
     with pytest.raises(QExportError, match="--val-fraction"):
         TrainConfig(validation_fraction=1.0)
+
+
+def test_the_estimate_is_shown_before_training_from_probe_steps(tiny_data, capsys):
+    from qexport.train import announce_estimate, probe_epoch_seconds
+
+    model = build_model("resnet18", 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert probe_epoch_seconds(model, tiny_data, TrainConfig(batch_size=32)) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy was probed
+    announce_estimate(120.0, 30, "cpu", probed=True)
+    said = capsys.readouterr().err
+    assert "an epoch takes about 120 s (from 3 probe steps)" in said and "about 60 min in all" in said
+
+
+def test_build_refuses_a_checkpoint_it_will_not_reuse_unless_retrain(tiny_data, tmp_path, monkeypatch):
+    from qexport.pipeline import default_checkpoint_path, resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    path = default_checkpoint_path("resnet18", tiny_data)
+    train_checkpoint("resnet18", tiny_data, TrainConfig(epochs=1, batch_size=64), path, show_progress=False)
+    stamp = path.stat().st_mtime_ns
+    with pytest.raises(QExportError, match=r"is not reused: it was trained with epochs=1, the recipe asks epochs=2; "
+                                           r"pass --checkpoint .* or --retrain"):
+        resolve_checkpoint("resnet18", tiny_data, None, TrainConfig(epochs=2, batch_size=64), show_progress=False)
+    assert path.stat().st_mtime_ns == stamp  # nothing trained, nothing replaced
+    assert resolve_checkpoint("resnet18", tiny_data, None, TrainConfig(epochs=1, batch_size=64), show_progress=False) == path
