@@ -21,7 +21,7 @@ import torch
 
 from qexport.documents import parse
 from qexport.exporter.registry import BuildContext, BuildDetails, register
-from qexport.manifest import RuntimeSection
+from qexport.manifest import Precision, RuntimeSection
 from qexport.errors import QExportError
 from qexport.hardware import requirement
 from qexport.progress import say
@@ -45,7 +45,7 @@ def child_spec(ctx: BuildContext, folder: Path, precision: str, output: Path) ->
             "seed": ctx.options.seed, "output": str(output), "result": str(folder / "result.json"),
             "embedded_meta": {"model": ctx.model_name, "variant": f"{precision}-ipex", "classes": ctx.data.classes,
                               "mean": list(ctx.data.mean), "std": list(ctx.data.std)}}
-    if precision == "int8":
+    if precision == Precision.INT8:
         np.save(folder / "calibration.npy", torch.cat(list(ctx.calibration_batches())).numpy())
         spec["calibration"] = str(folder / "calibration.npy")
     return spec
@@ -87,7 +87,7 @@ def ipex_runtime_section(versions: dict[str, str]) -> RuntimeSection:
           method="IPEX static PTQ (default static qconfig mapping), calibrate, convert, trace + freeze, fused before save",
           option_keys=("calibration_samples", "seed"), isolate=False)
 def build_ipex_int8(ctx: BuildContext, path: Path) -> BuildDetails:
-    return build_in_ipex_env(ctx, path, "int8")
+    return build_in_ipex_env(ctx, path, Precision.INT8)
 
 
 @register("ipex-bf16", variant="bf16-ipex", format="torchscript", extension=".torchscript.pt",
@@ -95,4 +95,4 @@ def build_ipex_int8(ctx: BuildContext, path: Path) -> BuildDetails:
           method="ipex.optimize(dtype=bfloat16), trace under CPU autocast + freeze",
           build_needs=BF16_NEEDS, run_needs=BF16_NEEDS, isolate=False)
 def build_ipex_bf16(ctx: BuildContext, path: Path) -> BuildDetails:
-    return build_in_ipex_env(ctx, path, "bf16")
+    return build_in_ipex_env(ctx, path, Precision.BF16)

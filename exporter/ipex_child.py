@@ -117,11 +117,13 @@ def main(spec_path: str) -> int:
     import intel_extension_for_pytorch as ipex
     import torch
 
+    from qexport.manifest import Precision
+
     torch.manual_seed(spec["seed"])
     started = time.perf_counter()
     model = load_model(spec)
     example = torch.from_numpy(np.load(spec["example"]))
-    frozen, details = (build_int8 if spec["precision"] == "int8" else build_bf16)(spec, model, example)
+    frozen, details = (build_int8 if spec["precision"] == Precision.INT8 else build_bf16)(spec, model, example)
     torch.jit.save(frozen, spec["output"], _extra_files={"qexport.json": json.dumps(spec["embedded_meta"])})
     import torchvision
 

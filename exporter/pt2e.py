@@ -257,7 +257,7 @@ def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
 
 @register("pt2e-int8-qat", variant="int8-qat", format="aoti", extension=".pt2", precision="int8", runtime="aoti",
           method="torch.export → prepare_qat_pt2e (X86InductorQuantizer) → fake-quant fine-tune → convert → AOTInductor",
-          option_keys=("qat_epochs", "qat_lr", "seed", "target_cpu"), compiled=True)
+          option_keys=("seed", "target_cpu"), fine_tuned=True, compiled=True)
 def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import pickle
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -18,13 +18,15 @@ from torch import nn
 
 from qexport.data import Dataset, Split, calibration_split, normalize
 from qexport.errors import QExportError
-from qexport.manifest import DEFAULT_MAX_DROP, Calibration, Int8Coverage, LoadHints, RuntimeSection
+from qexport.manifest import (DEFAULT_MAX_DROP, PRECISIONS, Calibration, Int8Coverage, LoadHints, Precision,
+                              RuntimeSection)
 from qexport.selection import match_keys
 from qexport.hardware import (DEFAULT_TARGET, TARGETS, CpuRequirement, HostCpu, TargetIsa, host_cpu,
                               native_requirement, resolve_target)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-BUDGET_OPTIONS = ("max_accuracy_drop", "budget_samples", "budget_verdict")
+BUDGET_OPTIONS = ("max_accuracy_drop", "budget_samples", "budget_verdict")  # every int8 family reads them
+FINE_TUNE_OPTIONS = ("qat_epochs", "qat_lr")  # every fine-tuning (QAT) family reads them
 BUDGET_VERDICTS = ("interval", "estimate")  # what "met" needs: the interval's upper end, or the estimate alone
 EVAL_BATCH = 250  # images per forward pass when a build scores a model or an artifact
 
@@ -156,7 +158,8 @@ class Family:
     runtime: str             # key into runtimes.RUNTIMES
     method: str              # one line: what was done
     build: BuildFn
-    option_keys: tuple[str, ...] = ()   # BuildOptions fields that change the artifact
+    option_keys: tuple[str, ...] = ()   # BuildOptions fields that change the artifact (checked by register)
+    fine_tuned: bool = False  # QAT: trains on the train split (reads FINE_TUNE_OPTIONS; held-out train images are seen)
     devices: tuple[str, ...] = ("cpu",)
     cpu_note: str = ""       # why CPU numbers for this family are not representative, if they are not
     build_needs: CpuRequirement | None = None  # CPU features the build itself needs (e.g. IPEX bf16 prepack)
@@ -184,34 +187,58 @@ class Family:
     @property
     def is_int8(self) -> bool:
         """Held to the accuracy budget."""
-        return self.precision == "int8"
+        return self.precision == Precision.INT8
 
     @property
-    def fine_tuned(self) -> bool:
-        """A QAT family: it trains on the train split, so held-out train images are not unseen to it."""
-        return "qat_epochs" in self.option_keys
+    def read_options(self) -> tuple[str, ...]:
+        """Every BuildOptions field that changes this family's artifact: its own declaration, the
+        budget's options when it is int8, the fine-tune's when it is QAT."""
+        implied = (BUDGET_OPTIONS if self.is_int8 else ()) + (FINE_TUNE_OPTIONS if self.fine_tuned else ())
+        return self.option_keys + implied
 
     def filename(self, model_name: str) -> str:
         return f"{model_name}.{self.variant}{self.extension}"
 
     def relevant_options(self, options: BuildOptions) -> dict:
-        chosen = {k: v for k, v in options.as_dict().items() if k in self.option_keys}
+        """What the up-to-date check compares: the options this family reads, and what every build measures."""
+        chosen = {key: v for key, v in options.as_dict().items() if key in self.read_options}
         chosen.update(eval_samples=options.eval_samples, golden_samples=options.golden_samples)
-        if self.precision == "int8":  # every int8 family is held to the budget
-            chosen.update({key: getattr(options, key) for key in BUDGET_OPTIONS})
         return chosen
 
 
 FAMILIES: dict[str, Family] = {}
+OPTION_NAMES = tuple(f.name for f in fields(BuildOptions))
+
+
+def declaration_problem(family: Family) -> str | None:
+    """None when the family's declaration is one ``build`` can honour; else one sentence naming
+    the wrong part. An option name that is not a BuildOptions field would silently drop out of the
+    up-to-date check, so a stale artifact would be reused: it must fail at import instead."""
+    named = f"family {family.key!r}"
+    if family.key in FAMILIES:
+        return f"{named} is registered twice"
+    if family.precision not in PRECISIONS:
+        return f"{named} declares precision {family.precision!r}; choose from {', '.join(PRECISIONS)}"
+    for option in family.option_keys:
+        if option not in OPTION_NAMES:
+            return (f"{named} declares option {option!r}, which BuildOptions does not have; "
+                    f"choose from {', '.join(OPTION_NAMES)}")
+        if option in FINE_TUNE_OPTIONS + BUDGET_OPTIONS:
+            return (f"{named} declares option {option!r}, which it reads by declaring "
+                    f"{'fine_tuned=True' if option in FINE_TUNE_OPTIONS else 'precision int8'} instead")
+    return None
 
 
 def register(key: str, **spec) -> Callable[[BuildFn], BuildFn]:
-    """Decorator: ``@register("onnx-int8", variant="int8", format="onnx", ...)``."""
+    """Decorator: ``@register("onnx-int8", variant="int8", format="onnx", ...)``; a declaration
+    that names a missing option (or is otherwise wrong) fails here, at import, in one sentence."""
 
     def decorate(fn: BuildFn) -> BuildFn:
-        if key in FAMILIES:
-            raise ValueError(f"artifact family {key!r} registered twice")
-        FAMILIES[key] = Family(key=key, build=fn, **spec)
+        family = Family(key=key, build=fn, **spec)
+        problem = declaration_problem(family)
+        if problem:
+            raise ValueError(f"{problem}.")
+        FAMILIES[key] = family
         return fn
 
     return decorate

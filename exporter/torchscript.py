@@ -194,7 +194,7 @@ def build_int8_static(ctx: BuildContext, path: Path) -> BuildDetails:
 @register("torchscript-int8-qat", variant="int8-qat", format="torchscript",
           extension=".torchscript.pt", precision="int8", runtime="torchscript",
           method="eager QAT: fuse, x86 QAT qconfig, fine-tune with fake quant, convert, trace + freeze",
-          option_keys=("qat_epochs", "qat_lr", "seed"), model_support=twin_problem)
+          option_keys=("seed",), fine_tuned=True, model_support=twin_problem)
 def build_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
     from qexport.train import fine_tune
 

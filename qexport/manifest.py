@@ -21,7 +21,19 @@ if TYPE_CHECKING:
 SCHEMA = "qexport.manifest"
 SCHEMA_VERSION = 1
 INDEX_SCHEMA = "qexport.index"
-GOLDEN_ATOL = {"fp32": 1e-3, "bf16": 0.15, "fp16": 0.05, "int8": 0.1}
+
+
+class Precision:
+    """The precisions a family may declare; manifests and bench rows record them as this text."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8 = "int8"
+
+
+PRECISIONS = (Precision.FP32, Precision.FP16, Precision.BF16, Precision.INT8)
+GOLDEN_ATOL = {Precision.FP32: 1e-3, Precision.BF16: 0.15, Precision.FP16: 0.05, Precision.INT8: 0.1}
 
 
 def manifest_path(artifact: Path) -> Path:

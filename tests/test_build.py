@@ -54,7 +54,7 @@ def test_family_contract(key, built_artifacts, tiny_data):
     assert manifest.evaluation.top1_agreement_with_fp32 >= min_agreement(key, family)
 
 
-@pytest.mark.parametrize("key", [k for k in FAMILIES if FAMILIES[k].precision == "int8"])
+@pytest.mark.parametrize("key", [k for k in FAMILIES if FAMILIES[k].is_int8])
 def test_int8_coverage_is_honest(key, built_artifacts):
     out, outcomes = built_artifacts
     coverage = built_outcome(outcomes, key).manifest.int8_coverage
@@ -67,7 +67,7 @@ def test_int8_coverage_is_honest(key, built_artifacts):
         assert coverage.int8_layers == coverage.layers > 0
 
 
-@pytest.mark.parametrize("key", [k for k in FAMILIES if FAMILIES[k].precision == "int8" and "dynamic" not in k])
+@pytest.mark.parametrize("key", [k for k in FAMILIES if FAMILIES[k].is_int8 and "dynamic" not in k])
 def test_int8_artifacts_are_small(key, built_artifacts):
     out, outcomes = built_artifacts
     fp32 = outcomes["torchscript-fp32"].manifest.artifact.total_size_bytes
