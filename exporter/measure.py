@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from qexport import runtimes
-from qexport.data import Split, normalize, seeded_subset
+from qexport.data import Split, normalize, test_subset
 from qexport.errors import QExportError
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, Family
 from qexport.fsutil import atomic_write_bytes
@@ -33,8 +33,7 @@ class Reference:
 
 def evaluation_split(ctx: BuildContext) -> Split:
     """Always the **test** split (a seeded subset only when --eval-samples asks for one)."""
-    n = ctx.options.eval_samples
-    return seeded_subset(ctx.data.test, n, ctx.options.seed) if n and n < len(ctx.data.test) else ctx.data.test
+    return test_subset(ctx.data.test, ctx.options.eval_samples, ctx.options.seed)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from qexport.data import Dataset, Split, calibration_split, normalize
 from qexport.errors import QExportError
 from qexport.manifest import (DEFAULT_MAX_DROP, PRECISIONS, Calibration, Int8Coverage, LoadHints, Precision,
                               RuntimeSection)
+from qexport.runtimes.results import EVAL_BATCH
 from qexport.selection import match_keys
 from qexport.hardware import (DEFAULT_TARGET, TARGETS, CpuRequirement, HostCpu, TargetIsa, host_cpu,
                               native_requirement, resolve_target)
@@ -28,7 +29,6 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 BUDGET_OPTIONS = ("max_accuracy_drop", "budget_samples", "budget_verdict")  # every int8 family reads them
 FINE_TUNE_OPTIONS = ("qat_epochs", "qat_lr")  # every fine-tuning (QAT) family reads them
 BUDGET_VERDICTS = ("interval", "estimate")  # what "met" needs: the interval's upper end, or the estimate alone
-EVAL_BATCH = 250  # images per forward pass when a build scores a model or an artifact
 
 
 @dataclass(frozen=True)

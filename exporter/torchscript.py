@@ -16,6 +16,7 @@ from torch import nn
 from qexport.exporter.capture import traced_or_refused
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage
+from qexport.runtimes.results import BASELINE
 from qexport.errors import QExportError
 from qexport.progress import progress_bar
 
@@ -51,7 +52,7 @@ def weight_coverage(model: nn.Module) -> Int8Coverage:
     return Int8Coverage.of_weights(quantized, total)
 
 
-@register("torchscript-fp32", variant="fp32", format="torchscript", extension=".torchscript.pt",
+@register(BASELINE, variant="fp32", format="torchscript", extension=".torchscript.pt",
           precision="fp32", runtime="torchscript", method="torch.jit.trace + torch.jit.freeze",
           devices=("cpu", "cuda"))
 def build_fp32(ctx: BuildContext, path: Path) -> BuildDetails:

@@ -15,7 +15,6 @@ from qexport.runtimes.stats import Interval
 
 def environment_lines(doc: BenchDocument) -> list[str]:
     env, opts = doc.environment, doc.options
-    libs = env.libraries
     data = doc.data
     eval_note = (f"{data.name} test split, {opts.eval_samples or data.test_samples} images"
                  if data else "not measured (no data)")
@@ -23,9 +22,7 @@ def environment_lines(doc: BenchDocument) -> list[str]:
         f"CPU: {env.cpu.model} ({', '.join(k for k, v in env.cpu.isa.items() if v)}); "
         f"GPU: {', '.join(env.gpus) or 'none'}; device: {opts.device}",
         f"pinned cores: {opts.pinned_cores}, threads: {opts.threads} (intra-op and inter-op, OMP/MKL set before import)",
-        f"torch {libs.get('torch')}, torchvision {libs.get('torchvision')}, torchao {libs.get('torchao')}, "
-        f"onnxruntime {libs.get('onnxruntime')}, IPEX {env.ipex_summary()}; "
-        f"python {env.python}",
+        f"{env.library_summary()}; python {env.python}",
         f"{opts.rounds} round(s) per artifact, each a fresh worker process, interleaved across artifacts; "
         f"per round: warm-up {opts.warmup} calls + windows of 10 until the median moves < 5 %, then ≥ "
         f"{opts.min_count} calls and ≥ {opts.min_seconds} s per batch size; timer: perf_counter_ns",
@@ -51,7 +48,7 @@ def table_rows(doc: BenchDocument) -> tuple[list[str], list[list[str]]]:
                       fmt_speedup(row, b), fmt(stats and stats.throughput_ips, "{:.0f}")]
         result = row.result if row.measured else None
         ev = result.eval if result else None
-        cells += [fmt(ev and ev.top1, "{:.2%}"), fmt(ev and ev.agreement_with_fp32, "{:.2%}"),
+        cells += [fmt(ev and ev.top1, "{:.2%}"), fmt(ev and ev.agreement_with_baseline_artifact, "{:.2%}"),
                   fmt(result and result.peak_rss_mb, "{:.0f}"), fmt(result and result.load_ms, "{:.0f}")]
         body.append(cells)
     return header, body

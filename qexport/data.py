@@ -114,6 +114,15 @@ def seeded_subset(split: Split, n: int, seed: int, skip: int = 0) -> Split:
     return split.subset(indices)
 
 
+def test_subset(split: Split, samples: int | None, seed: int) -> Split:
+    """The images accuracy is scored on, wherever it is scored (a build, a bench): all of ``split``,
+    or a seeded subset of ``samples`` when fewer are asked for (--eval-samples)."""
+    return seeded_subset(split, samples, seed) if samples and samples < len(split) else split
+
+
+test_subset.__test__ = False  # a data helper, not a test pytest should collect
+
+
 def split_fingerprint(split: Split) -> str:
     """sha256 over one split's pixels and labels: proves a validation split is the same images."""
     digest = hashlib.sha256()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import tarfile
 import tempfile
 import zipfile
@@ -128,8 +127,7 @@ def latency_section(bench: BenchDocument | None) -> list[str]:
     env, opts = bench.environment, bench.options
     lines = ["## Latency (from bench.json)", "",
              f"{env.cpu.model}; device {opts.device}; pinned cores {opts.pinned_cores}; "
-             f"threads {opts.threads}; torch {env.libraries.get('torch')}, onnxruntime "
-             f"{env.libraries.get('onnxruntime')}; {bench.created}; command `{bench.command}`.", "",
+             f"threads {opts.threads}; {env.library_summary()}; {bench.created}; command `{bench.command}`.", "",
              "| file | batch | p50 ms | p90 ms | images/s | × vs TorchScript fp32 |", "|---|---:|---:|---:|---:|---:|"]
     for row in bench.rows:
         if not row.measured:

@@ -15,7 +15,7 @@ console = Console(width=None if sys.stdout.isatty() else 180)
 
 def print_info(as_json: bool = False) -> None:
     from qexport.documents import to_json
-    from qexport.runtimes.results import current_environment
+    from qexport.runtimes.results import IPEX_PACKAGE, current_environment
 
     env = current_environment()
     if as_json:
@@ -27,7 +27,7 @@ def print_info(as_json: bool = False) -> None:
     table.add_row("python", env.python)
     table.add_row("platform", env.platform)
     for name, version in env.libraries.items():
-        if name == "intel-extension-for-pytorch":
+        if name == IPEX_PACKAGE:
             version = env.ipex_summary()
         table.add_row(name, version or "[dim]not installed[/dim]")
     table.add_row("cpu", f"{env.cpu.model} ({env.cpu.logical_cores} logical cores)")
@@ -79,10 +79,11 @@ def print_build(outcomes, out_dir) -> None:
     from pathlib import Path
 
     from qexport.manifest import read_index
+    from qexport.runtimes.results import BASELINE
 
     index_file = Path(out_dir) / "index.json"
     entries = read_index(index_file).artifacts if index_file.is_file() else []
-    base_size = next((e.size_bytes for e in entries if e.family == "torchscript-fp32"), None)
+    base_size = next((e.size_bytes for e in entries if e.family == BASELINE), None)
     table = Table(title=f"qexport build → {out_dir}")
     columns = ("family", "status", "file", "MB", "× smaller", "top-1", "Δ vs fp32 (pt)", "agree", "int8 weights",
                "pt lost / budget", "s")

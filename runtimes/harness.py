@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +25,11 @@ from qexport.manifest import (DataInfo, Manifest, artifact_file, artifact_paths,
                               host_problem_for)
 from qexport.errors import QExportError, RuntimeMissing, last_line
 from qexport.documents import parse, to_json
-from qexport.runtimes.results import (ArtifactResult, BatchResult, BenchDocument, BenchOptions, BenchRow,  # noqa: F401
-                                      Noise, RoundResult, RunFacts, RunOptions, Tie, WorkerSpec, current_environment,
-                                      parse_round, usable_cores)
+from qexport.runtimes.figures import add_agreement, add_ratios, combine_rounds, noise_summary, ties
+from qexport.runtimes.results import (BASELINE, BenchDocument, BenchOptions, BenchRow, RoundResult, RunOptions,
+                                      WorkerSpec, current_environment, parse_round)
 from qexport.selection import match_keys
 
-BASELINE = "torchscript-fp32"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS")
 
@@ -194,10 +192,10 @@ class EvalSet:
     """The test split, normalised per manifest statistics, written once as .npy for workers."""
 
     def __init__(self, data, samples: int | None, seed: int, folder: Path):
-        from qexport.data import seeded_subset
+        from qexport.data import test_subset
 
         self.data = data
-        self.split = seeded_subset(data.test, samples, seed) if samples and samples < len(data.test) else data.test
+        self.split = test_subset(data.test, samples, seed)
         self.folder = folder
         self._files: dict[tuple, tuple[str, str]] = {}
 
@@ -254,29 +252,6 @@ def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int
     return make_document(rows, options, cores, data, started, directory)
 
 
-def combine_rounds(rounds: list[RoundResult]) -> ArtifactResult:
-    """One result from a row's rounds: latencies pooled over all rounds' calls, each statistic's
-    per-round values kept, and the p50 as the geometric mean of round p50s with its 95 % interval.
-    Load, memory, accuracy and harness overhead come from the first round (which measured them)."""
-    from qexport.runtimes.stats import geometric_interval, spread_pct, summarize
-
-    first = rounds[0]
-    facts = {f.name: getattr(first, f.name) for f in dataclasses.fields(RunFacts)}
-    facts["peak_rss_mb"] = max(r.peak_rss_mb for r in rounds)
-    batches = {}
-    for batch, first_batch in first.batches.items():
-        per_round = [r.batches[batch] for r in rounds]
-        pooled = summarize([ms for r in per_round for ms in r.latencies_ms], int(batch))
-        round_p50 = [r.p50_ms for r in per_round]
-        p50 = geometric_interval(round_p50)
-        batches[batch] = BatchResult(
-            **{**pooled, "p50_ms": p50.estimate, "throughput_ips": int(batch) * 1000.0 / p50.estimate},
-            pooled_p50_ms=pooled["p50_ms"], p50_interval_ms=p50, round_p50_ms=round_p50,
-            round_spread_pct=spread_pct(round_p50), warmup=[r.warmup for r in per_round],
-            harness_overhead_pct=first_batch.harness_overhead_pct)
-    return ArtifactResult(**facts, batches=batches, rounds=len(rounds))
-
-
 def worker_spec(manifest_file: Path, manifest: Manifest, options: BenchOptions, cores: list[int],
                 eval_set: EvalSet | None, logits_out: Path, first_round: bool = True) -> WorkerSpec:
     """What one worker measures; accuracy and the harness-overhead check only in the first round."""
@@ -290,69 +265,6 @@ def worker_spec(manifest_file: Path, manifest: Manifest, options: BenchOptions, 
         logits_out=str(logits_out) if files else None,
         scenarios=options.scenarios if first_round else None,
         scenario_dir=str(Path(options.loadgen_dir) / manifest.family) if options.scenarios and first_round else None)
-
-
-def add_agreement(rows: list[BenchRow], logits: dict[str, np.ndarray]) -> None:
-    """Top-1 agreement and max |Δlogit| of every artifact against the fp32 TorchScript artifact."""
-    reference = logits.get(BASELINE)
-    if reference is None:
-        return
-    for row in rows:
-        mine = logits.get(row.family)
-        if mine is not None and mine.shape == reference.shape and row.measured and row.result.eval is not None:
-            row.result.eval.agreement_with_fp32 = float((mine.argmax(1) == reference.argmax(1)).mean())
-            row.result.eval.max_abs_logit_diff = float(np.abs(mine - reference).max())
-
-
-def add_ratios(rows: list[BenchRow]) -> None:
-    """Speed-up vs the fp32 TorchScript baseline per batch size, paired round by round, with its
-    95 % interval; and the size ratio."""
-    from qexport.runtimes.stats import paired_ratio
-
-    base = next((r for r in rows if r.family == BASELINE and r.measured), None)
-    if base is None:
-        return
-    for row in rows:
-        if not row.measured:
-            continue
-        row.size_ratio_vs_fp32 = base.size_bytes / row.size_bytes
-        if row is base:  # 1 by definition: no interval to show, nothing to mark '~'
-            row.speedup_vs_fp32 = {b: 1.0 for b in row.result.batches}
-            continue
-        row.speedup_interval = {b: paired_ratio(base.result.batches[b].round_medians(), stats.round_medians())
-                                for b, stats in row.result.batches.items() if b in base.result.batches}
-        row.speedup_vs_fp32 = {b: i.estimate for b, i in row.speedup_interval.items()}
-
-
-NOISY_SPREAD_PCT = 5.0
-
-
-def noise_summary(rows: list[BenchRow], batch: str) -> Noise:
-    """How much the host moved between rounds (median over artifacts of the round-to-round spread of
-    p50 at ``batch``), and what helps when that is large."""
-    from qexport.runtimes.stats import percentile
-
-    spreads = sorted(row.batch(batch).round_spread_pct for row in rows if row.batch(batch))
-    median = percentile(spreads, 50) if spreads else 0.0
-    noisy = median > NOISY_SPREAD_PCT
-    advice = (f"this host was noisy: p50 moved {median:.1f} % between rounds (median over artifacts, batch {batch}); "
-              "more rounds (--rounds), longer rounds (--min-seconds), an idle machine or isolated cores "
-              "(isolcpus, no other work on the pinned core) narrow the intervals") if noisy else ""
-    return Noise(batch=batch, median_round_spread_pct=median, noisy=noisy, advice=advice)
-
-
-def ties(rows: list[BenchRow], batch: str) -> list[Tie]:
-    """Neighbours in the latency ranking at ``batch`` whose paired ratio interval contains 1: the
-    measurement cannot tell them apart, and the report must not rank them."""
-    from qexport.runtimes.stats import paired_ratio
-
-    ranked = sorted((row for row in rows if row.batch(batch)), key=lambda row: row.batch(batch).p50_ms)
-    found = []
-    for faster, slower in zip(ranked, ranked[1:]):
-        ratio = paired_ratio(slower.batch(batch).round_medians(), faster.batch(batch).round_medians())
-        if ratio.low is not None and not ratio.excludes(1.0):
-            found.append(Tie(batch=batch, faster=faster.family, slower=slower.family, ratio=ratio))
-    return found
 
 
 def make_document(rows: list[BenchRow], options: BenchOptions, cores: list[int], data, started: float,

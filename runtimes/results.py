@@ -20,8 +20,15 @@ from qexport.manifest import DataInfo, LoadHints
 from qexport.runtimes.stats import Interval
 
 BENCH_SCHEMA = "qexport.bench"
-BENCH_SCHEMA_VERSION = 2  # 2: rounds, 95 % intervals and paired ratios
-READABLE_BENCH_VERSIONS = (1, 2)  # 1: single pass, no rounds (read as one round)
+BENCH_SCHEMA_VERSION = 3  # 3: agreement_with_fp32 named agreement_with_baseline_artifact; 2: rounds, intervals
+READABLE_BENCH_VERSIONS = (1, 2, 3)  # 1: single pass, no rounds (read as one round)
+
+# The family every speed-up, size ratio and bench agreement is measured against: the one definition
+# the exporter registers it under and the reports look it up by.
+BASELINE = "torchscript-fp32"
+# Images per forward pass wherever accuracy is scored (a build's evaluation, a bench worker's):
+# large enough to amortise per-call cost, small enough for any artifact's memory.
+EVAL_BATCH = 250
 
 
 # MLPerf's server bound for ResNet50 is 15 ms. ResNet18 at 32 px is lighter, but a deployment's
@@ -116,11 +123,12 @@ class WorkerSpec:
 
 @dataclass
 class EvalResult:
-    """Top-1 on the test split in the artifact's runtime, and agreement with the fp32 baseline."""
+    """Top-1 on the test split in the artifact's runtime, and its agreement with the baseline
+    *artifact* (:data:`BASELINE` in its runtime) -- not with the eager model, as a manifest's is."""
 
     samples: int
     top1: float
-    agreement_with_fp32: float | None = None
+    agreement_with_baseline_artifact: float | None = None
     max_abs_logit_diff: float | None = None
 
 
@@ -303,6 +311,9 @@ class ForeignRecord:
     versions: dict[str, str | None]
 
 
+IPEX_PACKAGE = "intel-extension-for-pytorch"
+
+
 @dataclass
 class Environment:
     """The host and software a run measured on (qexport.envinfo.environment)."""
@@ -315,9 +326,16 @@ class Environment:
     foreign_environments: dict[str, ForeignRecord | None] = field(default_factory=dict)
     git_commit: str | None = None
 
+    def library_summary(self) -> str:
+        """'torch 2.14.0, onnxruntime 1.23.0, ..., IPEX not installed': every library the run recorded
+        (qexport.envinfo.LIBRARIES, the one list) that is installed, so no report keeps its own list."""
+        installed = [f"{name} {version}" for name, version in self.libraries.items()
+                     if version and name != IPEX_PACKAGE]
+        return ", ".join([*installed, f"IPEX {self.ipex_summary()}"])
+
     def ipex_summary(self) -> str:
         """'2.8.0', '2.8.0 (own environment, torch 2.8.0)' or 'not installed'."""
-        local = self.libraries.get("intel-extension-for-pytorch")
+        local = self.libraries.get(IPEX_PACKAGE)
         if local:
             return local
         own = self.foreign_environments.get("ipex")
@@ -354,7 +372,7 @@ class BenchDocument:
     duration_s: float = 0.0
     directory: str = ""
     data: DataInfo | None = None  # the evaluation set; None: accuracy not measured
-    baseline: str = "torchscript-fp32"
+    baseline: str = BASELINE
     noise: Noise | None = None
     ties: list[Tie] = field(default_factory=list)
     schema: str = BENCH_SCHEMA
@@ -395,6 +413,22 @@ def load_bench(path: Path) -> BenchDocument:
         raise QExportError(f"{path} is not a qexport bench.json (schema {BENCH_SCHEMA} version "
                            f"{' or '.join(map(str, READABLE_BENCH_VERSIONS))}); rerun `qexport bench`.")
     for row in data.get("rows") or []:
-        if isinstance(row, dict) and row.get("result") == {}:  # unmeasured rows were written as {} before
-            row["result"] = None
+        if isinstance(row, dict):
+            upgrade_row(row)
     return parse(BenchDocument, data, str(path))
+
+
+# Fields older bench.json files wrote under another name: old name -> this version's name.
+RENAMED_EVAL_FIELDS = {"agreement_with_fp32": "agreement_with_baseline_artifact"}
+
+
+def upgrade_row(row: dict) -> None:
+    """Bring one row of an older bench.json to this version's field names, before it is parsed."""
+    if row.get("result") == {}:  # unmeasured rows were written as {} before
+        row["result"] = None
+    result = row.get("result")
+    evaluation = result.get("eval") if isinstance(result, dict) else None
+    if isinstance(evaluation, dict):
+        for old, new in RENAMED_EVAL_FIELDS.items():
+            if old in evaluation:
+                evaluation.setdefault(new, evaluation.pop(old))

@@ -19,6 +19,11 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
+def throughput_ips(batch_size: int, p50_ms: float) -> float:
+    """Images per second when one call of ``batch_size`` images takes ``p50_ms`` (inf for a 0 ms call)."""
+    return batch_size * 1000.0 / p50_ms if p50_ms > 0 else float("inf")
+
+
 def summarize(latencies_ms: Sequence[float], batch_size: int) -> dict:
     """min/p50/p90/p99/mean/std of per-call latencies, and throughput in images/s at the median."""
     values = sorted(latencies_ms)
@@ -35,7 +40,7 @@ def summarize(latencies_ms: Sequence[float], batch_size: int) -> dict:
         "mean_ms": mean,
         "std_ms": std,
         "max_ms": values[-1],
-        "throughput_ips": batch_size * 1000.0 / p50 if p50 > 0 else float("inf"),
+        "throughput_ips": throughput_ips(batch_size, p50),
     }
 
 

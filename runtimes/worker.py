@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from qexport.documents import parse, to_json
-from qexport.runtimes.results import EvalResult, RoundBatch, RoundResult, WorkerSpec
+from qexport.runtimes.results import EVAL_BATCH, EvalResult, RoundBatch, RoundResult, WorkerSpec
 
 
 def pin(cores: list[int] | None) -> list[int]:
@@ -177,7 +177,7 @@ def under_load(runner, spec: WorkerSpec, result: RoundResult, np) -> None:
 def evaluate(runner, spec: WorkerSpec, np) -> EvalResult:
     inputs = np.load(spec.eval_inputs, mmap_mode="r")
     labels = np.load(spec.eval_labels)
-    outputs = [runner.predict(np.asarray(inputs[i:i + 250])) for i in range(0, len(inputs), 250)]
+    outputs = [runner.predict(np.asarray(inputs[i:i + EVAL_BATCH])) for i in range(0, len(inputs), EVAL_BATCH)]
     logits = np.concatenate(outputs)
     np.save(spec.logits_out, logits)
     return EvalResult(samples=int(len(labels)), top1=float((logits.argmax(1) == labels).mean()))

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from qexport import benchreport
 from qexport.errors import QExportError
-from qexport.runtimes.harness import BenchOptions, bench_directory, run_worker, usable_cores
-from qexport.runtimes.results import load_bench
+from qexport.runtimes.harness import BenchOptions, bench_directory, run_worker
+from qexport.runtimes.results import load_bench, usable_cores
 from qexport.runtimes.stats import is_stable, percentile, summarize
 from tests.conftest import copy_artifacts
 
@@ -72,7 +72,7 @@ def test_bench_pins_one_core_and_one_thread(small_dir, tiny_data):
         assert result.batches["1"].count >= 5 * 2 and [w["fixed"] for w in result.batches["1"].warmup] == [2, 2]
         assert result.peak_rss_mb > 0 and result.load_ms > 0 and result.first_inference_ms > 0
         assert result.eval.samples == len(tiny_data.test)
-        assert result.eval.agreement_with_fp32 > 0.99
+        assert result.eval.agreement_with_baseline_artifact > 0.99
     assert rows["torchscript-fp32"].speedup_vs_fp32["1"] == pytest.approx(1.0)
     assert doc.schema == "qexport.bench" and doc.options.pinned_cores == [usable_cores()[-1]]
     assert doc.environment.libraries["torch"]

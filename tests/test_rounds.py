@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qexport import benchreport
-from qexport.runtimes.harness import BenchOptions, bench_directory, noise_summary, ties
-from qexport.runtimes.results import ArtifactResult, BatchResult, BenchRow
+from qexport.runtimes.figures import noise_summary, ties
+from qexport.runtimes.harness import BenchOptions, bench_directory
+from qexport.runtimes.results import BENCH_SCHEMA_VERSION, ArtifactResult, BatchResult, BenchRow
 from qexport.runtimes.stats import Interval, geometric_interval, paired_ratio, spread_pct, t_975, welch_ratio
 
 
@@ -114,7 +115,7 @@ def test_rounds_are_interleaved_in_fresh_processes(built_artifacts, tmp_path):
         assert "latencies_ms" not in doc.to_dict()["rows"][0]["result"]["batches"]["1"]  # pooled, not stored
     onnx = rows["onnx-fp32"]
     assert onnx.speedup_interval["1"].rounds == 3
-    assert doc.schema_version == 2 and doc.noise is not None and isinstance(doc.ties, list)
+    assert doc.schema_version == BENCH_SCHEMA_VERSION and doc.noise is not None and isinstance(doc.ties, list)
     single = bench_directory(folder, BenchOptions(rounds=1, batch_sizes=(1,), min_seconds=0.02, min_count=3,
                                                   warmup=1), None)
     assert all(r.result.batches["1"].p50_interval_ms.low is None for r in single.rows)

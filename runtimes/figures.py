@@ -1,0 +1,96 @@
+"""The figures bench.json reports, assembled from the workers' rounds: each artifact's combined
+latency and throughput, its speed-up and size ratio against the baseline artifact, its agreement
+with that artifact, how noisy the host was, and which neighbours the rounds cannot tell apart.
+
+Kept apart from the harness (which starts processes) so every number here is a pure function of
+hand-made rows and can be checked against a value computed by hand (tests/test_numbers.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from qexport.runtimes.results import (BASELINE, ArtifactResult, BatchResult, BenchRow, Noise, RoundResult, RunFacts,
+                                      Tie)
+from qexport.runtimes.stats import geometric_interval, paired_ratio, percentile, spread_pct, summarize, throughput_ips
+
+NOISY_SPREAD_PCT = 5.0  # median round-to-round spread of p50 above which the report warns
+
+
+def combine_rounds(rounds: list[RoundResult]) -> ArtifactResult:
+    """One result from a row's rounds: latencies pooled over all rounds' calls, each statistic's
+    per-round values kept, and the p50 as the geometric mean of round p50s with its 95 % interval.
+    Load, memory, accuracy and harness overhead come from the first round (which measured them)."""
+    first = rounds[0]
+    facts = {f.name: getattr(first, f.name) for f in dataclasses.fields(RunFacts)}
+    facts["peak_rss_mb"] = max(r.peak_rss_mb for r in rounds)
+    batches = {}
+    for batch, first_batch in first.batches.items():
+        per_round = [r.batches[batch] for r in rounds]
+        pooled = summarize([ms for r in per_round for ms in r.latencies_ms], int(batch))
+        round_p50 = [r.p50_ms for r in per_round]
+        p50 = geometric_interval(round_p50)
+        batches[batch] = BatchResult(
+            **{**pooled, "p50_ms": p50.estimate, "throughput_ips": throughput_ips(int(batch), p50.estimate)},
+            pooled_p50_ms=pooled["p50_ms"], p50_interval_ms=p50, round_p50_ms=round_p50,
+            round_spread_pct=spread_pct(round_p50), warmup=[r.warmup for r in per_round],
+            harness_overhead_pct=first_batch.harness_overhead_pct)
+    return ArtifactResult(**facts, batches=batches, rounds=len(rounds))
+
+
+def add_agreement(rows: list[BenchRow], logits: dict[str, np.ndarray]) -> None:
+    """Top-1 agreement and max |Δlogit| of every artifact against the baseline *artifact*
+    (TorchScript fp32 in its runtime), not the eager model the manifest compares with."""
+    reference = logits.get(BASELINE)
+    if reference is None:
+        return
+    for row in rows:
+        mine = logits.get(row.family)
+        if mine is not None and mine.shape == reference.shape and row.measured and row.result.eval is not None:
+            row.result.eval.agreement_with_baseline_artifact = float((mine.argmax(1) == reference.argmax(1)).mean())
+            row.result.eval.max_abs_logit_diff = float(np.abs(mine - reference).max())
+
+
+def add_ratios(rows: list[BenchRow]) -> None:
+    """Speed-up vs the baseline artifact per batch size, paired round by round, with its 95 %
+    interval; and the size ratio (how many times smaller than the baseline)."""
+    base = next((r for r in rows if r.family == BASELINE and r.measured), None)
+    if base is None:
+        return
+    for row in rows:
+        if not row.measured:
+            continue
+        row.size_ratio_vs_fp32 = base.size_bytes / row.size_bytes
+        if row is base:  # 1 by definition: no interval to show, nothing to mark '~'
+            row.speedup_vs_fp32 = {b: 1.0 for b in row.result.batches}
+            continue
+        row.speedup_interval = {b: paired_ratio(base.result.batches[b].round_medians(), stats.round_medians())
+                                for b, stats in row.result.batches.items() if b in base.result.batches}
+        row.speedup_vs_fp32 = {b: i.estimate for b, i in row.speedup_interval.items()}
+
+
+def noise_summary(rows: list[BenchRow], batch: str) -> Noise:
+    """How much the host moved between rounds (median over artifacts of the round-to-round spread of
+    p50 at ``batch``), and what helps when that is large."""
+    spreads = sorted(row.batch(batch).round_spread_pct for row in rows if row.batch(batch))
+    median = percentile(spreads, 50) if spreads else 0.0
+    noisy = median > NOISY_SPREAD_PCT
+    advice = (f"this host was noisy: p50 moved {median:.1f} % between rounds (median over artifacts, batch {batch}); "
+              "more rounds (--rounds), longer rounds (--min-seconds), an idle machine or isolated cores "
+              "(isolcpus, no other work on the pinned core) narrow the intervals") if noisy else ""
+    return Noise(batch=batch, median_round_spread_pct=median, noisy=noisy, advice=advice)
+
+
+def ties(rows: list[BenchRow], batch: str) -> list[Tie]:
+    """Neighbours in the latency ranking at ``batch`` whose paired ratio interval contains 1: the
+    measurement cannot tell them apart, and the report must not rank them. The ratio is the slower
+    one's time over the faster one's (at least 1 on the estimate)."""
+    ranked = sorted((row for row in rows if row.batch(batch)), key=lambda row: row.batch(batch).p50_ms)
+    found = []
+    for faster, slower in zip(ranked, ranked[1:]):
+        ratio = paired_ratio(slower.batch(batch).round_medians(), faster.batch(batch).round_medians())
+        if ratio.low is not None and not ratio.excludes(1.0):
+            found.append(Tie(batch=batch, faster=faster.family, slower=slower.family, ratio=ratio))
+    return found
