@@ -134,7 +134,5 @@ def main(spec_path: str) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root))
+if __name__ == "__main__":  # qexport itself is importable through PYTHONPATH (runtimes.foreign.code_path)
     sys.exit(main(sys.argv[1]))

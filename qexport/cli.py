@@ -53,6 +53,20 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON instead 
 
 
 @app.command()
+def setup(
+    runtime: str = typer.Argument(..., help="The runtime whose environment to create: ipex (IPEX 2.8.0 needs torch 2.8, so it cannot share qexport's environment)."),
+    into: Optional[Path] = typer.Option(None, "--into", help="Folder for the environment (default: qexport's per-user data folder, where build, bench and verify look; elsewhere, set QEXPORT_IPEX_PYTHON to its bin/python)."),
+) -> None:
+    """Create the environment of a runtime that needs its own Python (a few GB of downloads, minutes).
+
+    Example: `qexport setup ipex`, then `qexport build --only ipex`."""
+    from qexport.progress import say
+    from qexport.runtimes.foreign import create_environment
+
+    create_environment(runtime, into, say=say)
+
+
+@app.command()
 def train(
     model: str = ModelOpt,
     data: str = DataOpt,

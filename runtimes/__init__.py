@@ -15,7 +15,7 @@ from pathlib import Path
 from qexport.errors import RuntimeMissing, did_you_mean
 from qexport.manifest import LoadHints
 from qexport.runtimes.base import Runner
-from qexport.runtimes.foreign import ROOT, ForeignEnvironment
+from qexport.runtimes.foreign import ForeignEnvironment
 
 @dataclass(frozen=True)
 class Runtime:
@@ -67,7 +67,7 @@ x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised a
 logits = session.run(None, {{"input": x}})[0]''',
             lambda versions: {"onnxruntime": ">=1.17"}),  # opset 18 QDQ models load from 1.17 on
     Runtime("ipex", "qexport.runtimes.ipex", "IpexRunner",
-            "intel-extension-for-pytorch (its own environment: make setup-ipex)", "intel_extension_for_pytorch",
+            "intel-extension-for-pytorch (its own environment: qexport setup ipex)", "intel_extension_for_pytorch",
             ("torch", "torchvision", "intel_extension_for_pytorch"), '''import numpy as np
 import intel_extension_for_pytorch                  # FIRST: registers IPEX's fused kernels
 import torch                                        # torch 2.8.* with IPEX 2.8.0
@@ -76,7 +76,7 @@ x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised a
 with torch.inference_mode():
     logits = model(torch.from_numpy(x)).float().numpy()''', None,
             ForeignEnvironment(runtime="ipex", module="intel_extension_for_pytorch", variable="QEXPORT_IPEX_PYTHON",
-                               default=ROOT / ".venv-ipex" / "bin" / "python", setup="make setup-ipex")),
+                               requirements="requirements-ipex.txt")),
     Runtime("openvino", "qexport.runtimes.openvino", "OpenVinoRunner", "qexport[openvino] (openvino==2026.4.1)",
             "openvino", ("openvino",), '''import numpy as np, openvino as ov                # the .bin must sit beside the .xml
 compiled = ov.Core().compile_model("{file}", "CPU", {{"INFERENCE_PRECISION_HINT": "f32"}})

@@ -1,9 +1,12 @@
 """Runtimes that live in their own Python environment.
 
 IPEX 2.8.0 (retired upstream) needs torch 2.8.*, and the main environment runs torch 2.14, so
-IPEX artifacts are built, measured and verified by a second interpreter (``.venv-ipex``,
-created by ``make setup-ipex``). This module only *finds* that interpreter; it never imports the
-runtime, so the main environment stays free of IPEX.
+IPEX artifacts are built, measured and verified by a second interpreter. It lives in qexport's
+per-user data folder (``qexport setup ipex``), or in a checkout's ``.venv-ipex`` (``make
+setup-ipex``, the developer path), or wherever ``QEXPORT_IPEX_PYTHON`` points. qexport's own code
+reaches it through ``PYTHONPATH`` (:func:`code_path`), never through an install or a ``sys.path``
+edit, so the same works from a wheel and from a checkout. This module finds and creates that
+interpreter; it never imports the runtime, so the main environment stays free of IPEX.
 """
 
 from __future__ import annotations
@@ -11,13 +14,25 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from qexport.errors import RuntimeMissing, last_line
+from qexport.errors import QExportError, RuntimeMissing, last_line
 
 ROOT = Path(__file__).resolve().parents[1]
+# A source checkout (developers, `make`): its root holds pyproject.toml and the Makefile. An
+# installed wheel has neither beside the package.
+CHECKOUT = ROOT if (ROOT / "pyproject.toml").is_file() and (ROOT / "Makefile").is_file() else None
+
+
+def data_dir() -> Path:
+    """qexport's per-user data folder (``QEXPORT_HOME`` overrides): where ``qexport setup`` puts
+    the environments of runtimes that cannot share the main one."""
+    from platformdirs import user_data_dir
+
+    return Path(os.environ.get("QEXPORT_HOME") or user_data_dir("qexport", appauthor=False))
 
 
 @dataclass(frozen=True)
@@ -25,8 +40,22 @@ class ForeignEnvironment:
     runtime: str
     module: str          # what must import in that environment
     variable: str        # environment variable naming its python
-    default: Path        # where `make` creates it
-    setup: str           # the command that creates it
+    requirements: str    # file beside this module pinning what the environment holds
+
+    @property
+    def folder(self) -> Path:
+        """A checkout's ``.venv-<runtime>`` when `make` made one, else the per-user data folder's."""
+        developer = CHECKOUT / f".venv-{self.runtime}" if CHECKOUT else None
+        return developer if developer and developer.is_dir() else data_dir() / f"venv-{self.runtime}"
+
+    @property
+    def default(self) -> Path:
+        return self.folder / "bin" / "python"
+
+    @property
+    def setup(self) -> str:
+        """The command that creates it, for the way qexport was installed."""
+        return f"make setup-{self.runtime}" if CHECKOUT else f"qexport setup {self.runtime}"
 
     def missing_message(self) -> str:
         return (f"{self.runtime.upper()} environment not installed -- run `{self.setup}` "
@@ -70,10 +99,39 @@ def python_for(runtime: str) -> str | None:
     return None if runs_here(runtime) else foreign_python(runtime)
 
 
+@lru_cache(maxsize=None)
+def code_path() -> str:
+    """A folder holding only the ``qexport`` package, for another interpreter's ``PYTHONPATH``.
+
+    From a wheel the package is one folder and is linked as it is. From a checkout its
+    subpackages live in ``exporter/`` and ``runtimes/`` beside it (pyproject's package-dir), so
+    the package is assembled from links. Nothing else of this environment (torch 2.14) is on that
+    path. The folder is removed when this process exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    package = Path(importlib.util.find_spec("qexport").submodule_search_locations[0])
+    folder = Path(tempfile.mkdtemp(prefix="qexport-code-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    target = folder / "qexport"
+    if all((package / sub).is_dir() for sub in ("exporter", "runtimes")):
+        target.symlink_to(package, target_is_directory=True)
+        return str(folder)
+    target.mkdir()
+    for entry in package.iterdir():
+        if entry.name != "__pycache__":
+            (target / entry.name).symlink_to(entry)
+    for sub in ("exporter", "runtimes"):
+        location = importlib.util.find_spec(f"qexport.{sub}").submodule_search_locations[0]
+        (target / sub).symlink_to(Path(location), target_is_directory=True)
+    return str(folder)
+
+
 def child_env() -> dict:
     """Environment for a child in another interpreter: our code importable, warnings quiet."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = code_path() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONWARNINGS", "ignore")
     from qexport.runtimes.openvino import TELEMETRY_OFF
 
@@ -104,3 +162,37 @@ def foreign_environments() -> dict[str, dict | None]:
         except (OSError, subprocess.SubprocessError, ValueError):
             found[runtime] = None
     return found
+
+
+def create_environment(runtime: str, folder: Path | None = None, python: str = sys.executable,
+                       say=print) -> Path:
+    """Create ``runtime``'s own environment (a venv with its pinned packages) and check that its
+    module imports; returns its python. Any failure is one sentence with pip's last line."""
+    import venv
+    from importlib import resources
+
+    envs = environments()
+    if runtime not in envs:
+        raise QExportError(f"{runtime} needs no environment of its own; "
+                           f"the ones that do: {', '.join(sorted(envs)) or 'none'}.")
+    env = envs[runtime]
+    folder = Path(folder or data_dir() / f"venv-{runtime}")
+    requirements = resources.files("qexport.runtimes").joinpath(env.requirements)
+    say(f"creating the {runtime} environment in {folder} (pinned by {env.requirements}; a few GB, minutes)")
+    venv.EnvBuilder(with_pip=True, clear=True).create(folder)
+    interpreter = folder / "bin" / "python"
+    with resources.as_file(requirements) as pinned:
+        _run_or_explain([str(interpreter), "-m", "pip", "install", "--quiet", "-r", str(pinned)],
+                        f"installing {runtime}'s packages failed")
+    _run_or_explain([str(interpreter), "-c", f"import {env.module}"], f"{env.module} does not import in {folder}")
+    foreign_python.cache_clear()
+    say(f"{runtime} environment ready: {interpreter}")
+    return interpreter
+
+
+def _run_or_explain(command: list[str], what: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        detail = last_line("\n".join(line for line in done.stderr.splitlines() if not line.startswith("WARNING")),
+                           200, default=f"exit {done.returncode}")
+        raise QExportError(f"{what} ({detail}); check the network or package index, then run it again.")
