@@ -70,6 +70,17 @@ def budget_cell(budget, precision: str) -> str:
     return f"{budget.drop_pt:.2f}{spread} / {budget.max_drop_pt:g}{kept}" + (f" ({', '.join(caveats)})" if caveats else "")
 
 
+def built_cells(m, base_size: int | None) -> list[str]:
+    """A built artifact's figures in the build table, from file on: MB, how many times smaller than
+    the baseline artifact (``base_size`` bytes), top-1, its change against the eager fp32 model,
+    agreement, int8 share, budget and build seconds."""
+    size, ev = m.artifact.total_size_bytes, m.evaluation
+    return [m.artifact.file, f"{size / 1e6:.2f}", f"{base_size / size:.2f}" if base_size else "",
+            f"{ev.top1:.2%}", f"{ev.change_pt:+.2f}", f"{ev.top1_agreement_with_fp32:.2%}",
+            f"{m.int8_coverage.ratio:.1%}" if m.int8_coverage else "-", budget_cell(m.accuracy_budget, m.precision),
+            f"{m.build.seconds:.0f}"]
+
+
 def _yes_or(problem: str | None) -> str:
     return "[green]yes[/green]" if problem is None else f"[yellow]no[/yellow]: {problem}"
 
@@ -95,13 +106,7 @@ def print_build(outcomes, out_dir) -> None:
             colour = "yellow" if o.status == "skipped" else "red"
             table.add_row(o.family, f"[{colour}]{o.status}[/{colour}]", "see below", *[""] * (len(columns) - 3))
             continue
-        size, ev = m.artifact.total_size_bytes, m.evaluation
-        table.add_row(
-            o.family, o.status, m.artifact.file, f"{size / 1e6:.2f}",
-            f"{base_size / size:.2f}" if base_size else "",
-            f"{ev.top1:.2%}", f"{ev.change_pt:+.2f}", f"{ev.top1_agreement_with_fp32:.2%}",
-            f"{m.int8_coverage.ratio:.1%}" if m.int8_coverage else "-", budget_cell(m.accuracy_budget, m.precision),
-            f"{m.build.seconds:.0f}")
+        table.add_row(o.family, o.status, *built_cells(m, base_size))
     console.print(table)
     for o in outcomes:
         budget = o.manifest.accuracy_budget if o.manifest else None

@@ -13,9 +13,13 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qexport.documents import parse, to_json
 from qexport.runtimes.results import EVAL_BATCH, EvalResult, RoundBatch, RoundResult, WorkerSpec
+
+if TYPE_CHECKING:
+    from qexport.runtimes.loadgen import Expectations
 
 
 def pin(cores: list[int] | None) -> list[int]:
@@ -144,16 +148,23 @@ def run(spec: WorkerSpec) -> RoundResult:
     return result
 
 
+def expectations(batches: dict[str, RoundBatch]) -> "Expectations":
+    """What LoadGen should expect, from the tight loop's p50s: one sample alone (the smallest batch,
+    per sample), the best per-sample time of any batch, and the best throughput."""
+    from qexport.runtimes.loadgen import Expectations
+
+    smallest = min(batches, key=int)
+    return Expectations(single_ms=batches[smallest].p50_ms / int(smallest),
+                        per_sample_ms=min(stats.p50_ms / int(batch) for batch, stats in batches.items()),
+                        offline_qps=max(stats.throughput_ips for stats in batches.values()))
+
+
 def under_load(runner, spec: WorkerSpec, result: RoundResult, np) -> None:
     """The MLPerf LoadGen scenarios, with expectations from the tight loop just measured; the QSL
     is the evaluation set (random inputs when accuracy is not measured)."""
     from qexport.runtimes import loadgen
 
-    smallest = min(result.batches, key=int)
-    expect = loadgen.Expectations(
-        single_ms=result.batches[smallest].p50_ms / int(smallest),
-        per_sample_ms=min(stats.p50_ms / int(batch) for batch, stats in result.batches.items()),
-        offline_qps=max(stats.throughput_ips for stats in result.batches.values()))
+    expect = expectations(result.batches)
     if spec.eval_inputs:
         inputs = np.ascontiguousarray(np.load(spec.eval_inputs))
     else:
