@@ -378,6 +378,7 @@ def main() -> None:
     from qexport.progress import quiet_library_warnings
 
     quiet_library_warnings()
+    _wide_help_when_piped()
     try:
         app()  # standalone: typer handles usage errors and --help, and calls sys.exit itself
     except QExportError as err:
@@ -388,6 +389,15 @@ def main() -> None:
         if err.code == 130:
             _fail(err, INTERRUPTED, 130)
         raise
+
+
+def _wide_help_when_piped() -> None:
+    """``--help`` through a pipe or into a file: rich would cut option names at 80 columns, and
+    ``qexport build --help | grep budget`` would miss them. A terminal keeps its own width."""
+    if not sys.stdout.isatty():
+        import typer.rich_utils
+
+        typer.rich_utils.MAX_WIDTH = typer.rich_utils.MAX_WIDTH or 250
 
 
 def _fail(err: BaseException, message: str, code: int) -> None:

@@ -62,3 +62,11 @@ def test_a_missing_ipex_environment_names_the_command_of_this_install(installed)
               "try:\n    foreign.foreign_python('ipex')\nexcept Exception as err:\n    print(err)")
     said = run([str(scratch / "venv" / "bin" / "python"), "-c", script], cwd=scratch, env=env).stdout
     assert "qexport setup ipex" in said and "make" not in said
+
+
+def test_help_through_a_pipe_keeps_every_option_whole(installed):
+    scratch, env = installed
+    env = {key: value for key, value in env.items() if key not in ("COLUMNS", "TERMINAL_WIDTH")}
+    said = run([str(scratch / "venv" / "bin" / "qexport"), "build", "--help"], cwd=scratch, env=env).stdout
+    for option in ("--max-accuracy-drop", "--budget-verdict", "--budget-samples", "--val-dir", "--retrain"):
+        assert option in said, f"{option} cut from `qexport build --help | ...`"
