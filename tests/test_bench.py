@@ -86,10 +86,22 @@ def test_bench_pins_one_core_and_one_thread(small_dir, tiny_data):
 
     other = small_dir / "report2"
     other.mkdir()
-    shutil.copy(small_dir / "report" / "bench.json", other / "bench.json")
+    (other / "bench.json").write_text(json.dumps(with_onnx_twice_as_slow(doc.to_dict())))
     header, body = benchreport.compare([small_dir / "report" / "bench.json", other / "bench.json"])
     assert len(body) == 4 and "95 % interval" in header  # 2 artifacts x 2 batch sizes
-    assert all(cells[-1] == "~ not significant" and cells[6] == "+0.0 %" for cells in body)
+    changes = {(cells[2], cells[3]): (cells[6], cells[-1]) for cells in body}
+    for batch in ("1", "2"):
+        assert changes["onnx-fp32", batch][0] == "+100.0 %"
+        assert changes["torchscript-fp32", batch] == ("+0.0 %", "~ not significant")
+
+
+def with_onnx_twice_as_slow(bench: dict) -> dict:
+    """The same run with every round of onnx-fp32 taking twice as long: compare must say +100 %."""
+    for row in bench["rows"]:
+        if row["family"] == "onnx-fp32":
+            for stats in row["result"]["batches"].values():
+                stats["round_p50_ms"] = [2 * ms for ms in stats["round_p50_ms"]]
+    return bench
 
 
 def test_tampered_artifact_is_refused_unless_allowed(small_dir, tmp_path):

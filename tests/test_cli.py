@@ -23,14 +23,39 @@ def test_root_help_lists_commands():
         assert command in result.output
 
 
-def test_info_reports_versions_as_json():
+def info_json() -> dict:
     import json
 
     result = CliRunner().invoke(app, ["info", "--json"])
-    assert result.exit_code == 0
-    info = json.loads(result.output)
-    assert info["libraries"]["torch"].startswith("2.14")
-    assert "AVX-512 VNNI" in info["cpu"]["isa"]
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_info_reports_versions_as_json():
+    assert info_json()["libraries"]["torch"].startswith("2.14")
+
+
+def test_info_reports_which_extensions_the_cpu_has(monkeypatch):
+    """A CPU with AVX2 and AVX-512F only: those two are yes, VNNI and AMX are no (every label is
+    listed either way, so the test reads the answers, not the keys)."""
+    monkeypatch.setenv("QEXPORT_FAKE_CPU_FLAGS", "avx2 avx512f")
+    cpu = info_json()["cpu"]
+    assert {label for label, present in cpu["isa"].items() if present} == {"AVX2", "AVX-512F"}
+    assert cpu["isa"]["AVX-512 VNNI"] is False and cpu["isa"]["AMX-INT8"] is False
+    assert cpu["isa_class"] == "AVX-512F"
+
+
+def test_info_reads_this_hosts_extensions_from_the_kernel(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.delenv("QEXPORT_FAKE_CPU_FLAGS", raising=False)
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("flags")), [])
+    isa = info_json()["cpu"]["isa"]
+    assert isa["AVX2"] == ("avx2" in flags) and isa["AVX-512 VNNI"] == ("avx512_vnni" in flags)
 
 
 def _assert_one_line_error(proc, pattern: str) -> None:

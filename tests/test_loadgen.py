@@ -12,7 +12,7 @@ pytest.importorskip("mlperf_loadgen", reason="mlcommons-loadgen is not installed
 
 from qexport import benchreport  # noqa: E402
 from qexport.runtimes.harness import BenchOptions, bench_directory  # noqa: E402
-from qexport.runtimes.loadgen import MIN_QUERIES, SCENARIOS  # noqa: E402
+from qexport.runtimes.loadgen import MIN_QUERIES, SCENARIOS, invalid_reason, read_detail_log  # noqa: E402
 from qexport.runtimes.results import usable_cores  # noqa: E402
 from qexport.runtimes.results import ScenarioSettings  # noqa: E402
 from tests.conftest import copy_artifacts  # noqa: E402
@@ -32,7 +32,9 @@ def test_all_scenarios_run_in_loadgen_and_its_accuracy_matches(built_artifacts, 
     assert [s.scenario for s in row.result.scenarios] == list(SCENARIOS)
     for result in row.result.scenarios:
         assert (Path(result.log_dir) / "mlperf_log_detail.txt").is_file()  # kept for the reader
-        assert result.valid or result.reason
+        assert (result.reason == "") == result.valid, (result.scenario, result.valid, result.reason)
+        assert result.valid or result.reason == invalid_reason(result.scenario, read_detail_log(
+            Path(result.log_dir) / "mlperf_log_detail.txt"))  # LoadGen's own verdict, explained
     single = row.result.scenario("single-stream")
     assert isinstance(single.p90_ms, float) and single.queries >= MIN_QUERIES["single-stream"]  # parsed from the log
     assert row.result.scenario("offline").qps > 0
@@ -151,3 +153,14 @@ def test_server_search_never_starts_above_what_the_layout_served_offline():
     expect = Expectations(single_ms=2.0, per_sample_ms=1.0, offline_qps=900.0)
     assert server_capacity(expect, 2, None) == 1000.0  # two cores back to back at 2 ms
     assert server_capacity(expect, 2, 600.0) == 600.0  # one instance with two threads served only 600/s
+
+
+@pytest.mark.parametrize("log, scenario, fix", [
+    ({"result_min_duration_met": False}, "offline", "min duration not met: raise the expected QPS"),
+    ({"result_min_queries_met": False}, "single-stream", "early stopping needs >= 64"),
+    ({"early_stopping_met": False}, "multi-stream", "early stopping needs >= 662"),
+    ({}, "server", "the p99 bound was exceeded at this QPS: lower the target QPS, or raise --target-latency-ms"),
+    ({"result_invalid_reason": "something else"}, "offline", "something else"),
+])
+def test_each_invalid_run_says_why_and_what_to_change(log, scenario, fix):
+    assert fix in invalid_reason(scenario, {"result_validity": "INVALID", **log})

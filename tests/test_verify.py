@@ -87,3 +87,38 @@ def test_manifest_path_traversal_is_refused(built_artifacts, tmp_path):
     manifest_file.write_text(json.dumps(manifest))
     with pytest.raises(QExportError, match="plain file name"):
         verify_path(folder)
+
+
+def test_golden_outputs_match_the_eager_model(built_artifacts, tiny_data, tiny_checkpoint):
+    """The golden outputs were written by the artifact's own runner, so re-running that runner only
+    proves it is repeatable; here they are held against the eager fp32 model the artifact was
+    exported from. fp32, fp16 and bf16 must match it within the tolerance their precision is granted
+    (GOLDEN_ATOL). int8's tolerance is a repeatability bound: its quantization error is larger (0.15
+    to 0.5 logits on the tiny model), so int8 goldens must predict the eager model's classes as
+    often as test_build demands of the whole test split. A QAT family is fine-tuned into another
+    classifier and has no eager model to match."""
+    import torch
+
+    from qexport.exporter import FAMILIES
+    from qexport.manifest import GOLDEN_ATOL, Precision, golden_path
+    from tests.conftest import make_context
+    from tests.test_build import MIN_AGREEMENT
+
+    out, outcomes = built_artifacts
+    model = make_context(tiny_data, tiny_checkpoint).fresh_model()
+    mismatches, checked = {}, 0
+    for family, outcome in outcomes.items():
+        if outcome.status not in ("built", "up-to-date") or FAMILIES[family].fine_tuned:
+            continue
+        precision = outcome.manifest.precision
+        golden = np.load(golden_path(out / outcome.manifest.artifact.file))
+        with torch.inference_mode():
+            eager = model(torch.from_numpy(golden["inputs"])).float().numpy()
+        checked += 1
+        if precision == Precision.INT8:
+            agreement = float((golden["outputs"].argmax(1) == eager.argmax(1)).mean())
+            if agreement < MIN_AGREEMENT[precision]:
+                mismatches[family] = f"top-1 agreement {agreement:.2f} < {MIN_AGREEMENT[precision]}"
+        elif np.abs(golden["outputs"] - eager).max() > GOLDEN_ATOL[precision]:
+            mismatches[family] = f"max |diff| {np.abs(golden['outputs'] - eager).max():.4f} > {GOLDEN_ATOL[precision]}"
+    assert checked >= 4 and not mismatches, mismatches
