@@ -68,14 +68,18 @@ def _source_line(filename: str, lineno: int) -> str | None:
     return linecache.getline(filename, lineno).strip() or None
 
 
+def describe_layer(name: str | None, model: nn.Module | None) -> str:
+    """"layer 'gate' (DataDependentGate)"; "the model" when the layer is unknown."""
+    if name is None:
+        return "the model"
+    if name:
+        return f"layer '{name}' ({type(model.get_submodule(name)).__name__})"
+    return "the model's own forward"
+
+
 def describe_site(name: str | None, model: nn.Module | None, filename: str, lineno: int) -> str:
     """"layer 'gate' (DataDependentGate) at file.py:12 (`if x.mean() > 0:`)"."""
-    if name is None:
-        layer = "the model"
-    elif name:
-        layer = f"layer '{name}' ({type(model.get_submodule(name)).__name__})"
-    else:
-        layer = "the model's own forward"
+    layer = describe_layer(name, model)
     code = _source_line(filename, lineno)
     return f"{layer} at {Path(filename).name}:{lineno}" + (f" (`{code}`)" if code else "")
 

@@ -1,31 +1,54 @@
 """ONNX families, run by ONNX Runtime: fp32, fp16 (a GPU format) and static QDQ int8.
 
 Each family exports its own fp32 graph into a scratch folder (a few seconds) rather than
-depending on another family's output, so ``--only onnx-int8`` works alone.
+depending on another family's output, so ``--only onnx-int8`` works alone. Every family runs the
+graph it wrote at batch 1 and at the evaluation batch before the build goes on: a graph that runs
+at one batch size only fails the build in one sentence naming the node and the model's layer.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import re
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from qexport.errors import QExportError
 from qexport.exporter.budget import ops_of_named_layers
-from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
+from qexport.exporter.capture import describe_layer, describe_site
+from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage
 
+if TYPE_CHECKING:  # onnxruntime is imported only when a build runs a graph
+    from qexport.runtimes.onnxrt import RunFailure
+
 OPSET_NOTE = "torch.onnx.export(dynamo=True), dynamic batch"
+EXPORT_BATCH = 2  # the export example's batch: never 1, which torch.export specialises (see export_example)
+CHECK_BATCHES = (1, EVAL_BATCH)  # every ONNX graph runs at both before its build goes on
+
+
+def export_example(ctx: BuildContext) -> torch.Tensor:
+    """The test image repeated to a batch of :data:`EXPORT_BATCH`.
+
+    torch.export treats a size-1 dimension as the constant 1 wherever the traced code depends on
+    it (0/1 specialisation) while the ONNX input still says "batch"; a reshape computed from it,
+    such as a channel shuffle's ``x.view(batch, groups, c // groups, h, w)``, then fails at every
+    other batch size. A batch of 2 keeps the batch symbolic through computed shapes."""
+    return ctx.example.expand(EXPORT_BATCH, *ctx.example.shape[1:]).contiguous()
 
 
 def export_fp32(ctx: BuildContext, path: Path) -> None:
     """Export with a dynamic batch dimension and check the graph."""
     import onnx
 
-    program = torch.onnx.export(ctx.fresh_model(), (ctx.example,), dynamo=True,
+    program = torch.onnx.export(ctx.fresh_model(), (export_example(ctx),), dynamo=True,
                                 dynamic_shapes=({0: "batch"},), input_names=["input"],
                                 output_names=["logits"], verbose=False)
     program.save(str(path))
@@ -65,6 +88,7 @@ def onnx_opset(path: Path) -> int | None:
           runtime="onnxruntime", method=f"{OPSET_NOTE}, onnx.checker", devices=("cpu", "cuda"))
 def build_onnx_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
     export_fp32(ctx, path)
+    require_runs_at_check_batches("onnx-fp32", path, ctx)
     return BuildDetails(config={"opset": onnx_opset(path), "dynamic_axes": {"input": {"0": "batch"}}})
 
 
@@ -81,6 +105,7 @@ def build_onnx_fp16(ctx: BuildContext, path: Path) -> BuildDetails:
     sort_nodes_topologically(model.graph)  # the converter appends its I/O casts at the end
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+    require_runs_at_check_batches("onnx-fp16", path, ctx)
     return BuildDetails(config={"opset": onnx_opset(path), "keep_io_types": True})
 
 
@@ -135,6 +160,7 @@ def build_onnx_int8(ctx: BuildContext, path: Path) -> BuildDetails:
         quantize_static(str(pre), str(path), CalibrationReader(ctx), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[ctx.options.calibration_method], nodes_to_exclude=excluded)
+    require_runs_at_check_batches("onnx-int8", path, ctx)
     return BuildDetails(config={"format": "QDQ", "per_channel": True, "activations": "uint8", "weights": "int8",
                                 "calibration_method": ctx.options.calibration_method, "opset": onnx_opset(path),
                                 "nodes_to_exclude": excluded},
@@ -173,3 +199,82 @@ def onnx_int8_coverage(path: Path) -> Int8Coverage:
         if array.dtype in (np.int8, np.uint8):
             quantized += array.size
     return Int8Coverage.of_weights(quantized, total)
+
+
+@dataclass(frozen=True)
+class NodeOrigin:
+    """Where the dynamo exporter says an ONNX node came from (its node metadata)."""
+
+    layer: str | None     # module path of the innermost module ('' for the model's own forward)
+    filename: str | None  # the innermost frame of the torch code it was traced from
+    lineno: int | None
+
+
+STACK_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
+
+
+def node_origin(path: Path, node_name: str) -> NodeOrigin | None:
+    """The torch module and source line the node ``node_name`` was exported from, or None when
+    the graph has no such node (an optimizer renamed it) or it carries no export metadata."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    node = next((n for n in graph.node if n.name == node_name), None)
+    if node is None:
+        return None
+    props = {prop.key: prop.value for prop in node.metadata_props}
+    scopes = _literal_list(props.get("pkg.torch.onnx.name_scopes", ""))
+    frames = list(STACK_FRAME.finditer(props.get("pkg.torch.onnx.stack_trace", "")))
+    if len(scopes) < 2 and not frames:
+        return None
+    innermost = frames[-1] if frames else None
+    return NodeOrigin(layer=scopes[-2] if len(scopes) >= 2 else None,  # the last scope is the op itself
+                      filename=innermost["file"] if innermost else None,
+                      lineno=int(innermost["line"]) if innermost else None)
+
+
+def _literal_list(text: str) -> list[str]:
+    """``"['', 'stage3', 'stage3.0', 'view_8']"`` as a list; [] for anything else."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def describe_origin(origin: NodeOrigin, model: torch.nn.Module) -> str:
+    """"layer 'stage3.0' (InvertedResidual) at shufflenetv2.py:34 (`x = x.view(...)`)", in
+    capture.py's words; a layer name the model does not have is left out."""
+    name = origin.layer if origin.layer in dict(model.named_modules()) else None
+    if origin.filename is None or origin.lineno is None:
+        return describe_layer(name, model)
+    return describe_site(name, model, origin.filename, origin.lineno)
+
+
+def run_failure_sentence(family: str, path: Path, batch: int, failure: RunFailure,
+                         model: torch.nn.Module) -> str:
+    """One sentence: the family, the batch it failed at, the node and op ONNX Runtime stopped at,
+    the model's layer when the node's metadata names it, what ONNX Runtime said, and what to do."""
+    where = ""
+    if failure.node:
+        origin = node_origin(path, failure.node)
+        where = f" in its {failure.op_type} node '{failure.node}'" + (
+            f" from {describe_origin(origin, model)}" if origin else "")
+    said = f" ({failure.status})" if failure.status else ""
+    return (f"{family} does not run at batch {batch} in ONNX Runtime{where}{said} -- the exported graph holds "
+            f"a size that does not follow the input there; compute that code's sizes from the input "
+            f"(x.shape, -1, flatten) or leave {family} out of the build.")
+
+
+def require_runs_at_check_batches(family: str, path: Path, ctx: BuildContext) -> None:
+    """Run the written graph at batch 1 and at the evaluation batch; a failure removes the file
+    and is one sentence (:func:`run_failure_sentence`), so a graph that runs at one batch never ships."""
+    from qexport.runtimes.onnxrt import first_failing_batch
+
+    failed = first_failing_batch(str(path), tuple(ctx.example.shape[1:]), CHECK_BATCHES)
+    if failed is None:
+        return
+    batch, failure = failed
+    sentence = run_failure_sentence(family, path, batch, failure, ctx.model)
+    path.unlink(missing_ok=True)
+    raise QExportError(sentence)

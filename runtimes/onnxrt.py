@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
@@ -48,3 +50,63 @@ class OnnxRuntimeRunner(Runner):
     def describe(self) -> dict:
         return {"runtime": self.runtime, "version": ort.__version__, "device": self.device,
                 "threads": self.threads, "providers": self.session.get_providers()}
+
+
+FAILED_NODE = re.compile(r"running (?P<op_type>[\w.]+) node\. Name:'(?P<node>[^']*)'")
+STATUS_START = re.compile(r"Status Message:|\[ONNXRuntimeError\][^:]*:[^:]*:[^:]*:")
+# What ONNX Runtime's messages carry for its own developers: source paths, C++ signatures, asserts.
+SOURCE_NOISE = (re.compile(r"\S+\.(?:h|hpp|cc|cpp|cu|c):\d+"),
+                re.compile(r"(?:[\w<>]+::)+~?\w+\([^)]*\)(?:\s*const)?"),
+                re.compile(r"[^.]*?\bwas false\."))
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    """Why ONNX Runtime stopped a run, read from its message: the node it was running when
+    the message names one, and what it said about it without its source paths."""
+
+    op_type: str | None
+    node: str | None
+    status: str  # '' when the message held nothing but ONNX Runtime's internals
+
+    @classmethod
+    def of(cls, err: BaseException) -> "RunFailure":
+        text = " ".join(str(err).split())
+        found = FAILED_NODE.search(text)
+        return cls(found["op_type"] if found else None, found["node"] if found else None, readable_status(text))
+
+
+def readable_status(text: str, limit: int = 200) -> str:
+    """The part of an ONNX Runtime message a user can act on ('Input shape:{3,8}, requested
+    shape:{1,2,4}'), without the source file, C++ function and assertion that precede it."""
+    starts = list(STATUS_START.finditer(text))
+    status = text[starts[-1].end():] if starts else text
+    for noise in SOURCE_NOISE:
+        status = noise.sub(" ", status)
+    return " ".join(status.split()).strip(" .")[:limit]
+
+
+def quiet_session(model: str | bytes) -> ort.InferenceSession:
+    """A CPU session for a build's own check: a failure comes back as the exception alone, not
+    also as ONNX Runtime's error log (which names its source files) on stderr."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # fatal only
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def first_failing_batch(model: str | bytes, sample_shape: tuple[int, ...],
+                        batches: tuple[int, ...]) -> tuple[int, RunFailure] | None:
+    """Run the graph on seeded inputs of each batch size; the first that fails, and why.
+
+    A graph exported with a dynamic batch can still hold a size computed from the export's
+    example, and then runs at that batch only."""
+    session = quiet_session(model)
+    name = session.get_inputs()[0].name
+    generator = np.random.default_rng(0)
+    for batch in batches:
+        inputs = generator.standard_normal((batch, *sample_shape), dtype=np.float32)
+        try:
+            session.run(None, {name: inputs})
+        except Exception as err:  # onnxruntime raises its own exception types  # noqa: BLE001
+            return batch, RunFailure.of(err)
+    return None
