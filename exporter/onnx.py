@@ -255,13 +255,12 @@ def run_failure_sentence(family: str, path: Path, batch: int, failure: RunFailur
                          model: torch.nn.Module) -> str:
     """One sentence: the family, the batch it failed at, the node and op ONNX Runtime stopped at,
     the model's layer when the node's metadata names it, what ONNX Runtime said, and what to do."""
-    where = ""
+    said = f" ({failure.status})" if failure.status else ""
     if failure.node:
         origin = node_origin(path, failure.node)
-        where = f" in its {failure.op_type} node '{failure.node}'" + (
-            f" from {describe_origin(origin, model)}" if origin else "")
-    said = f" ({failure.status})" if failure.status else ""
-    return (f"{family} does not run at batch {batch} in ONNX Runtime{where}{said} -- the exported graph holds "
+        layer = f" from {describe_origin(origin, model)}" if origin else ""
+        said = f": its {failure.op_type} node '{failure.node}'{layer} fails{said}"
+    return (f"{family} does not run at batch {batch} in ONNX Runtime{said} -- the exported graph holds "
             f"a size that does not follow the input there; compute that code's sizes from the input "
             f"(x.shape, -1, flatten) or leave {family} out of the build.")
 

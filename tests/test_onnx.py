@@ -88,7 +88,7 @@ def test_a_graph_that_runs_at_one_batch_only_is_one_sentence_naming_node_and_lay
     with pytest.raises(QExportError) as caught:
         require_runs_at_check_batches("onnx-fp32", path, shuffle_context)
     message = str(caught.value)
-    assert f"onnx-fp32 does not run at batch {EVAL_BATCH} in ONNX Runtime in its Reshape node" in message
+    assert f"onnx-fp32 does not run at batch {EVAL_BATCH} in ONNX Runtime: its Reshape node" in message
     assert "layer 'shuffle' (ChannelShuffle)" in message
     assert "x.view(batch, self.groups" in message  # the line of the model's own code
     assert "requested shape" in message and "leave onnx-fp32 out" in message
