@@ -149,7 +149,7 @@ def built_line(manifest: Manifest, seconds: float) -> str:
     ev = manifest.evaluation
     return (f"  built in {seconds:.0f} s: {manifest.artifact.total_size_bytes / 1e6:.1f} MB, "
             f"top-1 {fmt_pct(ev.top1)} (fp32 {fmt_pct(ev.fp32_reference_top1)}), "
-            f"agreement {fmt_pct(ev.top1_agreement_with_fp32)}")
+            f"agreement {fmt_pct(ev.top1_agreement_with_eager)}")
 
 
 def fmt_pct(value: float | None) -> str:

@@ -68,6 +68,7 @@ def build_in_ipex_env(ctx: BuildContext, path: Path, precision: str) -> BuildDet
             raise QExportError(f"the IPEX build failed in {python}: {lines[-1][:200]}")
         result = json.loads((folder / "result.json").read_text())
     versions = result.pop("runtime_versions")
+    say(f"  the IPEX build took {result.pop('child_seconds')} s in its environment")
     details = parse(BuildDetails, result, "the IPEX build's result")
     return replace(details, runtime=ipex_runtime_section(versions))
 

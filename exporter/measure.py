@@ -55,7 +55,7 @@ def evaluation(logits: torch.Tensor, reference: torch.Tensor, labels: torch.Tens
     """Top-1 of ``logits`` and of the eager fp32 ``reference`` on the same images, and how far apart they are."""
     return Evaluation(
         samples=len(labels), top1=top1(logits, labels), fp32_reference_top1=top1(reference, labels),
-        top1_agreement_with_fp32=float((logits.argmax(1) == reference.argmax(1)).float().mean()),
+        top1_agreement_with_eager=float((logits.argmax(1) == reference.argmax(1)).float().mean()),
         max_abs_logit_diff=float((logits - reference).abs().max()))
 
 

@@ -3,7 +3,10 @@
 Manifests, bench results and the build details a family hands back are dataclasses. They become
 JSON through :func:`to_json` and come back through :func:`parse`, which checks every field
 against its annotation and names the first one that is wrong in one sentence -- a malformed or
-hand-edited file is never half-understood, and no reader looks anything up by string key.
+hand-edited file is never half-understood, and no reader looks anything up by string key. A key
+the type does not declare is refused too: a mistyped optional field would otherwise be lost
+without a word. A field that older files wrote under another name declares it with
+:func:`renamed`, so those files stay readable.
 
 Torch-free and dependency-free: `verify` of an ONNX artifact runs where only onnxruntime is.
 """
@@ -18,6 +21,7 @@ from typing import Any, TypeVar, Union
 from qexport.errors import QExportError
 
 T = TypeVar("T")
+FORMERLY = "qexport.documents.formerly"  # dataclass field metadata: the names older documents used
 
 
 class DocumentError(QExportError):
@@ -28,6 +32,13 @@ def parse(cls: type[T], data: Any, where: str) -> T:
     """``data`` (parsed JSON) as an instance of the dataclass ``cls``, or one sentence naming the
     first field that is missing or of the wrong type (``where`` names the file, for the user)."""
     return _convert(cls, data, where, "")
+
+
+def renamed(*formerly: str, **field_options: Any) -> Any:
+    """A dataclass field that older documents wrote as ``formerly``: ``parse`` reads those names
+    as this field, so a rename never makes an old file unreadable. ``field_options`` go to
+    ``dataclasses.field`` (``default=...``)."""
+    return dataclasses.field(metadata={FORMERLY: formerly}, **field_options)
 
 
 def to_json(document: Any) -> Any:
@@ -111,14 +122,38 @@ def _dataclass(cls: type, value: Any, where: str, path: str) -> Any:
     if not isinstance(value, dict):
         raise _fail(where, path, "an object", value)
     hints = typing.get_type_hints(cls)
+    value = _under_current_names(cls, value, where, path)
     given = {}
     for field in dataclasses.fields(cls):
         if not field.init:
             continue
-        inner = f"{path}.{field.name}" if path else field.name
+        inner = _inner(path, field.name)
         if field.name in value:
             given[field.name] = _convert(hints[field.name], value[field.name], where, inner)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise DocumentError(f"{where} lacks the required field {inner!r}; the file is truncated or was not "
                                 "written by this qexport -- rewrite it with the command that made it.")
     return cls(**given)
+
+
+def _inner(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _under_current_names(cls: type, value: dict, where: str, path: str) -> dict:
+    """``value`` with the names older documents used (see :func:`renamed`) read as today's; a key
+    ``cls`` does not declare, under any name, is one sentence naming it and the document."""
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    current_name = {old: field.name for field in fields.values() for old in field.metadata.get(FORMERLY, ())}
+    current: dict = {}
+    for key, item in value.items():
+        name = current_name.get(key, key)
+        if name not in fields:
+            raise DocumentError(f"{where}: field {_inner(path, str(key))!r} is not one this qexport knows (a typo, or a "
+                                "file from a newer qexport) -- correct or remove it, or rewrite the file with the "
+                                "command that made it.")
+        if name in current:
+            raise DocumentError(f"{where} gives field {_inner(path, name)!r} twice, under its name and a former one "
+                                "-- keep one.")
+        current[name] = item
+    return current

@@ -12,15 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qexport.documents import parse, to_json
+from qexport.documents import parse, renamed, to_json
 from qexport.errors import QExportError
 
 if TYPE_CHECKING:
     from qexport.hardware import CpuRequirement
 
 SCHEMA = "qexport.manifest"
-SCHEMA_VERSION = 1
+# 2: Evaluation.top1_agreement_with_fp32 is named top1_agreement_with_eager (version 1 files are read
+# under the new name), DataInfo records the validation images, and unknown keys are refused.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 INDEX_SCHEMA = "qexport.index"
+INDEX_SCHEMA_VERSION = 1
 
 
 class Precision:
@@ -124,6 +128,8 @@ class DataInfo:
     synthetic: bool = False
     train_samples: int = 0
     test_samples: int = 0
+    validation_samples: int = 0  # images the accuracy budget was measured on, when it had a validation split
+    validation: str = ""         # where they came from (--val-dir, the checkpoint's held-out images)
     fingerprint: str = ""
     note: str = ""
 
@@ -167,7 +173,9 @@ class Evaluation:
     samples: int
     top1: float
     fp32_reference_top1: float
-    top1_agreement_with_fp32: float
+    # the share of test images where the artifact's top-1 class is the eager fp32 model's (not
+    # another artifact's: bench's agreement_with_baseline_artifact is that)
+    top1_agreement_with_eager: float = renamed("top1_agreement_with_fp32")
     max_abs_logit_diff: float
     split: str = "test"
     device: str = "cpu"
@@ -330,10 +338,10 @@ class Manifest:
             raise QExportError(f"{source} is not a JSON object; it is not a qexport manifest.")
         if data.get("schema") != SCHEMA:
             raise QExportError(f"{source} is not a qexport manifest (schema {data.get('schema')!r}).")
-        if data.get("schema_version") != SCHEMA_VERSION:
+        if data.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
             raise QExportError(
                 f"{source} has manifest schema version {data.get('schema_version')!r}; this qexport reads "
-                f"version {SCHEMA_VERSION} -- rebuild the artifact or upgrade qexport.")
+                f"version {' or '.join(map(str, READABLE_SCHEMA_VERSIONS))} -- rebuild the artifact or upgrade qexport.")
         manifest = parse(cls, data, source)
         for name in manifest.artifact.names:
             if not name or Path(name).name != name or name in (".", ".."):
@@ -441,7 +449,7 @@ class Index:
     artifacts: list[IndexEntry]
     failed: list[Failure] = field(default_factory=list)
     schema: str = INDEX_SCHEMA
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = INDEX_SCHEMA_VERSION
 
     def to_dict(self) -> dict:
         return to_json(self)

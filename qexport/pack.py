@@ -80,14 +80,14 @@ def model_card(manifests: list[Manifest], bench: BenchDocument | None, signed_wi
         "- Calibration (PTQ) and fine-tuning (QAT) used the **train** split; every accuracy is on the **test** split.",
         "",
         "## Artifacts (accuracy measured at build time)",
-        "| file | format | precision | runtime | MB | top-1 | Δ vs fp32 (pt) | agreement with fp32 | calibration |",
+        "| file | format | precision | runtime | MB | top-1 | Δ vs fp32 (pt) | agreement with eager fp32 | calibration |",
         "|---|---|---|---|---:|---:|---:|---:|---|",
     ]
     for m in manifests:
         ev = m.evaluation
         lines.append(
             f"| {m.artifact.file} | {m.format} | {m.precision} | {m.runtime.name} | "
-            f"{m.artifact.total_size_bytes / 1e6:.1f} | {ev.top1:.2%} | {ev.change_pt:+.2f} | {ev.top1_agreement_with_fp32:.2%} | "
+            f"{m.artifact.total_size_bytes / 1e6:.1f} | {ev.top1:.2%} | {ev.change_pt:+.2f} | {ev.top1_agreement_with_eager:.2%} | "
             f"{m.calibration.describe() if m.calibration else '-'} |")
     lines += ["", *latency_section(bench), "## Loading each artifact (only its runtime, no model code)", ""]
     for runtime in sorted({m.runtime.name for m in manifests}):

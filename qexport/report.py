@@ -76,7 +76,7 @@ def built_cells(m, base_size: int | None) -> list[str]:
     agreement, int8 share, budget and build seconds."""
     size, ev = m.artifact.total_size_bytes, m.evaluation
     return [m.artifact.file, f"{size / 1e6:.2f}", f"{base_size / size:.2f}" if base_size else "",
-            f"{ev.top1:.2%}", f"{ev.change_pt:+.2f}", f"{ev.top1_agreement_with_fp32:.2%}",
+            f"{ev.top1:.2%}", f"{ev.change_pt:+.2f}", f"{ev.top1_agreement_with_eager:.2%}",
             f"{m.int8_coverage.ratio:.1%}" if m.int8_coverage else "-", budget_cell(m.accuracy_budget, m.precision),
             f"{m.build.seconds:.0f}"]
 

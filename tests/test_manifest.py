@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qexport.errors import QExportError
-from qexport.manifest import SCHEMA_VERSION, Manifest, read_manifest
+from qexport.manifest import READABLE_SCHEMA_VERSIONS, Manifest, read_manifest
 from tests.conftest import minimal_manifest
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -44,7 +44,7 @@ def test_missing_field_or_wrong_version_is_named(field, version):
     del manifest[field]
     with pytest.raises(QExportError, match=f"required field '{field}'"):
         validate(manifest)
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
         with pytest.raises(QExportError, match="schema version"):
             validate({**minimal_manifest(), "schema_version": version})
 
@@ -97,3 +97,27 @@ def test_a_valid_minimal_manifest_round_trips(tmp_path):
     manifest = read_manifest(path)
     assert manifest.artifact.file == "resnet18.fp32.onnx"
     assert manifest.to_dict() == minimal_manifest()
+
+
+def test_a_mistyped_optional_key_is_refused_naming_it_and_the_file():
+    manifest = minimal_manifest()
+    manifest["evaluation"]["devcie"] = "cpu"
+    with pytest.raises(QExportError) as caught:
+        validate(manifest)
+    assert str(caught.value).startswith("m.manifest.json: field 'evaluation.devcie' is not one this qexport knows")
+    assert_one_sentence(caught.value)
+
+
+def test_a_version_1_manifest_is_read_under_the_renamed_fields():
+    """Version 1 called the agreement with the eager model top1_agreement_with_fp32."""
+    manifest = minimal_manifest(schema_version=1)
+    del manifest["evaluation"]["top1_agreement_with_eager"]
+    manifest["evaluation"]["top1_agreement_with_fp32"] = 0.97
+    assert validate(manifest).evaluation.top1_agreement_with_eager == 0.97
+
+
+def test_a_field_under_both_its_names_is_refused():
+    manifest = minimal_manifest()
+    manifest["evaluation"]["top1_agreement_with_fp32"] = 0.5
+    with pytest.raises(QExportError, match="gives field 'evaluation.top1_agreement_with_eager' twice"):
+        validate(manifest)

@@ -53,7 +53,7 @@ def bench_document(rows: list[BenchRow], batch_sizes: tuple[int, ...] = (1,)) ->
 
 
 def evaluation(top1: float, fp32_top1: float) -> Evaluation:
-    return Evaluation(samples=100, top1=top1, fp32_reference_top1=fp32_top1, top1_agreement_with_fp32=0.95,
+    return Evaluation(samples=100, top1=top1, fp32_reference_top1=fp32_top1, top1_agreement_with_eager=0.95,
                       max_abs_logit_diff=0.1)
 
 
