@@ -260,9 +260,16 @@ def run_failure_sentence(family: str, path: Path, batch: int, failure: RunFailur
         origin = node_origin(path, failure.node)
         layer = f" from {describe_origin(origin, model)}" if origin else ""
         said = f": its {failure.op_type} node '{failure.node}'{layer} fails{said}"
-    return (f"{family} does not run at batch {batch} in ONNX Runtime{said} -- the exported graph holds "
-            f"a size that does not follow the input there; compute that code's sizes from the input "
-            f"(x.shape, -1, flatten) or leave {family} out of the build.")
+    return f"{family} does not run at batch {batch} in ONNX Runtime{said} -- {what_to_do(family, batch)}."
+
+
+def what_to_do(family: str, batch: int) -> str:
+    """A graph that ran at batch 1 and fails at another holds a size from the export; one that
+    fails at batch 1 does not run at all."""
+    if batch == CHECK_BATCHES[0]:
+        return f"ONNX Runtime cannot run this export of the model; leave {family} out of the build"
+    return (f"the exported graph holds a size that does not follow the input there; compute that code's sizes "
+            f"from the input (x.shape, -1, flatten) or leave {family} out of the build")
 
 
 def require_runs_at_check_batches(family: str, path: Path, ctx: BuildContext) -> None:
