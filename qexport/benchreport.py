@@ -28,7 +28,9 @@ def environment_lines(doc: BenchDocument) -> list[str]:
         f"{opts.min_count} calls and ≥ {opts.min_seconds} s per batch size; timer: perf_counter_ns",
         "p50 = geometric mean of the rounds' medians; [low–high] = its 95 % interval (t on logs over rounds); "
         "× fp32 paired round by round; '~' = not distinguishable from fp32",
-        f"accuracy: {eval_note}; git {env.git_commit or '?'}; {doc.created}; command: `{doc.command}`",
+        f"accuracy: {eval_note}; agree = top-1 agreement with the {doc.baseline} artifact in its runtime "
+        f"(a manifest's agreement is with the eager model); git {env.git_commit or '?'}; {doc.created}; "
+        f"command: `{doc.command}`",
     ]
 
 
@@ -37,7 +39,7 @@ def table_rows(doc: BenchDocument) -> tuple[list[str], list[list[str]]]:
     header = ["family", "precision", "runtime", "status", "MB", "× smaller"]
     for b in batches:
         header += [f"p50 ms @{b}", f"× fp32 @{b}", f"img/s @{b}"]
-    header += ["top-1", "agree", "peak RSS MB", "load ms"]
+    header += ["top-1", "agree w/ baseline", "peak RSS MB", "load ms"]
     body = []
     for row in doc.rows:
         cells = [row.family, row.precision, row.runtime, row.status, f"{row.size_bytes / 1e6:.1f}",

@@ -210,7 +210,7 @@ def test_bench_table_shows_the_ratios_throughput_and_agreement():
     assert cells["MB"] == "10.0" and cells["× smaller"] == "4.00"
     assert cells["× fp32 @1"] == "2.00 [2.00–2.00]" and cells["img/s @1"] == "1000"
     assert cells["p50 ms @1"] == "1.000 [1.000–1.000]"
-    assert cells["top-1"] == "88.00%" and cells["agree"] == "75.00%"
+    assert cells["top-1"] == "88.00%" and cells["agree w/ baseline"] == "75.00%"
     assert dict(zip(header, body[0]))["× fp32 @1"] == "1.00"
 
 
