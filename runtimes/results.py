@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qexport.documents import parse, to_json
+from qexport.documents import parse, renamed, to_json
 from qexport.errors import QExportError
 from qexport.manifest import DataInfo, LoadHints
 from qexport.runtimes.stats import Interval
@@ -128,7 +128,7 @@ class EvalResult:
 
     samples: int
     top1: float
-    agreement_with_baseline_artifact: float | None = None
+    agreement_with_baseline_artifact: float | None = renamed("agreement_with_fp32", default=None)
     max_abs_logit_diff: float | None = None
 
 
@@ -413,22 +413,6 @@ def load_bench(path: Path) -> BenchDocument:
         raise QExportError(f"{path} is not a qexport bench.json (schema {BENCH_SCHEMA} version "
                            f"{' or '.join(map(str, READABLE_BENCH_VERSIONS))}); rerun `qexport bench`.")
     for row in data.get("rows") or []:
-        if isinstance(row, dict):
-            upgrade_row(row)
+        if isinstance(row, dict) and row.get("result") == {}:  # unmeasured rows were written as {} before
+            row["result"] = None
     return parse(BenchDocument, data, str(path))
-
-
-# Fields older bench.json files wrote under another name: old name -> this version's name.
-RENAMED_EVAL_FIELDS = {"agreement_with_fp32": "agreement_with_baseline_artifact"}
-
-
-def upgrade_row(row: dict) -> None:
-    """Bring one row of an older bench.json to this version's field names, before it is parsed."""
-    if row.get("result") == {}:  # unmeasured rows were written as {} before
-        row["result"] = None
-    result = row.get("result")
-    evaluation = result.get("eval") if isinstance(result, dict) else None
-    if isinstance(evaluation, dict):
-        for old, new in RENAMED_EVAL_FIELDS.items():
-            if old in evaluation:
-                evaluation.setdefault(new, evaluation.pop(old))
