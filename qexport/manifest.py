@@ -128,7 +128,7 @@ class DataInfo:
     synthetic: bool = False
     train_samples: int = 0
     test_samples: int = 0
-    validation_samples: int = 0  # images the accuracy budget was measured on, when it had a validation split
+    validation_samples: int = 0  # images in the validation split the accuracy budget draws on (0: none)
     validation: str = ""         # where they came from (--val-dir, the checkpoint's held-out images)
     fingerprint: str = ""
     note: str = ""
