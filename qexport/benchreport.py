@@ -26,8 +26,9 @@ def environment_lines(doc: BenchDocument) -> list[str]:
         f"{opts.rounds} round(s) per artifact, each a fresh worker process, interleaved across artifacts; "
         f"per round: warm-up {opts.warmup} calls + windows of 10 until the median moves < 5 %, then ≥ "
         f"{opts.min_count} calls and ≥ {opts.min_seconds} s per batch size; timer: perf_counter_ns",
-        "p50 = geometric mean of the rounds' medians; [low–high] = its 95 % interval (t on logs over rounds); "
-        "× fp32 paired round by round; '~' = not distinguishable from fp32",
+        "p50 = geometric mean of the rounds' medians; CI = its 95 % confidence interval (t on logs over rounds: where "
+        "the mean lies); PI = 95 % prediction interval (where one fresh process will land); speed-ups paired round "
+        "by round; '~' = not distinguishable from 1×",
         f"accuracy: {eval_note}; agree = top-1 agreement with the {doc.baseline} artifact in its runtime "
         f"(a manifest's agreement is with the eager model); git {env.git_commit or '?'}; {doc.created}; "
         f"command: `{doc.command}`",
@@ -35,25 +36,60 @@ def environment_lines(doc: BenchDocument) -> list[str]:
 
 
 def table_rows(doc: BenchDocument) -> tuple[list[str], list[list[str]]]:
-    batches = doc.batch_keys
-    header = ["family", "precision", "runtime", "status", "MB", "× smaller"]
-    for b in batches:
-        header += [f"p50 ms @{b}", f"× fp32 @{b}", f"img/s @{b}"]
-    header += ["top-1", "agree w/ baseline", "peak RSS MB", "load ms"]
+    """What does not depend on the batch size: status, size, accuracy, memory, load time."""
+    header = ["family", "precision", "runtime", "status", "MB", "× smaller", "top-1", "agree w/ baseline",
+              "peak RSS MB", "load ms"]
     body = []
     for row in doc.rows:
-        cells = [row.family, row.precision, row.runtime, row.status, f"{row.size_bytes / 1e6:.1f}",
-                 fmt(row.size_ratio_vs_fp32, "{:.2f}")]
-        for b in batches:
-            stats = row.batch(b)
-            cells += [fmt_interval(stats and stats.p50_interval_ms, "{:.3f}", stats and stats.p50_ms),
-                      fmt_speedup(row, b), fmt(stats and stats.throughput_ips, "{:.0f}")]
         result = row.result if row.measured else None
         ev = result.eval if result else None
-        cells += [fmt(ev and ev.top1, "{:.2%}"), fmt(ev and ev.agreement_with_baseline_artifact, "{:.2%}"),
-                  fmt(result and result.peak_rss_mb, "{:.0f}"), fmt(result and result.load_ms, "{:.0f}")]
-        body.append(cells)
+        body.append([row.family, row.precision, row.runtime, row.status, f"{row.size_bytes / 1e6:.1f}",
+                     fmt(row.size_ratio_vs_fp32, "{:.2f}"), fmt(ev and ev.top1, "{:.2%}"),
+                     fmt(ev and ev.agreement_with_baseline_artifact, "{:.2%}"),
+                     fmt(result and result.peak_rss_mb, "{:.0f}"), fmt(result and result.load_ms, "{:.0f}")])
     return header, body
+
+
+def batch_rows(doc: BenchDocument, batch: str) -> tuple[list[str], list[list[str]]]:
+    """One batch size: latency with where the mean lies (95 % CI) and where one fresh process will
+    land (95 % PI), the speed-up against the fastest fp32 artifact and against the baseline, and
+    throughput. One table per batch size keeps every interval whole on a narrow terminal."""
+    header = ["family", "p50 ms [95 % CI]", "next run ms [95 % PI]", f"× best fp32 ({doc.best_fp32.get(batch, '-')})",
+              f"× {doc.baseline}", "img/s"]
+    body = []
+    for row in doc.measured_rows():
+        stats = row.batch(batch)
+        if stats is None:
+            continue
+        body.append([row.family, fmt_interval(stats.p50_interval_ms, "{:.3f}", stats.p50_ms),
+                     fmt_interval(stats.p50_prediction_ms, "{:.3f}", stats.p50_ms), fmt_best_fp32(row, batch),
+                     fmt_speedup(row, batch), fmt(stats.throughput_ips, "{:.0f}")])
+    return header, body
+
+
+def fmt_best_fp32(row: BenchRow, batch: str) -> str:
+    """Speed-up against the fastest fp32 artifact, '~' where the interval cannot tell it from 1×."""
+    interval = row.speedup_vs_best_fp32.get(batch)
+    text = fmt_interval(interval, "{:.2f}")
+    return "~" + text if cannot_tell_from_one(interval) else text
+
+
+def headline_lines(doc: BenchDocument) -> list[str]:
+    """The fastest artifact at each batch size against the best fp32 one first, and against the
+    baseline second: a ratio against the slowest fp32 runtime alone flatters int8."""
+    lines = []
+    for batch in doc.batch_keys:
+        best = doc.best_fp32.get(batch)
+        timed = [row for row in doc.measured_rows() if row.batch(batch)]
+        if not best or not timed:
+            continue
+        fastest = min(timed, key=lambda row: row.batch(batch).p50_ms)
+        honest = fastest.speedup_vs_best_fp32.get(batch)
+        predicted = fastest.speedup_vs_best_fp32_prediction.get(batch)
+        lines.append(f"batch {batch}: fastest is {fastest.family}, {fmt_interval(honest, '{:.2f}')}× the fastest fp32 "
+                     f"artifact ({best}; a re-measurement lands in {fmt_interval(predicted, '{:.2f}')}), "
+                     f"{fmt_speedup(fastest, batch)}× {doc.baseline}")
+    return lines
 
 
 SCENARIO_COLUMNS = {"single-stream": ("single-stream p90 ms", "p90_ms"), "multi-stream": ("multi-stream p99 ms", "p99_ms"),
@@ -191,14 +227,14 @@ def reasons(doc: BenchDocument) -> list[str]:
 
 
 def print_bench(doc: BenchDocument) -> None:
-    header, body = table_rows(doc)
-    table = Table(title="qexport bench (speed-up and size vs TorchScript fp32)")
-    for column in header:
-        table.add_column(column, justify="left" if column in ("family", "precision", "runtime", "status") else "right",
-                         no_wrap=column == "family")
-    for cells in body:
-        table.add_row(*cells)
-    console.print(table)
+    for title, (header, body) in report_tables(doc):
+        table = Table(title=title)
+        for column in header:
+            table.add_column(column, overflow="fold",  # wrapped, never cut: the intervals are the point
+                             justify="left" if column in ("family", "precision", "runtime", "status") else "right")
+        for cells in body:
+            table.add_row(*cells)
+        console.print(table)
     if any(row.measured and row.result.scenarios for row in doc.rows):
         scenario_header, scenario_body = scenario_rows(doc)
         table = Table(title="MLPerf LoadGen scenarios (logs: " + (doc.options.loadgen_dir or "-") + ")")
@@ -207,16 +243,23 @@ def print_bench(doc: BenchDocument) -> None:
         for cells in scenario_body:
             table.add_row(*cells)
         console.print(table)
-    for line in reasons(doc) + slower_int8_lines(doc.rows) + slower_than_own_fp32_lines(doc.rows) \
+    for line in headline_lines(doc) + reasons(doc) + slower_int8_lines(doc.rows) + slower_than_own_fp32_lines(doc.rows) \
             + uncertainty_lines(doc) + environment_lines(doc):
         console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
+def report_tables(doc: BenchDocument) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
+    """The artifacts table, then one latency table per batch size."""
+    return [("qexport bench: artifacts (size vs the baseline)", table_rows(doc))] + \
+        [(f"batch {batch}", batch_rows(doc, batch)) for batch in doc.batch_keys]
+
+
 def markdown(doc: BenchDocument) -> str:
-    header, body = table_rows(doc)
-    lines = ["# qexport bench", "", *[f"- {line}" for line in environment_lines(doc)], "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines = ["# qexport bench", "", *[f"- {line}" for line in headline_lines(doc)], "",
+             *[f"- {line}" for line in environment_lines(doc)]]
+    for title, (header, body) in report_tables(doc):
+        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
     lines += ["", *[f"- {line}" for line in slower_int8_lines(doc.rows) + slower_than_own_fp32_lines(doc.rows)
                     + uncertainty_lines(doc)]]
     if any(row.measured and row.result.scenarios for row in doc.rows):
@@ -304,9 +347,9 @@ def write_plots(doc: BenchDocument, out_dir: Path) -> list[Path]:
 
     scatter("latency_vs_size", lambda r: r.size_bytes / 1e6, "size on disk (MB)")
     scatter("latency_vs_accuracy", lambda r: r.result.eval.top1 if r.result.eval else None, "top-1 accuracy (test split)")
-    speed = sorted((r for r in rows if batch in r.speedup_vs_fp32), key=lambda r: r.speedup_vs_fp32[batch])
+    speed = sorted((r for r in rows if batch in r.speedup_vs_best_fp32), key=lambda r: r.speedup_vs_best_fp32[batch].estimate)
     if speed:
-        written.append(speedup_plot(speed, batch, subtitle, out_dir / "speedup.png"))
+        written.append(speedup_plot(speed, batch, doc.best_fp32.get(batch, "-"), subtitle, out_dir / "speedup.png"))
     served = [r for r in rows if r.result.scenario("server")]
     if served:
         written.append(server_plot(served, doc, subtitle, out_dir / "server_latency_vs_qps.png"))
@@ -341,25 +384,31 @@ def server_plot(rows: list[BenchRow], doc: BenchDocument, subtitle: str, path: P
 
 
 def speedup_colour(row: BenchRow, batch: str) -> str:
-    """Green faster, red slower than fp32 -- grey where the interval cannot tell it from 1×."""
-    if cannot_tell_from_one(row.speedup_interval.get(batch)):
+    """Green faster, red slower than the baseline -- grey where the interval cannot tell it from 1×."""
+    return interval_colour(row.speedup_interval.get(batch), row.speedup_vs_fp32[batch])
+
+
+def interval_colour(interval: Interval | None, ratio: float) -> str:
+    if cannot_tell_from_one(interval):
         return "tab:gray"
-    return "tab:green" if row.speedup_vs_fp32[batch] >= 1 else "tab:red"
+    return "tab:green" if ratio >= 1 else "tab:red"
 
 
-def speedup_plot(rows: list[BenchRow], batch: str, subtitle: str, path: Path) -> Path:
-    """Speed-up bars with their 95 % intervals as error bars (paired round by round)."""
+def speedup_plot(rows: list[BenchRow], batch: str, best: str, subtitle: str, path: Path) -> Path:
+    """Speed-up bars against the fastest fp32 artifact (``best``) with their 95 % intervals as
+    error bars (paired round by round): the honest headline, not the ratio to the slowest fp32."""
     import matplotlib.pyplot as plt
 
-    values = [r.speedup_vs_fp32[batch] for r in rows]
-    intervals = [r.speedup_interval.get(batch) for r in rows]
-    below = [v - i.low if i and i.low is not None else 0.0 for v, i in zip(values, intervals)]
-    above = [i.high - v if i and i.high is not None else 0.0 for v, i in zip(values, intervals)]
+    intervals = [r.speedup_vs_best_fp32[batch] for r in rows]
+    values = [i.estimate for i in intervals]
+    below = [v - i.low if i.low is not None else 0.0 for v, i in zip(values, intervals)]
+    above = [i.high - v if i.high is not None else 0.0 for v, i in zip(values, intervals)]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
     ax.barh([r.family for r in rows], values, xerr=[below, above], capsize=3, ecolor="black",
-            color=[speedup_colour(r, batch) for r in rows])
+            color=[interval_colour(i, i.estimate) for i in intervals])
     ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xlabel("speed-up vs TorchScript fp32 (p50; whiskers: 95 % interval, grey: not distinguishable from 1×)")
+    ax.set_xlabel(f"speed-up vs the fastest fp32 artifact, {best} (p50; whiskers: 95 % interval, grey: not "
+                  "distinguishable from 1×)", fontsize=8)
     ax.set_title(f"speed-up\n{subtitle}", fontsize=10)
     ax.tick_params(axis="y", labelsize=7)
     return save(fig, path)

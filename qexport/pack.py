@@ -122,21 +122,29 @@ def signature_section(method: str | None) -> list[str]:
 
 
 def latency_section(bench: BenchDocument | None) -> list[str]:
+    from qexport.benchreport import fmt_interval
+
     if not bench:
         return ["## Latency", "", "Not measured: run `qexport bench DIR` before packing to include it.", ""]
     env, opts = bench.environment, bench.options
     lines = ["## Latency (from bench.json)", "",
              f"{env.cpu.model}; device {opts.device}; pinned cores {opts.pinned_cores}; "
              f"threads {opts.threads}; {env.library_summary()}; {bench.created}; command `{bench.command}`.", "",
-             "| file | batch | p50 ms | p90 ms | images/s | × vs TorchScript fp32 |", "|---|---:|---:|---:|---:|---:|"]
+             "p50 with its 95 % prediction interval: where one fresh process on this host will land. Speed-ups "
+             "against the fastest fp32 artifact at that batch size first (what switching from the fp32 file you "
+             f"would otherwise ship gains), then against {bench.baseline}.", "",
+             f"| file | batch | p50 ms [next run] | p90 ms | images/s | × best fp32 | × {bench.baseline} |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for row in bench.rows:
         if not row.measured:
-            lines.append(f"| {row.file} | - | {row.status}: {row.reason} | | | |")
+            lines.append(f"| {row.file} | - | {row.status}: {row.reason} | | | | |")
             continue
         for batch, stats in row.result.batches.items():
-            speedup = row.speedup_vs_fp32.get(batch)
-            lines.append(f"| {row.file} | {batch} | {stats.p50_ms:.3f} | {stats.p90_ms:.3f} | "
-                         f"{stats.throughput_ips:.0f} | {f'{speedup:.2f}' if speedup else '-'} |")
+            speedup, best = row.speedup_vs_fp32.get(batch), row.speedup_vs_best_fp32.get(batch)
+            lines.append(f"| {row.file} | {batch} | {fmt_interval(stats.p50_prediction_ms, '{:.3f}', stats.p50_ms)} | "
+                         f"{stats.p90_ms:.3f} | {stats.throughput_ips:.0f} | "
+                         f"{f'{best.estimate:.2f} ({bench.best_fp32.get(batch)})' if best else '-'} | "
+                         f"{f'{speedup:.2f}' if speedup else '-'} |")
     return lines + [""]
 
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from qexport.runtimes.results import (BASELINE, ArtifactResult, BatchResult, BenchRow, Noise, RoundResult, RunFacts,
                                       Tie)
-from qexport.runtimes.stats import geometric_interval, paired_ratio, percentile, spread_pct, summarize, throughput_ips
+from qexport.runtimes.stats import (Interval, geometric_interval, paired_ratio, percentile, prediction_interval,
+                                    spread_pct, summarize, throughput_ips)
 
 NOISY_SPREAD_PCT = 5.0  # median round-to-round spread of p50 above which the report warns
 
@@ -34,7 +35,8 @@ def combine_rounds(rounds: list[RoundResult]) -> ArtifactResult:
         p50 = geometric_interval(round_p50)
         batches[batch] = BatchResult(
             **{**pooled, "p50_ms": p50.estimate, "throughput_ips": throughput_ips(int(batch), p50.estimate)},
-            pooled_p50_ms=pooled["p50_ms"], p50_interval_ms=p50, round_p50_ms=round_p50,
+            pooled_p50_ms=pooled["p50_ms"], p50_interval_ms=p50, p50_prediction_ms=prediction_interval(round_p50),
+            round_p50_ms=round_p50,
             round_spread_pct=spread_pct(round_p50), warmup=[r.warmup for r in per_round],
             harness_overhead_pct=first_batch.harness_overhead_pct)
     return ArtifactResult(**facts, batches=batches, rounds=len(rounds))
@@ -69,6 +71,36 @@ def add_ratios(rows: list[BenchRow]) -> None:
         row.speedup_interval = {b: paired_ratio(base.result.batches[b].round_medians(), stats.round_medians())
                                 for b, stats in row.result.batches.items() if b in base.result.batches}
         row.speedup_vs_fp32 = {b: i.estimate for b, i in row.speedup_interval.items()}
+
+
+def fastest_fp32(rows: list[BenchRow], batch: str) -> BenchRow | None:
+    """The fp32 artifact with the lowest p50 at ``batch``: what a deployment team would otherwise ship."""
+    candidates = [row for row in rows if row.precision == "fp32" and row.batch(batch)]
+    return min(candidates, key=lambda row: row.batch(batch).p50_ms, default=None)
+
+
+def add_best_fp32_ratios(rows: list[BenchRow], batches: list[str]) -> dict[str, str]:
+    """Speed-up of every artifact against the fastest fp32 artifact of this run at each batch size,
+    paired by round, with its confidence and prediction intervals; returns which family that was.
+    Against the slowest fp32 baseline alone a report flatters int8 (the gap is mostly fp32 runtime
+    overhead); against the best one it says what switching from the fp32 artifact one would ship gains."""
+    chosen = {}
+    for batch in batches:
+        best = fastest_fp32(rows, batch)
+        if best is None:
+            continue
+        chosen[batch] = best.family
+        reference = best.batch(batch).round_medians()
+        for row in rows:
+            if not row.batch(batch):
+                continue
+            if row is best:  # 1 by definition
+                row.speedup_vs_best_fp32[batch] = row.speedup_vs_best_fp32_prediction[batch] = Interval(1.0, None, None, len(reference))
+                continue
+            mine = row.batch(batch).round_medians()
+            row.speedup_vs_best_fp32[batch] = paired_ratio(reference, mine)
+            row.speedup_vs_best_fp32_prediction[batch] = paired_ratio(reference, mine, predict=True)
+    return chosen
 
 
 def noise_summary(rows: list[BenchRow], batch: str) -> Noise:

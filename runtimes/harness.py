@@ -25,7 +25,7 @@ from qexport.manifest import (DataInfo, Manifest, artifact_file, artifact_paths,
                               host_problem_for)
 from qexport.errors import QExportError, RuntimeMissing, last_line
 from qexport.documents import parse, to_json
-from qexport.runtimes.figures import add_agreement, add_ratios, combine_rounds, noise_summary, ties
+from qexport.runtimes.figures import add_agreement, add_best_fp32_ratios, add_ratios, combine_rounds, noise_summary, ties
 from qexport.runtimes.results import (BASELINE, BenchDocument, BenchOptions, BenchRow, RoundResult, RunOptions,
                                       WorkerSpec, current_environment, parse_round)
 from qexport.selection import match_keys
@@ -270,6 +270,7 @@ def worker_spec(manifest_file: Path, manifest: Manifest, options: BenchOptions, 
 def make_document(rows: list[BenchRow], options: BenchOptions, cores: list[int], data, started: float,
                   directory: Path) -> BenchDocument:
     add_ratios(rows)
+    best_fp32 = add_best_fp32_ratios(rows, [str(b) for b in options.batch_sizes])
     return BenchDocument(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         duration_s=round(time.time() - started, 1),
@@ -280,4 +281,4 @@ def make_document(rows: list[BenchRow], options: BenchOptions, cores: list[int],
         data=parse(DataInfo, data.describe(), "the evaluation data") if data is not None else None,
         baseline=BASELINE, rows=rows,
         noise=noise_summary(rows, str(options.batch_sizes[0])),
-        ties=[tie for b in options.batch_sizes for tie in ties(rows, str(b))])
+        ties=[tie for b in options.batch_sizes for tie in ties(rows, str(b))], best_fp32=best_fp32)

@@ -162,7 +162,8 @@ class BatchResult(LatencySummary):
     medians with its 95 % interval (``p50_ms`` and ``throughput_ips`` follow that p50)."""
 
     pooled_p50_ms: float | None = None
-    p50_interval_ms: Interval | None = None
+    p50_interval_ms: Interval | None = None      # 95 % confidence interval of the geometric mean over rounds
+    p50_prediction_ms: Interval | None = None    # 95 % prediction interval: where one fresh process will land
     round_p50_ms: list[float] = field(default_factory=list)
     round_spread_pct: float = 0.0
     warmup: Any = None
@@ -229,6 +230,10 @@ class BenchRow:
     size_ratio_vs_fp32: float | None = None
     speedup_vs_fp32: dict[str, float] = field(default_factory=dict)
     speedup_interval: dict[str, Interval] = field(default_factory=dict)
+    # Against the fastest fp32 artifact of the same run at each batch size (BenchDocument.best_fp32):
+    # the honest headline, with its confidence interval and where one re-measurement will land.
+    speedup_vs_best_fp32: dict[str, Interval] = field(default_factory=dict)
+    speedup_vs_best_fp32_prediction: dict[str, Interval] = field(default_factory=dict)
 
     @property
     def measured(self) -> bool:
@@ -375,6 +380,7 @@ class BenchDocument:
     baseline: str = BASELINE
     noise: Noise | None = None
     ties: list[Tie] = field(default_factory=list)
+    best_fp32: dict[str, str] = field(default_factory=dict)  # batch size -> the fastest fp32 family there
     schema: str = BENCH_SCHEMA
     schema_version: int = BENCH_SCHEMA_VERSION
 

@@ -89,7 +89,8 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
 
 
 def geometric_interval(values: Sequence[float]) -> Interval:
-    """Geometric mean of per-round values with a t interval on their logarithms.
+    """Geometric mean of per-round values with a t interval on their logarithms: where the mean of
+    many more rounds would lie (a confidence interval).
 
     Why this method: each round is a fresh process, and what differs between processes (memory
     layout, allocator state, cache and frequency luck) scales a latency rather than adding to it,
@@ -97,23 +98,38 @@ def geometric_interval(values: Sequence[float]) -> Interval:
     unlike a bootstrap over 3-10 rounds (which cannot produce values outside the few it has and so
     under-covers), honest at small counts. It is deterministic: the same rounds give the same report.
     """
+    return _log_t_interval(values, lambda n: math.sqrt(1 / n))
+
+
+def prediction_interval(values: Sequence[float]) -> Interval:
+    """Where ONE more round -- a deployment team's single fresh process -- will land, with 95 %
+    probability: the same t interval on logs, widened from sd/sqrt(n) to sd*sqrt(1 + 1/n). The
+    confidence interval of the mean is narrower and answers another question; a promise about the
+    next measurement needs this one."""
+    return _log_t_interval(values, lambda n: math.sqrt(1 + 1 / n))
+
+
+def _log_t_interval(values: Sequence[float], scale) -> Interval:
+    """exp(mean(log v) ± t(n-1) * sd(log v) * scale(n)); no interval from a single value."""
     if not values or min(values) <= 0:
-        raise ValueError("geometric_interval needs positive values")
+        raise ValueError("a geometric interval needs positive values")
     logs = [math.log(v) for v in values]
     mean, sd = _mean_sd(logs)
     if len(logs) < 2:
         return Interval(math.exp(mean), None, None, len(logs))
-    half = t_975(len(logs) - 1) * sd / math.sqrt(len(logs))
+    half = t_975(len(logs) - 1) * sd * scale(len(logs))
     return Interval(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(logs))
 
 
-def paired_ratio(baseline_rounds: Sequence[float], rounds: Sequence[float]) -> Interval:
+def paired_ratio(baseline_rounds: Sequence[float], rounds: Sequence[float], predict: bool = False) -> Interval:
     """Speed-up baseline/artifact, paired round by round: rounds are interleaved (A B C … A B C …),
-    so round i of both saw the same state of the host and the drift cancels in their ratio."""
+    so round i of both saw the same state of the host and the drift cancels in their ratio.
+    ``predict``: the prediction interval, where one fresh pair of measurements will land."""
     pairs = list(zip(baseline_rounds, rounds))
     if not pairs:
         raise ValueError("paired_ratio needs at least one round of each")
-    return geometric_interval([base / mine for base, mine in pairs])
+    ratios = [base / mine for base, mine in pairs]
+    return prediction_interval(ratios) if predict else geometric_interval(ratios)
 
 
 def welch_ratio(before: Sequence[float], after: Sequence[float]) -> Interval:

@@ -15,7 +15,7 @@ from qexport import benchreport, report
 from qexport.documents import parse
 from qexport.manifest import AccuracyBudget, Evaluation, Manifest
 from qexport.pack import latency_section, model_card
-from qexport.runtimes.figures import add_agreement, add_ratios, combine_rounds, noise_summary, ties
+from qexport.runtimes.figures import add_agreement, add_best_fp32_ratios, add_ratios, combine_rounds, noise_summary, ties
 from qexport.runtimes.results import (BASELINE, ArtifactResult, BatchResult, BenchDocument, BenchRow, CpuRecord,
                                       Environment, EvalResult, RoundBatch, RoundResult, RunOptions, load_bench)
 from qexport.runtimes.stats import Interval, geometric_interval, spread_pct, summarize, throughput_ips
@@ -200,18 +200,57 @@ def test_noise_is_the_median_round_spread_over_artifacts():
 
 
 # ----------------------------------------------------------------------------- what the bench report prints
-def test_bench_table_shows_the_ratios_throughput_and_agreement():
+def test_bench_tables_show_the_ratios_throughput_and_agreement():
     rows = [bench_row(BASELINE, {"1": [2.0] * 3}, size_mb=40, evaluation=EvalResult(4, 0.9)),
-            bench_row("onnx-int8", {"1": [1.0] * 3}, size_mb=10,
+            bench_row("onnx-int8", {"1": [1.0] * 3}, size_mb=10, precision="int8",
                       evaluation=EvalResult(4, 0.88, agreement_with_baseline_artifact=0.75))]
     add_ratios(rows)
-    header, body = benchreport.table_rows(bench_document(rows))
+    doc = bench_document(rows)
+    doc.best_fp32 = add_best_fp32_ratios(rows, ["1"])
+    header, body = benchreport.table_rows(doc)
     cells = dict(zip(header, body[1]))
     assert cells["MB"] == "10.0" and cells["× smaller"] == "4.00"
-    assert cells["× fp32 @1"] == "2.00 [2.00–2.00]" and cells["img/s @1"] == "1000"
-    assert cells["p50 ms @1"] == "1.000 [1.000–1.000]"
     assert cells["top-1"] == "88.00%" and cells["agree w/ baseline"] == "75.00%"
-    assert dict(zip(header, body[0]))["× fp32 @1"] == "1.00"
+    header, body = benchreport.batch_rows(doc, "1")
+    assert header[3] == f"× best fp32 ({BASELINE})"
+    cells = dict(zip(header, body[1]))
+    assert cells[f"× {BASELINE}"] == "2.00 [2.00–2.00]" and cells["img/s"] == "1000"
+    assert cells["p50 ms [95 % CI]"] == "1.000 [1.000–1.000]" and cells[header[3]] == "2.00 [2.00–2.00]"
+    assert dict(zip(header, body[0]))[f"× {BASELINE}"] == "1.00"
+
+
+# ----------------------------------------------------------------------------- against the fastest fp32
+def test_speedup_against_the_fastest_fp32_artifact_not_only_the_baseline():
+    """TorchScript fp32 at 4 ms, ONNX fp32 at 2 ms (the fastest fp32), int8 at 1 ms: int8 is 4x the
+    baseline but only 2x what a team would otherwise ship; the best fp32 is 1 against itself."""
+    rows = [bench_row(BASELINE, {"1": [4.0] * 3}), bench_row("onnx-fp32", {"1": [2.0] * 3}),
+            bench_row("onnx-int8", {"1": [1.0] * 3}, precision="int8"),
+            bench_row("fast-fp16", {"1": [0.5] * 3}, precision="fp16")]  # not fp32: never the reference
+    add_ratios(rows)
+    assert add_best_fp32_ratios(rows, ["1"]) == {"1": "onnx-fp32"}
+    base, onnx, int8, _ = rows
+    assert int8.speedup_vs_fp32["1"] == pytest.approx(4.0) and int8.speedup_vs_best_fp32["1"].estimate == pytest.approx(2.0)
+    assert base.speedup_vs_best_fp32["1"].estimate == pytest.approx(0.5)
+    assert onnx.speedup_vs_best_fp32["1"].estimate == 1.0 and onnx.speedup_vs_best_fp32["1"].low is None
+    doc = bench_document(rows)
+    doc.best_fp32 = {"1": "onnx-fp32"}
+    [line] = benchreport.headline_lines(doc)
+    assert line.startswith("batch 1: fastest is fast-fp16, 4.00 [4.00–4.00]× the fastest fp32 artifact (onnx-fp32")
+
+
+def test_a_prediction_interval_is_wider_than_the_confidence_interval_by_sqrt_n_plus_1():
+    """Rounds 1, 2, 4 ms: logs 0, ln2, 2 ln2 (mean ln2, sd ln2), t(2) = 4.303. Confidence half-width
+    4.303 ln2 / sqrt(3); prediction half-width 4.303 ln2 sqrt(1 + 1/3)."""
+    from qexport.runtimes.stats import geometric_interval, prediction_interval
+
+    ln2, t = math.log(2), 4.303
+    confidence, prediction = geometric_interval([1.0, 2.0, 4.0]), prediction_interval([1.0, 2.0, 4.0])
+    assert confidence.estimate == prediction.estimate == pytest.approx(2.0)
+    assert confidence.high == pytest.approx(2 * math.exp(t * ln2 / math.sqrt(3)))
+    assert prediction.high == pytest.approx(2 * math.exp(t * ln2 * math.sqrt(4 / 3)))
+    assert prediction.low == pytest.approx(2 * math.exp(-t * ln2 * math.sqrt(4 / 3)))
+    combined = combine_rounds([round_result({"1": [m]}, 1.0, 1.0) for m in (1.0, 2.0, 4.0)]).batches["1"]
+    assert combined.p50_prediction_ms.high == pytest.approx(prediction.high)
 
 
 def test_int8_slower_than_the_baseline_is_flagged_from_measured_rounds():
@@ -296,10 +335,13 @@ def test_budget_cell_shows_the_drop_its_interval_and_the_budget():
 def test_model_card_shows_top1_change_speedup_and_throughput():
     card = model_card([built_manifest(size_mb=10, top1=0.90, fp32_top1=0.92)], None)
     assert "| resnet18.int8.onnx | onnx | fp32 | onnxruntime | 10.0 | 90.00% | -2.00 |" in card
-    rows = [bench_row(BASELINE, {"32": [4.0] * 3}), bench_row("onnx-int8", {"32": [2.0] * 3})]
+    rows = [bench_row(BASELINE, {"32": [4.0] * 3}), bench_row("onnx-fp32", {"32": [3.0] * 3}),
+            bench_row("onnx-int8", {"32": [2.0] * 3}, precision="int8")]
     add_ratios(rows)
-    section = "\n".join(latency_section(bench_document(rows, (32,))))
-    assert "| onnx-int8.file | 32 | 2.000 | 2.000 | 16000 | 2.00 |" in section
+    doc = bench_document(rows, (32,))
+    doc.best_fp32 = add_best_fp32_ratios(rows, ["32"])
+    section = "\n".join(latency_section(doc))
+    assert "| onnx-int8.file | 32 | 2.000 | 2.000 | 16000 | 1.50 (onnx-fp32) | 2.00 |" in section
     assert "torch 2.14.0, onnxruntime 1.23.0" in section
 
 
