@@ -9,6 +9,7 @@ from rich.table import Table
 from qexport.errors import QExportError
 from qexport.fsutil import atomic_path, atomic_write_bytes, atomic_write_json
 from qexport.report import console
+from qexport.manifest import Precision
 from qexport.runtimes.results import BenchDocument, BenchRow, load_bench
 from qexport.runtimes.stats import Interval
 
@@ -169,7 +170,7 @@ def slower_int8_lines(rows: list[BenchRow], batch: str = "1") -> list[str]:
     lines = []
     for row in rows:
         ratio, interval = row.speedup_vs_fp32.get(batch), row.speedup_interval.get(batch)
-        if row.precision != "int8" or ratio is None or ratio >= 1 or cannot_tell_from_one(interval):
+        if row.precision != Precision.INT8 or ratio is None or ratio >= 1 or cannot_tell_from_one(interval):
             continue
         lines.append(f"{row.file}: int8 is SLOWER than TorchScript fp32 at batch {batch} ({ratio:.2f}x): "
                      + "; ".join(slowness_causes(row, batch)))
@@ -186,7 +187,7 @@ def slower_than_own_fp32_lines(rows: list[BenchRow]) -> list[str]:
     lines = []
     for row in rows:
         own = fp32.get(row.runtime)
-        if row.precision != "int8" or not row.measured or own is None:
+        if row.precision != Precision.INT8 or not row.measured or own is None:
             continue
         slower = []
         for batch in sorted(set(row.result.batches) & set(own.result.batches), key=int):

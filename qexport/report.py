@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from rich.console import Console
 from rich.table import Table
 
-import sys
+from qexport.manifest import Precision
 
 # Reports are often piped into logs: don't squeeze tables into 80 columns there.
 console = Console(width=None if sys.stdout.isatty() else 180)
@@ -62,7 +63,7 @@ def budget_cell(budget, precision: str) -> str:
     budget), with the float layers kept; 'estimate only' when the interval reaches over the budget
     (--budget-verdict estimate) and 'train images' when no validation split was there."""
     if budget is None:
-        return "not checked (see notes)" if precision == "int8" else "-"
+        return "not checked (see notes)" if precision == Precision.INT8 else "-"
     kept = f", {len(budget.kept_float)} float" if budget.kept_float else ""
     spread = f" ±{budget.drop_ci95_pt:.2f}" if budget.drop_ci95_pt is not None else ""
     caveats = [c for c, shown in (("estimate only", budget.verdict == "met on the estimate only"),

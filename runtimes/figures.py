@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from qexport.manifest import Precision
 from qexport.runtimes.results import (BASELINE, ArtifactResult, BatchResult, BenchRow, Noise, RoundResult, RunFacts,
                                       Tie)
 from qexport.runtimes.stats import (Interval, geometric_interval, paired_ratio, percentile, prediction_interval,
@@ -75,7 +76,7 @@ def add_ratios(rows: list[BenchRow]) -> None:
 
 def fastest_fp32(rows: list[BenchRow], batch: str) -> BenchRow | None:
     """The fp32 artifact with the lowest p50 at ``batch``: what a deployment team would otherwise ship."""
-    candidates = [row for row in rows if row.precision == "fp32" and row.batch(batch)]
+    candidates = [row for row in rows if row.precision == Precision.FP32 and row.batch(batch)]
     return min(candidates, key=lambda row: row.batch(batch).p50_ms, default=None)
 
 
