@@ -41,8 +41,9 @@ try-setup-ipex:
 test: venv try-setup-ipex
 	$(PY) -m pytest -q
 
+# Unit tests only: no real data, no session build of every family.
 test-fast: venv
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -m "not integration and not builds"
 
 build: venv try-setup-ipex
 	$(VENV)/bin/qexport build --all

@@ -13,6 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """A test that needs every family built (the session fixture ``built_artifacts``, minutes)
+    is marked ``builds``, so `make test-fast` can leave it out without a hand-kept list."""
+    for item in items:
+        if "built_artifacts" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.builds)
+
+
 def cifar_dir() -> Path | None:
     for candidate in (os.environ.get("QEXPORT_DATA_DIR"), SHARED_CIFAR):
         if candidate and (Path(candidate) / "cifar10.npz").is_file():
