@@ -86,13 +86,28 @@ def _convert(annotation: Any, value: Any, where: str, path: str) -> Any:  # noqa
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise _fail(where, path, "an object", value)
-        item = args[1] if len(args) == 2 else Any
-        return {key: _convert(item, v, where, f"{path}.{key}") for key, v in value.items()}
+        keyed_by, item = args if len(args) == 2 else (str, Any)
+        return {_key(keyed_by, key, where, f"{path}.{key}"): _convert(item, v, where, f"{path}.{key}")
+                for key, v in value.items()}
     if annotation is list:
         if not isinstance(value, list):
             raise _fail(where, path, "a list", value)
         return value
     return _scalar(annotation, value, where, path)
+
+
+def _key(keyed_by: Any, key: str, where: str, path: str) -> Any:
+    """A JSON object's key as the mapping's declared key type: JSON keys are always text, so a
+    mapping keyed by whole numbers (batch sizes) is written as ``"32"`` and read back as ``32``
+    here, and no reader converts keys itself."""
+    if keyed_by is int:
+        if not (key.isascii() and key.isdigit()):
+            raise DocumentError(f"{where}: key {path!r} should be a whole number; the file is damaged or was not "
+                                "written by this qexport -- rewrite it with the command that made it.")
+        return int(key)
+    if keyed_by not in (str, Any):
+        raise TypeError(f"documents cannot parse mappings keyed by {keyed_by!r} (at {path})")  # a programming error
+    return key
 
 
 def _is_number(value: Any) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qexport.documents import parse, to_json
 from qexport.errors import QExportError
 from qexport.manifest import READABLE_SCHEMA_VERSIONS, Manifest, read_manifest
 from tests.conftest import minimal_manifest
@@ -121,3 +122,23 @@ def test_a_field_under_both_its_names_is_refused():
     manifest["evaluation"]["top1_agreement_with_fp32"] = 0.5
     with pytest.raises(QExportError, match="gives field 'evaluation.top1_agreement_with_eager' twice"):
         validate(manifest)
+
+
+@dataclasses.dataclass
+class PerBatch:
+    """A document keyed by batch size, as bench results are."""
+
+    p50_ms: dict[int, float]
+
+
+def test_a_mapping_keyed_by_whole_numbers_comes_back_with_number_keys():
+    written = to_json(PerBatch(p50_ms={1: 0.5, 32: 4.0}))
+    read = parse(PerBatch, json.loads(json.dumps(written)), "bench.json")
+    assert read.p50_ms == {1: 0.5, 32: 4.0} and all(isinstance(key, int) for key in read.p50_ms)
+
+
+def test_a_key_that_is_not_a_whole_number_is_named():
+    with pytest.raises(QExportError) as caught:
+        parse(PerBatch, {"p50_ms": {"1": 0.5, "thirty-two": 4.0}}, "bench.json")
+    assert str(caught.value).startswith("bench.json: key 'p50_ms.thirty-two' should be a whole number")
+    assert_one_sentence(caught.value)
