@@ -84,7 +84,7 @@ def ipex_runtime_section(versions: dict[str, str]) -> RuntimeSection:
 
 
 @register("ipex-int8", variant="int8-ipex", format="torchscript", extension=".torchscript.pt",
-          precision="int8", runtime="ipex",
+          precision=Precision.INT8, runtime="ipex",
           method="IPEX static PTQ (default static qconfig mapping), calibrate, convert, trace + freeze, fused before save",
           option_keys=("calibration_samples", "seed"), isolate=False)
 def build_ipex_int8(ctx: BuildContext, path: Path) -> BuildDetails:
@@ -92,7 +92,7 @@ def build_ipex_int8(ctx: BuildContext, path: Path) -> BuildDetails:
 
 
 @register("ipex-bf16", variant="bf16-ipex", format="torchscript", extension=".torchscript.pt",
-          precision="bf16", runtime="ipex",
+          precision=Precision.BF16, runtime="ipex",
           method="ipex.optimize(dtype=bfloat16), trace under CPU autocast + freeze",
           build_needs=BF16_NEEDS, run_needs=BF16_NEEDS, isolate=False)
 def build_ipex_bf16(ctx: BuildContext, path: Path) -> BuildDetails:

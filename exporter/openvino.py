@@ -16,7 +16,7 @@ from qexport.errors import RuntimeMissing
 from qexport.exporter.onnx import scratch_fp32
 from qexport.exporter.budget import ops_of_named_layers
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
-from qexport.manifest import Int8Coverage
+from qexport.manifest import Int8Coverage, Precision
 from qexport.runtimes.openvino import INFERENCE_PRECISION, telemetry_off
 
 INSTALL = "pip install 'qexport[openvino]' (openvino==2026.4.1 nncf==3.4.0)"
@@ -48,7 +48,7 @@ def save_ir(ov, model, path: Path) -> None:
     ov.save_model(model, str(path), compress_to_fp16=False)
 
 
-@register("openvino-fp32", variant="fp32", precision="fp32", method="ONNX export → openvino read_model "
+@register("openvino-fp32", variant="fp32", precision=Precision.FP32, method="ONNX export → openvino read_model "
           "(dynamic batch) → IR, weights kept fp32 (compress_to_fp16=False)", **IR)
 def build_openvino_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
     ov = require("openvino")
@@ -57,7 +57,7 @@ def build_openvino_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
                                 "openvino": ov.get_version()})
 
 
-@register("openvino-int8", variant="int8", precision="int8", method="NNCF post-training quantization "
+@register("openvino-int8", variant="int8", precision=Precision.INT8, method="NNCF post-training quantization "
           "(nncf.quantize, performance preset) of the fp32 IR → IR", option_keys=("calibration_samples", "seed"),
           fallback=True, **IR)
 def build_openvino_int8(ctx: BuildContext, path: Path) -> BuildDetails:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
-from qexport.manifest import Int8Coverage
+from qexport.manifest import Int8Coverage, Precision
 from qexport.errors import QExportError, first_line
 from qexport.progress import say
 
@@ -239,7 +239,7 @@ def calibrate_graph(prepared: nn.Module, ctx: BuildContext) -> int:
     return calibrate(prepared, ctx, "calibrate pt2e")
 
 
-@register("pt2e-int8", variant="int8", format="aoti", extension=".pt2", precision="int8", runtime="aoti",
+@register("pt2e-int8", variant="int8", format="aoti", extension=".pt2", precision=Precision.INT8, runtime="aoti",
           method="torch.export → torchao X86InductorQuantizer PTQ (per-channel) → convert_pt2e → AOTInductor package",
           option_keys=("calibration_samples", "seed", "target_cpu"), compiled=True, fallback=True)
 def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
@@ -255,7 +255,7 @@ def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
                         int8_coverage=coverage, notes=[COMPILED_NOTE], calibration=train_calibration(ctx, seen))
 
 
-@register("pt2e-int8-qat", variant="int8-qat", format="aoti", extension=".pt2", precision="int8", runtime="aoti",
+@register("pt2e-int8-qat", variant="int8-qat", format="aoti", extension=".pt2", precision=Precision.INT8, runtime="aoti",
           method="torch.export → prepare_qat_pt2e (X86InductorQuantizer) → fake-quant fine-tune → convert → AOTInductor",
           option_keys=("seed", "target_cpu"), fine_tuned=True, compiled=True)
 def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
@@ -277,7 +277,7 @@ def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
                         int8_coverage=coverage, fine_tune=history, notes=[COMPILED_NOTE])
 
 
-@register("pt2e-fp32", variant="fp32", format="aoti", extension=".pt2", precision="fp32", runtime="aoti",
+@register("pt2e-fp32", variant="fp32", format="aoti", extension=".pt2", precision=Precision.FP32, runtime="aoti",
           method="torch.export (dynamic batch) → AOTInductor package (freezing)",
           option_keys=("target_cpu",), compiled=True)
 def build_pt2e_fp32(ctx: BuildContext, path: Path) -> BuildDetails:

@@ -15,7 +15,7 @@ from torch import nn
 
 from qexport.exporter.capture import traced_or_refused
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
-from qexport.manifest import Int8Coverage
+from qexport.manifest import Int8Coverage, Precision
 from qexport.runtimes.results import BASELINE
 from qexport.errors import QExportError
 from qexport.progress import progress_bar
@@ -53,7 +53,7 @@ def weight_coverage(model: nn.Module) -> Int8Coverage:
 
 
 @register(BASELINE, variant="fp32", format="torchscript", extension=".torchscript.pt",
-          precision="fp32", runtime="torchscript", method="torch.jit.trace + torch.jit.freeze",
+          precision=Precision.FP32, runtime="torchscript", method="torch.jit.trace + torch.jit.freeze",
           devices=("cpu", "cuda"))
 def build_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
     save_traced(ctx.fresh_model(), ctx.example, path, embedded_meta(ctx, "fp32"))
@@ -72,7 +72,7 @@ class HalfPrecision(nn.Module):
 
 
 @register("torchscript-fp16", variant="fp16", format="torchscript", extension=".torchscript.pt",
-          precision="fp16", runtime="torchscript", method="model.half() (fp32 I/O kept), trace + freeze",
+          precision=Precision.FP16, runtime="torchscript", method="model.half() (fp32 I/O kept), trace + freeze",
           devices=("cuda", "cpu"),
           cpu_note="fp16 is a GPU format: CPU runs it through slow fallback kernels; compare it on --device cuda")
 def build_fp16(ctx: BuildContext, path: Path) -> BuildDetails:
@@ -82,7 +82,7 @@ def build_fp16(ctx: BuildContext, path: Path) -> BuildDetails:
 
 
 @register("torchscript-int8-dynamic", variant="int8-dynamic", format="torchscript",
-          extension=".torchscript.pt", precision="int8", runtime="torchscript",
+          extension=".torchscript.pt", precision=Precision.INT8, runtime="torchscript",
           method="torch.ao.quantization.quantize_dynamic on nn.Linear, trace + freeze")
 def build_int8_dynamic(ctx: BuildContext, path: Path) -> BuildDetails:
     torch.backends.quantized.engine = QUANT_ENGINE
@@ -174,7 +174,7 @@ def keep_in_float(model: nn.Module, layers: tuple[str, ...]) -> list[str]:
 
 
 @register("torchscript-int8-static", variant="int8-static", format="torchscript",
-          extension=".torchscript.pt", precision="int8", runtime="torchscript",
+          extension=".torchscript.pt", precision=Precision.INT8, runtime="torchscript",
           method="eager PTQ: fuse conv+bn+relu, x86 per-channel qconfig, calibrate, convert, trace + freeze",
           option_keys=("calibration_samples", "seed"), fallback=True, model_support=twin_problem)
 def build_int8_static(ctx: BuildContext, path: Path) -> BuildDetails:
@@ -193,7 +193,7 @@ def build_int8_static(ctx: BuildContext, path: Path) -> BuildDetails:
 
 
 @register("torchscript-int8-qat", variant="int8-qat", format="torchscript",
-          extension=".torchscript.pt", precision="int8", runtime="torchscript",
+          extension=".torchscript.pt", precision=Precision.INT8, runtime="torchscript",
           method="eager QAT: fuse, x86 QAT qconfig, fine-tune with fake quant, convert, trace + freeze",
           option_keys=("seed",), fine_tuned=True, model_support=twin_problem)
 def build_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
