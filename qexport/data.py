@@ -24,6 +24,7 @@ CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 SOURCES = ("cifar10", "imagefolder", "synthetic")
+SYNTHETIC_SAMPLES = (512, 256)  # train, test images of --data synthetic unless --train/--test-samples say
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 DEFAULT_DATA_DIR = "./data"
 
@@ -222,7 +223,7 @@ def load_dataset(
     *,
     image_size: int | None = None,
     download: bool = True,
-    synthetic_samples: tuple[int, int] = (512, 256),
+    synthetic_samples: tuple[int, int] = SYNTHETIC_SAMPLES,
     seed: int = 0,
 ) -> Dataset:
     """Load one of :data:`SOURCES`; every failure is a one-sentence :class:`QExportError`."""

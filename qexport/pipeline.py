@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from qexport.data import Dataset, Holdout, hold_out, load_dataset, read_labelled_folder, with_validation
+from qexport.data import (SYNTHETIC_SAMPLES, Dataset, Holdout, hold_out, load_dataset, read_labelled_folder,
+                          with_validation)
 from qexport.documents import parse, to_json
 from qexport.envinfo import library_versions
 from qexport.errors import QExportError
@@ -18,6 +19,11 @@ from qexport.train import TrainConfig, train
 
 def open_data(source: str, data_dir: Path | None, image_size: int | None, train_samples: int | None,
               test_samples: int | None, seed: int) -> Dataset:
+    """The data a command names. Synthetic data is generated at the asked sizes rather than cut
+    from a larger set, so ``--data synthetic --train-samples N`` is one fixed set of N images."""
+    if source == "synthetic":
+        sizes = (train_samples or SYNTHETIC_SAMPLES[0], test_samples or SYNTHETIC_SAMPLES[1])
+        return load_dataset(source, data_dir, image_size=image_size, seed=seed, synthetic_samples=sizes)
     dataset = load_dataset(source, data_dir, image_size=image_size, seed=seed)
     return dataset.limited(train=train_samples, test=test_samples, seed=seed)
 

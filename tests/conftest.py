@@ -39,6 +39,10 @@ def real_cifar():
     return load_cifar10(directory, download=False)
 
 
+# What a command line names to load the same images as ``tiny_data`` (the tiny checkpoint's data).
+TINY_DATA_ARGS = ("--data", "synthetic", "--train-samples", "256", "--test-samples", "128")
+
+
 @pytest.fixture(scope="session")
 def tiny_data():
     from qexport.data import make_synthetic

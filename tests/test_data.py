@@ -20,6 +20,16 @@ def test_synthetic_is_flagged_and_learnable_shape(tiny_data):
     assert tiny_data.num_classes == 10
 
 
+def test_synthetic_sizes_on_the_command_line_generate_that_many_images(tiny_data):
+    """``--data synthetic --train-samples 256 --test-samples 128`` is the very set tests build from
+    in-process, so a command-line build finds the images its checkpoint was trained on."""
+    from qexport.pipeline import open_data
+
+    named = open_data("synthetic", None, 32, 256, 128, seed=0)
+    assert (len(named.train), len(named.test)) == (256, 128) and named.fingerprint == tiny_data.fingerprint
+    assert torch.equal(named.train.images, tiny_data.train.images) and "SYNTHETIC" in named.note
+
+
 def test_seeded_subset_is_deterministic_and_seed_sensitive(tiny_data):
     a = seeded_subset(tiny_data.train, 50, seed=3)
     b = seeded_subset(tiny_data.train, 50, seed=3)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, copy_artifacts
+from tests.conftest import ROOT, TINY_DATA_ARGS, copy_artifacts
 
 
 def interrupt_when(args: list[str], ready: Callable[[], bool],
@@ -86,8 +86,8 @@ def assert_clean_interrupt(done: subprocess.CompletedProcess) -> None:
 @pytest.mark.parametrize("families,jobs", [("torchscript-int8-qat", 1), ("torchscript-int8-qat,pt2e-int8-qat", 2)])
 def test_ctrl_c_during_build_leaves_nothing_half_written(tiny_checkpoint, tmp_path, families, jobs):
     out = tmp_path / "artifacts"
-    args = ["build", "--only", families, "--data", "synthetic", "--checkpoint", str(tiny_checkpoint),
-            "--qat-epochs", "500", "--jobs", str(jobs), "--out", str(out), "--no-progress"]
+    args = ["build", "--only", families, *TINY_DATA_ARGS, "--checkpoint", str(tiny_checkpoint),
+            "--qat-epochs", "500", "--max-accuracy-drop", "100", "--jobs", str(jobs), "--out", str(out), "--no-progress"]
     started = families.count(",") + 1
     done, group = interrupt_when(args, lambda: len(list(out.glob(".tmp-*"))) >= started)  # every family writing
     assert_clean_interrupt(done)

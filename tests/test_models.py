@@ -102,7 +102,7 @@ def test_any_classifier_builds_or_skips_with_a_reason(tmp_path):
     write_image_folder(folder, size=32, per_class=24)
     checkpoint = tmp_path / "effnet.pt"
     trained = run_cli("train", "--model", "efficientnet_b0", "--data", "imagefolder", "--data-dir", str(folder),
-                      "--image-size", "32", "--epochs", "3", "--batch-size", "4", "--out", str(checkpoint),
+                      "--image-size", "32", "--epochs", "3", "--batch-size", "4", "--lr", "0.05", "--out", str(checkpoint),
                       "--no-progress")
     assert trained.returncode == 0, trained.stderr
     built = run_cli("build", "--only", "torchscript-fp32,torchscript-int8-static,torchscript-int8-qat,onnx-int8",
