@@ -100,3 +100,22 @@ def test_fp32_package_prepacks_conv_weights_and_restores_inductor(built_artifact
     with prepacked_dynamic_convolutions() as applied:
         assert applied and mkldnn_fusion.has_free_symbols is not before[0]
     assert (mkldnn_fusion.has_free_symbols, mkldnn_fusion._get_mkldnn_device_op) == before
+
+
+def test_qat_conv_bn_folding_tries_only_the_convolution_kinds_the_graph_has(monkeypatch):
+    """torchao folds QAT conv-bn by trying four convolution kinds (24 pattern exports each); inside
+    ``folding_only_present_convolutions`` a kind absent from the graph is never tried, one that is
+    present still is, and the original helper is back afterwards."""
+    import torch.nn.functional as F
+    from torchao.quantization.pt2e import qat_utils
+
+    from qexport.exporter.pt2e import folding_only_present_convolutions
+
+    tried = []
+    recorder = lambda m, conv_fn, example_inputs, is_cuda: tried.append(conv_fn) or m  # noqa: E731
+    monkeypatch.setattr(qat_utils, "_fold_conv_bn_qat_helper", recorder)
+    graph = torch.export.export(torch.nn.Conv2d(3, 4, 3).eval(), (torch.randn(1, 3, 8, 8),)).module()
+    with folding_only_present_convolutions():
+        for kind in (F.conv1d, F.conv2d, F.conv_transpose1d, F.conv_transpose2d):
+            assert qat_utils._fold_conv_bn_qat_helper(graph, kind, (), is_cuda=False) is graph
+    assert tried == [F.conv2d] and qat_utils._fold_conv_bn_qat_helper is recorder
