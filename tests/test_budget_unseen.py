@@ -21,11 +21,11 @@ from qexport.train import TrainConfig, evaluate, top1, train
 
 pytestmark = pytest.mark.integration
 
-TRAIN, VALIDATION, TEST = 2500, 1000, 2000
+TRAIN, VALIDATION, TEST = 1800, 1000, 2000
 
 
 def small_cnn(classes: int) -> nn.Module:
-    """Four conv blocks, about 0.1 M weights: fits 1500 CIFAR images in 30 epochs on a CPU core."""
+    """Four conv blocks, about 0.1 M weights: fits 800 CIFAR images in 30 epochs on a CPU core."""
     def block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()] + \
             ([nn.MaxPool2d(2)] if pool else [])
@@ -54,7 +54,7 @@ def drop_on(ctx: BuildContext, family_key: str, path, details: BuildDetails, spl
 
 @pytest.fixture(scope="module")
 def overfit(real_cifar):
-    """A CNN trained on 1500 train images (1000 more held out as validation) until it fits them."""
+    """A CNN trained on 800 train images (1000 more held out as validation) until it fits them."""
     data = real_cifar.limited(train=TRAIN, test=TEST, seed=0)
     fit: Dataset = hold_out(data, Holdout.choose(data.train, seed=0, fraction=VALIDATION / TRAIN))
     model = small_cnn(fit.num_classes)

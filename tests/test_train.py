@@ -56,11 +56,11 @@ def test_checkpoint_metadata_and_reuse(tiny_data, tmp_path):
 
 @pytest.mark.integration
 def test_short_real_training_beats_chance(real_cifar):
-    subset = real_cifar.limited(train=3000, test=1000, seed=0)
+    subset = real_cifar.limited(train=2000, test=1000, seed=0)
     model = build_model("resnet18", 10)
     metrics = train(model, subset, TrainConfig(epochs=3, batch_size=128, max_lr=0.1), show_progress=False)
-    # chance is 0.10 (σ ≈ 0.01 on 1000 images); 3 short epochs land at 0.25-0.35 across machines
-    assert metrics["test_top1"] > 0.18, metrics
+    # chance is 0.10 (σ ≈ 0.01 on 1000 images): 0.16 is six σ above it; 48 steps land near 0.25
+    assert metrics["test_top1"] > 0.16, metrics
 
 
 def test_training_device_choice_is_checked():
