@@ -151,7 +151,7 @@ TARGETS: dict[str, TargetIsa] = {
     "avx512": TargetIsa("avx512", 512, "x86-64-v4", requirement("AVX-512 (x86-64-v4)", X86_64_V4)),
     "native": TargetIsa("native", None, None, None),
 }
-DEFAULT_TARGET = "avx2"  # runs on every x86-64 CPU since 2013-2015 (Haswell, Zen); see README
+DEFAULT_TARGET = "avx2"  # runs on every x86-64 CPU since 2013-2015 (Haswell, Zen); see docs/METHODOLOGY.md (CPU classes)
 
 
 def resolve_target(name: str, cpu: HostCpu | None = None) -> TargetIsa:

@@ -8,6 +8,7 @@ into another's numbers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -15,7 +16,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,16 +105,21 @@ def run_worker(spec: WorkerSpec, options: BenchOptions, python: str = sys.execut
     with tempfile.TemporaryDirectory(prefix="qexport-worker-") as tmp:
         spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_file.write_text(json.dumps(to_json(spec)))
-        process = subprocess.Popen([python, "-m", "qexport.runtimes.worker", str(spec_file), str(result_file)],
-                                   env=worker_env(options), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, start_new_session=True)
+        started: list[subprocess.Popen] = []
         try:
+            with ctrl_c_held_back():  # a Ctrl-C now lands once ``started`` holds the worker
+                started.append(subprocess.Popen(
+                    [python, "-m", "qexport.runtimes.worker", str(spec_file), str(result_file)],
+                    env=worker_env(options), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True, start_new_session=True))
+            process = started[0]
             _, stderr = process.communicate(timeout=options.timeout)
         except subprocess.TimeoutExpired:
-            kill_group(process)
+            kill_group(started[0])
             return WorkerFailure("failed", f"timed out after {options.timeout:.0f} s (--timeout)")
         except BaseException:
-            kill_group(process)
+            for worker in started:
+                kill_group(worker)
             raise
         if not result_file.is_file():
             tail = last_line(stderr or "", 160)
@@ -129,6 +137,27 @@ def read_worker_result(path: Path) -> RoundResult | WorkerFailure:
         return parse_round(data, "the worker's result")
     except (ValueError, QExportError) as err:
         return WorkerFailure("failed", f"the worker wrote an unreadable result ({err})")
+
+
+@contextlib.contextmanager
+def ctrl_c_held_back() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back for the block; one that came meanwhile is delivered when it ends.
+
+    The worker runs in its own session, so the terminal's Ctrl-C never reaches it: the harness must
+    kill it. A Ctrl-C arriving inside ``Popen``, after the fork but before the worker is recorded,
+    would leave nobody who knows its pid, and the worker would outlive the bench. Python runs
+    signal handlers in the main thread only, so only there can one be held back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            signal.raise_signal(signal.SIGINT)  # as the previous handler would have had it
 
 
 def kill_group(process: subprocess.Popen) -> None:

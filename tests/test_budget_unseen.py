@@ -2,7 +2,7 @@
 measured on training images it may not. Real CIFAR-10, a small CNN trained until it fits its
 training images, one real int8 artifact (ONNX Runtime, static QDQ) measured in its runtime.
 
-Run with ``-s`` to print the three drops (the README's numbers come from this test)."""
+Run with ``-s`` to print the three drops (docs/results/2026-12-02-budget-on-unseen-images.md records them)."""
 
 from __future__ import annotations
 

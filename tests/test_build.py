@@ -19,7 +19,7 @@ from tests.conftest import PRODUCED, built_outcome, make_context
 
 # The tiny synthetic model is trained for seconds, so its logit margins are thin and int8
 # rounding flips many of its 128 test predictions (0.77-0.95 seen across runs and machines); the
-# real ResNet18 agrees at 97-99 % (README). These thresholds catch a broken export (chance: 0.1).
+# real ResNet18 agrees at 97-99 % (docs/results/). These thresholds catch a broken export (chance: 0.1).
 MIN_AGREEMENT = {"fp32": 0.99, "fp16": 0.95, "bf16": 0.9, "int8": 0.65}
 # QAT fine-tunes the weights, so on a briefly trained synthetic model it is a different
 # classifier, not an approximation of fp32: demand only that it agrees far above chance (0.1).

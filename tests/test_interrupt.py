@@ -111,3 +111,17 @@ def test_ctrl_c_during_bench_reaps_workers(built_artifacts, tmp_path):
     assert_clean_interrupt(done)
     assert not (worker_pids() & started), "a bench worker outlived Ctrl-C"
     assert not (folder / "bench.json").exists()
+
+
+def test_ctrl_c_while_a_worker_starts_lands_after_it_is_recorded():
+    """A Ctrl-C inside ``ctrl_c_held_back`` is raised only when the block ends, so the harness has
+    recorded the worker it started and can kill it."""
+    from qexport.runtimes.harness import ctrl_c_held_back
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_held_back():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached.append("after the signal")
+    assert reached == ["after the signal"]
