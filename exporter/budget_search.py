@@ -16,22 +16,27 @@ from qexport.exporter.measure import runner_logits
 from qexport.exporter.registry import BuildContext, BuildDetails, Family
 from qexport.manifest import AccuracyBudget, BudgetAttempt
 from qexport.progress import say
+from qexport.runtimes.base import Runner
 
 
 def build_within_budget(family: Family, ctx: BuildContext, path: Path, held_out: HeldOut,
-                        cancelled: threading.Event) -> tuple[BuildDetails, AccuracyBudget | None]:
-    """Build ``family`` into ``path``; an int8 family is held to ``--max-accuracy-drop``."""
+                        cancelled: threading.Event) -> tuple[BuildDetails, AccuracyBudget | None, Runner | None]:
+    """Build ``family`` into ``path``; an int8 family is held to ``--max-accuracy-drop``.
+
+    Also returns the runner that measured the file last, still loaded, so the test-split measurement
+    reuses it: an IPEX runner is an interpreter that spends 12 s importing IPEX."""
     details = run_family(family, ctx, path, cancelled)
     if not family.is_int8:
-        return details, None
+        return details, None, None
     if not len(held_out.split):
         details.notes.append(f"Accuracy budget not checked: the train split has no images beyond the "
                              f"{ctx.options.calibration_samples} used for calibration.")
-        return details, None
+        return details, None, None
     if not held_out.unseen:
         say("  budget measured on images the fp32 model trained on (no validation split): likely optimistic; "
             "give one with --val-dir")
-    attempts, kept = [measure_attempt(family, path, details, held_out, ctx, 0)], ()
+    attempt, runner = measure_attempt(family, path, details, held_out, ctx, 0)
+    attempts, kept = [attempt], ()
     if not held_out.accepts(attempts[-1]) and family.fallback:
         for size in fallback_sizes(len(held_out.ranking)):
             asked = tuple(held_out.ranking[:size])
@@ -41,24 +46,26 @@ def build_within_budget(family: Family, ctx: BuildContext, path: Path, held_out:
             kept = tuple(layer for layer in asked if layer not in details.float_not_found)
             if not kept:  # rebuilding again would build the same artifact again
                 raise QExportError(nothing_to_keep_message(family, attempts[-1], ctx.options.max_accuracy_drop, size, asked))
-            attempts.append(measure_attempt(family, path, details, held_out, ctx, len(kept)))
+            attempt, runner = measure_attempt(family, path, details, held_out, ctx, len(kept))
+            attempts.append(attempt)
             if held_out.accepts(attempts[-1]):
                 break
     details.notes.extend(not_found_note(details.float_not_found))
     budget = held_out.record(attempts, kept, shares=family.fallback, fine_tuned=family.fine_tuned)
     if not budget.met:
         raise QExportError(over_budget_message(family.key, budget, family.fallback, len(held_out.costs)))
-    return details, budget
+    return details, budget, runner
 
 
 def measure_attempt(family: Family, path: Path, details: BuildDetails, held_out: HeldOut, ctx: BuildContext,
-                    kept_float: int) -> BudgetAttempt:
-    """The drop of the file at ``path`` on the budget's images, in its own runtime; a drop under
-    the budget that its interval cannot confirm is said in one line."""
-    attempt = held_out.attempt(runner_logits(family, path, details, held_out.split, ctx.data)[1], kept_float)
+                    kept_float: int) -> tuple[BudgetAttempt, Runner]:
+    """The drop of the file at ``path`` on the budget's images, in its own runtime, and the runner
+    that measured it; a drop under the budget that its interval cannot confirm is said in one line."""
+    runner, logits = runner_logits(family, path, details, held_out.split, ctx.data)
+    attempt = held_out.attempt(logits, kept_float)
     if held_out.verdict(attempt) is Verdict.ESTIMATE_ONLY:
         say(f"  {unresolved_line(attempt, ctx.options.max_accuracy_drop, len(held_out.split))}")
-    return attempt
+    return attempt, runner
 
 
 def nothing_to_keep_message(family: Family, last: BudgetAttempt, limit: float, size: int, asked: tuple[str, ...]) -> str:

@@ -133,8 +133,8 @@ def build_one(run: BuildRun, family: Family) -> Outcome:
         return Outcome(family.key, "up-to-date", final.name, manifest=read_manifest(manifest_path(final)))
     started = time.perf_counter()
     with atomic_path(final, family.companions) as tmp:
-        details, budget = build_within_budget(family, ctx, tmp, run.held_out, run.cancelled)
-        measured = measure(family, tmp, ctx, run.reference, details)
+        details, budget, runner = build_within_budget(family, ctx, tmp, run.held_out, run.cancelled)
+        measured = measure(family, tmp, ctx, run.reference, details, runner)
         run.stop_if_cancelled()  # interrupted meanwhile: the temporary file goes, nothing is written
     seconds = time.perf_counter() - started
     golden = golden_path(final)

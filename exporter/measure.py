@@ -16,6 +16,7 @@ from qexport.errors import QExportError
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, Family
 from qexport.fsutil import atomic_write_bytes
 from qexport.manifest import Evaluation
+from qexport.runtimes.base import Runner
 from qexport.train import predict, top1
 
 
@@ -45,9 +46,11 @@ class Measured:
     golden_outputs: np.ndarray
 
 
-def runner_logits(family: Family, path: Path, details: BuildDetails, split: Split, data) -> tuple[object, torch.Tensor]:
-    """The file loaded in its deployment runtime (no model code), and its logits on ``split``."""
-    runner = runtimes.load_runner(family.runtime, path, hints=details.load_hints)
+def runner_logits(family: Family, path: Path, details: BuildDetails, split: Split, data,
+                  runner: Runner | None = None) -> tuple[Runner, torch.Tensor]:
+    """The file loaded in its deployment runtime (no model code), or ``runner`` that already
+    holds it, and its logits on ``split``."""
+    runner = runner or runtimes.load_runner(family.runtime, path, hints=details.load_hints)
     return runner, predict(lambda x: torch.from_numpy(runner.predict(x.numpy())), split, data.mean, data.std, EVAL_BATCH)
 
 
@@ -59,9 +62,10 @@ def evaluation(logits: torch.Tensor, reference: torch.Tensor, labels: torch.Tens
         max_abs_logit_diff=float((logits - reference).abs().max()))
 
 
-def measure(family: Family, path: Path, ctx: BuildContext, reference: Reference, details: BuildDetails) -> Measured:
-    """Load the file in its deployment runtime and measure it on the test split."""
-    runner, logits = runner_logits(family, path, details, reference.split, ctx.data)
+def measure(family: Family, path: Path, ctx: BuildContext, reference: Reference, details: BuildDetails,
+            runner: Runner | None = None) -> Measured:
+    """Measure the file on the test split in its deployment runtime (``runner``: one that holds it already)."""
+    runner, logits = runner_logits(family, path, details, reference.split, ctx.data, runner)
     if logits.shape != reference.logits.shape:
         raise QExportError(f"{family.key} produced logits of shape {tuple(logits.shape)}, expected "
                            f"{tuple(reference.logits.shape)}; the export is broken.")
