@@ -73,15 +73,18 @@ def _retarget_meta(node: torch.fx.Node, new_name: str, module_type: type) -> Non
         node.meta["source_fn_stack"] = node.meta["source_fn_stack"][:-1] + [(new_name, module_type)]
 
 
-@contextlib.contextmanager
-def folding_only_present_convolutions() -> Iterator[None]:
-    """Within this block, torchao's QAT ``convert_pt2e`` folds conv-bn only for convolution kinds
-    the graph contains.
+CONV_BN_HELPERS = ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")  # prepare_qat_pt2e's, convert_pt2e's
 
-    It tries conv1d, conv2d, conv_transpose1d and conv_transpose2d, exporting 24 pattern graphs
-    for each (~0.5 s an export): 23 s of a ResNet18 QAT build on a 2-core host went there, three
-    quarters of it for kinds a 2-D classifier never has. A kind absent from the graph cannot
-    match, so skipping it changes nothing but the time.
+
+@contextlib.contextmanager
+def conv_bn_patterns_only_for_present_convolutions() -> Iterator[None]:
+    """Within this block, torchao's QAT ``prepare_qat_pt2e`` (conv-bn fusion) and ``convert_pt2e``
+    (conv-bn folding) match patterns only for the convolution kinds the graph contains.
+
+    Each tries conv1d, conv2d, conv_transpose1d and conv_transpose2d, exporting a set of pattern
+    graphs for each (~0.5 s an export): on a 2-core host 6 s of prepare and 23 s of convert went
+    there for ResNet18, three quarters of it for kinds a 2-D classifier never has. A kind absent
+    from the graph cannot match, so skipping it changes nothing but the time.
     """
     import torch.nn.functional as F
     from torchao.quantization.pt2e import qat_utils
@@ -89,20 +92,24 @@ def folding_only_present_convolutions() -> Iterator[None]:
     aten = torch.ops.aten
     kinds = {F.conv1d: aten.conv1d, F.conv2d: aten.conv2d,
              F.conv_transpose1d: aten.conv_transpose1d, F.conv_transpose2d: aten.conv_transpose2d}
-    original = qat_utils._fold_conv_bn_qat_helper
+    originals = {name: getattr(qat_utils, name) for name in CONV_BN_HELPERS}
 
-    def fold_if_present(m: torch.fx.GraphModule, conv_fn, example_inputs, is_cuda: bool) -> torch.fx.GraphModule:
-        packet = kinds.get(conv_fn)
-        if packet is not None and not any(getattr(node.target, "overloadpacket", None) is packet
-                                          for node in m.graph.nodes):
-            return m
-        return original(m, conv_fn, example_inputs, is_cuda=is_cuda)
+    def only_if_present(original):
+        def helper(m: torch.fx.GraphModule, conv_fn, example_inputs, is_cuda: bool) -> torch.fx.GraphModule:
+            packet = kinds.get(conv_fn)
+            if packet is not None and not any(getattr(node.target, "overloadpacket", None) is packet
+                                              for node in m.graph.nodes):
+                return m
+            return original(m, conv_fn, example_inputs, is_cuda=is_cuda)
+        return helper
 
-    qat_utils._fold_conv_bn_qat_helper = fold_if_present
+    for name, original in originals.items():
+        setattr(qat_utils, name, only_if_present(original))
     try:
         yield
     finally:
-        qat_utils._fold_conv_bn_qat_helper = original
+        for name, original in originals.items():
+            setattr(qat_utils, name, original)
 
 
 def export_dynamic(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
@@ -296,12 +303,13 @@ def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
 
     from qexport.train import fine_tune
 
-    prepared = prepare_qat_pt2e(exported_for_quantization(ctx), x86_quantizer(is_qat=True))
+    with conv_bn_patterns_only_for_present_convolutions():
+        prepared = prepare_qat_pt2e(exported_for_quantization(ctx), x86_quantizer(is_qat=True))
     allow_exported_model_train_eval(prepared)  # exported graphs refuse .train()/.eval() otherwise
     history = fine_tune(prepared, ctx.data, epochs=ctx.options.qat_epochs, lr=ctx.options.qat_lr,
                         seed=ctx.options.seed, show_progress=ctx.show_progress, description="pt2e QAT fine-tune")
     prepared.eval()
-    with folding_only_present_convolutions():
+    with conv_bn_patterns_only_for_present_convolutions():
         converted = convert_pt2e(prepared)
     coverage = require_quantized(converted, "pt2e-int8-qat")
     compiled = package(converted, ctx, path, "int8-qat")

@@ -102,20 +102,22 @@ def test_fp32_package_prepacks_conv_weights_and_restores_inductor(built_artifact
     assert (mkldnn_fusion.has_free_symbols, mkldnn_fusion._get_mkldnn_device_op) == before
 
 
-def test_qat_conv_bn_folding_tries_only_the_convolution_kinds_the_graph_has(monkeypatch):
-    """torchao folds QAT conv-bn by trying four convolution kinds (24 pattern exports each); inside
-    ``folding_only_present_convolutions`` a kind absent from the graph is never tried, one that is
-    present still is, and the original helper is back afterwards."""
+@pytest.mark.parametrize("helper", ["_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper"])
+def test_qat_conv_bn_patterns_are_tried_only_for_the_convolution_kinds_the_graph_has(monkeypatch, helper):
+    """torchao fuses (prepare) and folds (convert) QAT conv-bn by trying four convolution kinds, a
+    set of pattern exports each; inside ``conv_bn_patterns_only_for_present_convolutions`` a kind
+    absent from the graph is never tried, one that is present still is, and the original helper is
+    back afterwards."""
     import torch.nn.functional as F
     from torchao.quantization.pt2e import qat_utils
 
-    from qexport.exporter.pt2e import folding_only_present_convolutions
+    from qexport.exporter.pt2e import conv_bn_patterns_only_for_present_convolutions
 
     tried = []
     recorder = lambda m, conv_fn, example_inputs, is_cuda: tried.append(conv_fn) or m  # noqa: E731
-    monkeypatch.setattr(qat_utils, "_fold_conv_bn_qat_helper", recorder)
+    monkeypatch.setattr(qat_utils, helper, recorder)
     graph = torch.export.export(torch.nn.Conv2d(3, 4, 3).eval(), (torch.randn(1, 3, 8, 8),)).module()
-    with folding_only_present_convolutions():
+    with conv_bn_patterns_only_for_present_convolutions():
         for kind in (F.conv1d, F.conv2d, F.conv_transpose1d, F.conv_transpose2d):
-            assert qat_utils._fold_conv_bn_qat_helper(graph, kind, (), is_cuda=False) is graph
-    assert tried == [F.conv2d] and qat_utils._fold_conv_bn_qat_helper is recorder
+            assert getattr(qat_utils, helper)(graph, kind, (), is_cuda=False) is graph
+    assert tried == [F.conv2d] and getattr(qat_utils, helper) is recorder
