@@ -12,11 +12,10 @@ from pathlib import Path
 from qexport.errors import QExportError
 from qexport.exporter.budget import HeldOut, Verdict, fallback_sizes, not_found_note, over_budget_message, unresolved_line
 from qexport.exporter.isolation import run_family
-from qexport.exporter.measure import runner_logits
+from qexport.exporter.measure import Runner, runner_logits
 from qexport.exporter.registry import BuildContext, BuildDetails, Family
 from qexport.manifest import AccuracyBudget, BudgetAttempt
 from qexport.progress import say
-from qexport.runtimes.base import Runner
 
 
 def build_within_budget(family: Family, ctx: BuildContext, path: Path, held_out: HeldOut,

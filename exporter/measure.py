@@ -16,8 +16,9 @@ from qexport.errors import QExportError
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, Family
 from qexport.fsutil import atomic_write_bytes
 from qexport.manifest import Evaluation
-from qexport.runtimes.base import Runner
 from qexport.train import predict, top1
+
+Runner = runtimes.Runner  # a loaded artifact; the build meets the runtimes only through this module
 
 
 class Reference:
