@@ -40,7 +40,8 @@ def child_spec(ctx: BuildContext, folder: Path, precision: str, output: Path) ->
     """Write what the child needs as plain tensors/arrays (loadable by torch 2.8, no pickles)."""
     torch.save(ctx.fresh_model().state_dict(), folder / "state_dict.pt")
     np.save(folder / "example.npy", ctx.example.numpy())
-    spec = {"model": ctx.model_name, "num_classes": ctx.data.num_classes, "precision": precision,
+    spec = {"model": ctx.model_name, "num_classes": ctx.data.num_classes, "image_size": ctx.data.image_size[0],
+            "precision": precision,
             "state_dict": str(folder / "state_dict.pt"), "example": str(folder / "example.npy"),
             "seed": ctx.options.seed, "output": str(output), "result": str(folder / "result.json"),
             "embedded_meta": {"model": ctx.model_name, "variant": f"{precision}-ipex", "classes": ctx.data.classes,

@@ -23,7 +23,7 @@ def load_model(spec: dict):
 
     from qexport.models import build_model
 
-    model = build_model(spec["model"], spec["num_classes"])
+    model = build_model(spec["model"], spec["num_classes"], spec["image_size"])
     state = torch.load(spec["state_dict"], map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()

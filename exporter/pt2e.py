@@ -24,6 +24,7 @@ from torch import nn
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage, Precision
 from qexport.errors import QExportError, first_line
+from qexport.models import file_stem
 from qexport.progress import say
 
 MAX_BATCH = 1024
@@ -211,7 +212,7 @@ def package(model: nn.Module, ctx: BuildContext, path: Path, variant: str, prepa
         program = export_dynamic(model, ctx.example)
     config = {**INDUCTOR_CONFIG, **target.inductor_config()}
     with tempfile.TemporaryDirectory(prefix="qexport-aoti-") as scratch, torch.no_grad():
-        staged = Path(scratch) / f"{ctx.model_name}.{variant}.pt2"
+        staged = Path(scratch) / f"{file_stem(ctx.model_name)}.{variant}.pt2"
         prepack = prepacked_dynamic_convolutions() if prepack_fp32 else contextlib.nullcontext(False)
         with torch._inductor.config.patch(config), prepack as prepacked:
             vec_isa = compiled_vector_isa()

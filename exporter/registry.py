@@ -18,6 +18,7 @@ from torch import nn
 
 from qexport.data import Dataset, Split, calibration_split, normalize
 from qexport.errors import QExportError
+from qexport.models import file_stem
 from qexport.manifest import (DEFAULT_MAX_DROP, PRECISIONS, Calibration, Int8Coverage, LoadHints, Precision,
                               RuntimeSection)
 from qexport.runtimes.results import EVAL_BATCH
@@ -197,7 +198,7 @@ class Family:
         return self.option_keys + implied
 
     def filename(self, model_name: str) -> str:
-        return f"{model_name}.{self.variant}{self.extension}"
+        return f"{file_stem(model_name)}.{self.variant}{self.extension}"
 
     def relevant_options(self, options: BuildOptions) -> dict:
         """What the up-to-date check compares: the options this family reads, and what every build measures."""

@@ -27,8 +27,8 @@ app = typer.Typer(
 _state = {"debug": False}
 
 DATA_HELP = "Folder holding the data (cifar10.npz, torchvision's cifar-10-batches-py, or train/ + val/ class folders). Env: QEXPORT_DATA_DIR; default ./data."
-ModelOpt = typer.Option("resnet18", "--model", "-m", help="torchvision classifier name (see `qexport train --list-models`).")
-BuildModelOpt = typer.Option(None, "--model", "-m", help="torchvision classifier name (see `qexport train --list-models`). Default: the one a qexport --checkpoint records, else resnet18.")
+ModelOpt = typer.Option("resnet18", "--model", "-m", help="torchvision classifier name, or timm:<architecture> with `pip install 'qexport[timm]'` (see `qexport train --list-models`).")
+BuildModelOpt = typer.Option(None, "--model", "-m", help="torchvision classifier name, or timm:<architecture> with `pip install 'qexport[timm]'` (see `qexport train --list-models`). Default: the one a qexport --checkpoint records, else resnet18.")
 DataOpt = typer.Option("cifar10", "--data", help="Data source: cifar10, imagefolder (your own train/ val/ tree) or synthetic (smoke runs only).")
 DataDirOpt = typer.Option(None, "--data-dir", envvar="QEXPORT_DATA_DIR", help=DATA_HELP)
 ImageSizeOpt = typer.Option(None, "--image-size", help="Resize imagefolder/synthetic images to this square size (imagefolder default 224).")
@@ -89,13 +89,13 @@ def train(
     from qexport.train import TrainConfig, resolve_device
 
     if list_models:
-        from qexport.models import classification_models
+        from qexport.models import accepted_model_names
 
-        typer.echo("\n".join(classification_models()))
+        typer.echo("\n".join(accepted_model_names()))
         return
-    from qexport.models import build_model
+    from qexport.models import check_model_name
 
-    build_model(model, 1)  # fail on an unknown name before spending time on data
+    check_model_name(model)  # fail on an unknown name before spending time on data
     train_device = resolve_device(device)
     dataset = pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, validation_fraction=val_fraction)
@@ -138,7 +138,7 @@ def build(
     from qexport.exporter.build import build_families
     from qexport import pipeline, report
     from qexport.fsutil import ensure_writable_dir
-    from qexport.models import DEFAULT_MODEL, build_model
+    from qexport.models import DEFAULT_MODEL, check_model_name
     from qexport.train import TrainConfig, resolve_device
 
     if list_families:
@@ -155,7 +155,7 @@ def build(
     train_device = resolve_device(device)
     if checkpoint is None:
         model = model or DEFAULT_MODEL
-        build_model(model, 1)  # fail on an unknown name before loading data
+        check_model_name(model)  # fail on an unknown name before loading data
     dataset = pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed)
     ckpt = pipeline.resolve_checkpoint(model, dataset, checkpoint, TrainConfig(epochs=epochs, seed=seed), progress,
                                       train_device, retrain=retrain)
@@ -368,6 +368,46 @@ def compare(files: list[Path] = typer.Argument(..., help="bench.json files from 
     for cells in body:
         table.add_row(*cells)
     console.print(table)
+
+
+@app.command()
+def zoo(
+    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated architectures (timm:<name> or torchvision names). Default: the 12 timm architectures of the published matrix."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated families or prefixes (default: every family)."),
+    out: Path = typer.Option(Path("zoo"), "--out", "-o", help="Folder for checkpoints/, one artifact folder per architecture, compatibility.md and compatibility.json."),
+    data: str = DataOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    image_size: Optional[int] = ImageSizeOpt,
+    train_samples: int = typer.Option(5000, "--train-samples", help="Seeded train images each architecture trains on (a tenth held out for the accuracy budget)."),
+    test_samples: int = typer.Option(1000, "--test-samples", help="Seeded test images each artifact is scored on."),
+    epochs: int = typer.Option(2, "--epochs", help="Training epochs per architecture: enough for the int8 drop to mean something, not for accuracy."),
+    calibration_samples: int = typer.Option(128, "--calibration-samples", help="Seeded train images the int8 families calibrate on."),
+    max_accuracy_drop: float = typer.Option(1.0, "--max-accuracy-drop", help="Top-1 points an int8 artifact may lose on the held-out images; layers are kept in float until it does."),
+    budget_verdict: str = typer.Option("estimate", "--budget-verdict", help="What 'met' needs: estimate (the drop's point estimate; a few hundred held-out images cannot resolve 1 pt) or interval."),
+    rounds: int = typer.Option(3, "--rounds", help="Batch-1 rounds per artifact, each a fresh pinned process."),
+    min_seconds: float = typer.Option(0.2, "--min-seconds", help="Minimum timed seconds per round."),
+    jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Families built at once."),
+    seed: int = SeedOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Build a compatibility matrix: every architecture × every family, each cell built (int8 drop,
+    batch-1 speed against that architecture's fastest fp32), skipped or failed with its reason.
+
+    Each architecture trains briefly on a small seeded subset, so a 12-architecture matrix fits an
+    afternoon on a 2-core host. Example: `qexport zoo --models timm:resnet50,timm:vit_tiny_patch16_224`."""
+    import shlex
+
+    from qexport.zoo import DEFAULT_MODELS, ZooOptions, run_zoo
+    from qexport.progress import say
+
+    chosen = tuple(m.strip() for m in models.split(",") if m.strip()) if models is not None else DEFAULT_MODELS
+    options = ZooOptions(models=chosen, families=tuple(o.strip() for o in only.split(",") if o.strip()) if only else None,
+                         data=data, image_size=image_size, train_samples=train_samples, test_samples=test_samples,
+                         epochs=epochs, calibration_samples=calibration_samples, max_accuracy_drop=max_accuracy_drop,
+                         budget_verdict=budget_verdict, rounds=rounds, min_seconds=min_seconds, jobs=jobs, seed=seed)
+    command = "qexport " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    matrix = run_zoo(options, out, data_dir, command, show_progress=progress)
+    say(f"wrote {out / 'compatibility.md'} and {out / 'compatibility.json'} ({len(matrix.cells)} cells)")
 
 
 INTERRUPTED = "Interrupted; nothing half-written was left behind (workers stopped, temporary files removed)."

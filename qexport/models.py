@@ -1,4 +1,5 @@
-"""Model registry (any torchvision classifier) and the checkpoint format.
+"""Model registry (any torchvision classifier, or a timm architecture as ``timm:<name>``) and the
+checkpoint format.
 
 A checkpoint is a plain dict of tensors and JSON-like metadata, read with
 ``torch.load(weights_only=True)`` so that opening an untrusted file can never run code, and
@@ -28,16 +29,50 @@ def classification_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def build_model(name: str, num_classes: int) -> nn.Module:
-    """A randomly initialised torchvision classifier with ``num_classes`` outputs."""
-    import torchvision
+def accepted_model_names() -> list[str]:
+    """What ``--model`` accepts: torchvision classifiers, then timm's architectures where timm is installed."""
+    from qexport import timm_models
 
+    try:
+        return classification_models() + timm_models.timm_model_names()
+    except QExportError:  # timm is optional
+        return classification_models()
+
+
+def check_model_name(name: str) -> None:
+    """Fail on an unknown name with a "did you mean" before any data is loaded or model built."""
+    from qexport import timm_models
+
+    if timm_models.is_timm_name(name):
+        timm_models.check_timm_name(name)
+        return
     names = classification_models()
     if name not in names:
         raise QExportError(
             f"Unknown model {name!r}{did_you_mean(name, names)}; "
-            "run `qexport train --list-models` for the torchvision classifiers qexport accepts."
+            "run `qexport train --list-models` for the classifiers qexport accepts "
+            f"(timm architectures as timm:<name>)."
         )
+
+
+def file_stem(model_name: str) -> str:
+    """The model's name as it starts a file name: ``timm:resnet50`` -> ``timm-resnet50`` (a colon
+    is not a file name character everywhere a deployment team may copy an artifact to)."""
+    return model_name.replace(":", "-")
+
+
+def build_model(name: str, num_classes: int, image_size: int | None = None) -> nn.Module:
+    """A randomly initialised classifier with ``num_classes`` outputs.
+
+    ``image_size`` matters only to architectures built for one input size (a timm ViT's patch grid):
+    they are created for the data's size, so training, every build and every load must pass the same."""
+    from qexport import timm_models
+
+    if timm_models.is_timm_name(name):
+        return timm_models.build_timm_model(name, num_classes, image_size)
+    import torchvision
+
+    check_model_name(name)
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
@@ -80,7 +115,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     raise QExportError(f"{path} holds a {type(obj).__name__}, not a state_dict; save model.state_dict() instead.")
 
 
-def load_model(path: Path, model_name: str | None, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: Path, model_name: str | None, num_classes: int,
+               image_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Build ``model_name`` and load the checkpoint into it; a mismatch is one clear sentence."""
     ckpt = read_checkpoint(path)
     saved_name = ckpt.get("model")
@@ -89,7 +125,7 @@ def load_model(path: Path, model_name: str | None, num_classes: int) -> tuple[nn
             f"Checkpoint {path} is for {saved_name!r}, not {model_name!r}; pass --model {saved_name} or another checkpoint."
         )
     name = model_name or saved_name or DEFAULT_MODEL
-    model = build_model(name, num_classes)
+    model = build_model(name, num_classes, image_size)
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as err:

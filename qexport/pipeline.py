@@ -12,7 +12,7 @@ from qexport.documents import parse, to_json
 from qexport.envinfo import library_versions
 from qexport.errors import QExportError
 from qexport.fsutil import ensure_writable_dir
-from qexport.models import build_model, read_checkpoint, save_checkpoint
+from qexport.models import build_model, file_stem, read_checkpoint, save_checkpoint
 from qexport.progress import say
 from qexport.train import TrainConfig, train
 
@@ -30,14 +30,14 @@ def open_data(source: str, data_dir: Path | None, image_size: int | None, train_
 
 def default_checkpoint_path(model_name: str, data: Dataset) -> Path:
     suffix = "" if not data.note else f"-{len(data.train)}x{len(data.test)}"
-    return Path("checkpoints") / f"{model_name}-{data.name}{suffix}.pt"
+    return Path("checkpoints") / f"{file_stem(model_name)}-{data.name}{suffix}.pt"
 
 
 def train_checkpoint(model_name: str, data: Dataset, config: TrainConfig, path: Path,
                      show_progress: bool = True, device: str = "cpu") -> Path:
     """Train ``model_name`` on ``data`` and write the checkpoint with everything needed to trust it."""
     ensure_writable_dir(Path(path).parent)
-    model = build_model(model_name, data.num_classes)
+    model = build_model(model_name, data.num_classes, data.image_size[0])
     holdout = (Holdout.choose(data.train, config.seed, config.validation_fraction) if data.validation is None
                else Holdout(config.seed, 0, ""))  # an image folder's own val/ is the validation split
     fit = hold_out(data, holdout)
@@ -145,7 +145,7 @@ def build_context(model_name: str | None, data: Dataset, checkpoint: Path, optio
     from qexport.fsutil import sha256_file
     from qexport.models import DEFAULT_MODEL, load_model
 
-    model, ckpt = load_model(checkpoint, model_name, data.num_classes)
+    model, ckpt = load_model(checkpoint, model_name, data.num_classes, data.image_size[0])
     norm = ckpt.get("meta", {}).get("normalization")
     if norm:  # the statistics the model was trained with, not a recomputation
         data = replace(data, mean=tuple(norm["mean"]), std=tuple(norm["std"]))

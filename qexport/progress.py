@@ -79,3 +79,6 @@ def quiet_library_warnings() -> None:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     # torchao registers an Enum as a pytree constant, which torch 2.14 logs as deprecated on every import.
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    # ONNX Runtime's quantizer logs one line per 1-D norm weight (a transformer has dozens) on the
+    # root logger when it asks for per-channel axis 1: those weights stay per-tensor, as they should.
+    logging.getLogger().addFilter(lambda record: "is out-of-range for weight" not in record.getMessage())

@@ -1,0 +1,224 @@
+"""The compatibility matrix: which deployment format each architecture survives, and at what cost.
+
+``qexport zoo`` trains each architecture briefly on a small seeded subset, builds every family from
+it, measures batch 1 in a few short rounds, and writes one cell per architecture × family:
+built (with its int8 drop on held-out images and its latency against that architecture's fastest
+fp32 artifact), skipped (why) or failed (the one sentence the build gave). The subsets and rounds
+are small so the whole matrix fits a working session on a 2-core host; the file says so, and its
+accuracy figures judge the export, not the architecture.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from qexport.documents import parse, to_json
+from qexport.errors import QExportError
+from qexport.fsutil import atomic_write_bytes, atomic_write_json
+from qexport.models import check_model_name, file_stem
+from qexport.progress import say
+
+MATRIX_JSON = "compatibility.json"
+MATRIX_MD = "compatibility.md"
+SCHEMA = "qexport-compatibility"
+SCHEMA_VERSION = 1
+
+# The architectures the published matrix covers: the ones vision teams most often train with timm,
+# CNNs and transformers, small enough to train briefly on a CPU.
+DEFAULT_MODELS = (
+    "timm:resnet50", "timm:efficientnet_b0", "timm:mobilenetv3_large_100", "timm:mobilenetv4_conv_small",
+    "timm:convnext_atto", "timm:regnety_002", "timm:ghostnet_100", "timm:fastvit_t8", "timm:efficientvit_m0",
+    "timm:vit_tiny_patch16_224", "timm:deit_tiny_patch16_224", "timm:levit_128s",
+)
+
+
+@dataclass(frozen=True)
+class ZooOptions:
+    """How small the matrix's training, builds and rounds are (every field is written with it)."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    families: tuple[str, ...] | None = None  # None: every registered family
+    data: str = "cifar10"
+    image_size: int | None = None
+    train_samples: int = 5000
+    test_samples: int = 1000
+    epochs: int = 2
+    calibration_samples: int = 128
+    max_accuracy_drop: float = 1.0
+    budget_verdict: str = "estimate"
+    rounds: int = 3
+    min_seconds: float = 0.2
+    jobs: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One architecture × family: built, skipped or failed, and what it cost where it was built."""
+
+    model: str
+    family: str
+    status: str  # built | skipped | failed
+    reason: str = ""
+    precision: str = ""
+    int8_drop_pt: float | None = None       # on the held-out budget images, paired against fp32
+    int8_drop_ci95_pt: float | None = None  # half-width of that drop's paired 95 % interval
+    budget_verdict: str = ""
+    top1: float | None = None               # on the test subset, in the artifact's own runtime
+    p50_ms: float | None = None             # batch 1
+    vs_best_fp32: float | None = None       # batch-1 speed-up over the architecture's fastest fp32 artifact
+    vs_best_fp32_low: float | None = None
+    vs_best_fp32_high: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """What each architecture was trained to before its families were built."""
+
+    model: str
+    image_size: int
+    fp32_top1: float | None = None
+    best_fp32: str = ""
+    problem: str = ""  # the one sentence when the architecture itself could not be trained or loaded
+
+
+@dataclass(frozen=True)
+class Matrix:
+    created: str
+    command: str
+    cpu: str
+    isa: list[str]
+    libraries: dict[str, str | None]
+    options: ZooOptions
+    models: list[ModelRow] = field(default_factory=list)
+    cells: list[Cell] = field(default_factory=list)
+    seconds: float = 0.0
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def cell(self, model: str, family: str) -> Cell | None:
+        return next((c for c in self.cells if c.model == model and c.family == family), None)
+
+
+def check_models(models: tuple[str, ...]) -> None:
+    """Every name is checked before the first hour of training, not when its turn comes."""
+    if not models:
+        raise QExportError("No architectures to build: pass --models, e.g. timm:resnet50,timm:vit_tiny_patch16_224.")
+    for name in models:
+        check_model_name(name)
+
+
+def cells_from_build(model: str, outcomes, rows_by_family: dict) -> list[Cell]:
+    """One cell per build outcome; a built family takes its budget from its manifest and its
+    speed and accuracy from the bench row (a bench failure makes the cell failed: it does not run)."""
+    cells = []
+    for outcome in outcomes:
+        if outcome.status not in ("built", "up-to-date"):
+            cells.append(Cell(model, outcome.family, outcome.status, outcome.reason))
+            continue
+        cells.append(built_cell(model, outcome.family, outcome.manifest, rows_by_family.get(outcome.family)))
+    return cells
+
+
+def built_cell(model: str, family: str, manifest, row) -> Cell:
+    """A built artifact's cell: its budget record, and its batch-1 figures where the bench measured it."""
+    budget = manifest.accuracy_budget if manifest is not None else None
+    precision = manifest.precision if manifest is not None else ""
+    measured = {}
+    if row is not None and not row.measured:
+        return Cell(model, family, "failed", f"built, but the bench could not run it: {row.reason}", precision)
+    if row is not None:
+        batch = row.batch("1")
+        ratio = row.speedup_vs_best_fp32.get("1")
+        measured = dict(top1=row.result.eval.top1 if row.result.eval else None, p50_ms=batch.p50_ms if batch else None,
+                        vs_best_fp32=ratio.estimate if ratio else None,
+                        vs_best_fp32_low=ratio.low if ratio else None, vs_best_fp32_high=ratio.high if ratio else None)
+    drop = {}
+    if budget is not None:
+        drop = dict(int8_drop_pt=budget.drop_pt, int8_drop_ci95_pt=budget.drop_ci95_pt, budget_verdict=budget.verdict)
+    return Cell(model, family, "built", "", precision, **drop, **measured)
+
+
+def read_matrix(path: Path) -> Matrix:
+    import json
+
+    return parse(Matrix, json.loads(Path(path).read_text()), str(path))
+
+
+def write_matrix(matrix: Matrix, out_dir: Path) -> list[Path]:
+    """compatibility.json (every number) and compatibility.md (the table a team reads)."""
+    from qexport.zooreport import markdown
+
+    written = [Path(out_dir) / MATRIX_JSON, Path(out_dir) / MATRIX_MD]
+    atomic_write_json(written[0], to_json(matrix))
+    atomic_write_bytes(written[1], markdown(matrix).encode())
+    return written
+
+
+def run_zoo(options: ZooOptions, out_dir: Path, data_dir: Path | None, command: str,
+            show_progress: bool = True) -> Matrix:
+    """Train, build and bench every architecture in turn, rewriting the matrix after each one so an
+    interrupted run keeps what it finished."""
+    from qexport.envinfo import cpu_info, isa_summary, library_versions
+
+    check_models(options.models)
+    started = time.time()
+    matrix = Matrix(created=time.strftime("%Y-%m-%d", time.gmtime()), command=command,
+                    cpu=str(cpu_info().get("model", "")), isa=isa_summary(), libraries=library_versions(),
+                    options=options)
+    for number, model in enumerate(options.models, 1):
+        say(f"[{number}/{len(options.models)}] {model}")
+        row, cells = matrix_row(model, options, Path(out_dir), data_dir, show_progress)
+        matrix.models.append(row)
+        matrix.cells.extend(cells)
+        matrix = replace(matrix, seconds=round(time.time() - started, 1))
+        write_matrix(matrix, out_dir)
+    return matrix
+
+
+def matrix_row(model: str, options: ZooOptions, out_dir: Path, data_dir: Path | None,
+               show_progress: bool) -> tuple[ModelRow, list[Cell]]:
+    """One architecture: train, build every family, bench batch 1; a failure of the architecture
+    itself (a size it cannot take) is its row's one sentence, and the next architecture goes on."""
+    from qexport import pipeline
+    from qexport.exporter import BuildOptions, select_families
+    from qexport.exporter.build import build_families
+    from qexport.runtimes.harness import BenchOptions, bench_directory
+
+    dataset = pipeline.open_data(options.data, data_dir, options.image_size, options.train_samples,
+                                 options.test_samples, options.seed)
+    size = dataset.image_size[0]
+    families = select_families(list(options.families) if options.families else None)
+    try:
+        checkpoint = out_dir / "checkpoints" / f"{file_stem(model)}.pt"
+        if not pipeline.checkpoint_is_current(checkpoint, model, dataset, recipe(options)):
+            pipeline.train_checkpoint(model, dataset, recipe(options), checkpoint, show_progress=show_progress)
+        build_options = BuildOptions(calibration_samples=options.calibration_samples, seed=options.seed,
+                                     max_accuracy_drop=options.max_accuracy_drop,
+                                     budget_verdict=options.budget_verdict)
+        ctx = pipeline.build_context(model, dataset, checkpoint, build_options, show_progress)
+    except QExportError as err:
+        return ModelRow(model, size, problem=str(err)), [Cell(model, f.key, "failed", str(err)) for f in families]
+    artifacts = out_dir / file_stem(model)
+    outcomes = build_families(ctx, families, artifacts, jobs=options.jobs)
+    bench = BenchOptions(rounds=options.rounds, batch_sizes=(1,), min_seconds=options.min_seconds, warmup=3)
+    doc = bench_directory(artifacts, bench, dataset, seed=options.seed) if any(
+        o.status in ("built", "up-to-date") for o in outcomes) else None
+    rows = {row.family: row for row in doc.rows} if doc else {}
+    row = ModelRow(model, size, read_fp32_top1(checkpoint), best_fp32=doc.best_fp32.get("1", "") if doc else "")
+    return row, cells_from_build(model, outcomes, rows)
+
+
+def recipe(options: ZooOptions):
+    """The short training every architecture gets (the one-cycle schedule's defaults otherwise)."""
+    from qexport.train import TrainConfig
+
+    return TrainConfig(epochs=options.epochs, batch_size=64, seed=options.seed)
+
+
+def read_fp32_top1(checkpoint: Path) -> float | None:
+    from qexport.models import read_checkpoint
+
+    return read_checkpoint(checkpoint).get("meta", {}).get("test_top1")

@@ -1,0 +1,107 @@
+"""The compatibility matrix's cells and text, from hand-made results with known answers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from qexport.errors import QExportError
+from qexport.exporter.build import Outcome
+from qexport.manifest import AccuracyBudget
+from qexport.runtimes.results import ArtifactResult, BatchResult, BenchRow, EvalResult
+from qexport.runtimes.stats import Interval
+from qexport.zoo import Cell, Matrix, ModelRow, ZooOptions, built_cell, cells_from_build, check_models
+from qexport.zooreport import cell_text, drop_text, markdown, speed_text
+
+
+def measured_row(family: str, p50: float, ratio: Interval, top1: float = 0.5) -> BenchRow:
+    batch = BatchResult(count=10, min_ms=p50, p50_ms=p50, p90_ms=p50, p99_ms=p50, mean_ms=p50, std_ms=0.0,
+                        max_ms=p50, throughput_ips=1000 / p50)
+    result = ArtifactResult(load_ms=1.0, peak_rss_mb=1.0, eval=EvalResult(samples=100, top1=top1), batches={"1": batch})
+    return BenchRow(family, f"m.{family}", "onnx", "int8", "onnxruntime", result=result,
+                    speedup_vs_best_fp32={"1": ratio})
+
+
+class ManifestStandIn:
+    """The two fields a cell reads from a manifest."""
+
+    def __init__(self, precision: str, budget: AccuracyBudget | None):
+        self.precision, self.accuracy_budget = precision, budget
+
+
+BUDGET = AccuracyBudget(max_drop_pt=1.0, measured_on="validation", samples=500, seed=0, fp32_top1=0.6, top1=0.596,
+                        drop_pt=0.4, met=True, drop_ci95_pt=0.7, verdict="met")
+
+
+def test_a_built_cell_takes_its_drop_from_the_manifest_and_its_speed_from_the_bench():
+    row = measured_row("onnx-int8", 0.8, Interval(2.5, 2.1, 3.0, 3), top1=0.58)
+    cell = built_cell("timm:x", "onnx-int8", ManifestStandIn("int8", BUDGET), row)
+    assert (cell.status, cell.precision, cell.int8_drop_pt, cell.int8_drop_ci95_pt) == ("built", "int8", 0.4, 0.7)
+    assert (cell.p50_ms, cell.top1) == (0.8, 0.58)
+    assert (cell.vs_best_fp32, cell.vs_best_fp32_low, cell.vs_best_fp32_high) == (2.5, 2.1, 3.0)
+
+
+def test_a_built_artifact_the_bench_cannot_run_is_a_failed_cell_saying_so():
+    row = replace(measured_row("onnx-int8", 0.8, Interval(2.5, 2.1, 3.0, 3)), status="failed", result=None,
+                  reason="worker exited with SIGILL")
+    cell = built_cell("timm:x", "onnx-int8", ManifestStandIn("int8", BUDGET), row)
+    assert cell.status == "failed" and cell.reason == "built, but the bench could not run it: worker exited with SIGILL"
+
+
+def test_each_build_outcome_becomes_its_own_cell():
+    outcomes = [Outcome("ipex-bf16", "skipped", reason="needs AVX-512 BF16"),
+                Outcome("pt2e-int8", "failed", reason="pt2e-int8 cannot capture the model: layer 'x'"),
+                Outcome("onnx-int8", "built", manifest=ManifestStandIn("int8", BUDGET))]
+    rows = {"onnx-int8": measured_row("onnx-int8", 0.8, Interval(2.5, 2.1, 3.0, 3))}
+    cells = cells_from_build("timm:x", outcomes, rows)
+    assert [(c.family, c.status, c.reason) for c in cells] == [
+        ("ipex-bf16", "skipped", "needs AVX-512 BF16"),
+        ("pt2e-int8", "failed", "pt2e-int8 cannot capture the model: layer 'x'"),
+        ("onnx-int8", "built", "")]
+
+
+@pytest.mark.parametrize("estimate, low, high, text", [
+    (1.82, 1.5, 2.1, "1.82×"),     # faster than the best fp32, and the interval says so
+    (0.5, 0.4, 0.6, "0.50×"),      # slower: a ratio below 1, never inverted
+    (1.05, 0.9, 1.2, "~1.05×"),    # the interval includes 1: not distinguishable
+    (0.95, 0.8, 1.0, "~0.95×"),    # touching 1 counts as including it
+    (1.4, None, None, "1.40×"),    # a single round: no interval, no claim of a tie
+])
+def test_the_speed_text_marks_a_tie_only_when_the_interval_includes_one(estimate, low, high, text):
+    assert speed_text(Cell("m", "f", "built", vs_best_fp32=estimate, vs_best_fp32_low=low, vs_best_fp32_high=high)) == text
+
+
+def test_the_drop_text_gives_the_sign_and_the_half_width():
+    assert drop_text(Cell("m", "f", "built", int8_drop_pt=0.4, int8_drop_ci95_pt=0.66)) == "drop +0.4 pt ±0.7"
+    assert drop_text(Cell("m", "f", "built", int8_drop_pt=-1.25)) == "drop -1.2 pt"
+    assert drop_text(Cell("m", "f", "built")) == ""
+
+
+def test_the_same_reason_shares_one_note_and_another_gets_the_next_number():
+    notes: dict[str, int] = {}
+    texts = [cell_text(Cell("a", "ipex-bf16", "skipped", "needs AVX-512 BF16"), notes),
+             cell_text(Cell("b", "pt2e-int8", "failed", "layer 'gate' branches"), notes),
+             cell_text(Cell("c", "ipex-bf16", "skipped", "needs AVX-512 BF16"), notes)]
+    assert texts == ["skip [1]", "**fail** [2]", "skip [1]"]
+    assert notes == {"needs AVX-512 BF16": 1, "layer 'gate' branches": 2}
+
+
+def test_the_markdown_counts_cells_and_explains_every_note():
+    matrix = Matrix(created="2026-12-03", command="qexport zoo", cpu="cpu", isa=["AVX2"], libraries={},
+                    options=ZooOptions(models=("timm:a", "timm:b")),
+                    models=[ModelRow("timm:a", 32, 0.61), ModelRow("timm:b", 32, None, problem="timm:b does not take 32×32 images")],
+                    cells=[Cell("timm:a", "onnx-fp32", "built", vs_best_fp32=1.0, vs_best_fp32_low=1.0, vs_best_fp32_high=1.0),
+                           Cell("timm:a", "onnx-int8", "skipped", "needs onnxruntime"),
+                           Cell("timm:b", "onnx-fp32", "failed", "timm:b does not take 32×32 images"),
+                           Cell("timm:b", "onnx-int8", "failed", "timm:b does not take 32×32 images")])
+    text = markdown(matrix)
+    assert "2 architectures × 2 families: 1 built, 1 skipped, 2 failed." in text
+    assert "| timm:a | 32 | 61.0% | ✓ ~1.00× | skip [1] |" in text
+    assert "| timm:b | 32 | – | **fail** [2] | **fail** [2] |" in text
+    assert "1. needs onnxruntime" in text and "2. timm:b does not take 32×32 images" in text
+
+
+def test_an_unknown_architecture_is_refused_before_any_training():
+    with pytest.raises(QExportError, match=r"Unknown model 'resnet19' \(did you mean 'resnet18'\?\)"):
+        check_models(("resnet18", "resnet19"))
