@@ -12,5 +12,6 @@ from qexport.exporter import torchscript  # noqa: F401,E402  TorchScript fp32/fp
 from qexport.exporter import onnx  # noqa: F401,E402  ONNX fp32/fp16/int8 (ONNX Runtime)
 from qexport.exporter import ipex  # noqa: F401,E402  IPEX int8/bf16 (built in the .venv-ipex environment)
 from qexport.exporter import openvino  # noqa: F401,E402  OpenVINO IR fp32 / NNCF int8 (optional: qexport[openvino])
+from qexport.exporter import executorch  # noqa: F401,E402  ExecuTorch .pte fp32 / int8, XNNPACK (optional: qexport[executorch])
 
 __all__ = ["FAMILIES", "BuildContext", "BuildOptions", "Family", "register", "select_families"]

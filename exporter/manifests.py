@@ -52,7 +52,6 @@ def runtime_section(family: Family, details: BuildDetails) -> RuntimeSection:
 def make_manifest(ctx: BuildContext, family: Family, final: Path, details: BuildDetails, evaluation: Evaluation,
                   options: dict, seconds: float, golden: Path, budget: AccuracyBudget | None = None) -> Manifest:
     data = ctx.data
-    height, width = data.image_size
     return Manifest(
         artifact=ArtifactFile(**vars(file_record(final)),
                               companions=[file_record(final.with_suffix(suffix)) for suffix in family.companions]),
@@ -63,8 +62,9 @@ def make_manifest(ctx: BuildContext, family: Family, final: Path, details: Build
         model=ModelInfo(name=ctx.model_name, num_classes=data.num_classes, checkpoint_sha256=ctx.checkpoint_sha256),
         data=parse(DataInfo, data.describe(), "the data description"), synthetic=data.synthetic,
         calibration=details.calibration, int8_coverage=details.int8_coverage, accuracy_budget=budget,
-        input=InputSpec(shape=["batch", 3, height, width], mean=list(data.mean), std=list(data.std)),
-        output=OutputSpec(shape=["batch", data.num_classes], classes=list(data.classes)),
+        input=input_spec(ctx, family),
+        output=OutputSpec(shape=[input_spec(ctx, family).shape[0], data.num_classes], classes=list(data.classes)),
+        delegation=details.delegation,
         evaluation=evaluation,
         golden=Golden(file=golden.name, sha256=sha256_file(golden), samples=ctx.options.golden_samples,
                       atol=GOLDEN_ATOL[family.precision]),
@@ -72,6 +72,14 @@ def make_manifest(ctx: BuildContext, family: Family, final: Path, details: Build
                           fine_tune=details.fine_tune, created=utc_now(), libraries=library_versions(),
                           cpu=cpu_info()["model"], isa=isa_summary(), qexport_version=__version__,
                           git_commit=git_commit(Path(__file__).parent)))
+
+
+def input_spec(ctx: BuildContext, family: Family) -> InputSpec:
+    """NCHW with a dynamic batch, or the one batch a fixed-shape program (ExecuTorch) was exported for."""
+    height, width = ctx.data.image_size
+    batch: int | str = ctx.options.executorch_batch if family.fixed_batch else "batch"
+    return InputSpec(shape=[batch, 3, height, width], mean=list(ctx.data.mean), std=list(ctx.data.std),
+                     dynamic_axes=[] if family.fixed_batch else ["batch"])
 
 
 def file_record(path: Path) -> FileRecord:

@@ -19,8 +19,8 @@ from torch import nn
 from qexport.data import Dataset, Split, calibration_split, normalize
 from qexport.errors import QExportError
 from qexport.models import file_stem
-from qexport.manifest import (DEFAULT_MAX_DROP, PRECISIONS, Calibration, Int8Coverage, LoadHints, Precision,
-                              RuntimeSection)
+from qexport.manifest import (DEFAULT_MAX_DROP, PRECISIONS, Calibration, Delegation, Int8Coverage, LoadHints,
+                              Precision, RuntimeSection)
 from qexport.runtimes.results import EVAL_BATCH
 from qexport.selection import match_keys
 from qexport.hardware import (DEFAULT_TARGET, TARGETS, CpuRequirement, HostCpu, TargetIsa, host_cpu,
@@ -47,6 +47,7 @@ class BuildOptions:
     max_accuracy_drop: float = DEFAULT_MAX_DROP  # top-1 points an int8 family may lose vs fp32 (held-out train images)
     budget_samples: int = 5000  # validation (else held-out train) images the drop is measured on (budget.paired_drop_ci95_pt)
     budget_verdict: str = "interval"  # "met" needs the drop's 95 % upper end within budget ("estimate": the estimate)
+    executorch_batch: int = 1  # the one batch size an ExecuTorch program is exported for
 
     def __post_init__(self) -> None:
         resolve_target(self.target_cpu)  # unknown, or beyond this host: one sentence before anything is built
@@ -61,6 +62,8 @@ class BuildOptions:
         if self.calibration_method not in CALIBRATION_METHODS:
             raise QExportError(
                 f"Unknown calibration method {self.calibration_method!r}; choose {', '.join(CALIBRATION_METHODS)}.")
+        if self.executorch_batch < 1:
+            raise QExportError(f"--executorch-batch must be at least 1, got {self.executorch_batch}.")
         if self.qat_epochs < 1:
             raise QExportError(f"--qat-epochs must be at least 1, got {self.qat_epochs}.")
 
@@ -133,6 +136,7 @@ class BuildDetails:
     fine_tune: list[dict] | None = None             # QAT: the fine-tune history, per epoch
     runtime: RuntimeSection | None = None           # built in the runtime's own environment, which knows its versions
     float_not_found: list[str] = field(default_factory=list)  # --keep-float layers this graph does not name (left int8)
+    delegation: Delegation | None = None            # ExecuTorch: what the XNNPACK delegate holds
 
     @property
     def load_hints(self) -> LoadHints:
@@ -170,6 +174,7 @@ class Family:
     companions: tuple[str, ...] = ()  # suffixes of files written beside the artifact (OpenVINO: ".bin")
     fallback: bool = False   # honours BuildContext.keep_float: can keep chosen layers in float to meet the budget
     model_support: Callable[[str], str | None] | None = None  # why a model cannot take this family, or None
+    fixed_batch: bool = False  # the artifact takes one batch size (BuildOptions.executorch_batch), not any
 
     def build_problem(self, cpu: HostCpu | None = None) -> str | None:
         """None when this host can build the family; else 'needs X; this CPU has Y'."""

@@ -122,6 +122,7 @@ def build(
     max_accuracy_drop: float = typer.Option(DEFAULT_MAX_DROP, "--max-accuracy-drop", help="Top-1 points an int8 artifact may lose against fp32, measured on the validation split (images the model never trained on; never the test split). Over it, pt2e/ONNX/OpenVINO/TorchScript static int8 are rebuilt with the most sensitive layers in float until it fits; a family that cannot fit is not written. 1.0 ~ MLPerf's 99 %-of-fp32 rule."),
     budget_samples: int = typer.Option(5000, "--budget-samples", help="Validation images the accuracy budget is measured on (at most). The drop's paired 95 % interval is recorded: where int8 and fp32 differ in correctness on 5 % of the images it is about ±0.6 pt on 5000 images and ±1.4 pt on 1000."),
     budget_verdict: str = typer.Option("interval", "--budget-verdict", help="What 'met' needs: interval (the upper end of the drop's 95 % interval is within the budget: the artifact plausibly loses no more) or estimate (the point estimate alone; a drop the images cannot resolve then ships, marked 'met on the estimate only')."),
+    executorch_batch: int = typer.Option(1, "--executorch-batch", help="The one batch size the ExecuTorch .pte programs take (their input shape is fixed; bench times that batch)."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Folder of <class>/ images the model never trained on, to measure the accuracy budget on. Needed for a checkpoint qexport did not train (which records no validation split); without it the budget uses training images and says it is likely optimistic."),
     epochs: int = typer.Option(30, "--epochs", help="Training epochs when no checkpoint is given."),
     seed: int = SeedOpt,
@@ -149,7 +150,7 @@ def build(
     options = BuildOptions(calibration_samples=calibration_samples, calibration_method=calibration_method,
                            qat_epochs=qat_epochs, seed=seed, eval_samples=eval_samples, target_cpu=target_cpu,
                            max_accuracy_drop=max_accuracy_drop, budget_samples=budget_samples,
-                           budget_verdict=budget_verdict)
+                           budget_verdict=budget_verdict, executorch_batch=executorch_batch)
     families = select_families(None if all_families else [n.strip() for n in only.split(",") if n.strip()])
     ensure_writable_dir(out)
     train_device = resolve_device(device)

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 LIBRARIES = ("torch", "torchvision", "torchao", "onnx", "onnxruntime", "onnxscript",
-             "intel-extension-for-pytorch", "openvino", "nncf", "numpy")
+             "intel-extension-for-pytorch", "openvino", "nncf", "numpy", "executorch", "timm")
 
 
 def package_versions(packages) -> dict[str, str | None]:

@@ -152,6 +152,15 @@ class InputSpec:
     preprocess: str = "x = (rgb_uint8 / 255 - mean) / std, channels first"
 
     @property
+    def fixed_batch(self) -> int | None:
+        """The one batch size a fixed-shape program (ExecuTorch) takes; None when any batch runs."""
+        return None if "batch" in self.dynamic_axes or isinstance(self.shape[0], str) else int(self.shape[0])
+
+    def serves(self, batch: int) -> bool:
+        """Whether one call takes a batch of ``batch`` (a fixed-shape program takes only its own)."""
+        return self.fixed_batch in (None, batch)
+
+    @property
     def image_size(self) -> tuple[int, int]:
         """(height, width) of the NCHW input."""
         _, _, height, width = self.shape
@@ -230,6 +239,30 @@ class Int8Coverage:
 DEFAULT_MAX_DROP = 1.0
 VALIDATION_FRACTION = 0.1  # of the train split, set aside by `qexport train` before training for the accuracy budget
 VALIDATION_MAX = 5000      # enough to resolve a 1-pt budget where 5 % of images change correctness (±0.6 pt)
+
+
+@dataclass(frozen=True)
+class Delegation:
+    """What share of a program a backend delegate runs (ExecuTorch: XNNPACK), and what it left to
+    slow portable kernels, by name: a partly delegated program is slow for a reason a team can fix."""
+
+    backend: str
+    delegated_ops: int
+    portable_ops: int
+    delegated_macs: int
+    portable_macs: int
+    portable_op_names: list[str] = field(default_factory=list)
+
+    @property
+    def mac_share(self) -> float:
+        """Multiply-adds inside the delegate over all multiply-adds (1.0 when there are none)."""
+        total = self.delegated_macs + self.portable_macs
+        return self.delegated_macs / total if total else 1.0
+
+    @property
+    def op_share(self) -> float:
+        total = self.delegated_ops + self.portable_ops
+        return self.delegated_ops / total if total else 1.0
 
 
 @dataclass(frozen=True)
@@ -314,6 +347,7 @@ class Manifest:
     calibration: Calibration | None = None
     int8_coverage: Int8Coverage | None = None
     accuracy_budget: AccuracyBudget | None = None
+    delegation: Delegation | None = None
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 

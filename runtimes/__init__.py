@@ -82,6 +82,15 @@ with torch.inference_mode():
 compiled = ov.Core().compile_model("{file}", "CPU", {{"INFERENCE_PRECISION_HINT": "f32"}})
 x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
 logits = compiled(x)[0]''', same_minor_or_newer("openvino")),
+    Runtime("executorch", "qexport.runtimes.executorch", "ExecuTorchRunner", "qexport[executorch] (executorch==1.5.1)",
+            "executorch", ("executorch",), '''import numpy as np, torch                         # torch only for its tensor type
+from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+from executorch.runtime import Runtime
+_unsafe_reset_threadpool(1)                         # before loading: the pool defaults to every core
+method = Runtime.get().load_program("{file}").load_method("forward")
+x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW; the .pte takes its fixed batch
+logits = np.concatenate([method.execute([torch.from_numpy(x[i:i + 1])])[0].numpy() for i in range(len(x))])''',
+            same_minor_or_newer("executorch")),
 )}
 
 

@@ -55,6 +55,7 @@ def check_row(manifest_file: Path, manifest: Manifest, options: BenchOptions) ->
             row.status, row.reason = "refused", f"{modified}; rebuild it, or pass --allow-modified to measure it anyway."
             return row
         row.notes.append(f"MODIFIED: {modified} (--allow-modified)")
+    row.notes.extend(note for note in (fixed_batch_note(manifest, options), delegation_note(manifest)) if note)
     cpu_problem = host_problem_for(manifest) if options.device == "cpu" else None
     if cpu_problem:  # checked before any worker loads it: a SIGILL is never the message
         row.status, row.reason = "refused", cpu_problem
@@ -281,13 +282,38 @@ def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int
     return make_document(rows, options, cores, data, started, directory)
 
 
+def served_batch_sizes(manifest: Manifest, options: BenchOptions) -> list[int]:
+    """The asked batch sizes one call of this artifact takes; a fixed-shape program (ExecuTorch)
+    that takes none of them is timed at its own batch instead."""
+    served = [b for b in options.batch_sizes if manifest.input.serves(b)]
+    return served or [manifest.input.fixed_batch]
+
+
+def fixed_batch_note(manifest: Manifest, options: BenchOptions) -> str | None:
+    """What a row says when its program's fixed batch left asked batch sizes unmeasured."""
+    skipped = [b for b in options.batch_sizes if not manifest.input.serves(b)]
+    if not skipped:
+        return None
+    return (f"fixed batch {manifest.input.fixed_batch}: batch {', '.join(map(str, skipped))} not timed "
+            "(the program takes one input shape; larger batches run as repeated calls in accuracy and LoadGen)")
+
+
+def delegation_note(manifest: Manifest) -> str | None:
+    """A program that leaves operators to slow portable kernels is flagged, naming them."""
+    delegation = manifest.delegation
+    if delegation is None or not delegation.portable_ops:
+        return None
+    return (f"{delegation.mac_share:.0%} of multiply-adds and {delegation.op_share:.0%} of operators in "
+            f"{delegation.backend}; on portable kernels: {', '.join(delegation.portable_op_names)}")
+
+
 def worker_spec(manifest_file: Path, manifest: Manifest, options: BenchOptions, cores: list[int],
                 eval_set: EvalSet | None, logits_out: Path, first_round: bool = True) -> WorkerSpec:
     """What one worker measures; accuracy and the harness-overhead check only in the first round."""
     files = eval_set.files_for(manifest) if eval_set is not None else None
     return WorkerSpec(
         artifact=str(artifact_file(manifest_file, manifest)), runtime=manifest.runtime.name, hints=manifest.load_hints,
-        device=options.device, threads=options.threads, cores=cores, batch_sizes=list(options.batch_sizes),
+        device=options.device, threads=options.threads, cores=cores, batch_sizes=served_batch_sizes(manifest, options),
         warmup=options.warmup, min_count=options.min_count, min_seconds=options.min_seconds,
         input_shape=manifest.input.shape[1:], overhead=first_round,
         eval_inputs=files[0] if files else None, eval_labels=files[1] if files else None,

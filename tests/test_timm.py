@@ -67,7 +67,7 @@ def test_a_timm_architecture_goes_through_the_zoo_end_to_end(tmp_path):
     out = tmp_path / "zoo"
     made = run_cli("zoo", "--models", "timm:test_efficientnet", "--only", "torchscript-fp32,onnx-fp32,onnx-int8",
                    "--data", "synthetic", "--train-samples", "256", "--test-samples", "128", "--epochs", "1",
-                   "--calibration-samples", "32", "--max-accuracy-drop", "100", "--rounds", "2",
+                   "--calibration-samples", "32", "--max-accuracy-drop", "100", "--rounds", "1",
                    "--min-seconds", "0.05", "--out", str(out), "--no-progress")
     assert made.returncode == 0, made.stdout + made.stderr
     matrix = json.loads((out / "compatibility.json").read_text())
