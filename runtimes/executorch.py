@@ -10,6 +10,11 @@ Two things differ from every other runtime here:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,27 @@ import numpy as np
 
 from qexport.manifest import LoadHints
 from qexport.runtimes.base import Runner, load_failure_message
-from qexport.errors import QExportError
+from qexport.errors import QExportError, last_line
+
+
+@contextlib.contextmanager
+def native_log_kept_aside() -> Iterator[Path]:
+    """ExecuTorch's C++ logs CPU probing and the thread-pool reset to stderr on every load (five
+    lines a process); they go to a scratch file instead, whose last line names a load failure."""
+    with tempfile.TemporaryFile() as scratch:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(scratch.fileno(), 2)
+        try:
+            yield scratch
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def last_native_line(scratch) -> str:
+    scratch.seek(0)
+    return last_line(scratch.read().decode(errors="replace"), 160)
 
 
 def set_threads(threads: int) -> None:
@@ -50,13 +75,15 @@ class ExecuTorchRunner(Runner):
              hints: LoadHints | None = None) -> "ExecuTorchRunner":
         if device != "cpu":
             raise QExportError(f"{path.name} is an ExecuTorch program for CPUs (XNNPACK); bench it with --device cpu.")
-        set_threads(threads or 1)
-        from executorch.runtime import Runtime
+        with native_log_kept_aside() as log:
+            set_threads(threads or 1)
+            from executorch.runtime import Runtime
 
-        try:
-            method = Runtime.get().load_program(str(path)).load_method("forward")
-        except Exception as err:  # a truncated or foreign file fails inside the C++ loader
-            raise QExportError(load_failure_message(path, "ExecuTorch", err)) from err
+            try:
+                method = Runtime.get().load_program(str(path)).load_method("forward")
+            except Exception as err:  # a truncated or foreign file fails inside the C++ loader
+                cause = RuntimeError(f"{err}: {last_native_line(log)}")
+                raise QExportError(load_failure_message(path, "ExecuTorch", cause)) from err
         batch = int(method.metadata.input_tensor_meta(0).sizes()[0])
         return cls(method, path, threads or 1, batch)
 
