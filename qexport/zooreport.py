@@ -91,9 +91,16 @@ def problems_lines(matrix: Matrix) -> list[str]:
     return ["", "## Architectures that did not train or load", ""] + [f"- {row.model}: {row.problem}" for row in problems]
 
 
+def pending_lines(matrix: Matrix) -> list[str]:
+    """Architectures asked for that the run did not reach (it was stopped): named, not silently absent."""
+    done = {row.model for row in matrix.models}
+    pending = [model for model in matrix.options.models if model not in done]
+    return ["", f"Not reached (the run was stopped first): {', '.join(pending)}."] if pending else []
+
+
 def markdown(matrix: Matrix) -> str:
     notes: dict[str, int] = {}
     table = matrix_table(matrix, notes)
     lines = ["# Compatibility: architectures × deployment families", "", totals_line(matrix), "",
-             *method_lines(matrix), "", *table, *notes_lines(notes), *problems_lines(matrix)]
+             *method_lines(matrix), "", *table, *pending_lines(matrix), *notes_lines(notes), *problems_lines(matrix)]
     return "\n".join(lines) + "\n"

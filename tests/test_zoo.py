@@ -100,6 +100,9 @@ def test_the_markdown_counts_cells_and_explains_every_note():
     assert "| timm:a | 32 | 61.0% | ✓ ~1.00× | skip [1] |" in text
     assert "| timm:b | 32 | – | **fail** [2] | **fail** [2] |" in text
     assert "1. needs onnxruntime" in text and "2. timm:b does not take 32×32 images" in text
+    assert "Not reached" not in text
+    stopped = replace(matrix, options=ZooOptions(models=("timm:a", "timm:b", "timm:c")))
+    assert "Not reached (the run was stopped first): timm:c." in markdown(stopped)
 
 
 def test_an_unknown_architecture_is_refused_before_any_training():
