@@ -47,9 +47,17 @@ def xnnpack_quantizer(keep_float: tuple[str, ...] = ()):
                                                                            get_symmetric_quantization_config)
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    for name in keep_float:
-        quantizer.set_module_name(name, None)
+    if keep_float:  # set_module_name(name, None) is refused ("not supported yet"): a node filter instead
+        quantizer.set_filter_function(outside_modules(keep_float))
     return quantizer
+
+
+def outside_modules(names: tuple[str, ...]):
+    """A node filter that is False for nodes of the modules ``names`` (so they are not quantized)."""
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+    inside = [get_module_name_filter(name) for name in names]
+    return lambda node: not any(matches(node) for matches in inside)
 
 
 def lower_and_save(exported: torch.export.ExportedProgram, path: Path) -> Delegation:

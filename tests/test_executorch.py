@@ -103,3 +103,18 @@ def test_a_batch_1_program_gives_each_image_its_own_logits(tmp_path):
         expected = model(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(runner.predict(images), expected, atol=1e-4)
     assert runner.describe()["program_batch"] == 1 and runner.describe()["threads"] == 1
+
+
+def test_layers_the_budget_keeps_in_float_are_left_unquantized():
+    """The budget's fallback: the named convolution stays fp32, the other is int8."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from qexport.exporter.executorch import xnnpack_quantizer
+    from qexport.exporter.pt2e import count_quantized
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3)).eval()
+    example = (torch.randn(1, 3, 8, 8),)
+    for kept, quantized in (((), 2), (("0",), 1), (("0", "2"), 0)):
+        prepared = prepare_pt2e(torch.export.export(model, example).module(), xnnpack_quantizer(kept))
+        prepared(*example)
+        assert count_quantized(convert_pt2e(prepared)).quantized_layers == quantized, kept
