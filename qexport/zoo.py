@@ -205,11 +205,16 @@ def matrix_row(model: str, options: ZooOptions, out_dir: Path, data_dir: Path | 
     artifacts = out_dir / file_stem(model)
     outcomes = build_families(ctx, families, artifacts, jobs=options.jobs)
     bench = BenchOptions(rounds=options.rounds, batch_sizes=(1,), min_seconds=options.min_seconds, warmup=3)
-    doc = bench_directory(artifacts, bench, dataset, seed=options.seed) if any(
+    doc = bench_directory(artifacts, bench, dataset, seed=options.seed, progress=say_round) if any(
         o.status in ("built", "up-to-date") for o in outcomes) else None
     rows = {row.family: row for row in doc.rows} if doc else {}
     row = ModelRow(model, size, read_fp32_top1(checkpoint), best_fp32=doc.best_fp32.get("1", "") if doc else "")
     return row, cells_from_build(model, outcomes, rows)
+
+
+def say_round(number: int, total: int, row, round_index: int, rounds: int) -> None:
+    """The bench's progress, one line per worker, as `qexport bench` prints it."""
+    say(f"bench round {round_index + 1}/{rounds} [{number + 1}/{total}] {row.file}")
 
 
 def recipe(options: ZooOptions):
