@@ -128,6 +128,8 @@ def built_cell(model: str, family: str, manifest, row) -> Cell:
     budget = manifest.accuracy_budget if manifest is not None else None
     precision = manifest.precision if manifest is not None else ""
     measured = {}
+    if row is not None and row.status == "skipped":  # fp16 on a CPU: built, and not meant to run here
+        return Cell(model, family, "built", f"not measured here: {row.reason}", precision)
     if row is not None and not row.measured:
         return Cell(model, family, "failed", f"built, but the bench could not run it: {row.reason}", precision)
     if row is not None:
@@ -208,6 +210,10 @@ def matrix_row(model: str, options: ZooOptions, out_dir: Path, data_dir: Path | 
     doc = bench_directory(artifacts, bench, dataset, seed=options.seed, progress=say_round) if any(
         o.status in ("built", "up-to-date") for o in outcomes) else None
     rows = {row.family: row for row in doc.rows} if doc else {}
+    if doc:  # bench.json and bench.md beside the artifacts: every cell's numbers, in full
+        from qexport.benchreport import write_outputs
+
+        write_outputs(doc, artifacts)
     row = ModelRow(model, size, read_fp32_top1(checkpoint), best_fp32=doc.best_fp32.get("1", "") if doc else "")
     return row, cells_from_build(model, outcomes, rows)
 

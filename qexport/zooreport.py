@@ -32,6 +32,8 @@ def cell_text(cell: Cell | None, notes: dict[str, int]) -> str:
         number = notes.setdefault(cell.reason, len(notes) + 1)
         return f"{'skip' if cell.status == SKIPPED else '**fail**'} [{number}]"
     parts = [part for part in ("✓", speed_text(cell), drop_text(cell)) if part]
+    if cell.reason:  # built, not measured here (a GPU format on a CPU)
+        parts.append(f"[{notes.setdefault(cell.reason, len(notes) + 1)}]")
     return " ".join(parts)
 
 
@@ -81,7 +83,7 @@ def method_lines(matrix: Matrix) -> list[str]:
 def notes_lines(notes: dict[str, int]) -> list[str]:
     if not notes:
         return []
-    return ["", "## Why a cell is not built", ""] + [f"{number}. {reason}" for reason, number in notes.items()]
+    return ["", "## Why a cell is not built, or not measured", ""] + [f"{number}. {reason}" for reason, number in notes.items()]
 
 
 def problems_lines(matrix: Matrix) -> list[str]:

@@ -49,6 +49,15 @@ def test_a_built_artifact_the_bench_cannot_run_is_a_failed_cell_saying_so():
     assert cell.status == "failed" and cell.reason == "built, but the bench could not run it: worker exited with SIGILL"
 
 
+def test_a_gpu_format_the_bench_skips_on_a_cpu_is_built_and_says_why_it_has_no_speed():
+    row = replace(measured_row("onnx-fp16", 0.8, Interval(1.0, 1.0, 1.0, 3)), status="skipped", result=None,
+                  reason="fp16 is a GPU format")
+    cell = built_cell("timm:x", "onnx-fp16", ManifestStandIn("fp16", None), row)
+    assert (cell.status, cell.reason, cell.p50_ms) == ("built", "not measured here: fp16 is a GPU format", None)
+    notes: dict[str, int] = {}
+    assert cell_text(cell, notes) == "✓ [1]" and notes == {"not measured here: fp16 is a GPU format": 1}
+
+
 def test_each_build_outcome_becomes_its_own_cell():
     outcomes = [Outcome("ipex-bf16", "skipped", reason="needs AVX-512 BF16"),
                 Outcome("pt2e-int8", "failed", reason="pt2e-int8 cannot capture the model: layer 'x'"),
