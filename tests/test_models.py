@@ -102,7 +102,7 @@ def test_any_classifier_builds_or_skips_with_a_reason(tmp_path):
     write_image_folder(folder, size=32, per_class=24)
     checkpoint = tmp_path / "effnet.pt"
     trained = run_cli("train", "--model", "efficientnet_b0", "--data", "imagefolder", "--data-dir", str(folder),
-                      "--image-size", "32", "--epochs", "3", "--batch-size", "4", "--lr", "0.05", "--out", str(checkpoint),
+                      "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--lr", "0.05", "--out", str(checkpoint),
                       "--no-progress")
     assert trained.returncode == 0, trained.stderr
     built = run_cli("build", "--only", "torchscript-fp32,torchscript-int8-static,torchscript-int8-qat,onnx-int8",
@@ -159,6 +159,25 @@ def test_a_model_no_exporter_can_capture_fails_per_family_in_one_sentence_naming
         assert "layer 'gate' (DataDependentGate) at test_models.py:" in outcome.reason, outcome.reason
         assert "\n" not in outcome.reason and "torch.where" in outcome.reason
     assert not [p for p in tmp_path.iterdir() if p.suffix in (".pt", ".onnx", ".pt2")]
+
+
+class OverflowingCheck(torch.nn.Module):
+    """A shape-style check traced to a bool, and an output that overflows to NaN on the trace
+    check's scaled probes, as fp16 layers do at 100 times the example."""
+
+    def forward(self, x):
+        if (x * 0).sum() == 0:
+            return x.exp() - x.exp()
+        return -x
+
+
+def test_a_probe_that_overflows_is_not_compared():
+    """The branch check skips a probe whose eager output is not finite (nothing to compare) rather
+    than failing the family with torch's "atol must be greater than or equal to zero"."""
+    from qexport.exporter.capture import traced_or_refused
+
+    traced = traced_or_refused("torchscript-fp16", OverflowingCheck(), torch.ones(1, 4))
+    assert torch.equal(traced(torch.zeros(1, 4)), torch.zeros(1, 4))
 
 
 class AlwaysTrueGate(torch.nn.Module):
