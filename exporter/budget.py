@@ -192,8 +192,10 @@ class HeldOut:
             unseen=self.unseen)
 
 
-def over_budget_message(key: str, budget: AccuracyBudget, can_fall_back: bool, layers: int) -> str:
-    """One sentence: what was lost, against what, what was tried, and what the user can do."""
+def over_budget_message(key: str, budget: AccuracyBudget, can_fall_back: bool, layers: int,
+                        fine_tuned: bool = False) -> str:
+    """One sentence: what was lost, against what, what was tried, and what the user can do (a QAT
+    family is not told to use a QAT family)."""
     unresolved = budget.verdict == Verdict.ESTIMATE_ONLY.value
     images = "validation" if budget.unseen else "held-out train"
     lost = (f"{key} loses {budget.drop_pt:.2f} ± {budget.drop_ci95_pt or 0:.2f} top-1 points against fp32 on "
@@ -208,7 +210,8 @@ def over_budget_message(key: str, budget: AccuracyBudget, can_fall_back: bool, l
     else:
         tried = f"; with {layers} quantizable layer(s) there is none to keep in float"
     more = ", give more validation images, or pass --budget-verdict estimate" if unresolved else ""
-    return f"{lost}{tried} -- raise the budget, use a QAT family{more}, or leave {key} out."
+    remedy = "fine-tune longer (--qat-epochs)" if fine_tuned else "use a QAT family"
+    return f"{lost}{tried} -- raise the budget, {remedy}{more}, or leave {key} out."
 
 
 def ops_of_named_layers(ops: Iterable[tuple[str, str | None]], layers: tuple[str, ...]) -> tuple[list[str], list[str]]:

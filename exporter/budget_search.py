@@ -52,7 +52,8 @@ def build_within_budget(family: Family, ctx: BuildContext, path: Path, held_out:
     details.notes.extend(not_found_note(details.float_not_found))
     budget = held_out.record(attempts, kept, shares=family.fallback, fine_tuned=family.fine_tuned)
     if not budget.met:
-        raise QExportError(over_budget_message(family.key, budget, family.fallback, len(held_out.costs)))
+        raise QExportError(over_budget_message(family.key, budget, family.fallback, len(held_out.costs),
+                                                family.fine_tuned))
     return details, budget, runner
 
 

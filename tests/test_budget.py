@@ -107,10 +107,10 @@ def _ruin_top_layers(ctx: BuildContext, path: Path) -> BuildDetails:
     return BuildDetails()
 
 
-def _ruining_family(fallback: bool) -> Family:
+def _ruining_family(fallback: bool, fine_tuned: bool = False) -> Family:
     return Family(key="ruined-int8", variant="ruined", format="torchscript", extension=".pt", precision="int8",
                   runtime="torchscript", method="test stand-in", build=_ruin_top_layers, isolate=False,
-                  fallback=fallback)
+                  fallback=fallback, fine_tuned=fine_tuned)
 
 
 def test_over_budget_family_is_rebuilt_with_sensitive_layers_in_float(tiny_data, tiny_checkpoint, tmp_path):
@@ -125,11 +125,15 @@ def test_over_budget_family_is_rebuilt_with_sensitive_layers_in_float(tiny_data,
     assert 0 < budget.int8_weight_share < 1 and 0 < budget.int8_mac_share < 1 and budget.ranking
 
 
-def test_family_that_cannot_fall_back_is_not_written(tiny_data, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("fine_tuned", [False, True], ids=["ptq", "qat"])
+def test_family_that_cannot_fall_back_is_not_written(tiny_data, tiny_checkpoint, tmp_path, fine_tuned):
+    """Refused in one sentence whose remedy fits the family: a QAT family is told to fine-tune
+    longer, not to use a QAT family."""
     ctx = make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=RESOLVABLE)
-    [outcome] = build_families(ctx, [_ruining_family(fallback=False)], tmp_path)
+    [outcome] = build_families(ctx, [_ruining_family(fallback=False, fine_tuned=fine_tuned)], tmp_path)
     assert outcome.status == "failed"
     assert f"over --max-accuracy-drop {RESOLVABLE:g}" in outcome.reason and "cannot keep single layers in float" in outcome.reason
+    assert ("use a QAT family" in outcome.reason) != fine_tuned and ("--qat-epochs" in outcome.reason) == fine_tuned
     assert not list(tmp_path.glob("resnet18.ruined*"))
 
 
