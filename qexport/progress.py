@@ -73,6 +73,9 @@ def quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*(reduce_range|quantize_per_tensor|TypedStorage|To copy construct from a tensor).*")
+    # torch.export names every tensor a model caches in a plain attribute (timm's attention-bias
+    # caches): the export is right, and the model's author, not its user, could register buffers.
+    warnings.filterwarnings("ignore", message=r"(?s).*were assigned during export.*")
     # The same notices from torch's C++ side (c10 TORCH_WARN) and its "No CUDA runtime is found"
     # log line on CPU-only machines; read when torch is first imported, so set before that.
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
