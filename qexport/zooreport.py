@@ -3,6 +3,8 @@ family, every cell short, and every skip or failure explained once in a numbered
 
 from __future__ import annotations
 
+import re
+
 from qexport.zoo import Cell, Matrix
 
 BUILT, SKIPPED, FAILED = "built", "skipped", "failed"
@@ -24,16 +26,22 @@ def drop_text(cell: Cell) -> str:
     return f"drop {cell.int8_drop_pt:+.1f} pt{spread}"
 
 
+def note_number(cell: Cell, notes: dict[str, int]) -> int:
+    """The number of the cell's reason; a reason that differs from another only by the name of its
+    architecture is the same note (the row already names the architecture)."""
+    general = re.sub(rf"(?<![\w:.-]){re.escape(cell.model)}(?![\w-])", "the architecture", cell.reason)
+    return notes.setdefault(general, len(notes) + 1)
+
+
 def cell_text(cell: Cell | None, notes: dict[str, int]) -> str:
     """What a matrix cell says; a skip or failure points at its numbered reason."""
     if cell is None:
         return ""
     if cell.status != BUILT:
-        number = notes.setdefault(cell.reason, len(notes) + 1)
-        return f"{'skip' if cell.status == SKIPPED else '**fail**'} [{number}]"
+        return f"{'skip' if cell.status == SKIPPED else '**fail**'} [{note_number(cell, notes)}]"
     parts = [part for part in ("✓", speed_text(cell), drop_text(cell)) if part]
     if cell.reason:  # built, not measured here (a GPU format on a CPU)
-        parts.append(f"[{notes.setdefault(cell.reason, len(notes) + 1)}]")
+        parts.append(f"[{note_number(cell, notes)}]")
     return " ".join(parts)
 
 

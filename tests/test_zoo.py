@@ -96,6 +96,15 @@ def test_the_same_reason_shares_one_note_and_another_gets_the_next_number():
     assert notes == {"needs AVX-512 BF16": 1, "layer 'gate' branches": 2}
 
 
+def test_reasons_that_differ_only_by_the_architecture_share_one_note():
+    notes: dict[str, int] = {}
+    texts = [cell_text(Cell("timm:a", "torchscript-int8-static", "skipped", "timm:a has no quantizable twin"), notes),
+             cell_text(Cell("timm:b", "torchscript-int8-static", "skipped", "timm:b has no quantizable twin"), notes),
+             cell_text(Cell("timm:b", "ipex-int8", "failed", "timm:a's layer branches"), notes)]
+    assert texts == ["skip [1]", "skip [1]", "**fail** [2]"]
+    assert notes == {"the architecture has no quantizable twin": 1, "timm:a's layer branches": 2}
+
+
 def test_the_markdown_counts_cells_and_explains_every_note():
     matrix = Matrix(created="2026-12-03", command="qexport zoo", cpu="cpu", isa=["AVX2"], libraries={},
                     options=ZooOptions(models=("timm:a", "timm:b")),
@@ -108,7 +117,7 @@ def test_the_markdown_counts_cells_and_explains_every_note():
     assert "2 architectures × 2 families: 1 built, 1 skipped, 2 failed." in text
     assert "| timm:a | 32 | 61.0% | ✓ ~1.00× | skip [1] |" in text
     assert "| timm:b | 32 | – | **fail** [2] | **fail** [2] |" in text
-    assert "1. needs onnxruntime" in text and "2. timm:b does not take 32×32 images" in text
+    assert "1. needs onnxruntime" in text and "2. the architecture does not take 32×32 images" in text
     assert "Not reached" not in text
     stopped = replace(matrix, options=ZooOptions(models=("timm:a", "timm:b", "timm:c")))
     assert "Not reached (the run was stopped first): timm:c." in markdown(stopped)
