@@ -108,16 +108,18 @@ def test_golden_outputs_match_the_eager_model(built_artifacts, tiny_data, tiny_c
     """The golden outputs were written by the artifact's own runner, so re-running that runner only
     proves it is repeatable; here they are held against the eager fp32 model the artifact was
     exported from. fp32, fp16 and bf16 must match it within the tolerance their precision is granted
-    (GOLDEN_ATOL, for fp16 and bf16 at least a share of the logits: RELATIVE_TOLERANCE). int8's tolerance is a repeatability bound: its quantization error is larger (0.15
-    to 0.5 logits on the tiny model), so int8 goldens must predict the eager model's classes as
-    often as test_build demands of the whole test split. A QAT family is fine-tuned into another
-    classifier and has no eager model to match."""
+    (GOLDEN_ATOL, for fp16 and bf16 at least a share of the logits: RELATIVE_TOLERANCE). int8's
+    quantization error is larger and the tiny model's margins are thin, so a top-1 agreement over 8
+    goldens is a coin toss (5 of 8 failed a 0.65 bar once on an AVX2 host). The goldens are the
+    first test images, which the build scored on the whole test split: int8 goldens may be no
+    further from the eager model than the largest difference the build recorded there (plus the
+    runtime's repeatability, GOLDEN_ATOL). That also proves the manifest's max_abs_logit_diff is not
+    under-reported. A QAT family is fine-tuned into another classifier and has no eager model to match."""
     import torch
 
     from qexport.exporter import FAMILIES
-    from qexport.manifest import golden_path
+    from qexport.manifest import GOLDEN_ATOL, golden_path
     from tests.conftest import make_context
-    from tests.test_build import MIN_AGREEMENT
 
     out, outcomes = built_artifacts
     model = make_context(tiny_data, tiny_checkpoint).fresh_model()
@@ -130,10 +132,12 @@ def test_golden_outputs_match_the_eager_model(built_artifacts, tiny_data, tiny_c
         with torch.inference_mode():
             eager = model(torch.from_numpy(golden["inputs"])).float().numpy()
         checked += 1
+        diff = float(np.abs(golden["outputs"] - eager).max())
         if precision == Precision.INT8:
-            agreement = float((golden["outputs"].argmax(1) == eager.argmax(1)).mean())
-            if agreement < MIN_AGREEMENT[precision]:
-                mismatches[family] = f"top-1 agreement {agreement:.2f} < {MIN_AGREEMENT[precision]}"
-        elif (diff := np.abs(golden["outputs"] - eager).max()) > (allowed := granted(precision, eager)):
+            assert outcome.manifest.evaluation.samples == len(tiny_data.test.labels)  # the goldens were scored
+            recorded = outcome.manifest.evaluation.max_abs_logit_diff
+            if diff > recorded + GOLDEN_ATOL[precision]:
+                mismatches[family] = f"max |diff| {diff:.4f} > {recorded:.4f} recorded on the test split"
+        elif diff > (allowed := granted(precision, eager)):
             mismatches[family] = f"max |diff| {diff:.4f} > {allowed:.4f}"
     assert checked >= 4 and not mismatches, mismatches
