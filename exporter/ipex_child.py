@@ -89,7 +89,9 @@ def build_int8(spec: dict, model, example) -> tuple[object, dict]:
         for batch in calibration_batches(spec):
             prepared(batch)
             seen += batch.shape[0]
-    converted = convert(prepared)
+    # In place: the prepared model is ours alone, and IPEX's own copy swallows a failed deepcopy (a
+    # model caching tensors in a dict attribute) and then fails with an UnboundLocalError.
+    converted = convert(prepared, inplace=True)
     frozen = trace_freeze_fuse(converted, example)
     counts = int8_layers(frozen.graph, frozen.graph_for(example))
     if counts["int8_layers"] == 0:
