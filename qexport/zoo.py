@@ -67,6 +67,9 @@ class Cell:
     int8_drop_pt: float | None = None       # on the held-out budget images, paired against fp32
     int8_drop_ci95_pt: float | None = None  # half-width of that drop's paired 95 % interval
     budget_verdict: str = ""
+    # int8: the share of test images where its top-1 class is the eager fp32 model's; on a briefly
+    # trained model with flat logits a drop within budget can hide an int8 model that disagrees
+    agreement_with_fp32: float | None = None
     top1: float | None = None               # on the test subset, in the artifact's own runtime
     p50_ms: float | None = None             # batch 1
     vs_best_fp32: float | None = None       # batch-1 speed-up over the architecture's fastest fp32 artifact
@@ -140,7 +143,8 @@ def built_cell(model: str, family: str, manifest, row) -> Cell:
                         vs_best_fp32_low=ratio.low if ratio else None, vs_best_fp32_high=ratio.high if ratio else None)
     drop = {}
     if budget is not None:
-        drop = dict(int8_drop_pt=budget.drop_pt, int8_drop_ci95_pt=budget.drop_ci95_pt, budget_verdict=budget.verdict)
+        drop = dict(int8_drop_pt=budget.drop_pt, int8_drop_ci95_pt=budget.drop_ci95_pt, budget_verdict=budget.verdict,
+                    agreement_with_fp32=manifest.evaluation.top1_agreement_with_eager)
     return Cell(model, family, "built", "", precision, **drop, **measured)
 
 

@@ -26,6 +26,11 @@ def drop_text(cell: Cell) -> str:
     return f"drop {cell.int8_drop_pt:+.1f} pt{spread}"
 
 
+def agreement_text(cell: Cell) -> str:
+    """'agree 76 %': how often an int8 artifact picks the eager fp32 model's class, '' otherwise."""
+    return f"agree {cell.agreement_with_fp32:.0%}".replace("%", " %") if cell.agreement_with_fp32 is not None else ""
+
+
 def note_number(cell: Cell, notes: dict[str, int]) -> int:
     """The number of the cell's reason; a reason that differs from another only by the name of its
     architecture is the same note (the row already names the architecture)."""
@@ -39,7 +44,7 @@ def cell_text(cell: Cell | None, notes: dict[str, int]) -> str:
         return ""
     if cell.status != BUILT:
         return f"{'skip' if cell.status == SKIPPED else '**fail**'} [{note_number(cell, notes)}]"
-    parts = [part for part in ("✓", speed_text(cell), drop_text(cell)) if part]
+    parts = [part for part in ("✓", speed_text(cell), drop_text(cell), agreement_text(cell)) if part]
     if cell.reason:  # built, not measured here (a GPU format on a CPU)
         parts.append(f"[{note_number(cell, notes)}]")
     return " ".join(parts)
@@ -82,9 +87,11 @@ def method_lines(matrix: Matrix) -> list[str]:
         "These are short runs on small subsets: the drops say whether the export keeps what the model learnt, "
         "not how accurate the architecture is, and latencies carry wide intervals.",
         "",
-        "A built cell reads `✓ 1.82× drop −0.3 pt ±0.5`: batch-1 speed-up over the architecture's fastest "
-        "fp32 artifact (`~` when its 95 % interval includes 1×), and for int8 the top-1 drop on the held-out "
-        "images with the half-width of its paired 95 % interval.",
+        "A built cell reads `✓ 1.82× drop −0.3 pt ±0.5 agree 97 %`: batch-1 speed-up over the architecture's "
+        "fastest fp32 artifact (`~` when its 95 % interval includes 1×), and for int8 the top-1 drop on the "
+        "held-out images with the half-width of its paired 95 % interval, and the share of test images where "
+        "it picks the fp32 model's class (low agreement with a small drop: the model's logits are too flat "
+        "for its int8 classes to mean much).",
     ]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from qexport.errors import QExportError
 from qexport.exporter.build import Outcome
-from qexport.manifest import AccuracyBudget
+from qexport.manifest import AccuracyBudget, Evaluation
 from qexport.runtimes.results import ArtifactResult, BatchResult, BenchRow, EvalResult
 from qexport.runtimes.stats import Interval
 from qexport.zoo import Cell, Matrix, ModelRow, ZooOptions, built_cell, cells_from_build, check_models
@@ -24,10 +24,12 @@ def measured_row(family: str, p50: float, ratio: Interval, top1: float = 0.5) ->
 
 
 class ManifestStandIn:
-    """The two fields a cell reads from a manifest."""
+    """The fields a cell reads from a manifest."""
 
-    def __init__(self, precision: str, budget: AccuracyBudget | None):
+    def __init__(self, precision: str, budget: AccuracyBudget | None, agreement: float = 0.9):
         self.precision, self.accuracy_budget = precision, budget
+        self.evaluation = Evaluation(samples=500, top1=0.5, fp32_reference_top1=0.6,
+                                     top1_agreement_with_eager=agreement, max_abs_logit_diff=0.3)
 
 
 BUDGET = AccuracyBudget(max_drop_pt=1.0, measured_on="validation", samples=500, seed=0, fp32_top1=0.6, top1=0.596,
@@ -36,8 +38,9 @@ BUDGET = AccuracyBudget(max_drop_pt=1.0, measured_on="validation", samples=500, 
 
 def test_a_built_cell_takes_its_drop_from_the_manifest_and_its_speed_from_the_bench():
     row = measured_row("onnx-int8", 0.8, Interval(2.5, 2.1, 3.0, 3), top1=0.58)
-    cell = built_cell("timm:x", "onnx-int8", ManifestStandIn("int8", BUDGET), row)
+    cell = built_cell("timm:x", "onnx-int8", ManifestStandIn("int8", BUDGET, agreement=0.764), row)
     assert (cell.status, cell.precision, cell.int8_drop_pt, cell.int8_drop_ci95_pt) == ("built", "int8", 0.4, 0.7)
+    assert cell.agreement_with_fp32 == 0.764 and cell_text(cell, {}) == "✓ 2.50× drop +0.4 pt ±0.7 agree 76 %"
     assert (cell.p50_ms, cell.top1) == (0.8, 0.58)
     assert (cell.vs_best_fp32, cell.vs_best_fp32_low, cell.vs_best_fp32_high) == (2.5, 2.1, 3.0)
 
