@@ -75,6 +75,7 @@ class Cell:
     vs_best_fp32: float | None = None       # batch-1 speed-up over the architecture's fastest fp32 artifact
     vs_best_fp32_low: float | None = None
     vs_best_fp32_high: float | None = None
+    reused: bool = False  # up to date from an earlier run: its build time is not in this run's
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class ModelRow:
     fp32_top1: float | None = None
     best_fp32: str = ""
     problem: str = ""  # the one sentence when the architecture itself could not be trained or loaded
+    reused_checkpoint: bool = False  # trained by an earlier run: its training time is not in this run's
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,8 @@ def cells_from_build(model: str, outcomes, rows_by_family: dict) -> list[Cell]:
         if outcome.status not in ("built", "up-to-date"):
             cells.append(Cell(model, outcome.family, outcome.status, outcome.reason))
             continue
-        cells.append(built_cell(model, outcome.family, outcome.manifest, rows_by_family.get(outcome.family)))
+        cell = built_cell(model, outcome.family, outcome.manifest, rows_by_family.get(outcome.family))
+        cells.append(replace(cell, reused=outcome.status == "up-to-date"))
     return cells
 
 
@@ -200,7 +203,8 @@ def matrix_row(model: str, options: ZooOptions, out_dir: Path, data_dir: Path | 
     families = select_families(list(options.families) if options.families else None)
     try:
         checkpoint = out_dir / "checkpoints" / f"{file_stem(model)}.pt"
-        if not pipeline.checkpoint_is_current(checkpoint, model, dataset, recipe(options)):
+        reused = pipeline.checkpoint_is_current(checkpoint, model, dataset, recipe(options))
+        if not reused:
             pipeline.train_checkpoint(model, dataset, recipe(options), checkpoint, show_progress=show_progress)
         build_options = BuildOptions(calibration_samples=options.calibration_samples, seed=options.seed,
                                      max_accuracy_drop=options.max_accuracy_drop,
@@ -218,7 +222,8 @@ def matrix_row(model: str, options: ZooOptions, out_dir: Path, data_dir: Path | 
         from qexport.benchreport import write_outputs
 
         write_outputs(doc, artifacts)
-    row = ModelRow(model, size, read_fp32_top1(checkpoint), best_fp32=doc.best_fp32.get("1", "") if doc else "")
+    row = ModelRow(model, size, read_fp32_top1(checkpoint), best_fp32=doc.best_fp32.get("1", "") if doc else "",
+                   reused_checkpoint=reused)
     return row, cells_from_build(model, outcomes, rows)
 
 

@@ -72,12 +72,22 @@ def totals_line(matrix: Matrix) -> str:
             f"{counts[BUILT]} built, {counts[SKIPPED]} skipped, {counts[FAILED]} failed.")
 
 
+def reuse_text(matrix: Matrix) -> str:
+    """What the run's time leaves out: checkpoints and artifacts an earlier run made ('' when none)."""
+    checkpoints = sum(row.reused_checkpoint for row in matrix.models)
+    artifacts = sum(cell.reused for cell in matrix.cells)
+    if not checkpoints and not artifacts:
+        return ""
+    return (f" (not counting {checkpoints} trainings and {artifacts} builds an earlier run had done: "
+            f"they were up to date and reused)")
+
+
 def method_lines(matrix: Matrix) -> list[str]:
     o = matrix.options
     minutes = matrix.seconds / 60
     return [
-        f"Made {matrix.created} on `{matrix.cpu}` ({', '.join(matrix.isa)}) in {minutes:.0f} min with "
-        f"`{matrix.command}`.",
+        f"Made {matrix.created} on `{matrix.cpu}` ({', '.join(matrix.isa)}) in {minutes:.0f} min{reuse_text(matrix)} "
+        f"with `{matrix.command}`.",
         "",
         f"Each architecture was trained {o.epochs} epochs on {o.train_samples} seeded {o.data} train images "
         f"(a tenth held out for the accuracy budget) and scored on {o.test_samples} test images. Int8 families "

@@ -121,9 +121,26 @@ def test_the_markdown_counts_cells_and_explains_every_note():
     assert "| timm:a | 32 | 61.0% | ✓ ~1.00× | skip [1] |" in text
     assert "| timm:b | 32 | – | **fail** [2] | **fail** [2] |" in text
     assert "1. needs onnxruntime" in text and "2. the architecture does not take 32×32 images" in text
-    assert "Not reached" not in text
+    assert "Not reached" not in text and "reused" not in text
     stopped = replace(matrix, options=ZooOptions(models=("timm:a", "timm:b", "timm:c")))
     assert "Not reached (the run was stopped first): timm:c." in markdown(stopped)
+
+
+def test_the_run_time_says_what_an_earlier_run_had_already_done():
+    """A second run reuses checkpoints and up-to-date artifacts: its minutes are not a fresh run's."""
+    matrix = Matrix(created="2026-12-03", command="qexport zoo", cpu="cpu", isa=["AVX2"], libraries={},
+                    options=ZooOptions(models=("timm:a", "timm:b")), seconds=600.0,
+                    models=[ModelRow("timm:a", 32, 0.5, reused_checkpoint=True), ModelRow("timm:b", 32, 0.5)],
+                    cells=[Cell("timm:a", "onnx-fp32", "built", reused=True), Cell("timm:a", "onnx-int8", "built", reused=True),
+                           Cell("timm:a", "pt2e-int8", "built"), Cell("timm:b", "onnx-fp32", "built")])
+    assert ("in 10 min (not counting 1 trainings and 2 builds an earlier run had done: they were up to date "
+            "and reused) with `qexport zoo`") in markdown(matrix)
+
+
+def test_an_up_to_date_artifact_is_a_reused_cell():
+    outcomes = [Outcome("onnx-int8", "up-to-date", manifest=ManifestStandIn("int8", BUDGET)),
+                Outcome("pt2e-int8", "built", manifest=ManifestStandIn("int8", BUDGET))]
+    assert [c.reused for c in cells_from_build("timm:x", outcomes, {})] == [True, False]
 
 
 def test_an_unknown_architecture_is_refused_before_any_training():
