@@ -32,19 +32,27 @@ COMPILED_NOTE = ("AOTInductor code is compiled for the --target-cpu ISA recorded
                  "torch version; generated C++ sources are left out of the package (only the compiled .so runs)")
 
 
-def unshare_modules(model: nn.Module) -> nn.Module:
+def unshare_modules(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
     """Give every call site of a stateless module (ReLU, pooling...) its own instance.
 
     torchvision's BasicBlock/Bottleneck call one ``self.relu`` twice; X86InductorQuantizer then
     sees one module with two outputs and fails ("Input partition has more than one output
     node"). Symbolic tracing exposes every call site; repeated ones are re-pointed at copies.
     Modules with parameters or buffers are left shared (copying them would duplicate weights).
+    A model FX cannot trace (a branch on a feature map's size, as in timm's efficientvit, is fine
+    for torch.export but not for FX) is returned as it is when one forward pass on ``example``
+    shows that no stateless module is called twice: there is nothing to unshare.
     """
     try:
         graph_module = torch.fx.symbolic_trace(model)
     except Exception as err:  # FX raises TraceError, TypeError... on untraceable control flow
+        reused = reused_stateless_modules(model, example) if example is not None else None
+        if reused == []:
+            return model
+        calls = f", and it calls {', '.join(reused)} more than once" if reused else ""
         raise QExportError(f"Cannot trace the model to separate reused modules ({type(err).__name__}: "
-                           f"{first_line(str(err), 120)}); pt2e needs an FX-traceable model.") from err
+                           f"{first_line(str(err), 120)}){calls}; pt2e needs an FX-traceable model or one "
+                           f"instance per call.") from err
     seen: dict[str, int] = {}
     for node in graph_module.graph.nodes:
         if node.op != "call_module":
@@ -61,6 +69,21 @@ def unshare_modules(model: nn.Module) -> nn.Module:
     graph_module.graph.lint()
     graph_module.recompile()
     return graph_module
+
+
+def reused_stateless_modules(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """The stateless modules that one eager forward pass on ``example`` calls more than once."""
+    calls: dict[str, int] = {}
+    hooks = [module.register_forward_pre_hook(lambda *_, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+             for name, module in model.named_modules()
+             if name and not any(True for _ in module.parameters()) and not any(True for _ in module.buffers())]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sorted(name for name, count in calls.items() if count > 1)
 
 
 def _retarget_meta(node: torch.fx.Node, new_name: str, module_type: type) -> None:
@@ -270,7 +293,7 @@ def copy_without_sources(source: Path, target: Path) -> None:
 
 
 def exported_for_quantization(ctx: BuildContext) -> torch.fx.GraphModule:
-    return export_dynamic(unshare_modules(ctx.fresh_model()), ctx.example).module()
+    return export_dynamic(unshare_modules(ctx.fresh_model(), ctx.example), ctx.example).module()
 
 
 def calibrate_graph(prepared: nn.Module, ctx: BuildContext) -> int:

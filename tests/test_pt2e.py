@@ -121,3 +121,47 @@ def test_qat_conv_bn_patterns_are_tried_only_for_the_convolution_kinds_the_graph
         for kind in (F.conv1d, F.conv2d, F.conv_transpose1d, F.conv_transpose2d):
             assert getattr(qat_utils, helper)(graph, kind, (), is_cuda=False) is graph
     assert tried == [F.conv2d] and getattr(qat_utils, helper) is recorder
+
+
+class SizeBranch(torch.nn.Module):
+    """Branches on a feature map's size, as timm's efficientvit windows do: torch.export takes it
+    (the size is static), FX symbolic tracing cannot (its sizes are proxies)."""
+
+    def __init__(self, share_activation: bool = False):
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.act1 = torch.nn.ReLU()
+        self.act2 = self.act1 if share_activation else torch.nn.ReLU()
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.act1(self.conv1(x))
+        if x.shape[-1] == 32:
+            x = self.act2(self.conv2(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_model_fx_cannot_trace_is_quantized_when_nothing_is_shared():
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    model, example = SizeBranch().eval(), torch.randn(1, 3, 32, 32)
+    with pytest.raises(Exception):  # the premise: FX cannot trace it
+        torch.fx.symbolic_trace(model)
+    assert unshare_modules(model, example) is model
+    prepared = prepare_pt2e(export_dynamic(model, example).module(), x86_quantizer())
+    prepared(torch.randn(4, 3, 32, 32))
+    assert count_quantized(convert_pt2e(prepared)).quantized_layers == 3
+
+
+def test_a_model_fx_cannot_trace_that_reuses_a_module_is_refused_naming_it():
+    with pytest.raises(QExportError, match=r"it calls act1 more than once"):
+        unshare_modules(SizeBranch(share_activation=True).eval(), torch.randn(1, 3, 32, 32))
+
+
+def test_reused_stateless_modules_are_found_by_their_calls():
+    from qexport.exporter.pt2e import reused_stateless_modules
+
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    reused = reused_stateless_modules(model, torch.randn(1, 3, 32, 32))
+    # each BasicBlock calls its one ReLU twice; the stem's relu and maxpool run once
+    assert reused == sorted(f"layer{i}.{j}.relu" for i in range(1, 5) for j in range(2))
