@@ -40,19 +40,16 @@ def unshare_modules(model: nn.Module, example: torch.Tensor | None = None) -> nn
     node"). Symbolic tracing exposes every call site; repeated ones are re-pointed at copies.
     Modules with parameters or buffers are left shared (copying them would duplicate weights).
     A model FX cannot trace (a branch on a feature map's size, as in timm's efficientvit, is fine
-    for torch.export but not for FX) is returned as it is when one forward pass on ``example``
-    shows that no stateless module is called twice: there is nothing to unshare.
+    for torch.export but not for FX) is unshared by counting calls in one eager forward pass on
+    ``example`` instead (``copies_per_call``).
     """
     try:
         graph_module = torch.fx.symbolic_trace(model)
     except Exception as err:  # FX raises TraceError, TypeError... on untraceable control flow
-        reused = reused_stateless_modules(model, example) if example is not None else None
-        if reused == []:
-            return model
-        calls = f", and it calls {', '.join(reused)} more than once" if reused else ""
-        raise QExportError(f"Cannot trace the model to separate reused modules ({type(err).__name__}: "
-                           f"{first_line(str(err), 120)}){calls}; pt2e needs an FX-traceable model or one "
-                           f"instance per call.") from err
+        if example is None:
+            raise QExportError(f"Cannot trace the model to separate reused modules ({type(err).__name__}: "
+                               f"{first_line(str(err), 120)}); pt2e needs an FX-traceable model.") from err
+        return copies_per_call(model, example)
     seen: dict[str, int] = {}
     for node in graph_module.graph.nodes:
         if node.op != "call_module":
@@ -71,8 +68,9 @@ def unshare_modules(model: nn.Module, example: torch.Tensor | None = None) -> nn
     return graph_module
 
 
-def reused_stateless_modules(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """The stateless modules that one eager forward pass on ``example`` calls more than once."""
+def reused_stateless_modules(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """The stateless modules that one eager forward pass on ``example`` calls more than once, with
+    their number of calls (outermost only: a reused container's children are copied with it)."""
     calls: dict[str, int] = {}
     hooks = [module.register_forward_pre_hook(lambda *_, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
              for name, module in model.named_modules()
@@ -83,7 +81,38 @@ def reused_stateless_modules(model: nn.Module, example: torch.Tensor) -> list[st
     finally:
         for hook in hooks:
             hook.remove()
-    return sorted(name for name, count in calls.items() if count > 1)
+    reused = {name: count for name, count in calls.items() if count > 1}
+    return {name: count for name, count in sorted(reused.items())
+            if not any(name.startswith(outer + ".") for outer in reused)}
+
+
+class CallSiteCopies(nn.Module):
+    """Stands in for a stateless module called ``calls`` times per forward pass: call k runs copy k,
+    so torch.export records each call site under its own module path (``<name>.copies.<k>``) and the
+    quantizer gives each its own partition, as the FX rewrite does for traceable models."""
+
+    def __init__(self, module: nn.Module, calls: int):
+        super().__init__()
+        self.copies = nn.ModuleList(copy.deepcopy(module) for _ in range(calls))
+        self.next_call = 0
+
+    def forward(self, *args, **kwargs):
+        site = self.copies[self.next_call % len(self.copies)]
+        self.next_call += 1
+        return site(*args, **kwargs)
+
+
+def copies_per_call(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``model`` with each stateless module it calls more than once replaced by ``CallSiteCopies``;
+    every forward pass makes the same calls in the same order, so the k-th call always meets copy k."""
+    for name, calls in reused_stateless_modules(model, example).items():
+        shared = model.get_submodule(name)
+        stand_in = CallSiteCopies(shared, calls)
+        for parent in model.modules():  # every attribute naming the shared module (act2 = act1)
+            for attribute, child in list(parent._modules.items()):  # named_children() skips aliases
+                if child is shared:
+                    setattr(parent, attribute, stand_in)
+    return model
 
 
 def _retarget_meta(node: torch.fx.Node, new_name: str, module_type: type) -> None:

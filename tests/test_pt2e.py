@@ -8,7 +8,8 @@ import torch
 import torchvision
 
 from qexport.manifest import CompiledWith
-from qexport.exporter.pt2e import count_quantized, export_dynamic, require_quantized, unshare_modules, x86_quantizer
+from qexport.exporter.pt2e import (CallSiteCopies, count_quantized, export_dynamic, require_quantized, reused_stateless_modules,
+                                   unshare_modules, x86_quantizer)
 from qexport.errors import QExportError
 
 
@@ -125,43 +126,60 @@ def test_qat_conv_bn_patterns_are_tried_only_for_the_convolution_kinds_the_graph
 
 class SizeBranch(torch.nn.Module):
     """Branches on a feature map's size, as timm's efficientvit windows do: torch.export takes it
-    (the size is static), FX symbolic tracing cannot (its sizes are proxies)."""
+    (the size is static), FX symbolic tracing cannot (its sizes are proxies). With ``share``, a
+    torchvision BasicBlock calls its one ReLU twice, which the x86 quantizer cannot partition."""
 
     def __init__(self, share_activation: bool = False):
         super().__init__()
-        self.conv1, self.conv2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
-        self.act1 = torch.nn.ReLU()
-        self.act2 = self.act1 if share_activation else torch.nn.ReLU()
+        self.stem, self.act = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()
+        self.block = torchvision.models.resnet.BasicBlock(8, 8) if share_activation else torch.nn.Conv2d(8, 8, 3, padding=1)
         self.head = torch.nn.Linear(8, 10)
 
     def forward(self, x):
-        x = self.act1(self.conv1(x))
+        x = self.act(self.stem(x))
         if x.shape[-1] == 32:
-            x = self.act2(self.conv2(x))
+            x = self.block(x)
         return self.head(x.mean((2, 3)))
 
 
-def test_a_model_fx_cannot_trace_is_quantized_when_nothing_is_shared():
+@pytest.mark.parametrize("share", [False, True])
+def test_a_model_fx_cannot_trace_is_unshared_by_its_calls_and_quantized(share):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    model, example = SizeBranch().eval(), torch.randn(1, 3, 32, 32)
+    model, example = SizeBranch(share_activation=share).eval(), torch.randn(1, 3, 32, 32)
     with pytest.raises(Exception):  # the premise: FX cannot trace it
         torch.fx.symbolic_trace(model)
-    assert unshare_modules(model, example) is model
-    prepared = prepare_pt2e(export_dynamic(model, example).module(), x86_quantizer())
+    expected = model(example)
+    unshared = unshare_modules(model, example)
+    if share:  # without one module per call the quantizer fails: "more than one output node"
+        assert isinstance(unshared.block.relu, CallSiteCopies) and len(unshared.block.relu.copies) == 2
+    torch.testing.assert_close(unshared(example), expected)
+    prepared = prepare_pt2e(export_dynamic(unshared, example).module(), x86_quantizer())
     prepared(torch.randn(4, 3, 32, 32))
-    assert count_quantized(convert_pt2e(prepared)).quantized_layers == 3
+    assert count_quantized(convert_pt2e(prepared)).quantized_layers == (4 if share else 3)
 
 
-def test_a_model_fx_cannot_trace_that_reuses_a_module_is_refused_naming_it():
-    with pytest.raises(QExportError, match=r"it calls act1 more than once"):
-        unshare_modules(SizeBranch(share_activation=True).eval(), torch.randn(1, 3, 32, 32))
+def test_without_call_site_copies_a_shared_module_fails_the_quantizer():
+    """Guards the reason CallSiteCopies exists."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    model, example = SizeBranch(share_activation=True).eval(), torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="more than one output node"):
+        prepare_pt2e(export_dynamic(model, example).module(), x86_quantizer())
 
 
 def test_reused_stateless_modules_are_found_by_their_calls():
-    from qexport.exporter.pt2e import reused_stateless_modules
-
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     reused = reused_stateless_modules(model, torch.randn(1, 3, 32, 32))
     # each BasicBlock calls its one ReLU twice; the stem's relu and maxpool run once
-    assert reused == sorted(f"layer{i}.{j}.relu" for i in range(1, 5) for j in range(2))
+    assert reused == {f"layer{i}.{j}.relu": 2 for i in range(1, 5) for j in range(2)}
+    nested = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Sequential(torch.nn.ReLU()))
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.act = nested, torch.nn.Sequential(torch.nn.ReLU())
+
+        def forward(self, x):
+            return self.act(self.body(self.act(self.act(x))))
+    assert reused_stateless_modules(Twice(), torch.randn(1, 3, 4, 4)) == {"act": 3}  # not its child act.0
