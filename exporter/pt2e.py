@@ -23,7 +23,7 @@ from torch import nn
 
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage, Precision
-from qexport.errors import QExportError, first_line
+from qexport.errors import QExportError
 from qexport.models import file_stem
 from qexport.progress import say
 
@@ -32,40 +32,18 @@ COMPILED_NOTE = ("AOTInductor code is compiled for the --target-cpu ISA recorded
                  "torch version; generated C++ sources are left out of the package (only the compiled .so runs)")
 
 
-def unshare_modules(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
-    """Give every call site of a stateless module (ReLU, pooling...) its own instance.
+def unshare_modules(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Give every call of a stateless module (ReLU, pooling...) its own instance.
 
     torchvision's BasicBlock/Bottleneck call one ``self.relu`` twice; X86InductorQuantizer then
     sees one module with two outputs and fails ("Input partition has more than one output
-    node"). Symbolic tracing exposes every call site; repeated ones are re-pointed at copies.
-    Modules with parameters or buffers are left shared (copying them would duplicate weights).
-    A model FX cannot trace (a branch on a feature map's size, as in timm's efficientvit, is fine
-    for torch.export but not for FX) is unshared by counting calls in one eager forward pass on
-    ``example`` instead (``copies_per_call``).
+    node"). One eager forward pass on ``example`` counts the calls, and each reused stateless
+    module becomes ``CallSiteCopies``. Modules with parameters or buffers are left shared (copying
+    them would duplicate weights). Counting calls on the real model replaced an FX symbolic-trace
+    rewrite: FX cannot trace a branch on a feature map's size (timm's efficientvit), and on timm's
+    levit it traced a graph that no longer ran (sizes from cached attributes baked in).
     """
-    try:
-        graph_module = torch.fx.symbolic_trace(model)
-    except Exception as err:  # FX raises TraceError, TypeError... on untraceable control flow
-        if example is None:
-            raise QExportError(f"Cannot trace the model to separate reused modules ({type(err).__name__}: "
-                               f"{first_line(str(err), 120)}); pt2e needs an FX-traceable model.") from err
-        return copies_per_call(model, example)
-    seen: dict[str, int] = {}
-    for node in graph_module.graph.nodes:
-        if node.op != "call_module":
-            continue
-        module = graph_module.get_submodule(node.target)
-        stateless = not any(True for _ in module.parameters()) and not any(True for _ in module.buffers())
-        count = seen.get(node.target, 0)
-        seen[node.target] = count + 1
-        if count and stateless:
-            new_name = f"{node.target.replace('.', '_')}_call{count}"
-            graph_module.add_submodule(new_name, copy.deepcopy(module))
-            node.target = new_name
-            _retarget_meta(node, new_name, type(module))
-    graph_module.graph.lint()
-    graph_module.recompile()
-    return graph_module
+    return copies_per_call(model, example)
 
 
 def reused_stateless_modules(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
@@ -113,17 +91,6 @@ def copies_per_call(model: nn.Module, example: torch.Tensor) -> nn.Module:
                 if child is shared:
                     setattr(parent, attribute, stand_in)
     return model
-
-
-def _retarget_meta(node: torch.fx.Node, new_name: str, module_type: type) -> None:
-    """torch.export keeps the tracer's module-stack metadata, which still names the shared
-    module; the quantizer groups nodes by it, so it must name the copy."""
-    stack = node.meta.get("nn_module_stack")
-    if stack:
-        entries = list(stack.items())[:-1]
-        node.meta["nn_module_stack"] = dict(entries + [(new_name, (new_name, module_type))])
-    if node.meta.get("source_fn_stack"):
-        node.meta["source_fn_stack"] = node.meta["source_fn_stack"][:-1] + [(new_name, module_type)]
 
 
 CONV_BN_HELPERS = ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")  # prepare_qat_pt2e's, convert_pt2e's
