@@ -40,8 +40,8 @@ def unshare_modules(model: nn.Module, example: torch.Tensor) -> nn.Module:
     node"). One eager forward pass on ``example`` counts the calls, and each reused stateless
     module becomes ``CallSiteCopies``. Modules with parameters or buffers are left shared (copying
     them would duplicate weights). Counting calls on the real model replaced an FX symbolic-trace
-    rewrite: FX cannot trace a branch on a feature map's size (timm's efficientvit), and on timm's
-    levit it traced a graph that no longer ran (sizes from cached attributes baked in).
+    rewrite: FX cannot trace a branch on a feature map's size (timm's efficientvit) nor timm's levit
+    (``torch.Size()`` of traced values), and torch.export needs neither to be rewritten.
     """
     return copies_per_call(model, example)
 
@@ -53,10 +53,12 @@ def reused_stateless_modules(model: nn.Module, example: torch.Tensor) -> dict[st
     hooks = [module.register_forward_pre_hook(lambda *_, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
              for name, module in model.named_modules()
              if name and not any(True for _ in module.parameters()) and not any(True for _ in module.buffers())]
+    training = model.training
     try:
         with torch.no_grad():
-            model(example)
+            model.eval()(example)  # in eval mode: a counting pass must not move batch-norm statistics
     finally:
+        model.train(training)
         for hook in hooks:
             hook.remove()
     reused = {name: count for name, count in calls.items() if count > 1}
