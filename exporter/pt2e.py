@@ -41,9 +41,17 @@ def unshare_modules(model: nn.Module, example: torch.Tensor) -> nn.Module:
     module becomes ``CallSiteCopies``. Modules with parameters or buffers are left shared (copying
     them would duplicate weights). Counting calls on the real model replaced an FX symbolic-trace
     rewrite: FX cannot trace a branch on a feature map's size (timm's efficientvit) nor timm's levit
-    (``torch.Size()`` of traced values), and torch.export needs neither to be rewritten.
+    (``torch.Size()`` of traced values), and torch.export needs neither to be rewritten. Every
+    forward pass makes the same calls in the same order, so the k-th call always meets copy k.
     """
-    return copies_per_call(model, example)
+    for name, calls in reused_stateless_modules(model, example).items():
+        shared = model.get_submodule(name)
+        stand_in = CallSiteCopies(shared, calls)
+        for parent in model.modules():  # every attribute naming the shared module (act2 = act1)
+            for attribute, child in list(parent._modules.items()):  # named_children() skips aliases
+                if child is shared:
+                    setattr(parent, attribute, stand_in)
+    return model
 
 
 def reused_stateless_modules(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
@@ -69,7 +77,7 @@ def reused_stateless_modules(model: nn.Module, example: torch.Tensor) -> dict[st
 class CallSiteCopies(nn.Module):
     """Stands in for a stateless module called ``calls`` times per forward pass: call k runs copy k,
     so torch.export records each call site under its own module path (``<name>.copies.<k>``) and the
-    quantizer gives each its own partition, as the FX rewrite does for traceable models."""
+    quantizer gives each its own partition."""
 
     def __init__(self, module: nn.Module, calls: int):
         super().__init__()
@@ -80,19 +88,6 @@ class CallSiteCopies(nn.Module):
         site = self.copies[self.next_call % len(self.copies)]
         self.next_call += 1
         return site(*args, **kwargs)
-
-
-def copies_per_call(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """``model`` with each stateless module it calls more than once replaced by ``CallSiteCopies``;
-    every forward pass makes the same calls in the same order, so the k-th call always meets copy k."""
-    for name, calls in reused_stateless_modules(model, example).items():
-        shared = model.get_submodule(name)
-        stand_in = CallSiteCopies(shared, calls)
-        for parent in model.modules():  # every attribute naming the shared module (act2 = act1)
-            for attribute, child in list(parent._modules.items()):  # named_children() skips aliases
-                if child is shared:
-                    setattr(parent, attribute, stand_in)
-    return model
 
 
 CONV_BN_HELPERS = ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")  # prepare_qat_pt2e's, convert_pt2e's

@@ -28,7 +28,7 @@ def drop_text(cell: Cell) -> str:
 
 def agreement_text(cell: Cell) -> str:
     """'agree 76 %': how often an int8 artifact picks the eager fp32 model's class, '' otherwise."""
-    return f"agree {cell.agreement_with_fp32:.0%}".replace("%", " %") if cell.agreement_with_fp32 is not None else ""
+    return f"agree {cell.agreement_with_fp32 * 100:.0f} %" if cell.agreement_with_fp32 is not None else ""
 
 
 def note_number(cell: Cell, notes: dict[str, int]) -> int:
