@@ -43,7 +43,7 @@ test: venv try-setup-ipex
 
 # Unit tests only: no real data, no session build of every family.
 test-fast: venv
-	$(PY) -m pytest -q -m "not integration and not builds"
+	$(PY) -m pytest -q -m "not integration and not builds and not e2e"
 
 build: venv try-setup-ipex
 	$(VENV)/bin/qexport build --all

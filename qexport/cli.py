@@ -27,8 +27,9 @@ app = typer.Typer(
 _state = {"debug": False}
 
 DATA_HELP = "Folder holding the data (cifar10.npz, torchvision's cifar-10-batches-py, or train/ + val/ class folders). Env: QEXPORT_DATA_DIR; default ./data."
-ModelOpt = typer.Option("resnet18", "--model", "-m", help="torchvision classifier name, or timm:<architecture> with `pip install 'qexport[timm]'` (see `qexport train --list-models`).")
-BuildModelOpt = typer.Option(None, "--model", "-m", help="torchvision classifier name, or timm:<architecture> with `pip install 'qexport[timm]'` (see `qexport train --list-models`). Default: the one a qexport --checkpoint records, else resnet18.")
+# Help text is Rich markup: a literal [extra] needs its bracket escaped, or Rich drops it as a tag.
+ModelOpt = typer.Option("resnet18", "--model", "-m", help="torchvision classifier name, or timm:<architecture> with `pip install 'qexport\\[timm]'` (see `qexport train --list-models`).")
+BuildModelOpt = typer.Option(None, "--model", "-m", help="torchvision classifier name, or timm:<architecture> with `pip install 'qexport\\[timm]'` (see `qexport train --list-models`). Default: the one a qexport --checkpoint records, else resnet18.")
 DataOpt = typer.Option("cifar10", "--data", help="Data source: cifar10, imagefolder (your own train/ val/ tree) or synthetic (smoke runs only).")
 DataDirOpt = typer.Option(None, "--data-dir", envvar="QEXPORT_DATA_DIR", help=DATA_HELP)
 ImageSizeOpt = typer.Option(None, "--image-size", help="Resize imagefolder/synthetic images to this square size (imagefolder default 224).")

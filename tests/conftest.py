@@ -13,12 +13,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
 
 
+# Fixtures whose tests run in another Python: the IPEX environment, or the wheel installed in a scratch venv.
+OTHER_ENVIRONMENT_FIXTURES = ("ipex_python", "installed")
+
+
 def pytest_collection_modifyitems(items) -> None:
     """A test that needs every family built (the session fixture ``built_artifacts``, minutes)
-    is marked ``builds``, so `make test-fast` can leave it out without a hand-kept list."""
+    is marked ``builds``, and one that runs in another environment is marked ``e2e``, so
+    `make test-fast` can leave them out without a hand-kept list."""
     for item in items:
-        if "built_artifacts" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "built_artifacts" in fixtures:
             item.add_marker(pytest.mark.builds)
+        if any(name in fixtures for name in OTHER_ENVIRONMENT_FIXTURES):
+            item.add_marker(pytest.mark.e2e)
 
 
 def cifar_dir() -> Path | None:

@@ -192,6 +192,7 @@ def write_image_folder(root, size: int = 40, per_class: int = 24) -> None:
                 Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
+@pytest.mark.e2e
 def test_image_folder_build_is_benched_at_its_own_size(tmp_path):
     """An image-folder build at 24 px is scored at 24 px (not imagefolder's 224 px default), every
     artifact runs (ONNX rejected 224 px inputs with 'Got invalid dimensions'), and the bench's

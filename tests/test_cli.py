@@ -16,6 +16,14 @@ def test_every_command_has_help(command):
     assert "Usage" in result.output and len(result.output.splitlines()) > 4
 
 
+@pytest.mark.parametrize("command", ["train", "build"])
+def test_an_install_hint_in_help_keeps_its_extra(command):
+    """Rich reads "[timm]" as a markup tag and drops it unless escaped: the hint would say
+    `pip install 'qexport'`, which installs no timm."""
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    assert "pip install 'qexport[timm]'" in result.output
+
+
 def test_root_help_lists_commands():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
@@ -87,6 +95,7 @@ def test_unwritable_output_dir(tmp_path):
     _assert_one_line_error(proc, "Cannot write to output directory")
 
 
+@pytest.mark.e2e
 def test_train_cli_writes_checkpoint(tmp_path):
     out = tmp_path / "ck.pt"
     proc = run_cli("train", "--data", "synthetic", "--epochs", "1", "--batch-size", "64", "--out", str(out), "--no-progress")

@@ -108,6 +108,7 @@ def test_fake_flags_change_the_decision_not_the_cpu(monkeypatch):
     assert cpu.faked and cpu.flags == {"avx2", "fma"} and FAKE_FLAGS_VARIABLE in cpu.model
 
 
+@pytest.mark.e2e
 def test_cli_refuses_named_unbuildable_family_and_bad_targets(tmp_path):
     out = tmp_path / "out"
     env = {FAKE_FLAGS_VARIABLE: AVX2_FLAGS}

@@ -83,6 +83,7 @@ def assert_clean_interrupt(done: subprocess.CompletedProcess) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups")
+@pytest.mark.e2e
 @pytest.mark.parametrize("families,jobs", [("torchscript-int8-qat", 1), ("torchscript-int8-qat,pt2e-int8-qat", 2)])
 def test_ctrl_c_during_build_leaves_nothing_half_written(tiny_checkpoint, tmp_path, families, jobs):
     out = tmp_path / "artifacts"

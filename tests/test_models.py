@@ -89,6 +89,7 @@ def test_missing_checkpoint(tmp_path):
         read_checkpoint(tmp_path / "nope.pt")
 
 
+@pytest.mark.e2e
 def test_any_classifier_builds_or_skips_with_a_reason(tmp_path):
     """A non-ResNet architecture (depthwise convolutions, squeeze-excitation, SiLU) on the user's
     own image folder, through the CLI: every family tried either builds or is skipped in one line

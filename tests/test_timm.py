@@ -59,6 +59,7 @@ def test_a_timm_name_makes_file_names_without_a_colon():
     assert file_stem("timm:resnet50") == "timm-resnet50" and file_stem("resnet18") == "resnet18"
 
 
+@pytest.mark.e2e
 def test_a_timm_architecture_goes_through_the_zoo_end_to_end(tmp_path):
     """The CLI trains timm's test EfficientNet, builds its fp32 and int8 ONNX artifacts, measures
     them and writes the matrix; `verify` then accepts both in their runtime. (Every family's own
