@@ -76,6 +76,9 @@ def quiet_library_warnings() -> None:
     # torch.export names every tensor a model caches in a plain attribute (timm's attention-bias
     # caches): the export is right, and the model's author, not its user, could register buffers.
     warnings.filterwarnings("ignore", message=r"(?s).*were assigned during export.*")
+    # The x86 quantizer leaves a max-pool in float when the layer before it is kept in float by the
+    # accuracy budget (as it should), and says so with its whole configuration on every build.
+    warnings.filterwarnings("ignore", message=r"(?s)The input of maxpool2d is not quantized.*")
     # The same notices from torch's C++ side (c10 TORCH_WARN) and its "No CUDA runtime is found"
     # log line on CPU-only machines; read when torch is first imported, so set before that.
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")

@@ -324,6 +324,14 @@ def test_build_table_shows_size_ratio_and_top1_change():
     assert report.built_cells(built_manifest(10, 0.9, 0.9), base_size=None)[2] == ""
 
 
+def test_int8_share_cell_says_whether_it_counts_weights_or_layers():
+    from qexport.manifest import Int8Coverage
+
+    assert report.int8_share_cell(Int8Coverage.of_layers(5, 21)) == "23.8% layers"
+    assert report.int8_share_cell(Int8Coverage.of_weights(1, 16)) == "6.2% weights"
+    assert report.int8_share_cell(None) == "-"
+
+
 def test_budget_cell_shows_the_drop_its_interval_and_the_budget():
     budget = AccuracyBudget(max_drop_pt=1.0, measured_on="validation", samples=500, seed=0, fp32_top1=0.92, top1=0.918,
                             drop_pt=0.2, met=True, drop_ci95_pt=0.61, unseen=True, verdict="met",

@@ -99,13 +99,16 @@ def test_aoti_package_from_another_torch_is_refused_clearly():
         check_compatible(CompiledWith(torch=torch.__version__, machine="aarch64"))
 
 
-def test_fp32_package_prepacks_conv_weights_and_restores_inductor(built_artifacts):
+@pytest.mark.parametrize("key", ["pt2e-fp32", "pt2e-int8"])
+def test_fp32_package_prepacks_conv_weights_and_restores_inductor(built_artifacts, key):
+    """pt2e-int8 too: the layers the accuracy budget keeps in float are fp32 convolutions, which
+    would otherwise re-pack their weights on every call."""
     from torch._inductor.fx_passes import mkldnn_fusion
 
     from qexport.exporter.pt2e import prepacked_dynamic_convolutions
 
     _, outcomes = built_artifacts
-    config = outcomes["pt2e-fp32"].manifest.config
+    config = outcomes[key].manifest.config
     assert config["conv_weight_prepack"].startswith("build time")  # this torch: the fix applies
     before = (mkldnn_fusion.has_free_symbols, mkldnn_fusion._get_mkldnn_device_op)
     with prepacked_dynamic_convolutions() as applied:
