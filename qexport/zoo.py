@@ -4,7 +4,7 @@
 it, measures batch 1 in a few short rounds, and writes one cell per architecture × family:
 built (with its int8 drop on held-out images and its latency against that architecture's fastest
 fp32 artifact), skipped (why) or failed (the one sentence the build gave). The subsets and rounds
-are small so the whole matrix fits a working session on a 2-core host; the file says so, and its
+are small so the whole matrix takes minutes per architecture on a 2-core host; the file says so, and its
 accuracy figures judge the export, not the architecture.
 """
 

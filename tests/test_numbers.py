@@ -322,6 +322,9 @@ def test_build_table_shows_size_ratio_and_top1_change():
     cells = report.built_cells(built_manifest(size_mb=10, top1=0.90, fp32_top1=0.92), base_size=40 * MB)
     assert cells[:5] == ["resnet18.int8.onnx", "10.00", "4.00", "90.00%", "-2.00"]
     assert report.built_cells(built_manifest(10, 0.9, 0.9), base_size=None)[2] == ""
+    assert cells[6] == "-"  # no int8 coverage recorded
+    by_layers = minimal_manifest("resnet18.int8.pt2", int8_coverage={"ratio": 0.238095, "quantized_layers": 5, "layers": 21})
+    assert report.built_cells(parse(Manifest, by_layers, "a hand-made manifest"), base_size=None)[6] == "23.8% layers"
 
 
 def test_int8_share_cell_says_whether_it_counts_weights_or_layers():
