@@ -143,7 +143,7 @@ class CalibrationReader:
 @register("onnx-int8", variant="int8", format="onnx", extension=".onnx", precision="int8",
           runtime="onnxruntime",
           method="onnxruntime quant_pre_process + quantize_static (QDQ, per-channel weights, U8S8)",
-          option_keys=("calibration_samples", "calibration_method", "seed"), fallback=True)
+          option_keys=("calibration_samples", "calibration_method", "seed", "target_cpu"), fallback=True)
 def build_onnx_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -159,9 +159,11 @@ def build_onnx_int8(ctx: BuildContext, path: Path) -> BuildDetails:
         say(f"  calibrating onnx-int8 ({ctx.options.calibration_method}, {ctx.options.calibration_samples} train images)")
         quantize_static(str(pre), str(path), CalibrationReader(ctx), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[ctx.options.calibration_method], nodes_to_exclude=excluded)
+                        calibrate_method=methods[ctx.options.calibration_method], nodes_to_exclude=excluded,
+                        reduce_range=ctx.options.int8_reduced_range)
     require_runs_at_check_batches("onnx-int8", path, ctx)
-    return BuildDetails(config={"format": "QDQ", "per_channel": True, "activations": "uint8", "weights": "int8",
+    weights = "int8, 7-bit range (the target CPU class includes CPUs without VNNI)" if ctx.options.int8_reduced_range else "int8"
+    return BuildDetails(config={"format": "QDQ", "per_channel": True, "activations": "uint8", "weights": weights,
                                 "calibration_method": ctx.options.calibration_method, "opset": onnx_opset(path),
                                 "nodes_to_exclude": excluded},
                         float_not_found=missing,

@@ -136,13 +136,14 @@ def export_dynamic(model: nn.Module, example: torch.Tensor) -> torch.export.Expo
     return torch.export.export(model, (sample,), dynamic_shapes=({0: batch},))
 
 
-def x86_quantizer(is_qat: bool = False, keep_float: tuple[str, ...] = ()):
+def x86_quantizer(is_qat: bool = False, keep_float: tuple[str, ...] = (), reduced_range: bool = False):
     """The x86 Inductor quantizer; the modules named in ``keep_float`` get no quantization config,
-    so their operators stay fp32 (the accuracy budget's per-layer fallback)."""
+    so their operators stay fp32 (the accuracy budget's per-layer fallback). ``reduced_range``:
+    7-bit activations, for CPUs without VNNI (see ``hardware.int8_may_run_without_vnni``)."""
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
 
     quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat, reduce_range=reduced_range))
     for name in keep_float:
         quantizer.set_module_name_qconfig(name, None)
     return quantizer
@@ -167,6 +168,9 @@ def count_quantized(graph_module: torch.fx.GraphModule) -> Int8Coverage:
 PREPACK_NOTE = ("fp32 convolution weights are pre-packed for oneDNN at build time (batch hint 2); with a dynamic "
                 "batch, Inductor would otherwise re-pack them on every call -- several times slower at batch 1")
 
+
+# What the manifest says of the activations' range (7 bits where the target includes CPUs without VNNI).
+ACTIVATION_RANGE = {True: "uint8 0-127 (the target CPU class includes CPUs without VNNI)", False: "uint8 0-255"}
 
 INDUCTOR_CONFIG = {
     "freezing": True,  # constant-fold weights and pre-pack int8 convolutions for oneDNN
@@ -301,7 +305,8 @@ def calibrate_graph(prepared: nn.Module, ctx: BuildContext) -> int:
 def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(exported_for_quantization(ctx), x86_quantizer(keep_float=ctx.keep_float))
+    reduced = ctx.options.int8_reduced_range
+    prepared = prepare_pt2e(exported_for_quantization(ctx), x86_quantizer(keep_float=ctx.keep_float, reduced_range=reduced))
     seen = calibrate_graph(prepared, ctx)
     converted = convert_pt2e(prepared)
     coverage = require_quantized(converted, "pt2e-int8")
@@ -310,7 +315,8 @@ def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     compiled = package(converted, ctx, path, "int8", prepack_fp32=True)
     prepacked = bool(ctx.keep_float) and compiled["conv_weight_prepack"].startswith("build time")
     return BuildDetails(config={"quantizer": "X86InductorQuantizer default (per-channel weights, static activations)",
-                                **INDUCTOR_CONFIG, "max_batch": MAX_BATCH, **compiled},
+                                "activation_range": ACTIVATION_RANGE[reduced], **INDUCTOR_CONFIG, "max_batch": MAX_BATCH,
+                                **compiled},
                         int8_coverage=coverage, notes=[COMPILED_NOTE] + ([PREPACK_NOTE] if prepacked else []),
                         calibration=train_calibration(ctx, seen))
 
@@ -325,7 +331,8 @@ def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
     from qexport.train import fine_tune
 
     with conv_bn_patterns_only_for_present_convolutions():
-        prepared = prepare_qat_pt2e(exported_for_quantization(ctx), x86_quantizer(is_qat=True))
+        prepared = prepare_qat_pt2e(exported_for_quantization(ctx),
+                                    x86_quantizer(is_qat=True, reduced_range=ctx.options.int8_reduced_range))
     allow_exported_model_train_eval(prepared)  # exported graphs refuse .train()/.eval() otherwise
     history = fine_tune(prepared, ctx.data, epochs=ctx.options.qat_epochs, lr=ctx.options.qat_lr,
                         seed=ctx.options.seed, show_progress=ctx.show_progress, description="pt2e QAT fine-tune")
@@ -335,6 +342,7 @@ def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
     coverage = require_quantized(converted, "pt2e-int8-qat")
     compiled = package(converted, ctx, path, "int8-qat")
     return BuildDetails(config={"quantizer": "X86InductorQuantizer QAT config", "epochs": ctx.options.qat_epochs,
+                                "activation_range": ACTIVATION_RANGE[ctx.options.int8_reduced_range],
                                 "lr": ctx.options.qat_lr, "fine_tune_split": "train", **INDUCTOR_CONFIG, **compiled},
                         int8_coverage=coverage, fine_tune=history, notes=[COMPILED_NOTE])
 

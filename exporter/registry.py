@@ -24,7 +24,7 @@ from qexport.manifest import (DEFAULT_MAX_DROP, PRECISIONS, Calibration, Delegat
 from qexport.runtimes.results import EVAL_BATCH
 from qexport.selection import match_keys
 from qexport.hardware import (DEFAULT_TARGET, TARGETS, CpuRequirement, HostCpu, TargetIsa, host_cpu,
-                              native_requirement, resolve_target)
+                              int8_may_run_without_vnni, native_requirement, resolve_target)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 BUDGET_OPTIONS = ("max_accuracy_drop", "budget_samples", "budget_verdict")  # every int8 family reads them
@@ -74,6 +74,11 @@ class BuildOptions:
     def target(self) -> TargetIsa:
         """The ``--target-cpu`` choice (checked against the build host in ``__post_init__``)."""
         return TARGETS[self.target_cpu]
+
+    @property
+    def int8_reduced_range(self) -> bool:
+        """Whether x86 int8 families use 7-bit ranges: the target includes CPUs without VNNI."""
+        return int8_may_run_without_vnni(self.target, host_cpu())
 
 
 @dataclass

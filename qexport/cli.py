@@ -116,7 +116,7 @@ def build(
     data_dir: Optional[Path] = DataDirOpt,
     image_size: Optional[int] = ImageSizeOpt,
     calibration_samples: int = typer.Option(512, "--calibration-samples", help="Seeded train-split images used to calibrate PTQ families."),
-    target_cpu: str = typer.Option("avx2", "--target-cpu", help="What compiled (AOTInductor .pt2) code may use: avx2 (runs on any x86-64 CPU with AVX2, the default), avx512, or native (everything this build host has; may not run elsewhere)."),
+    target_cpu: str = typer.Option("avx2", "--target-cpu", help="The deployment CPU class: what compiled (AOTInductor .pt2) code may use, and whether x86 int8 (pt2e, ONNX) uses 7-bit ranges for CPUs without VNNI. avx2 (any x86-64 CPU with AVX2, the default), avx512, or native (everything this build host has; may not run elsewhere)."),
     calibration_method: str = typer.Option("minmax", "--calibration-method", help="ONNX int8 calibration: minmax, entropy or percentile."),
     qat_epochs: int = typer.Option(1, "--qat-epochs", help="Fine-tuning epochs of the QAT families."),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Measure accuracy on a seeded subset of the test split (default: all of it)."),

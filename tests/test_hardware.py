@@ -193,3 +193,25 @@ def test_native_package_on_an_avx512_host_holds_avx512(tiny_data, tiny_checkpoin
     assert "%zmm" in code
     manifest = json.loads((tmp_path / "native" / "resnet18.fp32.pt2.manifest.json").read_text())
     assert {"avx512f", "avx512bw"} <= set(manifest["requirements"]["cpu"]["any_of"][0])
+
+
+@pytest.mark.parametrize("target,flags,reduced", [
+    ("avx2", AVX2_FLAGS, True),                     # Haswell, Zen 1-3: no VNNI
+    ("avx512", "avx2 avx512f avx512bw avx512vl avx512dq avx512_vnni", True),  # the class includes Skylake-SP
+    ("native", "avx2 avx512f avx512_vnni", False),  # this host multiplies int8 without saturating
+    ("native", "avx2 avx_vnni", False),
+    ("native", AVX2_FLAGS, True),
+])
+def test_int8_uses_seven_bit_ranges_where_the_target_may_lack_vnni(target, flags, reduced):
+    from qexport.hardware import TARGETS, HostCpu, int8_may_run_without_vnni
+
+    cpu = HostCpu("test", frozenset(flags.replace(",", " ").split()))
+    assert int8_may_run_without_vnni(TARGETS[target], cpu) is reduced
+
+
+@pytest.mark.parametrize("reduced,quant_max", [(True, 127), (False, 255)])
+def test_the_x86_quantizer_takes_the_reduced_range(reduced, quant_max):
+    from qexport.exporter.pt2e import x86_quantizer
+
+    config = x86_quantizer(reduced_range=reduced).global_config
+    assert config.input_activation.quant_max == quant_max

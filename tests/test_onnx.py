@@ -106,3 +106,19 @@ def test_onnx_runtime_internals_are_left_out_of_the_failure():
 
     assert failure == RunFailure("Reshape", "node_view_8", "The input tensor cannot be reshaped to the requested "
                                  "shape. Input shape:{250,96,3,3}, requested shape:{1,2,48,3,3}")
+
+
+def test_onnx_int8_for_the_default_target_keeps_its_weights_in_seven_bits(built_artifacts):
+    """--target-cpu avx2 includes CPUs without VNNI, whose u8 x s8 multiply saturates at full range."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from tests.conftest import built_outcome
+
+    out, outcomes = built_artifacts
+    outcome = built_outcome(outcomes, "onnx-int8")
+    graph = onnx.load(str(out / outcome.manifest.artifact.file)).graph
+    weights = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+    assert "7-bit" in outcome.manifest.config["weights"]
