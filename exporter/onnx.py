@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from qexport.errors import QExportError
+from qexport.hardware import REDUCED_RANGE_REASON
 from qexport.exporter.budget import ops_of_named_layers
 from qexport.exporter.capture import describe_layer, describe_site
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, register, train_calibration
@@ -162,7 +163,7 @@ def build_onnx_int8(ctx: BuildContext, path: Path) -> BuildDetails:
                         calibrate_method=methods[ctx.options.calibration_method], nodes_to_exclude=excluded,
                         reduce_range=ctx.options.int8_reduced_range)
     require_runs_at_check_batches("onnx-int8", path, ctx)
-    weights = "int8, 7-bit range (the target CPU class includes CPUs without VNNI)" if ctx.options.int8_reduced_range else "int8"
+    weights = f"int8, 7-bit range ({REDUCED_RANGE_REASON})" if ctx.options.int8_reduced_range else "int8"
     return BuildDetails(config={"format": "QDQ", "per_channel": True, "activations": "uint8", "weights": weights,
                                 "calibration_method": ctx.options.calibration_method, "opset": onnx_opset(path),
                                 "nodes_to_exclude": excluded},

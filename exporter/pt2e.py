@@ -24,6 +24,7 @@ from torch import nn
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage, Precision
 from qexport.errors import QExportError
+from qexport.hardware import REDUCED_RANGE_REASON
 from qexport.models import file_stem
 from qexport.progress import say
 
@@ -169,8 +170,17 @@ PREPACK_NOTE = ("fp32 convolution weights are pre-packed for oneDNN at build tim
                 "batch, Inductor would otherwise re-pack them on every call -- several times slower at batch 1")
 
 
-# What the manifest says of the activations' range (7 bits where the target includes CPUs without VNNI).
-ACTIVATION_RANGE = {True: "uint8 0-127 (the target CPU class includes CPUs without VNNI)", False: "uint8 0-255"}
+PREPACKED_AT_BUILD = "build time, batch hint 2"  # the manifest's conv_weight_prepack when the pre-pack applied
+
+
+def prepack_notes(compiled: dict, has_float_convolutions: bool) -> list[str]:
+    """The pre-pack note, where the package has fp32 convolutions and the pre-pack applied."""
+    return [PREPACK_NOTE] if has_float_convolutions and compiled.get("conv_weight_prepack") == PREPACKED_AT_BUILD else []
+
+
+def activation_range(reduced: bool) -> str:
+    """What the manifest says of the int8 activations' range (see ``hardware.int8_may_run_without_vnni``)."""
+    return f"uint8 0-127 ({REDUCED_RANGE_REASON})" if reduced else "uint8 0-255"
 
 INDUCTOR_CONFIG = {
     "freezing": True,  # constant-fold weights and pre-pack int8 convolutions for oneDNN
@@ -242,7 +252,7 @@ def package(model: nn.Module, ctx: BuildContext, path: Path, variant: str, prepa
     compiled = {"compile_seconds": round(time.perf_counter() - started, 1), "target_cpu": target.name,
                 "vector_isa": vec_isa, "march": target.march or "native", "generated_code_sha256": code_sha256}
     if prepack_fp32:
-        compiled["conv_weight_prepack"] = ("build time, batch hint 2" if prepacked
+        compiled["conv_weight_prepack"] = (PREPACKED_AT_BUILD if prepacked
                                            else "run time (Inductor internals changed)")
     return compiled
 
@@ -313,11 +323,10 @@ def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     # The layers the budget keeps in float are fp32 convolutions like pt2e-fp32's: without build-time
     # packing they re-pack their weights on every call (ResNet18 with 16 float layers: 10.8 ms at batch 1, 1.9 ms pre-packed).
     compiled = package(converted, ctx, path, "int8", prepack_fp32=True)
-    prepacked = bool(ctx.keep_float) and compiled["conv_weight_prepack"].startswith("build time")
     return BuildDetails(config={"quantizer": "X86InductorQuantizer default (per-channel weights, static activations)",
-                                "activation_range": ACTIVATION_RANGE[reduced], **INDUCTOR_CONFIG, "max_batch": MAX_BATCH,
+                                "activation_range": activation_range(reduced), **INDUCTOR_CONFIG, "max_batch": MAX_BATCH,
                                 **compiled},
-                        int8_coverage=coverage, notes=[COMPILED_NOTE] + ([PREPACK_NOTE] if prepacked else []),
+                        int8_coverage=coverage, notes=[COMPILED_NOTE] + prepack_notes(compiled, bool(ctx.keep_float)),
                         calibration=train_calibration(ctx, seen))
 
 
@@ -330,9 +339,9 @@ def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
 
     from qexport.train import fine_tune
 
+    reduced = ctx.options.int8_reduced_range
     with conv_bn_patterns_only_for_present_convolutions():
-        prepared = prepare_qat_pt2e(exported_for_quantization(ctx),
-                                    x86_quantizer(is_qat=True, reduced_range=ctx.options.int8_reduced_range))
+        prepared = prepare_qat_pt2e(exported_for_quantization(ctx), x86_quantizer(is_qat=True, reduced_range=reduced))
     allow_exported_model_train_eval(prepared)  # exported graphs refuse .train()/.eval() otherwise
     history = fine_tune(prepared, ctx.data, epochs=ctx.options.qat_epochs, lr=ctx.options.qat_lr,
                         seed=ctx.options.seed, show_progress=ctx.show_progress, description="pt2e QAT fine-tune")
@@ -342,7 +351,7 @@ def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
     coverage = require_quantized(converted, "pt2e-int8-qat")
     compiled = package(converted, ctx, path, "int8-qat")
     return BuildDetails(config={"quantizer": "X86InductorQuantizer QAT config", "epochs": ctx.options.qat_epochs,
-                                "activation_range": ACTIVATION_RANGE[ctx.options.int8_reduced_range],
+                                "activation_range": activation_range(reduced),
                                 "lr": ctx.options.qat_lr, "fine_tune_split": "train", **INDUCTOR_CONFIG, **compiled},
                         int8_coverage=coverage, fine_tune=history, notes=[COMPILED_NOTE])
 
@@ -352,9 +361,8 @@ def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
           option_keys=("target_cpu",), compiled=True)
 def build_pt2e_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
     compiled = package(ctx.fresh_model(), ctx, path, "fp32", prepack_fp32=True)
-    prepacked = compiled["conv_weight_prepack"].startswith("build time")
     return BuildDetails(config={**INDUCTOR_CONFIG, "max_batch": MAX_BATCH, **compiled},
-                        notes=[COMPILED_NOTE] + ([PREPACK_NOTE] if prepacked else []))
+                        notes=[COMPILED_NOTE] + prepack_notes(compiled, has_float_convolutions=True))
 
 
 def require_quantized(converted: torch.fx.GraphModule, key: str) -> Int8Coverage:

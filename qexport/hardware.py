@@ -71,6 +71,7 @@ class HostCpu:
 
 
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+REDUCED_RANGE_REASON = "the target CPU class includes CPUs without VNNI"  # what manifests say of a 7-bit range
 
 
 def int8_may_run_without_vnni(target: "TargetIsa", cpu: HostCpu) -> bool:

@@ -187,7 +187,7 @@ def test_pt2e_int8_prepacks_the_float_layers_and_says_so_only_when_it_keeps_some
 
     asked = []
     monkeypatch.setattr(pt2e, "package", lambda model, ctx, path, variant, prepack_fp32=False:
-                        asked.append(prepack_fp32) or {"conv_weight_prepack": "build time, batch hint 2"})
+                        asked.append(prepack_fp32) or {"conv_weight_prepack": pt2e.PREPACKED_AT_BUILD})
     kept = FAMILIES["pt2e-int8"].build(_keep_context(tiny_data, tiny_checkpoint), tmp_path / "kept.pt2")
     none_kept = FAMILIES["pt2e-int8"].build(make_context(tiny_data, tiny_checkpoint), tmp_path / "all.pt2")
     assert asked == [True, True]
