@@ -311,7 +311,8 @@ def calibrate_graph(prepared: nn.Module, ctx: BuildContext) -> int:
 
 @register("pt2e-int8", variant="int8", format="aoti", extension=".pt2", precision=Precision.INT8, runtime="aoti",
           method="torch.export → torchao X86InductorQuantizer PTQ (per-channel) → convert_pt2e → AOTInductor package",
-          option_keys=("calibration_samples", "seed", "target_cpu"), compiled=True, fallback=True)
+          option_keys=("calibration_samples", "seed", "target_cpu"), compiled=True, fallback=True,
+          recipe=2)  # 2: float layers pre-packed at build time; 7-bit activations for targets without VNNI
 def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -332,7 +333,8 @@ def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
 
 @register("pt2e-int8-qat", variant="int8-qat", format="aoti", extension=".pt2", precision=Precision.INT8, runtime="aoti",
           method="torch.export → prepare_qat_pt2e (X86InductorQuantizer) → fake-quant fine-tune → convert → AOTInductor",
-          option_keys=("seed", "target_cpu"), fine_tuned=True, compiled=True)
+          option_keys=("seed", "target_cpu"), fine_tuned=True, compiled=True,
+          recipe=2)  # 2: 7-bit activations for targets without VNNI
 def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e

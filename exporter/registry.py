@@ -180,6 +180,7 @@ class Family:
     fallback: bool = False   # honours BuildContext.keep_float: can keep chosen layers in float to meet the budget
     model_support: Callable[[str], str | None] | None = None  # why a model cannot take this family, or None
     fixed_batch: bool = False  # the artifact takes one batch size (BuildOptions.executorch_batch), not any
+    recipe: int = 1          # raised when a change to the build changes what it writes: older artifacts then rebuild
 
     def build_problem(self, cpu: HostCpu | None = None) -> str | None:
         """None when this host can build the family; else 'needs X; this CPU has Y'."""
@@ -211,9 +212,14 @@ class Family:
         return f"{file_stem(model_name)}.{self.variant}{self.extension}"
 
     def relevant_options(self, options: BuildOptions) -> dict:
-        """What the up-to-date check compares: the options this family reads, and what every build measures."""
+        """What the up-to-date check compares: the options this family reads, what every build
+        measures, and the family's recipe from 2 on. An artifact written by an older build of the
+        family (same options, other code) is then rebuilt, not reused; recipe 1 adds nothing, so
+        manifests written before recipes existed stay up to date until their family's recipe is raised."""
         chosen = {key: v for key, v in options.as_dict().items() if key in self.read_options}
         chosen.update(eval_samples=options.eval_samples, golden_samples=options.golden_samples)
+        if self.recipe > 1:
+            chosen["recipe"] = self.recipe
         return chosen
 
 
@@ -228,6 +234,8 @@ def declaration_problem(family: Family) -> str | None:
     named = f"family {family.key!r}"
     if family.key in FAMILIES:
         return f"{named} is registered twice"
+    if family.recipe < 1:
+        return f"{named} declares recipe {family.recipe}; recipes count from 1"
     if family.precision not in PRECISIONS:
         return f"{named} declares precision {family.precision!r}; choose from {', '.join(PRECISIONS)}"
     for option in family.option_keys:

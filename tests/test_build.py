@@ -4,6 +4,7 @@ atomicity, up-to-date skipping, manifests."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -122,6 +123,9 @@ def test_up_to_date_skip_and_rebuild(tiny_data, tiny_checkpoint, tmp_path):
     first = build_families(make_context(tiny_data, tiny_checkpoint), family, tmp_path)[0]
     again = build_families(make_context(tiny_data, tiny_checkpoint), family, tmp_path)[0]
     assert (first.status, again.status) == ("built", "up-to-date")
+    newer_recipe = [replace(family[0], recipe=2)]  # the same options, written by a changed build
+    assert build_families(make_context(tiny_data, tiny_checkpoint), newer_recipe, tmp_path)[0].status == "built"
+    assert build_families(make_context(tiny_data, tiny_checkpoint), newer_recipe, tmp_path)[0].status == "up-to-date"
     changed = build_families(make_context(tiny_data, tiny_checkpoint, calibration_samples=32), family, tmp_path)[0]
     assert changed.status == "built"
     artifact = tmp_path / FAMILIES["torchscript-int8-static"].filename("resnet18")

@@ -54,3 +54,16 @@ def test_the_up_to_date_check_reads_the_declaration():
     assert qat.relevant_options(options)["qat_epochs"] == 3
     assert not set(FINE_TUNE_OPTIONS) & set(static.relevant_options(options))
     assert set(fp32.relevant_options(options)) == {"eval_samples", "golden_samples"}
+
+
+def test_a_raised_recipe_enters_the_up_to_date_check_and_recipe_one_adds_nothing():
+    options = BuildOptions()
+    first, raised = FAMILIES["onnx-fp32"], FAMILIES["pt2e-int8"]
+    assert (first.recipe, raised.recipe) == (1, 2)
+    assert "recipe" not in first.relevant_options(options)  # manifests from before recipes stay up to date
+    assert raised.relevant_options(options)["recipe"] == 2
+
+
+def test_a_recipe_below_one_fails_at_registration():
+    with pytest.raises(ValueError, match="family 'test-recipe' declares recipe 0; recipes count from 1"):
+        declare("test-recipe", recipe=0)
