@@ -167,8 +167,16 @@ def format_duration(seconds: float) -> str:
 
 def probe_epoch_seconds(model: nn.Module, data: Dataset, config: TrainConfig, device: str = "cpu", steps: int = 3) -> float:
     """Seconds one epoch will take on this host, from a few training steps on a copy of the model:
-    CPUs differ ~3x, so the estimate is measured, not assumed. The model's weights and the seeded
-    batch order are left untouched."""
+    CPUs differ ~3x, so the estimate is measured, not assumed. The model's weights, the seeded
+    batch order and torch's global random state (dropout draws from it) are left untouched, so a
+    run trains the same weights whether or not it was probed."""
+    cuda = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=cuda):
+        return _timed_probe_steps(model, data, config, device, steps)
+
+
+def _timed_probe_steps(model: nn.Module, data: Dataset, config: TrainConfig, device: str, steps: int) -> float:
+    """One untimed step (allocation, kernel selection), then the mean of ``steps`` timed ones, scaled to an epoch."""
     probe = copy.deepcopy(model).to(device=device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(probe.parameters(), lr=1e-3, momentum=config.momentum)
     n = min(config.batch_size, len(data.train))
@@ -217,7 +225,9 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
                                                     pct_start=0.25, div_factor=10, final_div_factor=200)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     history: list[dict] = []
-    if show_progress and config.epochs > 1:  # before the hours start, not after the first epoch
+    # The estimate and the per-epoch lines are status lines, not progress bars: --no-progress keeps
+    # them, so a logged run says what it will cost and how far it is instead of going silent for hours.
+    if config.epochs > 1:  # before the hours start, not after the first epoch
         announce_estimate(probe_epoch_seconds(model, data, config, device), config.epochs, device, probed=True)
     started = time.perf_counter()
     with progress_bar(show_progress) as bar:
@@ -226,9 +236,9 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
             history.append(_train_epoch(model, data, config.batch_size, config.pad, generator, optimizer, scheduler, criterion,
                                         lambda status: bar.update(task, advance=1, status=f"epoch {epoch + 1}/{config.epochs} {status}"),
                                         device))
-            if epoch == 0 and config.epochs > 1 and show_progress:
+            if epoch == 0 and config.epochs > 1:
                 announce_estimate(time.perf_counter() - started, config.epochs, device)
-            if bar.disable and show_progress:  # no terminal (CI, logs): one line per epoch instead
+            if bar.disable:  # no terminal (CI, logs) or --no-progress: one line per epoch instead
                 say(f"epoch {epoch + 1}/{config.epochs} loss {history[-1]['loss']:.3f} "
                     f"train top-1 {history[-1]['train_top1']:.1%} ({time.perf_counter() - started:.0f} s)")
     recalibrated = recalibrate_batch_norm(model, data, config.seed, device, images=config.bn_recalibration_images)

@@ -101,3 +101,4 @@ def test_train_cli_writes_checkpoint(tmp_path):
     proc = run_cli("train", "--data", "synthetic", "--epochs", "1", "--batch-size", "64", "--out", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and "SYNTHETIC" in proc.stderr
+    assert "epoch 1/1 loss " in proc.stderr  # --no-progress drops the bar, not the per-epoch line

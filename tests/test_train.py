@@ -153,3 +153,20 @@ def test_build_refuses_a_checkpoint_it_will_not_reuse_unless_retrain(tiny_data, 
         resolve_checkpoint("resnet18", tiny_data, None, TrainConfig(epochs=2, batch_size=64), show_progress=False)
     assert path.stat().st_mtime_ns == stamp  # nothing trained, nothing replaced
     assert resolve_checkpoint("resnet18", tiny_data, None, TrainConfig(epochs=1, batch_size=64), show_progress=False) == path
+
+
+def test_the_time_probe_leaves_weights_and_global_random_state_as_they_were(tiny_data):
+    """Dropout draws from torch's global generator: a probe that moved it would make a run train other
+    weights with the estimate than without it."""
+    from torch import nn
+
+    from qexport.train import probe_epoch_seconds
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 10))
+    torch.manual_seed(7)
+    weights = [p.detach().clone() for p in model.parameters()]
+    state = torch.get_rng_state()
+    seconds = probe_epoch_seconds(model, tiny_data, TrainConfig(epochs=2, batch_size=32))
+    assert seconds > 0
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(before, after) for before, after in zip(weights, model.parameters()))
