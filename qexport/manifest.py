@@ -507,11 +507,25 @@ def discover(directory: Path) -> list[tuple[Path, Manifest]]:
     index = directory / "index.json"
     if index.is_file():
         paths = [directory / Path(entry.manifest).name for entry in read_index(index).artifacts]
+        say_unlisted(directory, [path for path in find_manifests(directory) if path not in paths])
     else:
         paths = find_manifests(directory)
     if not paths:
         raise QExportError(f"No artifacts in {directory}; run `qexport build --all --out {directory}` first.")
     return [(path, read_manifest(path)) for path in paths]
+
+
+def say_unlisted(directory: Path, unlisted: list[Path]) -> None:
+    """Name the manifests index.json leaves out (an artifact copied in after the build): the folder's
+    index decides what bench, verify and pack take, and leaving one out without a word looks like
+    a measurement, a check or a bundle of the whole folder when it is not."""
+    if not unlisted:
+        return
+    from qexport.progress import say
+
+    names = ", ".join(path.name for path in unlisted)
+    say(f"{directory}/index.json does not list {len(unlisted)} manifest(s) in the folder ({names}), so they are "
+        "left out; delete index.json to take every manifest in the folder, or build them there with `qexport build`.")
 
 
 def cpu_needs(manifest: Manifest) -> tuple["CpuRequirement | None", bool]:

@@ -142,3 +142,20 @@ def test_a_key_that_is_not_a_whole_number_is_named():
         parse(PerBatch, {"p50_ms": {"1": 0.5, "thirty-two": 4.0}}, "bench.json")
     assert str(caught.value).startswith("bench.json: key 'p50_ms.thirty-two' should be a whole number")
     assert_one_sentence(caught.value)
+
+
+def test_a_manifest_the_index_does_not_list_is_left_out_by_name(tmp_path, capsys):
+    """bench, verify and pack take the folder's index; one copied in after the build is named, not dropped silently."""
+    from qexport.manifest import Index, IndexEntry, discover
+
+    for name in ("resnet18.fp32.onnx", "resnet18.int8.onnx"):
+        (tmp_path / f"{name}.manifest.json").write_text(json.dumps(minimal_manifest(name)))
+    listed = tmp_path / "resnet18.fp32.onnx.manifest.json"
+    index = Index(model="resnet18", created="now", artifacts=[IndexEntry.of(listed, read_manifest(listed))])
+    (tmp_path / "index.json").write_text(json.dumps(index.to_dict()))
+    assert [path.name for path, _ in discover(tmp_path)] == [listed.name]
+    said = " ".join(capsys.readouterr().err.split())
+    assert "does not list 1 manifest(s) in the folder (resnet18.int8.onnx.manifest.json)" in said
+    assert "resnet18.fp32.onnx.manifest.json" not in said
+    (tmp_path / "index.json").unlink()
+    assert len(discover(tmp_path)) == 2 and capsys.readouterr().err == ""
