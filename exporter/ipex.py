@@ -23,7 +23,7 @@ from qexport.documents import parse
 from qexport.exporter.registry import BuildContext, BuildDetails, register
 from qexport.manifest import Precision, RuntimeSection
 from qexport.errors import QExportError
-from qexport.hardware import requirement
+from qexport.hardware import int8_activation_range, requirement
 from qexport.progress import say
 from qexport.runtimes.foreign import child_env, environments, foreign_python
 
@@ -49,6 +49,8 @@ def child_spec(ctx: BuildContext, folder: Path, precision: str, output: Path) ->
     if precision == Precision.INT8:
         np.save(folder / "calibration.npy", torch.cat(list(ctx.calibration_batches())).numpy())
         spec["calibration"] = str(folder / "calibration.npy")
+        spec["reduced_range"] = ctx.options.int8_reduced_range
+        spec["activation_range"] = int8_activation_range(spec["reduced_range"])
     return spec
 
 
@@ -87,7 +89,7 @@ def ipex_runtime_section(versions: dict[str, str]) -> RuntimeSection:
 @register("ipex-int8", variant="int8-ipex", format="torchscript", extension=".torchscript.pt",
           precision=Precision.INT8, runtime="ipex",
           method="IPEX static PTQ (default static qconfig mapping), calibrate, convert, trace + freeze, fused before save",
-          option_keys=("calibration_samples", "seed"), isolate=False)
+          option_keys=("calibration_samples", "seed", "target_cpu"), isolate=False)
 def build_ipex_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     return build_in_ipex_env(ctx, path, Precision.INT8)
 

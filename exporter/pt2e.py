@@ -24,7 +24,7 @@ from torch import nn
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage, Precision
 from qexport.errors import QExportError
-from qexport.hardware import REDUCED_RANGE_REASON
+from qexport.hardware import int8_activation_range
 from qexport.models import file_stem
 from qexport.progress import say
 
@@ -178,9 +178,6 @@ def prepack_notes(compiled: dict, has_float_convolutions: bool) -> list[str]:
     return [PREPACK_NOTE] if has_float_convolutions and compiled.get("conv_weight_prepack") == PREPACKED_AT_BUILD else []
 
 
-def activation_range(reduced: bool) -> str:
-    """What the manifest says of the int8 activations' range (see ``hardware.int8_may_run_without_vnni``)."""
-    return f"uint8 0-127 ({REDUCED_RANGE_REASON})" if reduced else "uint8 0-255"
 
 INDUCTOR_CONFIG = {
     "freezing": True,  # constant-fold weights and pre-pack int8 convolutions for oneDNN
@@ -325,7 +322,7 @@ def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     # packing they re-pack their weights on every call (ResNet18 with 16 float layers: 10.8 ms at batch 1, 1.9 ms pre-packed).
     compiled = package(converted, ctx, path, "int8", prepack_fp32=True)
     return BuildDetails(config={"quantizer": "X86InductorQuantizer default (per-channel weights, static activations)",
-                                "activation_range": activation_range(reduced), **INDUCTOR_CONFIG, "max_batch": MAX_BATCH,
+                                "activation_range": int8_activation_range(reduced), **INDUCTOR_CONFIG, "max_batch": MAX_BATCH,
                                 **compiled},
                         int8_coverage=coverage, notes=[COMPILED_NOTE] + prepack_notes(compiled, bool(ctx.keep_float)),
                         calibration=train_calibration(ctx, seen))
@@ -353,7 +350,7 @@ def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
     coverage = require_quantized(converted, "pt2e-int8-qat")
     compiled = package(converted, ctx, path, "int8-qat")
     return BuildDetails(config={"quantizer": "X86InductorQuantizer QAT config", "epochs": ctx.options.qat_epochs,
-                                "activation_range": activation_range(reduced),
+                                "activation_range": int8_activation_range(reduced),
                                 "lr": ctx.options.qat_lr, "fine_tune_split": "train", **INDUCTOR_CONFIG, **compiled},
                         int8_coverage=coverage, fine_tune=history, notes=[COMPILED_NOTE])
 

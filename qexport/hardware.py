@@ -74,6 +74,11 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
 REDUCED_RANGE_REASON = "the target CPU class includes CPUs without VNNI"  # what manifests say of a 7-bit range
 
 
+def int8_activation_range(reduced: bool) -> str:
+    """What a manifest says of an int8 family's activation range (see ``int8_may_run_without_vnni``)."""
+    return f"uint8 0-127 ({REDUCED_RANGE_REASON})" if reduced else "uint8 0-255"
+
+
 def int8_may_run_without_vnni(target: "TargetIsa", cpu: HostCpu) -> bool:
     """Whether int8 built for ``target`` may run on a CPU without VNNI, where it should use 7-bit ranges.
 

@@ -89,6 +89,23 @@ def test_manifest_names_the_ipex_runtime(ipex_python, built_artifacts, key):
     assert manifest.calibration is None or manifest.calibration.split == "train"
 
 
+def test_ipex_int8_uses_seven_bit_activations_exactly_when_asked(ipex_python):
+    """The observer IPEX calibrates with: 0-127 for a target that may lack VNNI, 0-255 otherwise."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from ipex_child import static_qconfig_mapping as m; "
+              "print(*(m(r).global_qconfig.activation().quant_max for r in (True, False)))")
+    done = subprocess.run([ipex_python, "-c", script, str(ROOT / "exporter")], capture_output=True, text=True,
+                          env=foreign.child_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.split()[-2:] == ["127", "255"]
+
+
+def test_ipex_int8_built_for_the_default_target_records_its_seven_bit_range(ipex_python, built_artifacts):
+    _, outcomes = built_artifacts
+    manifest = built_outcome(outcomes, "ipex-int8").manifest
+    assert manifest.config["activation_range"].startswith("uint8 0-127 (")  # --target-cpu avx2 includes CPUs without VNNI
+    assert manifest.build.options["target_cpu"] == "avx2"
+
+
 def test_bench_worker_runs_pinned_in_the_ipex_environment(ipex_python, built_artifacts, tiny_data):
     out, outcomes = built_artifacts
     built_outcome(outcomes, "ipex-int8")
