@@ -90,15 +90,50 @@ def control_flow_error(family: str, where: str) -> QExportError:
         f"and an exported graph has one -- rewrite it with torch.where or torch.cond, or leave {family} out.")
 
 
+def library_site(err: BaseException) -> tuple[str, str, int] | None:
+    """(distribution, file, line) of the innermost frame of ``err``'s traceback when that frame is
+    an installed library's (a ``site-packages`` folder), not the model's code or qexport's."""
+    tb = err.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    parts = Path(tb.tb_frame.f_code.co_filename).parts
+    if "site-packages" not in parts or parts.index("site-packages") + 1 >= len(parts) - 1:
+        return None  # not in a library, or a module at the top of site-packages (no package to name)
+    package = parts[parts.index("site-packages") + 1]
+    return package, tb.tb_frame.f_code.co_filename, tb.tb_lineno
+
+
+def library_failure(family: str, err: BaseException, site: tuple[str, str, int]) -> QExportError:
+    """One sentence for an error a library raised in its own code while building (an Inductor or
+    torchao pass, a converter): which library and version, where, and what the user can do."""
+    from importlib import metadata
+
+    package, filename, lineno = site
+    try:
+        named = f"{package} {metadata.version(package)}"
+    except metadata.PackageNotFoundError:  # an import name that is not a distribution name
+        named = package
+    code = _source_line(filename, lineno)
+    where = f"{Path(filename).name}:{lineno}" + (f", `{code}`" if code else "")
+    return QExportError(
+        f"{family} failed inside {named} ({where}), not in the model's code: {describe_exception(err).rstrip('.')} "
+        f"-- a limitation of that library for this model; the other families are unaffected, and "
+        f"`--only` without {family} leaves it out.")
+
+
 def explain_capture_failure(err: BaseException, family: str) -> BaseException:
-    """``err`` as one sentence naming the layer it came from, when it was raised inside the model;
-    otherwise ``err`` itself (qexport's own errors pass through unchanged). Never raises."""
+    """``err`` as one sentence naming the layer it came from, when it was raised inside the model,
+    or the library, when a library raised it in its own code; otherwise ``err`` itself (qexport's
+    own errors pass through unchanged). Never raises."""
     if isinstance(err, QExportError) and err.__cause__ is None:
         return err
     try:
         site = failing_site(err)
         if site is None:
-            return err
+            library = library_site(err) if not isinstance(err, (QExportError, KeyboardInterrupt)) else None
+            return library_failure(family, err, library) if library else err
         name, model, filename, lineno = site
         where = describe_site(name, model, filename, lineno)
         if any(sign in str(link) or sign in type(link).__name__ for link in _chain(err) for sign in CONTROL_FLOW_SIGNS):

@@ -11,6 +11,7 @@ ran an op, so a child starts from a clean torch without paying ~5 s of imports.
 from __future__ import annotations
 
 import threading
+import traceback
 from pathlib import Path
 
 from qexport.errors import QExportError
@@ -134,6 +135,8 @@ def _build_and_send(job: tuple[Family, BuildContext, Path, str], send) -> None:
         with labelled(label):
             result = (True, build_explained(family, ctx, path))
     except BaseException as err:  # noqa: BLE001 -- every outcome goes back to the parent, which decides
+        # A pickled exception loses its traceback: keep the child's as a note, which `--debug` prints.
+        err.add_note("in the build process:\n" + "".join(traceback.format_tb(err.__traceback__)).rstrip())
         result = (False, err)
     try:
         send.send(result)

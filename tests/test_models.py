@@ -207,3 +207,25 @@ def test_a_tensor_to_bool_that_never_changes_the_branch_is_traced(tiny_data, tin
     ctx = replace(make_context(tiny_data, tiny_checkpoint), model=Asserting(tiny_data.num_classes))
     [outcome] = build_families(ctx, [FAMILIES["torchscript-fp32"]], tmp_path)
     assert outcome.status == "built", outcome.reason
+
+
+def test_an_error_a_library_raises_in_its_own_code_names_the_library_version_and_line():
+    """torchao's x86 int8 pass fails on levit_128s with a bare TypeError; the user reads which library,
+    which version and where, in one sentence. An error raised outside any library is left as it is."""
+    import numpy as np
+
+    from qexport.exporter.capture import explain_capture_failure
+
+    try:
+        np.linalg.inv(np.zeros((2, 2)))  # raised in numpy's own Python code
+    except np.linalg.LinAlgError as err:
+        explained = explain_capture_failure(err, "onnx-int8")
+    message = str(explained)
+    assert isinstance(explained, QExportError) and "\n" not in message
+    assert message.startswith(f"onnx-int8 failed inside numpy {np.__version__} (_linalg.py:")
+    assert "not in the model's code: LinAlgError: Singular matrix -- a limitation of that library" in message
+    plain = RuntimeError("boom")
+    try:
+        raise plain
+    except RuntimeError as err:
+        assert explain_capture_failure(err, "onnx-int8") is plain
