@@ -150,6 +150,23 @@ def recalibrate_batch_norm(model: nn.Module, data: Dataset, seed: int, device: s
     return len(norms)
 
 
+def training_memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last, oneDNN's faster training layout, unless the model has a 1x1 convolution with a
+    stride above 1 over a channel count that is not a multiple of 16 (and not 1).
+
+    torch 2.14's oneDNN corrupts the heap computing such a convolution's weight gradient in
+    channels_last: measured on an AVX2 host, a 1x1 stride-2 convolution over 2, 3, 4 or 6 channels
+    segfaults within 20 steps on one thread and spins forever on two, while 1, 8 and 16 channels,
+    stride 1 and the contiguous layout are fine. timm's FastViT and MobileOne stems have one (3 -> 48
+    channels on the RGB input), so `qexport train --model timm:fastvit_t8` hung. Multiples of 16 cover
+    AVX-512's channel blocks too. Such a model trains in the contiguous layout instead."""
+    for module in model.modules():
+        if (isinstance(module, nn.modules.conv._ConvNd) and all(k == 1 for k in module.kernel_size)
+                and any(s > 1 for s in module.stride) and module.in_channels > 1 and module.in_channels % 16):
+            return torch.contiguous_format
+    return torch.channels_last
+
+
 def resolve_device(name: str) -> str:
     """'auto' → cuda when torch sees a GPU, else cpu; an unavailable choice is one sentence."""
     if name not in DEVICES:
@@ -177,11 +194,12 @@ def probe_epoch_seconds(model: nn.Module, data: Dataset, config: TrainConfig, de
 
 def _timed_probe_steps(model: nn.Module, data: Dataset, config: TrainConfig, device: str, steps: int) -> float:
     """One untimed step (allocation, kernel selection), then the mean of ``steps`` timed ones, scaled to an epoch."""
-    probe = copy.deepcopy(model).to(device=device, memory_format=torch.channels_last).train()
+    layout = training_memory_format(model)
+    probe = copy.deepcopy(model).to(device=device, memory_format=layout).train()
     optimizer = torch.optim.SGD(probe.parameters(), lr=1e-3, momentum=config.momentum)
     n = min(config.batch_size, len(data.train))
     images = normalize(augment(data.train.images[:n], config.pad, torch.Generator().manual_seed(config.seed)),
-                       data.mean, data.std).to(device).contiguous(memory_format=torch.channels_last)
+                       data.mean, data.std).to(device).contiguous(memory_format=layout)
     labels = data.train.labels[:n].to(device)
 
     def step() -> None:
@@ -215,7 +233,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)  # augmentation stays on the CPU: same images on any device
-    model = model.to(device=device, memory_format=torch.channels_last)
+    layout = training_memory_format(model)
+    model = model.to(device=device, memory_format=layout)
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.max_lr, momentum=config.momentum,
                                 nesterov=True, weight_decay=config.weight_decay)
@@ -235,7 +254,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
         for epoch in range(config.epochs):
             history.append(_train_epoch(model, data, config.batch_size, config.pad, generator, optimizer, scheduler, criterion,
                                         lambda status: bar.update(task, advance=1, status=f"epoch {epoch + 1}/{config.epochs} {status}"),
-                                        device))
+                                        device, layout))
             if epoch == 0 and config.epochs > 1:
                 announce_estimate(time.perf_counter() - started, config.epochs, device)
             if bar.disable:  # no terminal (CI, logs) or --no-progress: one line per epoch instead
@@ -275,20 +294,21 @@ def fine_tune(model: nn.Module, data: Dataset, *, epochs: int, lr: float, batch_
         task = bar.add_task(description, total=steps, status="")
         for epoch in range(epochs):
             history.append(_train_epoch(model, data, batch_size, 4, generator, optimizer, scheduler, criterion,
-                                        lambda status: bar.update(task, advance=1, status=status)))
+                                        lambda status: bar.update(task, advance=1, status=status),
+                                        layout=training_memory_format(model)))
             if on_epoch_end:
                 on_epoch_end(epoch)
     return history
 
 
 def _train_epoch(model, data, batch_size, pad, generator, optimizer, scheduler, criterion, tick,
-                 device: str = "cpu") -> dict:
+                 device: str = "cpu", layout: torch.memory_format = torch.channels_last) -> dict:
     model.train()
     seen = correct = 0
     loss_sum = 0.0
     for images, labels in batches(data.train, batch_size, generator):
         x = normalize(augment(images, pad, generator), data.mean, data.std)
-        x, labels = x.to(device).contiguous(memory_format=torch.channels_last), labels.to(device)
+        x, labels = x.to(device).contiguous(memory_format=layout), labels.to(device)
         logits = model(x)
         loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)

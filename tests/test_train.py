@@ -170,3 +170,37 @@ def test_the_time_probe_leaves_weights_and_global_random_state_as_they_were(tiny
     assert seconds > 0
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(before, after) for before, after in zip(weights, model.parameters()))
+
+
+def test_a_strided_one_by_one_convolution_over_few_channels_trains_in_the_contiguous_layout():
+    from torch import nn
+
+    from qexport.train import training_memory_format
+
+    def stem(in_channels: int, kernel: int, stride: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(in_channels, 8, kernel, stride=stride), nn.Flatten())
+
+    assert training_memory_format(stem(3, 1, 2)) == torch.contiguous_format  # FastViT / MobileOne stem
+    assert training_memory_format(stem(6, 1, 2)) == torch.contiguous_format
+    assert training_memory_format(stem(64, 1, 2)) == torch.channels_last  # ResNet's downsample
+    assert training_memory_format(stem(3, 1, 1)) == torch.channels_last
+    assert training_memory_format(stem(3, 3, 2)) == torch.channels_last
+    assert training_memory_format(stem(1, 1, 2)) == torch.channels_last
+
+
+def test_training_a_model_with_such_a_convolution_does_not_crash_on_one_thread():
+    """On an AVX2 host torch 2.14's oneDNN corrupted the heap (segfault) within 20 steps of this model
+    in channels_last on one thread; in a subprocess so that a regression fails this test, not the run."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import torch; from torch import nn; from qexport.data import make_synthetic; "
+              "from qexport.train import TrainConfig, train; torch.manual_seed(0); "
+              "model = nn.Sequential(nn.Conv2d(3, 48, 1, stride=2, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), "
+              "nn.Flatten(), nn.Linear(48, 10)); "
+              "train(model, make_synthetic(train=320, test=64, image_size=32, seed=0), "
+              "TrainConfig(epochs=4, batch_size=16), show_progress=False); print('trained')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-500:]
