@@ -114,6 +114,8 @@ def build_or_record(run: BuildRun, family: Family) -> Outcome:
         say(f"  [yellow]skipped[/yellow]: {err}")
         return Outcome(family.key, "skipped", reason=str(err))
     except QExportError as err:
+        if run.debug and getattr(err, "__notes__", None):  # a build process's traceback (see isolation.py)
+            traceback.print_exception(err)
         outcome = Outcome(family.key, "failed", reason=str(err))
     except Exception as err:  # an exporter bug must not take the other families down
         if run.debug:

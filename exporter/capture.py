@@ -90,18 +90,25 @@ def control_flow_error(family: str, where: str) -> QExportError:
         f"and an exported graph has one -- rewrite it with torch.where or torch.cond, or leave {family} out.")
 
 
+LIBRARY_FOLDERS = ("site-packages", "dist-packages")  # pip's, and Debian's system Python's
+
+
 def library_site(err: BaseException) -> tuple[str, str, int] | None:
     """(distribution, file, line) of the innermost frame of ``err``'s traceback when that frame is
-    an installed library's (a ``site-packages`` folder), not the model's code or qexport's."""
+    an installed library's (a ``site-packages`` folder), not the model's code or qexport's own --
+    qexport installed from a wheel sits there too, and its bugs are not another library's limits."""
     tb = err.__traceback__
     if tb is None:
         return None
     while tb.tb_next is not None:
         tb = tb.tb_next
     parts = Path(tb.tb_frame.f_code.co_filename).parts
-    if "site-packages" not in parts or parts.index("site-packages") + 1 >= len(parts) - 1:
+    folder = next((i for i, part in enumerate(parts) if part in LIBRARY_FOLDERS), None)
+    if folder is None or folder + 1 >= len(parts) - 1:
         return None  # not in a library, or a module at the top of site-packages (no package to name)
-    package = parts[parts.index("site-packages") + 1]
+    package = parts[folder + 1]
+    if package == "qexport":
+        return None
     return package, tb.tb_frame.f_code.co_filename, tb.tb_lineno
 
 
@@ -132,7 +139,7 @@ def explain_capture_failure(err: BaseException, family: str) -> BaseException:
     try:
         site = failing_site(err)
         if site is None:
-            library = library_site(err) if not isinstance(err, (QExportError, KeyboardInterrupt)) else None
+            library = library_site(err) if not isinstance(err, QExportError) else None
             return library_failure(family, err, library) if library else err
         name, model, filename, lineno = site
         where = describe_site(name, model, filename, lineno)

@@ -88,7 +88,7 @@ def ipex_runtime_section(versions: dict[str, str]) -> RuntimeSection:
 
 @register("ipex-int8", variant="int8-ipex", format="torchscript", extension=".torchscript.pt",
           precision=Precision.INT8, runtime="ipex",
-          method="IPEX static PTQ (default static qconfig mapping), calibrate, convert, trace + freeze, fused before save",
+          method="IPEX static PTQ (default static qconfig mapping, 7-bit activations for targets without VNNI), calibrate, convert, trace + freeze, fused before save",
           option_keys=("calibration_samples", "seed", "target_cpu"), isolate=False)
 def build_ipex_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     return build_in_ipex_env(ctx, path, Precision.INT8)

@@ -112,9 +112,12 @@ def build_int8(spec: dict, model, example) -> tuple[object, dict]:
     if counts["int8_layers"] == 0:
         raise RuntimeError("IPEX conversion left no int8 convolution or linear in the graph (quantized nothing)")
     coverage = {**weight_totals(model), **counts}
-    details = {"config": {"qconfig_mapping": "ipex default_static_qconfig_mapping",
-                          "activation_range": spec["activation_range"], "traced": True, "frozen": True,
-                          "fused_before_save": True},
+    observer = mapping.global_qconfig.activation()  # what calibration really used, not what was asked
+    details = {"config": {"qconfig_mapping": "ipex default_static_qconfig_mapping"
+                                             + (", activations reduce_range=True" if spec["reduced_range"] else ""),
+                          "activation_range": spec["activation_range"],
+                          "activation_quant_range": [int(observer.quant_min), int(observer.quant_max)],
+                          "traced": True, "frozen": True, "fused_before_save": True},
                "int8_coverage": coverage,
                "calibration": {"split": "train", "samples": seen, "seed": spec["seed"]}}
     return frozen, details

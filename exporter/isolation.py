@@ -121,6 +121,16 @@ def die_with_parent() -> None:
         pass
 
 
+def keep_traceback_as_note(err: BaseException) -> None:
+    """Attach the child's whole traceback, causes included, to ``err`` as a note: a pickled exception
+    loses its traceback and its cause, and `--debug` in the parent prints the notes instead."""
+    note = "in the build process:\n" + "".join(traceback.format_exception(err)).rstrip()
+    try:
+        err.__notes__ = [*getattr(err, "__notes__", []), note]  # what add_note does, also on Python 3.10
+    except AttributeError:  # an exception type with __slots__ and no __dict__: no note, the message stays
+        pass
+
+
 def _build_and_send(job: tuple[Family, BuildContext, Path, str], send) -> None:
     """Child side of :func:`build_in_child`: build, then send (True, details) or (False, exception)."""
     import signal
@@ -135,8 +145,7 @@ def _build_and_send(job: tuple[Family, BuildContext, Path, str], send) -> None:
         with labelled(label):
             result = (True, build_explained(family, ctx, path))
     except BaseException as err:  # noqa: BLE001 -- every outcome goes back to the parent, which decides
-        # A pickled exception loses its traceback: keep the child's as a note, which `--debug` prints.
-        err.add_note("in the build process:\n" + "".join(traceback.format_tb(err.__traceback__)).rstrip())
+        keep_traceback_as_note(err)
         result = (False, err)
     try:
         send.send(result)

@@ -178,7 +178,6 @@ def prepack_notes(compiled: dict, has_float_convolutions: bool) -> list[str]:
     return [PREPACK_NOTE] if has_float_convolutions and compiled.get("conv_weight_prepack") == PREPACKED_AT_BUILD else []
 
 
-
 INDUCTOR_CONFIG = {
     "freezing": True,  # constant-fold weights and pre-pack int8 convolutions for oneDNN
     "aot_inductor.enable_line_tables": False,  # -g1 line tables add ~1.3 MB to a deployed .so
@@ -336,14 +335,15 @@ def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    from qexport.train import fine_tune
+    from qexport.train import fine_tune, training_memory_format
 
     reduced = ctx.options.int8_reduced_range
     with conv_bn_patterns_only_for_present_convolutions():
         prepared = prepare_qat_pt2e(exported_for_quantization(ctx), x86_quantizer(is_qat=True, reduced_range=reduced))
     allow_exported_model_train_eval(prepared)  # exported graphs refuse .train()/.eval() otherwise
     history = fine_tune(prepared, ctx.data, epochs=ctx.options.qat_epochs, lr=ctx.options.qat_lr,
-                        seed=ctx.options.seed, show_progress=ctx.show_progress, description="pt2e QAT fine-tune")
+                        seed=ctx.options.seed, show_progress=ctx.show_progress, description="pt2e QAT fine-tune",
+                        layout=training_memory_format(ctx.model))
     prepared.eval()
     with conv_bn_patterns_only_for_present_convolutions():
         converted = convert_pt2e(prepared)

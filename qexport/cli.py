@@ -116,7 +116,7 @@ def build(
     data_dir: Optional[Path] = DataDirOpt,
     image_size: Optional[int] = ImageSizeOpt,
     calibration_samples: int = typer.Option(512, "--calibration-samples", help="Seeded train-split images used to calibrate PTQ families."),
-    target_cpu: str = typer.Option("avx2", "--target-cpu", help="The deployment CPU class: what compiled (AOTInductor .pt2) code may use, and whether x86 int8 (pt2e, ONNX) uses 7-bit ranges for CPUs without VNNI. avx2 (any x86-64 CPU with AVX2, the default), avx512, or native (everything this build host has; may not run elsewhere)."),
+    target_cpu: str = typer.Option("avx2", "--target-cpu", help="The deployment CPU class: what compiled (AOTInductor .pt2) code may use, and whether x86 int8 (pt2e, ONNX, IPEX) uses 7-bit ranges for CPUs without VNNI. avx2 (any x86-64 CPU with AVX2, the default), avx512, or native (everything this build host has; may not run elsewhere)."),
     calibration_method: str = typer.Option("minmax", "--calibration-method", help="ONNX int8 calibration: minmax, entropy or percentile."),
     qat_epochs: int = typer.Option(1, "--qat-epochs", help="Fine-tuning epochs of the QAT families."),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Measure accuracy on a seeded subset of the test split (default: all of it)."),
@@ -225,13 +225,14 @@ def bench(
                            scenarios=_scenario_settings(scenario, scenario_seconds, target_latency_ms, server_steps,
                                                         mlperf_durations, _int_list(cores, "--cores"), instancing),
                            loadgen_dir=str((out or directory) / "loadgen") if scenario else None)
-    dataset = None if no_accuracy else evaluation_data(discover(directory), data, data_dir)
+    entries = discover(directory)
+    dataset = None if no_accuracy else evaluation_data(entries, data, data_dir)
 
     def report_progress(number: int, total: int, row, round_index: int, rounds: int) -> None:
         say(f"round {round_index + 1}/{rounds} [{number + 1}/{total}] {row.file}"
             + (f" — {row.status}: {row.reason}" if row.status != "ok" else ""))
 
-    doc = bench_directory(directory, options, dataset, seed=seed, progress=report_progress)
+    doc = bench_directory(directory, options, dataset, seed=seed, progress=report_progress, entries=entries)
     written = benchreport.write_outputs(doc, out or directory)
     benchreport.print_bench(doc)
     say("wrote " + ", ".join(str(p) for p in written))

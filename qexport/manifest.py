@@ -516,7 +516,8 @@ def discover(directory: Path) -> list[tuple[Path, Manifest]]:
 
 
 def say_unlisted(directory: Path, unlisted: list[Path]) -> None:
-    """Name the manifests index.json leaves out (an artifact copied in after the build): the folder's
+    """Name the manifests index.json leaves out (copied in after the build, or unreadable when the
+    index was written): the folder's
     index decides what bench, verify and pack take, and leaving one out without a word looks like
     a measurement, a check or a bundle of the whole folder when it is not."""
     if not unlisted:

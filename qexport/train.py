@@ -282,8 +282,12 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
 
 def fine_tune(model: nn.Module, data: Dataset, *, epochs: int, lr: float, batch_size: int = 128,
               seed: int = 0, show_progress: bool = True, description: str = "fine-tune",
-              on_epoch_end: Callable[[int], None] | None = None) -> list[dict]:
-    """Short low-LR training from a trained model (QAT families): cosine decay, same augmentation."""
+              on_epoch_end: Callable[[int], None] | None = None,
+              layout: torch.memory_format | None = None) -> list[dict]:
+    """Short low-LR training from a trained model (QAT families): cosine decay, same augmentation.
+    ``layout``: the memory format to train in, decided from the eager model when ``model`` is an
+    exported graph, which has no convolution modules for :func:`training_memory_format` to see."""
+    layout = layout or training_memory_format(model)
     generator = torch.Generator().manual_seed(seed)
     steps = epochs * math.ceil(len(data.train) / batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -295,7 +299,7 @@ def fine_tune(model: nn.Module, data: Dataset, *, epochs: int, lr: float, batch_
         for epoch in range(epochs):
             history.append(_train_epoch(model, data, batch_size, 4, generator, optimizer, scheduler, criterion,
                                         lambda status: bar.update(task, advance=1, status=status),
-                                        layout=training_memory_format(model)))
+                                        layout=layout))
             if on_epoch_end:
                 on_epoch_end(epoch)
     return history

@@ -243,9 +243,10 @@ class EvalSet:
 
 
 def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int = 0,
-                    progress=None) -> BenchDocument:
-    """Measure every artifact in ``directory``; returns the bench.json document."""
-    entries = discover(directory)
+                    progress=None, entries: list[tuple[Path, Manifest]] | None = None) -> BenchDocument:
+    """Measure every artifact in ``directory``; returns the bench.json document. ``entries``: what
+    :func:`discover` found there, when the caller already asked (so its notices print once)."""
+    entries = discover(directory) if entries is None else entries
     if options.only:
         chosen = set(match_keys(options.only, dict.fromkeys(m.family for _, m in entries), "family in this folder"))
         entries = [(p, m) for p, m in entries if m.family in chosen]

@@ -208,3 +208,27 @@ def test_families_cannot_change_each_other(built_artifacts, tiny_data, tiny_chec
     codes = {o.manifest.config["generated_code_sha256"] for o in (after[1], outcomes["pt2e-int8"])}
     assert len(codes) == 1
     assert torch.backends.quantized.engine == engine
+
+
+def test_a_build_process_error_keeps_its_whole_traceback_across_the_pipe():
+    """A pickled exception loses its traceback and cause; the note `--debug` prints must still show
+    where the underlying error was raised, not only the frame that re-raised it as one sentence."""
+    import pickle
+
+    from qexport.exporter.isolation import keep_traceback_as_note
+
+    def library_pass() -> None:
+        raise TypeError("'Node' object is not subscriptable")
+
+    try:
+        try:
+            library_pass()
+        except TypeError as cause:
+            raise QExportError("pt2e-int8 failed inside torchao") from cause
+    except QExportError as err:
+        keep_traceback_as_note(err)
+        received = pickle.loads(pickle.dumps(err))
+    note = "\n".join(received.__notes__)
+    assert str(received) == "pt2e-int8 failed inside torchao"
+    assert "in library_pass" in note and "TypeError: 'Node' object is not subscriptable" in note
+    assert "direct cause" in note

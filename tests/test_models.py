@@ -229,3 +229,25 @@ def test_an_error_a_library_raises_in_its_own_code_names_the_library_version_and
         raise plain
     except RuntimeError as err:
         assert explain_capture_failure(err, "onnx-int8") is plain
+
+
+def _raised_in(filename: str) -> BaseException:
+    """An error whose innermost traceback frame is code compiled as ``filename``."""
+    namespace: dict = {}
+    exec(compile("def fail():\n    raise ValueError('bad')\n", filename, "exec"), namespace)
+    try:
+        namespace["fail"]()
+    except ValueError as err:
+        return err
+    raise AssertionError("fail() did not raise")
+
+
+def test_a_library_is_found_in_debians_folder_and_qexport_itself_is_never_one():
+    """Debian's Python installs libraries in dist-packages; qexport installed from a wheel sits in
+    site-packages, and its own bugs must not read as another library's limitation."""
+    from qexport.exporter.capture import library_site
+
+    debian = "/usr/lib/python3/dist-packages/somelib/passes.py"
+    assert library_site(_raised_in(debian)) == ("somelib", debian, 2)
+    assert library_site(_raised_in("/venv/lib/python3.11/site-packages/qexport/exporter/onnx.py")) is None
+    assert library_site(_raised_in("/venv/lib/python3.11/site-packages/toplevel.py")) is None  # no package to name
