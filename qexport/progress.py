@@ -79,6 +79,11 @@ def quiet_library_warnings() -> None:
     # The x86 quantizer leaves a max-pool in float when the layer before it is kept in float by the
     # accuracy budget (as it should), and says so with its whole configuration on every build.
     warnings.filterwarnings("ignore", message=r"(?s)The input of maxpool2d is not quantized.*")
+    # Eager quantization's Quantize module reads its scale as a Python number while it is traced,
+    # and torch.jit warns that it becomes a constant -- which is what a frozen int8 graph wants; with
+    # layers kept in float there is one such warning per boundary and rebuild.
+    warnings.filterwarnings("ignore", message=r"Converting a tensor to a Python (float|integer)",
+                            module=r"torch\.ao\.nn\.quantized")
     # The same notices from torch's C++ side (c10 TORCH_WARN) and its "No CUDA runtime is found"
     # log line on CPU-only machines; read when torch is first imported, so set before that.
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")

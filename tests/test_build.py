@@ -232,3 +232,20 @@ def test_a_build_process_error_keeps_its_whole_traceback_across_the_pipe():
     assert str(received) == "pt2e-int8 failed inside torchao"
     assert "in library_pass" in note and "TypeError: 'Node' object is not subscriptable" in note
     assert "direct cause" in note
+
+
+def test_tracing_eager_int8_modules_warns_nothing_but_a_models_own_trace_warnings_stay():
+    """Each layer the budget keeps in float adds a traced Quantize whose scale becomes a constant,
+    and torch.jit warned about it once per boundary and rebuild; a model's own warnings still show."""
+    import warnings
+
+    from qexport.progress import quiet_library_warnings
+
+    message = "Converting a tensor to a Python float might cause the trace to be incorrect."
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_library_warnings()
+        warnings.warn_explicit(message, UserWarning, "quantized/modules/__init__.py", 124,
+                               module="torch.ao.nn.quantized.modules")
+        warnings.warn_explicit(message, UserWarning, "my_model.py", 12, module="my_model")
+    assert [w.filename for w in seen] == ["my_model.py"]

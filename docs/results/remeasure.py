@@ -5,7 +5,7 @@ qexport code, on one thread pinned to one core; the figure per batch size is the
 of one window after a warm-up. A deployment team re-measuring once would do about this, so it is
 what the prediction interval promises to hold.
 
-usage: python docs/results/remeasure.py DIR [--core N]   (DIR holds bench.json and the artifacts)
+usage: python docs/results/remeasure.py DIR [--core N] [--ipex-python PATH]   (DIR holds bench.json)
 The child is the same file: python docs/results/remeasure.py --one FILE RUNTIME ENGINE C H W
 """
 from __future__ import annotations
@@ -52,29 +52,37 @@ def onnxruntime_caller(path: str, shape: tuple[int, ...]) -> Callable[[], object
 
 
 def openvino_caller(path: str, shape: tuple[int, ...]) -> Callable[[], object]:
-    """One OpenVINO request on one thread with the latency hint, fed one random batch."""
+    """One OpenVINO request on one thread with the latency hint, fed one random batch. The precision
+    hint is f32: on a CPU with AVX-512 BF16 or AMX OpenVINO would otherwise run an fp32 IR in bf16."""
     import numpy as np
     import openvino as ov
 
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"})
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY",
+                                                     "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     return lambda: request.infer({0: x})
 
 
 def executorch_caller(path: str, shape: tuple[int, ...]) -> Callable[[], object]:
-    """ExecuTorch's Python runtime on one thread (a program exported for one batch size refuses others)."""
+    """ExecuTorch's Python runtime on one thread (a program exported for one batch size refuses others).
+    Its thread pool starts with a thread per core, which on one pinned core take turns: resize it first."""
     import torch
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
 
     torch.set_num_threads(1)
+    _unsafe_reset_threadpool(1)
     method = Runtime.get().load_program(path).load_method("forward")
     x = torch.randn(shape)
     return lambda: method.execute([x])
 
 
-def torch_caller(path: str, shape: tuple[int, ...], aoti: bool, engine: str) -> Callable[[], object]:
-    """An AOTInductor package or a TorchScript file on one thread, with the manifest's quantized engine."""
+def torch_caller(path: str, shape: tuple[int, ...], aoti: bool, engine: str, ipex: bool = False) -> Callable[[], object]:
+    """An AOTInductor package or a TorchScript file on one thread, with the manifest's quantized engine.
+    An IPEX artifact needs IPEX imported before it loads (its fused operators live there)."""
+    if ipex:
+        import intel_extension_for_pytorch  # noqa: F401
     import torch
 
     torch.set_num_threads(1)
@@ -97,9 +105,9 @@ def caller(path: str, runtime: str, engine: str, shape: tuple[int, ...]) -> Call
         return openvino_caller(path, shape)
     if runtime == "executorch":
         return executorch_caller(path, shape)
-    if runtime in ("aoti", "torchscript"):
-        return torch_caller(path, shape, runtime == "aoti", engine)
-    raise ValueError(f"no independent caller for runtime {runtime!r} (IPEX needs its own environment)")
+    if runtime in ("aoti", "torchscript", "ipex"):
+        return torch_caller(path, shape, runtime == "aoti", engine, ipex=runtime == "ipex")
+    raise ValueError(f"no independent caller for runtime {runtime!r}")
 
 
 def child(path: str, runtime: str, engine: str, image: tuple[int, int, int]) -> None:
@@ -114,29 +122,32 @@ def child(path: str, runtime: str, engine: str, image: tuple[int, int, int]) -> 
     print(json.dumps(measured))
 
 
-def remeasure(directory: Path, row: dict, core: int) -> dict[str, float | None] | None:
-    """Run one artifact's child pinned to ``core``; None, with one line said, when it gave no result."""
+def remeasure(directory: Path, row: dict, core: int, python: str) -> dict[str, float | None] | None:
+    """Run one artifact's child in ``python``, pinned to ``core``; None, with one line said, when it
+    measured nothing."""
     manifest = json.loads((directory / (row["file"] + ".manifest.json")).read_text())
     engine = (manifest.get("runtime") or {}).get("quantized_engine") or ""
     image = [str(n) for n in manifest["input"]["shape"][1:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run(["taskset", "-c", str(core), sys.executable, __file__, "--one", str(directory / row["file"]),
+    done = subprocess.run(["taskset", "-c", str(core), python, __file__, "--one", str(directory / row["file"]),
                            row["runtime"], engine, *image], capture_output=True, text=True, env=env)
     lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
+    measured = json.loads(lines[-1]) if done.returncode == 0 and lines else {}
+    if not any(ms is not None for ms in measured.values()):
         reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
         print(f"{row['family']}: not re-measured: {reason}")
         return None
-    return json.loads(lines[-1])
+    return measured
 
 
-def driver(directory: Path, core: int) -> None:
+def driver(directory: Path, core: int, ipex_python: str) -> None:
     """Re-measure every artifact bench measured and say which land inside its p50 prediction interval."""
     bench = json.loads((directory / "bench.json").read_text())
     inside = total = 0
     print(f"{'family':26} {'batch':>5} {'re-measured':>11}  bench p50 [95 % PI]  [95 % CI]")
     for row in bench["rows"]:
-        measured = remeasure(directory, row, core) if row["status"] == "ok" else None
+        python = ipex_python if row["runtime"] == "ipex" else sys.executable
+        measured = remeasure(directory, row, core, python) if row["status"] == "ok" else None
         for batch, ms in (measured or {}).items():
             stats = row["result"]["batches"].get(batch)
             if ms is None or not stats:
@@ -158,8 +169,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a folder `qexport bench` wrote bench.json into")
     parser.add_argument("--core", type=int, default=1, help="the CPU core every child is pinned to")
+    parser.add_argument("--ipex-python", default=".venv-ipex/bin/python",
+                        help="the interpreter of the IPEX environment, for ipex artifacts")
     arguments = parser.parse_args()
-    driver(arguments.directory, arguments.core)
+    driver(arguments.directory, arguments.core, arguments.ipex_python)
 
 
 if __name__ == "__main__":
