@@ -88,6 +88,11 @@ def quiet_library_warnings() -> None:
     # log line on CPU-only machines; read when torch is first imported, so set before that.
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # A package built for a portable --target-cpu (avx2) and loaded on a richer CPU makes torch warn
+    # that the CPU ISA differs and "could cause some issues". Loading on a lesser CPU, where it would,
+    # qexport refuses first from the manifest's CPU requirement, in one sentence (hardware.py).
+    logging.getLogger("torch.export.pt2_archive._package").addFilter(
+        lambda record: "AOTI_CPU_ISA" not in record.getMessage())
     # torchao registers an Enum as a pytree constant, which torch 2.14 logs as deprecated on every import.
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     # ONNX Runtime's quantizer logs one line per 1-D norm weight (a transformer has dozens) on the

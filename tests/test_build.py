@@ -249,3 +249,20 @@ def test_tracing_eager_int8_modules_warns_nothing_but_a_models_own_trace_warning
                                module="torch.ao.nn.quantized.modules")
         warnings.warn_explicit(message, UserWarning, "my_model.py", 12, module="my_model")
     assert [w.filename for w in seen] == ["my_model.py"]
+
+
+def test_a_portable_package_loaded_on_a_richer_cpu_logs_no_isa_mismatch_but_other_records_stay():
+    """torch warns on every load of an avx2 package on an AVX-512 host that it "could cause some
+    issues"; qexport built it portable on purpose and refuses the risky direction itself."""
+    import logging
+
+    from qexport.progress import quiet_library_warnings
+
+    quiet_library_warnings()
+    logger = logging.getLogger("torch.export.pt2_archive._package")
+
+    def record(message: str) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, logging.WARNING, "_package.py", 1071, message, (), None)
+
+    assert not logger.filter(record("Device information mismatch for AOTI_CPU_ISA: AVX512 vs AVX2."))
+    assert logger.filter(record("Device information mismatch for AOTI_DEVICE_KEY: cuda vs cpu."))
