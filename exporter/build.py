@@ -9,6 +9,7 @@ in its own runtime), ``manifests`` (manifest, index and the up-to-date check).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -100,6 +101,15 @@ def build_concurrently(build: Callable[[Family], Outcome], families: list[Family
             raise
 
 
+def print_with_notes(err: BaseException) -> None:
+    """``--debug``: the traceback and the notes -- a build process's own traceback travels as one
+    (see isolation.py), and Python 3.10 prints no notes by itself."""
+    traceback.print_exception(err)
+    if sys.version_info < (3, 11):
+        for note in getattr(err, "__notes__", []):
+            print(note, file=sys.stderr)
+
+
 def build_or_record(run: BuildRun, family: Family) -> Outcome:
     """One family's outcome: built, up to date, skipped (with the reason) or failed (with one sentence)."""
     problem = family.build_problem() or family.model_problem(run.ctx.model_name)
@@ -115,11 +125,11 @@ def build_or_record(run: BuildRun, family: Family) -> Outcome:
         return Outcome(family.key, "skipped", reason=str(err))
     except QExportError as err:
         if run.debug and getattr(err, "__notes__", None):  # a build process's traceback (see isolation.py)
-            traceback.print_exception(err)
+            print_with_notes(err)
         outcome = Outcome(family.key, "failed", reason=str(err))
     except Exception as err:  # an exporter bug must not take the other families down
         if run.debug:
-            traceback.print_exc()
+            print_with_notes(err)
         outcome = Outcome(family.key, "failed", reason=describe_exception(err))
     say(f"  [red]failed[/red]: {outcome.reason}")
     return outcome

@@ -11,6 +11,7 @@ traceback of the error, each with its module as ``self``, so the failing layer c
 from __future__ import annotations
 
 import inspect
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -188,6 +189,16 @@ def _defines(cls: type, filename: str, lineno: int) -> bool:
     return start <= lineno < start + len(lines)
 
 
+def _module_named_by(filename: str) -> str | None:
+    """The imported module whose file is ``filename``: a warning shown again keeps its module, which
+    the filters match on (torch's own and :func:`qexport.progress.quiet_library_warnings`); without
+    it Python would take the file's path as the module name, and no such filter would apply."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == filename:
+            return name
+    return None
+
+
 def traced_or_refused(family: str, module: nn.Module, example: torch.Tensor):
     """``torch.jit.trace(module, example)``; when tracing converted a tensor to a Python bool (a
     branch on a value, or a shape check in library code) the traced module is run against the eager
@@ -199,7 +210,8 @@ def traced_or_refused(family: str, module: nn.Module, example: torch.Tensor):
     where = _warned_site(caught, module)
     for warning in caught:  # everything else goes on as if it had not been caught
         if where is None or TRACER_CONTROL_FLOW not in str(warning.message):
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno,
+                                   module=_module_named_by(warning.filename))
     if where is not None and _disagrees(traced, module, example):
         raise control_flow_error(family, where)
     return traced

@@ -112,7 +112,7 @@ def build_int8(spec: dict, model, example) -> tuple[object, dict]:
     if counts["int8_layers"] == 0:
         raise RuntimeError("IPEX conversion left no int8 convolution or linear in the graph (quantized nothing)")
     coverage = {**weight_totals(model), **counts}
-    observer = mapping.global_qconfig.activation()  # what calibration really used, not what was asked
+    observer = mapping.global_qconfig.activation()  # the observer this mapping calibrates with, not the spec's flag
     details = {"config": {"qconfig_mapping": "ipex default_static_qconfig_mapping"
                                              + (", activations reduce_range=True" if spec["reduced_range"] else ""),
                           "activation_range": spec["activation_range"],

@@ -236,19 +236,29 @@ def test_a_build_process_error_keeps_its_whole_traceback_across_the_pipe():
 
 def test_tracing_eager_int8_modules_warns_nothing_but_a_models_own_trace_warnings_stay():
     """Each layer the budget keeps in float adds a traced Quantize whose scale becomes a constant,
-    and torch.jit warned about it once per boundary and rebuild; a model's own warnings still show."""
+    and torch.jit warned about it once per boundary and rebuild; a model's own warnings still show.
+    Traced the way the eager int8 families trace, which catches the warnings and shows them again."""
     import warnings
 
+    import torch
+    from torch import nn
+
+    from qexport.exporter.capture import traced_or_refused
     from qexport.progress import quiet_library_warnings
 
-    message = "Converting a tensor to a Python float might cause the trace to be incorrect."
+    class OwnWarning(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            warnings.warn("a warning of the model's own")
+            return x
+
+    quantize = torch.ao.nn.quantized.Quantize(torch.tensor(0.1), torch.tensor(3), torch.quint8)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         quiet_library_warnings()
-        warnings.warn_explicit(message, UserWarning, "quantized/modules/__init__.py", 124,
-                               module="torch.ao.nn.quantized.modules")
-        warnings.warn_explicit(message, UserWarning, "my_model.py", 12, module="my_model")
-    assert [w.filename for w in seen] == ["my_model.py"]
+        traced_or_refused("torchscript-int8-static", nn.Sequential(quantize, OwnWarning()), torch.randn(1, 3))
+    messages = [str(w.message) for w in seen]
+    assert not [m for m in messages if m.startswith("Converting a tensor to a Python")], messages
+    assert "a warning of the model's own" in messages
 
 
 def test_a_portable_package_loaded_on_a_richer_cpu_logs_no_isa_mismatch_but_other_records_stay():

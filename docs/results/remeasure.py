@@ -7,6 +7,7 @@ what the prediction interval promises to hold.
 
 usage: python docs/results/remeasure.py DIR [--core N] [--ipex-python PATH]   (DIR holds bench.json)
 The child is the same file: python docs/results/remeasure.py --one FILE RUNTIME ENGINE C H W
+(ENGINE: the manifest's quantized engine, '' when it names none)
 """
 from __future__ import annotations
 
@@ -129,10 +130,17 @@ def remeasure(directory: Path, row: dict, core: int, python: str) -> dict[str, f
     engine = (manifest.get("runtime") or {}).get("quantized_engine") or ""
     image = [str(n) for n in manifest["input"]["shape"][1:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run(["taskset", "-c", str(core), python, __file__, "--one", str(directory / row["file"]),
-                           row["runtime"], engine, *image], capture_output=True, text=True, env=env)
+    try:
+        done = subprocess.run(["taskset", "-c", str(core), python, __file__, "--one", str(directory / row["file"]),
+                               row["runtime"], engine, *image], capture_output=True, text=True, env=env)
+    except OSError as err:  # no taskset, or no such interpreter (the IPEX environment not made)
+        print(f"{row['family']}: not re-measured: {err}")
+        return None
     lines = done.stdout.strip().splitlines()
-    measured = json.loads(lines[-1]) if done.returncode == 0 and lines else {}
+    try:
+        measured = json.loads(lines[-1]) if done.returncode == 0 and lines else {}
+    except json.JSONDecodeError:
+        measured = {}
     if not any(ms is not None for ms in measured.values()):
         reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
         print(f"{row['family']}: not re-measured: {reason}")
@@ -169,8 +177,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a folder `qexport bench` wrote bench.json into")
     parser.add_argument("--core", type=int, default=1, help="the CPU core every child is pinned to")
-    parser.add_argument("--ipex-python", default=".venv-ipex/bin/python",
-                        help="the interpreter of the IPEX environment, for ipex artifacts")
+    parser.add_argument("--ipex-python", default=str(Path(__file__).resolve().parents[2] / ".venv-ipex/bin/python"),
+                        help="the interpreter of the IPEX environment, for ipex artifacts (default: the checkout's)")
     arguments = parser.parse_args()
     driver(arguments.directory, arguments.core, arguments.ipex_python)
 
