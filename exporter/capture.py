@@ -189,14 +189,11 @@ def _defines(cls: type, filename: str, lineno: int) -> bool:
     return start <= lineno < start + len(lines)
 
 
-def _module_named_by(filename: str) -> str | None:
-    """The imported module whose file is ``filename``: a warning shown again keeps its module, which
-    the filters match on (torch's own and :func:`qexport.progress.quiet_library_warnings`); without
-    it Python would take the file's path as the module name, and no such filter would apply."""
-    for name, module in list(sys.modules.items()):
-        if getattr(module, "__file__", None) == filename:
-            return name
-    return None
+def _module_names_by_file() -> dict[str, str]:
+    """{file: module name} of what is imported: a warning shown again keeps its module, which the
+    filters match on (torch's own and :func:`qexport.progress.quiet_library_warnings`); without it
+    Python would take the file's path as the module name, and no such filter would apply."""
+    return {module.__file__: name for name, module in list(sys.modules.items()) if getattr(module, "__file__", None)}
 
 
 def traced_or_refused(family: str, module: nn.Module, example: torch.Tensor):
@@ -208,10 +205,11 @@ def traced_or_refused(family: str, module: nn.Module, example: torch.Tensor):
         warnings.simplefilter("always", torch.jit.TracerWarning)
         traced = torch.jit.trace(module, example, check_trace=False)
     where = _warned_site(caught, module)
+    modules = _module_names_by_file() if caught else {}
     for warning in caught:  # everything else goes on as if it had not been caught
         if where is None or TRACER_CONTROL_FLOW not in str(warning.message):
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno,
-                                   module=_module_named_by(warning.filename))
+                                   module=modules.get(warning.filename))
     if where is not None and _disagrees(traced, module, example):
         raise control_flow_error(family, where)
     return traced

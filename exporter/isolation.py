@@ -125,10 +125,7 @@ def keep_traceback_as_note(err: BaseException) -> None:
     """Attach the child's whole traceback, causes included, to ``err`` as a note: a pickled exception
     loses its traceback and its cause, and `--debug` in the parent prints the notes instead."""
     note = "in the build process:\n" + "".join(traceback.format_exception(err)).rstrip()
-    try:
-        err.__notes__ = [*getattr(err, "__notes__", []), note]  # what add_note does, also on Python 3.10
-    except AttributeError:  # an exception type with __slots__ and no __dict__: no note, the message stays
-        pass
+    err.__notes__ = [*getattr(err, "__notes__", []), note]  # what add_note does, also on Python 3.10
 
 
 def _build_and_send(job: tuple[Family, BuildContext, Path, str], send) -> None:

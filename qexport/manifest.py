@@ -517,9 +517,8 @@ def discover(directory: Path) -> list[tuple[Path, Manifest]]:
 
 def say_unlisted(directory: Path, unlisted: list[Path]) -> None:
     """Name the manifests index.json leaves out (copied in after the build, or unreadable when the
-    index was written): the folder's
-    index decides what bench, verify and pack take, and leaving one out without a word looks like
-    a measurement, a check or a bundle of the whole folder when it is not."""
+    index was written): the folder's index decides what bench, verify and pack take, and leaving
+    one out without a word looks like a measurement, a check or a bundle of the whole folder."""
     if not unlisted:
         return
     from qexport.progress import say

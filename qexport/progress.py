@@ -63,6 +63,16 @@ def say(message: str) -> None:
     stderr_console.print(message, highlight=False, soft_wrap=True)  # logs: one line, never wrapped at 80
 
 
+def _not_an_isa_mismatch(record) -> bool:
+    """A logging filter (a named function: ``addFilter`` keeps one copy however often it is added)."""
+    return "AOTI_CPU_ISA" not in record.getMessage()
+
+
+def _not_a_per_tensor_norm_weight(record) -> bool:
+    """A logging filter, named for the same reason as :func:`_not_an_isa_mismatch`."""
+    return "is out-of-range for weight" not in record.getMessage()
+
+
 def quiet_library_warnings() -> None:
     """torch.jit / eager quantization deprecation notices say nothing a user can act on here
     (qexport already ships the torch.export path next to them); they would bury the report."""
@@ -91,10 +101,9 @@ def quiet_library_warnings() -> None:
     # A package built for a portable --target-cpu (avx2) and loaded on a richer CPU makes torch warn
     # that the CPU ISA differs and "could cause some issues". Loading on a lesser CPU, where it would,
     # qexport refuses first from the manifest's CPU requirement, in one sentence (hardware.py).
-    logging.getLogger("torch.export.pt2_archive._package").addFilter(
-        lambda record: "AOTI_CPU_ISA" not in record.getMessage())
+    logging.getLogger("torch.export.pt2_archive._package").addFilter(_not_an_isa_mismatch)
     # torchao registers an Enum as a pytree constant, which torch 2.14 logs as deprecated on every import.
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     # ONNX Runtime's quantizer logs one line per 1-D norm weight (a transformer has dozens) on the
     # root logger when it asks for per-channel axis 1: those weights stay per-tensor, as they should.
-    logging.getLogger().addFilter(lambda record: "is out-of-range for weight" not in record.getMessage())
+    logging.getLogger().addFilter(_not_a_per_tensor_norm_weight)

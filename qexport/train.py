@@ -287,7 +287,7 @@ def fine_tune(model: nn.Module, data: Dataset, *, epochs: int, lr: float, batch_
     """Short low-LR training from a trained model (QAT families): cosine decay, same augmentation.
     ``layout``: the memory format to train in, decided from the eager model when ``model`` is an
     exported graph, which has no convolution modules for :func:`training_memory_format` to see."""
-    layout = layout or training_memory_format(model)
+    layout = training_memory_format(model) if layout is None else layout
     generator = torch.Generator().manual_seed(seed)
     steps = epochs * math.ceil(len(data.train) / batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)

@@ -136,7 +136,6 @@ def test_combined_rounds_take_the_geometric_mean_of_round_medians():
     assert stats.pooled_p50_ms == pytest.approx(4.0) and stats.round_p50_ms == [1.0, 2.0, 4.0]
     assert (stats.count, stats.min_ms, stats.max_ms) == (11, 1.0, 4.0)
     assert stats.round_spread_pct == pytest.approx(spread_pct([1.0, 2.0, 4.0]))
-    assert stats.p50_interval_ms.low < 2.0 < stats.p50_interval_ms.high
     # by hand: logs 0, ln 2, ln 4 -> mean ln 2, sd ln 2; 2 * exp(-/+ t(2) 4.303 * ln 2 / sqrt 3)
     assert (stats.p50_interval_ms.low, stats.p50_interval_ms.high) == (pytest.approx(0.3575, abs=1e-3),
                                                                         pytest.approx(11.19, abs=1e-2))
