@@ -27,7 +27,7 @@ $(IPEX_STAMP): runtimes/requirements-ipex.txt
 	rm -rf $(IPEX_VENV) $(IPEX_FAILED)
 	$(PYTHON) -m venv $(IPEX_VENV)
 	$(IPEX_VENV)/bin/python -m pip install --quiet -r runtimes/requirements-ipex.txt 2> $(IPEX_VENV).log \
-	  || { grep -v '^WARNING' $(IPEX_VENV).log | tail -n 1 > $(IPEX_FAILED); cat $(IPEX_VENV).log; rm -rf $(IPEX_VENV); exit 1; }
+	  || { grep -v '^WARNING' $(IPEX_VENV).log | grep . | tail -n 1 > $(IPEX_FAILED); cat $(IPEX_VENV).log; rm -rf $(IPEX_VENV); exit 1; }
 	$(IPEX_VENV)/bin/python -c "import intel_extension_for_pytorch" 2> $(IPEX_VENV).log \
 	  || { tail -n 1 $(IPEX_VENV).log > $(IPEX_FAILED); rm -rf $(IPEX_VENV); exit 1; }
 	$(IPEX_VENV)/bin/python -m pip install --quiet --no-deps -e .
