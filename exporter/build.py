@@ -140,7 +140,7 @@ def build_one(run: BuildRun, family: Family) -> Outcome:
     ctx = run.ctx
     final = run.out_dir / family.filename(ctx.model_name)
     options = family.relevant_options(ctx.options)
-    if not run.force and is_up_to_date(final, ctx.checkpoint_sha256, options):
+    if not run.force and is_up_to_date(final, ctx.checkpoint_sha256, options, ctx.data.contract):
         say("  up to date (use --force to rebuild)")
         return Outcome(family.key, "up-to-date", final.name, manifest=read_manifest(manifest_path(final)))
     started = time.perf_counter()
@@ -150,7 +150,7 @@ def build_one(run: BuildRun, family: Family) -> Outcome:
         run.stop_if_cancelled()  # interrupted meanwhile: the temporary file goes, nothing is written
     seconds = time.perf_counter() - started
     golden = golden_path(final)
-    write_golden(golden, measured.golden_inputs, measured.golden_outputs)
+    write_golden(golden, measured.golden_inputs, measured.golden_outputs, measured.raw_image)
     manifest = make_manifest(ctx, family, final, details, measured.evaluation, options, seconds, golden, budget)
     atomic_write_json(manifest_path(final), manifest.to_dict())
     say(built_line(manifest, seconds))

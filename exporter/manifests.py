@@ -15,15 +15,17 @@ from qexport.exporter.registry import BuildContext, BuildDetails, Family
 from qexport.fsutil import sha256_file
 from qexport.fsutil import atomic_write_json
 from qexport.hardware import host_cpu
+from qexport.preprocessing import Preprocessing
 from qexport.manifest import (GOLDEN_ATOL, AccuracyBudget, ArtifactFile, BuildRecord, CompiledWith, DataInfo,
                               Evaluation, Failure, FileRecord, Golden, Index, IndexEntry, InputSpec, Manifest,
                               ModelInfo, OutputSpec, Requirements, RuntimeSection, artifact_problem, find_manifests,
                               manifest_path, read_manifest)
 
 
-def is_up_to_date(final: Path, checkpoint_sha256: str, options: dict) -> bool:
+def is_up_to_date(final: Path, checkpoint_sha256: str, options: dict, contract: Preprocessing) -> bool:
     """The artifact, its manifest and companions are intact and were built from this checkpoint
-    with these options (``Family.relevant_options``)."""
+    with these options (``Family.relevant_options``) and this input contract (another
+    preprocessing changes calibration and every accuracy)."""
     manifest_file = manifest_path(final)
     if not final.is_file() or not manifest_file.is_file():
         return False
@@ -33,6 +35,7 @@ def is_up_to_date(final: Path, checkpoint_sha256: str, options: dict) -> bool:
         return False
     return (manifest.model.checkpoint_sha256 == checkpoint_sha256
             and manifest.build.options == options
+            and manifest.input.contract.same_contract(contract)
             and artifact_problem(manifest_file, manifest) is None)
 
 
@@ -67,7 +70,7 @@ def make_manifest(ctx: BuildContext, family: Family, final: Path, details: Build
         delegation=details.delegation,
         evaluation=evaluation,
         golden=Golden(file=golden.name, sha256=sha256_file(golden), samples=ctx.options.golden_samples,
-                      atol=GOLDEN_ATOL[family.precision]),
+                      atol=GOLDEN_ATOL[family.precision], raw_image=True),
         build=BuildRecord(seconds=round(seconds, 1), options=options, quantized_engine=details.quantized_engine,
                           fine_tune=details.fine_tune, created=utc_now(), libraries=library_versions(),
                           cpu=cpu_info()["model"], isa=isa_summary(), qexport_version=__version__,
@@ -78,8 +81,10 @@ def input_spec(ctx: BuildContext, family: Family) -> InputSpec:
     """NCHW with a dynamic batch, or the one batch a fixed-shape program (ExecuTorch) was exported for."""
     height, width = ctx.data.image_size
     batch: int | str = ctx.options.executorch_batch if family.fixed_batch else "batch"
-    return InputSpec(shape=[batch, 3, height, width], mean=list(ctx.data.mean), std=list(ctx.data.std),
-                     dynamic_axes=[] if family.fixed_batch else ["batch"])
+    contract = ctx.data.contract
+    return InputSpec(shape=[batch, 3, height, width], mean=list(contract.mean), std=list(contract.std),
+                     dynamic_axes=[] if family.fixed_batch else ["batch"], preprocessing=contract,
+                     preprocess=contract.describe())
 
 
 def file_record(path: Path) -> FileRecord:

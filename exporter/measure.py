@@ -45,6 +45,7 @@ class Measured:
     evaluation: Evaluation
     golden_inputs: np.ndarray
     golden_outputs: np.ndarray
+    raw_image: bytes = b""  # the file the first golden input was prepared from
 
 
 def runner_logits(family: Family, path: Path, details: BuildDetails, split: Split, data,
@@ -75,12 +76,30 @@ def measure(family: Family, path: Path, ctx: BuildContext, reference: Reference,
                            f"the model's activations overflow {family.precision} -- this artifact is unusable.")
     golden_inputs = normalize(ctx.data.test.images[:ctx.options.golden_samples], ctx.data.mean, ctx.data.std).numpy()
     return Measured(evaluation(logits, reference.logits, reference.split.labels), golden_inputs,
-                    runner.predict(golden_inputs))
+                    runner.predict(golden_inputs), raw_golden_image(ctx, golden_inputs[0]))
 
 
-def write_golden(path: Path, inputs: np.ndarray, outputs: np.ndarray) -> None:
+def raw_golden_image(ctx: BuildContext, first_input: np.ndarray) -> bytes:
+    """The first golden input's image file, checked to give that input through the PIL-and-numpy
+    path a deployment team follows (``qexport.preprocessing.prepare_file``): qexport's own
+    pipeline and the documented one must not drift apart."""
+    from qexport.preprocessing import prepare_file
+
+    raw = ctx.data.test.images.encoded(0)
+    prepared = prepare_file(raw, ctx.data.contract)[0]
+    if prepared.shape != first_input.shape or not np.allclose(prepared, first_input, atol=1e-5):
+        raise QExportError("The documented preprocessing does not reproduce qexport's own input for the first test image "
+                           f"(max |Δ| {float(np.abs(prepared - first_input).max()):.3g}); this is a qexport bug, please report it.")
+    return raw
+
+
+def write_golden(path: Path, inputs: np.ndarray, outputs: np.ndarray, raw_image: bytes = b"") -> None:
+    """The golden npz: inputs and outputs, and the raw image file inputs[0] was prepared from."""
     import io
 
     buffer = io.BytesIO()
-    np.savez(buffer, inputs=inputs.astype(np.float32), outputs=outputs.astype(np.float32))
+    arrays = {"inputs": inputs.astype(np.float32), "outputs": outputs.astype(np.float32)}
+    if raw_image:
+        arrays["raw_image"] = np.frombuffer(raw_image, dtype=np.uint8)
+    np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())

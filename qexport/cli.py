@@ -38,6 +38,15 @@ TestSamplesOpt = typer.Option(None, "--test-samples", help="Use a seeded subset 
 SeedOpt = typer.Option(0, "--seed", help="Seed for initialisation, shuffling, augmentation and subsets.")
 TrainDeviceOpt = typer.Option("auto", "--device", help="Where training runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda. Exported artifacts are always built from the CPU model.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
+# The input contract (see qexport.contract for the order of its sources)
+MeanOpt = typer.Option(None, "--mean", help="Per-channel mean the model was trained with, R,G,B in [0, 1] units, e.g. 0.485,0.456,0.406 (ImageNet).", rich_help_panel="Preprocessing")
+StdOpt = typer.Option(None, "--std", help="Per-channel std the model was trained with, e.g. 0.229,0.224,0.225 (ImageNet).", rich_help_panel="Preprocessing")
+ResizeOpt = typer.Option(None, "--resize", help="Resize before the crop: 256 sets the shorter side (aspect kept, as torchvision's Resize(256)); 224x224 squashes to a square.", rich_help_panel="Preprocessing")
+CropOpt = typer.Option(None, "--crop", help="Centre crop to this square size after the resize, e.g. 224 (CenterCrop(224)).", rich_help_panel="Preprocessing")
+InterpolationOpt = typer.Option(None, "--interpolation", help="Resize interpolation: bilinear (torchvision's default), bicubic (timm's usual), nearest or lanczos.", rich_help_panel="Preprocessing")
+WeightsTransformsOpt = typer.Option(None, "--weights-transforms", help="Take the preprocessing of a torchvision weights recipe for --model, e.g. IMAGENET1K_V2 (read from torchvision, nothing downloaded).", rich_help_panel="Preprocessing")
+StatsFromDataOpt = typer.Option(False, "--stats-from-data", help="For a checkpoint that records no preprocessing: compute mean and std from the train split (the build says so; only right if the model was trained that way).", rich_help_panel="Preprocessing")
+ForcePreprocessingOpt = typer.Option(False, "--force-preprocessing", help="Use the preprocessing flags even where the checkpoint records another preprocessing (the manifest records the override).", rich_help_panel="Preprocessing")
 
 
 @app.callback()
@@ -84,8 +93,19 @@ def train(
     list_models: bool = typer.Option(False, "--list-models", help="List the accepted model names and exit."),
     device: str = TrainDeviceOpt,
     progress: bool = ProgressOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    resize: Optional[str] = ResizeOpt,
+    crop: Optional[int] = CropOpt,
+    interpolation: Optional[str] = InterpolationOpt,
+    weights_transforms: Optional[str] = WeightsTransformsOpt,
 ) -> None:
-    """Train the FP32 model, evaluate it on the test split and write a checkpoint with metadata."""
+    """Train the FP32 model, evaluate it on the test split and write a checkpoint with metadata.
+
+    The checkpoint records the preprocessing it trained with, which every build from it then uses.
+    By default that is the train split's mean and std at the data's size (CIFAR-10: 32 px; an image
+    folder: the shorter side to 256, a centre crop of 224). Example at 224 px on CIFAR-10:
+    `qexport train --model resnet50 --resize 224x224`."""
     from qexport import pipeline
     from qexport.train import TrainConfig, resolve_device
 
@@ -98,7 +118,9 @@ def train(
 
     check_model_name(model)  # fail on an unknown name before spending time on data
     train_device = resolve_device(device)
-    dataset = pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed)
+    flags = _preprocessing_flags(mean, std, resize, crop, interpolation, weights_transforms)
+    dataset = pipeline.training_data(model, pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed),
+                                     flags, image_size)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, validation_fraction=val_fraction)
     path = out or pipeline.default_checkpoint_path(model, dataset)
     pipeline.train_checkpoint(model, dataset, config, path, show_progress=progress, device=train_device)
@@ -134,8 +156,23 @@ def build(
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Families built at once, each in its own process. Much of a build is one core's work (tracing, compiling), so 2 on 2 or more cores saves time; each family's 'built in' seconds then include sharing the cores."),
     device: str = TrainDeviceOpt,
     progress: bool = ProgressOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    resize: Optional[str] = ResizeOpt,
+    crop: Optional[int] = CropOpt,
+    interpolation: Optional[str] = InterpolationOpt,
+    weights_transforms: Optional[str] = WeightsTransformsOpt,
+    stats_from_data: bool = StatsFromDataOpt,
+    force_preprocessing: bool = ForcePreprocessingOpt,
 ) -> None:
-    """Build deployment artifacts (TorchScript, ONNX, pt2e/AOTInductor...) with manifests into --out."""
+    """Build deployment artifacts (TorchScript, ONNX, pt2e/AOTInductor...) with manifests into --out.
+
+    Every artifact is measured and handed over with the preprocessing its model was trained with:
+    the checkpoint's record (`qexport train` writes it), timm's data config for timm:<name>, a
+    torchvision weights recipe (--weights-transforms IMAGENET1K_V2), or --mean/--std/--resize/--crop.
+    A bare state_dict with none of these is refused. Example for a torchvision ResNet50 trained the
+    ImageNet way: `qexport build --all --model resnet50 --checkpoint r50.pt --data imagefolder
+    --data-dir DIR --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --resize 256 --crop 224`."""
     from qexport.exporter import FAMILIES, BuildOptions, select_families
     from qexport.exporter.build import build_families
     from qexport import pipeline, report
@@ -153,6 +190,8 @@ def build(
                            max_accuracy_drop=max_accuracy_drop, budget_samples=budget_samples,
                            budget_verdict=budget_verdict, executorch_batch=executorch_batch)
     families = select_families(None if all_families else [n.strip() for n in only.split(",") if n.strip()])
+    flags = _preprocessing_flags(mean, std, resize, crop, interpolation, weights_transforms, stats_from_data,
+                                 force_preprocessing)
     ensure_writable_dir(out)
     train_device = resolve_device(device)
     if checkpoint is None:
@@ -160,13 +199,25 @@ def build(
         check_model_name(model)  # fail on an unknown name before loading data
     dataset = pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed)
     ckpt = pipeline.resolve_checkpoint(model, dataset, checkpoint, TrainConfig(epochs=epochs, seed=seed), progress,
-                                      train_device, retrain=retrain)
-    ctx = pipeline.build_context(model, dataset, ckpt, options, progress, val_dir=val_dir)
+                                      train_device, retrain=retrain, flags=flags)
+    ctx = pipeline.build_context(model, dataset, ckpt, options, progress, val_dir=val_dir, flags=flags)
     outcomes = build_families(ctx, families, out, force=force, debug=_state["debug"], jobs=jobs)
     report.print_build(outcomes, out)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         raise typer.Exit(1)
+
+
+def _preprocessing_flags(mean: Optional[str], std: Optional[str], resize: Optional[str], crop: Optional[int],
+                         interpolation: Optional[str], weights_transforms: Optional[str], stats_from_data: bool = False,
+                         force: bool = False):
+    """The preprocessing flags, parsed and checked before any data is read or model built."""
+    from qexport.preprocessing import PreprocessingFlags, parse_channels, parse_resize
+
+    size, mode = parse_resize(resize)
+    return PreprocessingFlags(mean=parse_channels(mean, "--mean"), std=parse_channels(std, "--std"), resize=size,
+                              resize_mode=mode, crop=crop, interpolation=interpolation,
+                              weights_transforms=weights_transforms, stats_from_data=stats_from_data, force=force)
 
 
 def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:

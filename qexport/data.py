@@ -1,14 +1,14 @@
 """Data sources: real CIFAR-10, a user's ImageFolder tree, and a flagged synthetic set.
 
-Everything is held in memory as uint8 NCHW tensors (CIFAR-10 is 150 MB) so that training
-augments on the fly without a DataLoader and every consumer sees exactly the same pixels.
-Normalisation statistics always come from the train split; calibration subsets are drawn
-from the train split and accuracy is measured on the test split -- never the other way round.
+A split holds its images as :class:`~qexport.images.Images`: CIFAR-10's raw pixels in memory
+(150 MB), a folder's files on disk, each prepared by the dataset's
+:class:`~qexport.preprocessing.Preprocessing` when it is read. Every consumer sees exactly the
+same pixels, and a folder of any size streams. Calibration subsets are drawn from the train split
+and accuracy is measured on the test split -- never the other way round.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from dataclasses import dataclass, field, replace
@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from qexport.errors import QExportError
+from qexport.images import ArraySource, FileSource, Images, fingerprint_of, stream
 from qexport.manifest import VALIDATION_FRACTION, VALIDATION_MAX
+from qexport.preprocessing import IMAGENET_CROP_PCT, Preprocessing
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -27,25 +29,50 @@ SOURCES = ("cifar10", "imagefolder", "synthetic")
 SYNTHETIC_SAMPLES = (512, 256)  # train, test images of --data synthetic unless --train/--test-samples say
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 DEFAULT_DATA_DIR = "./data"
+DEFAULT_FOLDER_SIZE = 224
+STATS_FROM_DATA = "statistics of the train split"
 
 
 @dataclass
 class Split:
-    """Images (uint8, N×3×H×W) and integer labels of one split."""
+    """Images (read as uint8 N×3×H×W) and integer labels of one split."""
 
-    images: torch.Tensor
+    images: Images
     labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.images = Images.of(self.images)  # a uint8 tensor is wrapped: raw pixels in memory
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, indices: torch.Tensor) -> "Split":
-        return Split(self.images[indices], self.labels[indices])
+        return Split(self.images.select(indices), self.labels[indices])
+
+    def prepared(self, preparation: Preprocessing) -> "Split":
+        """The same images under another contract's geometry (nothing is decoded)."""
+        return Split(self.images.prepared(preparation), self.labels)
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None):
+        """(uint8 pixels, labels) batches in ``order`` (default: as stored); a folder streams."""
+        order = torch.arange(len(self)) if order is None else order
+        return stream(self.images, self.labels, order, batch_size)
+
+
+def default_geometry(size: int, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), source: str = "") -> Preprocessing:
+    """The classic evaluation geometry for ``size`` px: the shorter side to size/0.875 (256 for
+    224), then a centre crop of ``size``. What ``qexport train`` uses on an image folder unless told."""
+    return Preprocessing(mean=list(mean), std=list(std), resize=int(size / IMAGENET_CROP_PCT), resize_mode="shorter",
+                         crop=size, source=source)
 
 
 @dataclass
 class Dataset:
-    """A train/test pair plus the facts every artifact manifest repeats about it."""
+    """A train/test pair plus the facts every artifact manifest repeats about it.
+
+    ``preprocessing`` is the input contract the splits are read under. CIFAR-10 and synthetic data
+    start with the statistics of their train split at their own size (what ``qexport train``
+    records); an image folder starts with none (None), since only the model it serves can say."""
 
     name: str
     classes: list[str]
@@ -53,8 +80,7 @@ class Dataset:
     test: Split
     source: str
     synthetic: bool = False
-    mean: tuple[float, ...] = field(default=())
-    std: tuple[float, ...] = field(default=())
+    preprocessing: Preprocessing | None = None
     fingerprint: str = ""
     note: str = ""
     # Images the fp32 model never trained on, for the accuracy budget (never the test split): set
@@ -62,12 +88,44 @@ class Dataset:
     validation: Split | None = None
     validation_source: str = ""
     held_out_of_train: int = 0  # images ``train`` lost to ``validation`` (the train split as loaded had them)
+    in_memory: bool = field(default=True, repr=False)  # raw pixels held in memory (statistics are cheap)
 
     def __post_init__(self) -> None:
-        if not self.mean or not self.std:
-            self.mean, self.std = channel_stats(self.train.images)
+        if self.preprocessing is None and self.in_memory:
+            mean, std = channel_stats(self.train.images)
+            self.preprocessing = Preprocessing(mean=list(mean), std=list(std), source=STATS_FROM_DATA)
+        if self.preprocessing is not None:
+            self._prepare(self.preprocessing)
         if not self.fingerprint:
             self.fingerprint = fingerprint(self.train, self.test)
+
+    def _prepare(self, preparation: Preprocessing) -> None:
+        native = self.train.images.source.native_size
+        if preparation.output_size is None and native is not None:
+            preparation = preparation.at_size(native[0])
+        self.preprocessing = preparation
+        self.train, self.test = self.train.prepared(preparation), self.test.prepared(preparation)
+        if self.validation is not None:
+            self.validation = self.validation.prepared(preparation)
+
+    def with_preprocessing(self, preparation: Preprocessing) -> "Dataset":
+        """This data read under ``preparation`` (the model's contract): nothing is decoded now."""
+        return replace(self, preprocessing=preparation)
+
+    @property
+    def contract(self) -> Preprocessing:
+        if self.preprocessing is None:
+            raise QExportError(f"The preprocessing of {self.name} is not settled; pass --mean and --std (and --resize/"
+                               "--crop), --weights-transforms, or --stats-from-data.")
+        return self.preprocessing
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.contract.mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.contract.std)
 
     @property
     def num_classes(self) -> int:
@@ -75,7 +133,8 @@ class Dataset:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(self.train.images.shape[-2:])  # type: ignore[return-value]
+        size = self.train.images.size
+        return size, size
 
     def describe(self) -> dict:
         """What a manifest or checkpoint records about the data it came from."""
@@ -89,8 +148,8 @@ class Dataset:
             "validation_samples": len(self.validation) if self.validation is not None else 0,
             "validation": self.validation_source,
             "image_size": list(self.image_size),
-            "mean": [round(m, 6) for m in self.mean],
-            "std": [round(s, 6) for s in self.std],
+            "mean": [round(m, 6) for m in self.mean] if self.preprocessing else [],
+            "std": [round(s, 6) for s in self.std] if self.preprocessing else [],
             "fingerprint": self.fingerprint,
             "note": self.note,
         }
@@ -102,8 +161,7 @@ class Dataset:
         new_train = seeded_subset(self.train, train, seed) if train else self.train
         new_test = seeded_subset(self.test, test, seed + 1) if test else self.test
         note = f"subset: {len(new_train)} train / {len(new_test)} test samples (seed {seed})"
-        return replace(self, train=new_train, test=new_test, fingerprint="", note=note,
-                       mean=self.mean, std=self.std)
+        return replace(self, train=new_train, test=new_test, fingerprint="", note=note)
 
 
 def seeded_subset(split: Split, n: int, seed: int, skip: int = 0) -> Split:
@@ -125,10 +183,8 @@ test_subset.__test__ = False  # a data helper, not a test pytest should collect
 
 
 def split_fingerprint(split: Split) -> str:
-    """sha256 over one split's pixels and labels: proves a validation split is the same images."""
-    digest = hashlib.sha256()
-    _digest_split(digest, split)
-    return digest.hexdigest()
+    """sha256 over one split's raw images and labels: proves a validation split is the same images."""
+    return fingerprint_of(split.images, labels=(split.labels,))
 
 
 @dataclass(frozen=True)
@@ -165,15 +221,13 @@ def hold_out(data: Dataset, holdout: Holdout) -> Dataset:
             f"The checkpoint held out {holdout.count} validation images (seed {holdout.seed}) that this data does not "
             "have; build with the --data, --data-dir, --train-samples and --seed it was trained with, or pass --val-dir.")
     return replace(data, train=data.train.subset(order[holdout.count:].sort().values), validation=validation,
-                   validation_source=holdout.describe(), held_out_of_train=holdout.count,
-                   mean=data.mean, std=data.std, fingerprint=data.fingerprint)
+                   validation_source=holdout.describe(), held_out_of_train=holdout.count)
 
 
 def with_validation(data: Dataset, validation: Split, source: str) -> Dataset:
     """``data`` with a validation split the user names (``--val-dir``, or an image folder's val/
     beside its test/); the train split is left whole."""
-    return replace(data, validation=validation, validation_source=source, mean=data.mean, std=data.std,
-                   fingerprint=data.fingerprint)
+    return replace(data, validation=validation, validation_source=source)
 
 
 def calibration_split(data: Dataset, samples: int, seed: int = 0) -> Split:
@@ -181,13 +235,15 @@ def calibration_split(data: Dataset, samples: int, seed: int = 0) -> Split:
     return seeded_subset(data.train, samples, seed)
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std in [0, 1] units, computed in chunks to bound memory."""
+def channel_stats(images: Images | torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std in [0, 1] units, in batches to bound memory (a folder streams)."""
+    images = Images.of(images)
     total = torch.zeros(3, dtype=torch.float64)
     total_sq = torch.zeros(3, dtype=torch.float64)
     count = 0
-    for start in range(0, images.shape[0], 4096):
-        chunk = images[start:start + 4096].to(torch.float64) / 255.0
+    batch = 4096 if images.as_is else 256
+    for chunk, _ in stream(images, torch.zeros(len(images), dtype=torch.int64), torch.arange(len(images)), batch):
+        chunk = chunk.to(torch.float64) / 255.0
         total += chunk.sum(dim=(0, 2, 3))
         total_sq += (chunk * chunk).sum(dim=(0, 2, 3))
         count += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
@@ -197,20 +253,15 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 def fingerprint(train: Split, test: Split) -> str:
-    """sha256 over pixels and labels of both splits: ties a checkpoint to the exact data."""
-    digest = hashlib.sha256()
-    for split in (train, test):
-        _digest_split(digest, split)
-    return digest.hexdigest()
+    """sha256 over both splits' raw images (pixels, or the files' bytes) and labels: ties a
+    checkpoint to the exact data, whatever geometry later reads it."""
+    return fingerprint_of(train.images, test.images, labels=(train.labels, test.labels))
 
 
-def _digest_split(digest, split: Split) -> None:
-    digest.update(split.images.contiguous().numpy().tobytes())
-    digest.update(split.labels.to(torch.int64).numpy().tobytes())
-
-
-def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def normalize(images: torch.Tensor | Images, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 NCHW → float32 NCHW, the input every artifact expects."""
+    if isinstance(images, Images):
+        images = images[:]
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (images.to(torch.float32) / 255.0 - m) / s
@@ -231,7 +282,7 @@ def load_dataset(
     if source == "cifar10":
         return load_cifar10(directory, download=download)
     if source == "imagefolder":
-        return load_imagefolder(directory, image_size=image_size or 224)
+        return load_imagefolder(directory, default_geometry(image_size or DEFAULT_FOLDER_SIZE))
     if source == "synthetic":
         return make_synthetic(*synthetic_samples, image_size=image_size or 32, seed=seed)
     raise QExportError(f"Unknown data source {source!r}; choose one of {', '.join(SOURCES)}.")
@@ -307,10 +358,12 @@ def _cifar10_dataset(x_train, y_train, x_test, y_test, *, source: str) -> Datase
                    to_split(x_test, y_test), source=source)
 
 
-def load_imagefolder(directory: Path, *, image_size: int = 224) -> Dataset:
+def load_imagefolder(directory: Path, preparation: Preprocessing) -> Dataset:
     """A user's tree ``train/<class>/*.jpg`` and ``val/<class>/*.jpg`` (``test/`` also accepted).
     A tree with both ``val/`` and ``test/`` keeps ``test/`` for reported accuracy and ``val/`` as
-    the validation split the accuracy budget is measured on."""
+    the validation split the accuracy budget is measured on. Only the file list is read now; the
+    images are decoded when used, under ``preparation``'s geometry until the model's contract
+    replaces it (the dataset's ``preprocessing`` stays None until then)."""
     train_dir = directory / "train"
     present = [directory / n for n in ("val", "test") if (directory / n).is_dir()]
     if not train_dir.is_dir() or not present:
@@ -322,16 +375,16 @@ def load_imagefolder(directory: Path, *, image_size: int = 224) -> Dataset:
     if not classes:
         raise QExportError(f"{train_dir} has no class sub-folders; put images in train/<class>/.")
     test_dir = present[-1]  # test/ when there is one, else val/
-    train = _read_image_split(train_dir, classes, image_size)
-    dataset = Dataset(directory.name or "imagefolder", classes, train, read_labelled_folder(test_dir, classes, image_size),
-                      source=str(directory))
+    train = _image_split(train_dir, classes, preparation)
+    dataset = Dataset(directory.name or "imagefolder", classes, train, read_labelled_folder(test_dir, classes, preparation),
+                      source=str(directory), in_memory=False)
     if len(present) == 2:
-        dataset = with_validation(dataset, read_labelled_folder(present[0], classes, image_size),
+        dataset = with_validation(dataset, read_labelled_folder(present[0], classes, preparation),
                                   f"{present[0]} (the image folder's val/, never trained on by qexport)")
     return dataset
 
 
-def read_labelled_folder(root: Path, classes: list[str], image_size: int) -> Split:
+def read_labelled_folder(root: Path, classes: list[str], preparation: Preprocessing) -> Split:
     """``root/<class>/*.jpg`` labelled by ``classes`` (the train split's, or the checkpoint's); a
     class the model does not know is one sentence, a known class with no images is allowed."""
     if not root.is_dir():
@@ -341,30 +394,23 @@ def read_labelled_folder(root: Path, classes: list[str], image_size: int) -> Spl
     if unknown:
         raise QExportError(f"{root} has classes the model was not trained on ({', '.join(unknown[:5])}); "
                            f"it needs the same classes as train/ ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}).")
-    return _read_image_split(root, classes, image_size, allow_empty_class=True)
+    return _image_split(root, classes, preparation, allow_empty_class=True)
 
 
-def _read_image_split(root: Path, classes: list[str], size: int, allow_empty_class: bool = False) -> Split:
-    from PIL import Image, UnidentifiedImageError
-
-    images: list[np.ndarray] = []
+def _image_split(root: Path, classes: list[str], preparation: Preprocessing, allow_empty_class: bool = False) -> Split:
+    """The files of ``root/<class>/`` in class then name order, labelled; nothing is decoded."""
+    files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+        found = sorted(p for p in (root / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
             if (root / name).is_dir() else []
-        if not files and not allow_empty_class:
+        if not found and not allow_empty_class:
             raise QExportError(f"Class folder {root / name} has no images; add some or remove the folder.")
-        for file in files:
-            try:
-                with Image.open(file) as img:
-                    rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
-            except (OSError, UnidentifiedImageError) as err:
-                raise QExportError(f"Cannot read image {file} ({err}); remove or replace it.") from err
-            images.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
-            labels.append(label)
-    if not images:
+        files += found
+        labels += [label] * len(found)
+    if not files:
         raise QExportError(f"{root} holds no images; add images under {root}/<class>/.")
-    return Split(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
+    return Split(Images(FileSource(files), preparation), torch.tensor(labels, dtype=torch.int64))
 
 
 def make_synthetic(train: int = 512, test: int = 256, *, image_size: int = 32, classes: int = 10,

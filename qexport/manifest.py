@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from qexport.documents import parse, renamed, to_json
 from qexport.errors import QExportError
+from qexport.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from qexport.hardware import CpuRequirement
@@ -150,6 +151,18 @@ class InputSpec:
     dynamic_axes: list[str] = field(default_factory=lambda: ["batch"])
     value_range_before_normalization: list[float] = field(default_factory=lambda: [0.0, 1.0])
     preprocess: str = "x = (rgb_uint8 / 255 - mean) / std, channels first"
+    # The whole contract, image file to tensor (None in manifests from before it was recorded:
+    # those squashed every image to the input size, see ``contract``)
+    preprocessing: Preprocessing | None = None
+
+    @property
+    def contract(self) -> Preprocessing:
+        """How an image file becomes this input; for an older manifest, the squashing resize to
+        the input size those builds applied."""
+        if self.preprocessing is not None:
+            return self.preprocessing
+        return Preprocessing(mean=list(self.mean), std=list(self.std), resize=self.image_size[0], resize_mode="exact",
+                             source="recorded before preprocessing was: the image squashed to the input size")
 
     @property
     def fixed_batch(self) -> int | None:
@@ -201,6 +214,7 @@ class Golden:
     sha256: str
     samples: int
     atol: float
+    raw_image: bool = False  # the npz also holds one test image's file bytes (``raw_image``): inputs[0] from it
 
 
 @dataclass(frozen=True)

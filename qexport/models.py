@@ -115,10 +115,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     raise QExportError(f"{path} holds a {type(obj).__name__}, not a state_dict; save model.state_dict() instead.")
 
 
-def load_model(path: Path, model_name: str | None, num_classes: int,
-               image_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Build ``model_name`` and load the checkpoint into it; a mismatch is one clear sentence."""
-    ckpt = read_checkpoint(path)
+def load_model(path: Path, model_name: str | None, num_classes: int, image_size: int | None = None,
+               ckpt: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build ``model_name`` and load the checkpoint into it (``ckpt``: the checkpoint already
+    read from ``path``); a mismatch is one clear sentence."""
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     saved_name = ckpt.get("model")
     if model_name and saved_name and model_name != saved_name:
         raise QExportError(

@@ -6,15 +6,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from qexport.data import (SYNTHETIC_SAMPLES, Dataset, Holdout, hold_out, load_dataset, read_labelled_folder,
-                          with_validation)
+from qexport import contract
+from qexport.data import (DEFAULT_FOLDER_SIZE, SYNTHETIC_SAMPLES, Dataset, Holdout, channel_stats, hold_out,
+                          load_dataset, read_labelled_folder, with_validation)
 from qexport.documents import parse, to_json
 from qexport.envinfo import library_versions
 from qexport.errors import QExportError
 from qexport.fsutil import ensure_writable_dir
 from qexport.models import build_model, file_stem, read_checkpoint, save_checkpoint
+from qexport.preprocessing import Preprocessing, PreprocessingFlags
 from qexport.progress import say
 from qexport.train import TrainConfig, train
+
+NO_FLAGS = PreprocessingFlags()
 
 
 def open_data(source: str, data_dir: Path | None, image_size: int | None, train_samples: int | None,
@@ -33,10 +37,31 @@ def default_checkpoint_path(model_name: str, data: Dataset) -> Path:
     return Path("checkpoints") / f"{file_stem(model_name)}-{data.name}{suffix}.pt"
 
 
+def train_stats(data: Dataset):
+    """A callable for the train split's channel statistics, computed only if a contract needs them
+    (a folder's whole train split is decoded for them)."""
+    def compute() -> tuple[tuple[float, ...], tuple[float, ...]]:
+        say(f"computing mean and std over the {len(data.train)} train images of {data.name}")
+        return channel_stats(data.train.images)
+    return compute
+
+
+def training_data(model_name: str, data: Dataset, flags: PreprocessingFlags = NO_FLAGS,
+                  image_size: int | None = None) -> Dataset:
+    """``data`` under the contract ``qexport train`` trains with and records (see
+    :func:`qexport.contract.for_training`)."""
+    chosen = contract.for_training(data.preprocessing, flags, train_stats(data), image_size or DEFAULT_FOLDER_SIZE,
+                                   model_name)
+    return data if chosen is data.preprocessing else data.with_preprocessing(chosen)
+
+
 def train_checkpoint(model_name: str, data: Dataset, config: TrainConfig, path: Path,
                      show_progress: bool = True, device: str = "cpu") -> Path:
-    """Train ``model_name`` on ``data`` and write the checkpoint with everything needed to trust it."""
+    """Train ``model_name`` on ``data`` and write the checkpoint with everything needed to trust it,
+    the input contract it trained under included."""
     ensure_writable_dir(Path(path).parent)
+    data = training_data(model_name, data)
+    say(f"preprocessing: {data.contract.describe()} ({data.contract.source})")
     model = build_model(model_name, data.num_classes, data.image_size[0])
     holdout = (Holdout.choose(data.train, config.seed, config.validation_fraction) if data.validation is None
                else Holdout(config.seed, 0, ""))  # an image folder's own val/ is the validation split
@@ -58,6 +83,7 @@ def checkpoint_meta(model_name: str, data: Dataset, config: TrainConfig, metrics
         "model": model_name,
         "classes": list(data.classes),
         "normalization": {"mean": list(data.mean), "std": list(data.std), "value_range": [0.0, 1.0]},
+        "preprocessing": to_json(data.contract),
         "image_size": list(data.image_size),
         "data": data.describe(),
         "train_config": config.as_dict(),
@@ -95,7 +121,8 @@ def checkpoint_is_current(path: Path, model_name: str, data: Dataset, config: Tr
 
 
 def resolve_checkpoint(model_name: str, data: Dataset, checkpoint: Path | None, config: TrainConfig,
-                       show_progress: bool = True, device: str = "cpu", retrain: bool = False) -> Path:
+                       show_progress: bool = True, device: str = "cpu", retrain: bool = False,
+                       flags: PreprocessingFlags = NO_FLAGS) -> Path:
     """The checkpoint to build from: the user's, an up-to-date trained one, or a fresh training run.
 
     An existing checkpoint at the default path that this recipe would not reuse is never replaced
@@ -112,7 +139,8 @@ def resolve_checkpoint(model_name: str, data: Dataset, checkpoint: Path | None, 
             raise QExportError(f"{path} is not reused: {reason}; pass --checkpoint {path} to build from it as it is, "
                                "or --retrain to train a new one in its place.")
         say(f"retraining {path}: {reason}")
-    return train_checkpoint(model_name, data, config, path, show_progress=show_progress, device=device)
+    return train_checkpoint(model_name, training_data(model_name, data, flags), config, path,
+                            show_progress=show_progress, device=device)
 
 
 def recorded_holdout(ckpt: dict, checkpoint: Path) -> Holdout | None:
@@ -128,27 +156,25 @@ def with_budget_images(data: Dataset, holdout: Holdout | None, val_dir: Path | N
     if holdout is not None:
         data = hold_out(data, holdout)
     if val_dir is not None:
-        split = read_labelled_folder(Path(val_dir), list(data.classes), data.image_size[0])
+        split = read_labelled_folder(Path(val_dir), list(data.classes), data.contract)
         data = with_validation(data, split, f"--val-dir {val_dir}")
     return data
 
 
 def build_context(model_name: str | None, data: Dataset, checkpoint: Path, options, show_progress: bool = True,
-                  val_dir: Path | None = None):
-    """Load the FP32 model and the data normalisation it was trained with into a BuildContext.
+                  val_dir: Path | None = None, flags: PreprocessingFlags = NO_FLAGS):
+    """Load the FP32 model and the input contract it was trained with into a BuildContext.
 
     ``model_name`` None means "whatever the checkpoint records" (resnet18 for a bare state_dict),
     so a user who trained efficientnet_b0 need not repeat --model at build time."""
-    from dataclasses import replace
-
     from qexport.exporter.registry import BuildContext
     from qexport.fsutil import sha256_file
-    from qexport.models import DEFAULT_MODEL, load_model
+    from qexport.models import DEFAULT_MODEL, load_model, read_checkpoint
 
-    model, ckpt = load_model(checkpoint, model_name, data.num_classes, data.image_size[0])
-    norm = ckpt.get("meta", {}).get("normalization")
-    if norm:  # the statistics the model was trained with, not a recomputation
-        data = replace(data, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+    ckpt = read_checkpoint(checkpoint)
+    name = model_name or ckpt.get("model") or DEFAULT_MODEL
+    data = data.with_preprocessing(build_contract(name, data, ckpt, checkpoint, flags))
+    model, ckpt = load_model(checkpoint, model_name, data.num_classes, data.image_size[0], ckpt=ckpt)
     saved_classes = ckpt.get("meta", {}).get("classes")
     if saved_classes and list(saved_classes) != list(data.classes):
         raise QExportError(f"Checkpoint {checkpoint} was trained on classes {saved_classes[:3]}…, "
@@ -156,3 +182,17 @@ def build_context(model_name: str | None, data: Dataset, checkpoint: Path, optio
     data = with_budget_images(data, recorded_holdout(ckpt, checkpoint), val_dir)
     return BuildContext(model_name=ckpt.get("model") or model_name or DEFAULT_MODEL, model=model, data=data, options=options,
                         checkpoint_sha256=sha256_file(checkpoint), show_progress=show_progress)
+
+
+def build_contract(model_name: str, data: Dataset, ckpt: dict, checkpoint: Path,
+                   flags: PreprocessingFlags) -> Preprocessing:
+    """The contract a build uses (:func:`qexport.contract.for_build`), said on stderr with its source."""
+    chosen = contract.for_build(contract.recorded(ckpt.get("meta", {}), checkpoint), model_name, flags,
+                                train_stats(data), checkpoint)
+    say(f"preprocessing: {chosen.describe()} ({chosen.source})")
+    if flags.stats_from_data and "--stats-from-data" in chosen.source:
+        say("--stats-from-data: mean and std were computed from this folder, not taken from how the model was trained; "
+            "if it was trained with other statistics, every accuracy and int8 drop here is wrong")
+    if chosen.overridden:
+        say(f"--force-preprocessing: the checkpoint's record was {chosen.overridden}")
+    return chosen

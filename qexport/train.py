@@ -75,9 +75,7 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
     """Yield (images, labels) mini-batches; shuffled when a generator is given."""
     n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        yield split.images[idx], split.labels[idx]
+    return split.batches(batch_size, order)
 
 
 @torch.no_grad()

@@ -102,6 +102,7 @@ def verify_one(manifest_file: Path, manifest: Manifest) -> Check:
                 return fail(problem)
         with np.load(golden_file) as golden:
             expected, actual = golden["outputs"], runner.predict(golden["inputs"])
+            raw = raw_image_problem(manifest, golden, runner) if manifest.golden.raw_image else None
     except QExportError as err:
         return fail(str(err))
     if actual.shape != expected.shape:
@@ -109,9 +110,36 @@ def verify_one(manifest_file: Path, manifest: Manifest) -> Check:
     diff = float(np.abs(actual - expected).max())
     atol = manifest.golden.atol
     ok = bool(np.allclose(actual, expected, atol=atol, rtol=RTOL))
+    if ok and raw:
+        return Check(file, family, runtime, False, raw, diff)
     detail = f"golden outputs match (max |Δ| {diff:.2e} ≤ atol {atol})" if ok else \
         f"golden outputs differ: max |Δ| {diff:.3g} > atol {atol}"
+    if ok and manifest.golden.raw_image:
+        detail += "; the raw image, prepared as the manifest says, gives the golden input and output"
     return Check(file, family, runtime, ok, detail, diff)
+
+
+def raw_image_problem(manifest: Manifest, golden, runner) -> str | None:
+    """The path a deployment team follows, checked end to end: the golden raw image file,
+    prepared by the manifest's preprocessing alone, must give the first golden input and, in the
+    runtime, its output. None when it does."""
+    from qexport.preprocessing import prepare_file
+
+    if "raw_image" not in golden.files:
+        return "the golden data lacks the raw image its manifest promises"
+    prepared = prepare_file(golden["raw_image"].tobytes(), manifest.input.contract)
+    first = golden["inputs"][:1]
+    if prepared.shape != first.shape:
+        return f"the raw image prepared as the manifest says has shape {prepared.shape}, the golden input {first.shape}"
+    gap = float(np.abs(prepared - first).max())
+    if gap > 1e-4:
+        return f"the raw image prepared as the manifest says differs from the golden input (max |Δ| {gap:.3g})"
+    if manifest.input.fixed_batch not in (None, 1):
+        return None  # a program of another fixed batch: the input check above is what can be checked
+    output = runner.predict(prepared)
+    if not np.allclose(output, golden["outputs"][:1], atol=manifest.golden.atol, rtol=RTOL):
+        return "the raw image's output in this runtime differs from the golden output"
+    return None
 
 
 def verify_path(path: Path) -> list[Check]:
