@@ -75,10 +75,10 @@ def model_card(manifests: list[Manifest], bench: BenchDocument | None, signed_wi
         f"`{first.model.checkpoint_sha256}`.",
         f"- Data: {first.data.name} (fingerprint `{first.data.fingerprint or '?'}`); "
         f"classes: {', '.join(first.output.classes)}.",
-        f"- Input: float32 NCHW {first.input.shape}, values in [0, 1] then normalised with mean "
-        f"{first.input.mean} and std {first.input.std}. Output: logits.",
+        f"- Input: float32 NCHW {first.input.shape}: {first.input.contract.describe()}. Output: logits.",
         "- Calibration (PTQ) and fine-tuning (QAT) used the **train** split; every accuracy is on the **test** split.",
         "",
+        *preprocessing_section(first),
         "## Artifacts (accuracy measured at build time)",
         "| file | format | precision | runtime | MB | top-1 | Δ vs fp32 (pt) | agreement with eager fp32 | calibration |",
         "|---|---|---|---|---:|---:|---:|---:|---|",
@@ -100,6 +100,21 @@ def model_card(manifests: list[Manifest], bench: BenchDocument | None, signed_wi
               "`qexport verify .` checks every file's sha256, the installed runtime version, and the golden outputs.", "",
               *signature_section(signed_with)]
     return "\n".join(lines)
+
+
+def preprocessing_section(manifest: Manifest) -> list[str]:
+    """How to turn an image file into the input, with PIL and numpy alone: the contract every
+    accuracy here was measured under, and where it came from."""
+    from qexport.preprocessing import snippet
+
+    contract = manifest.input.contract
+    lines = ["## Preprocessing", "",
+             f"Every number here was measured on inputs prepared like this ({contract.source or 'source not recorded'}). "
+             "Prepare yours the same way, or the accuracy will not hold:", "",
+             "```python", snippet(contract), "```", ""]
+    if contract.overridden:
+        lines += [f"**Overridden at build time:** the checkpoint recorded {contract.overridden}.", ""]
+    return lines
 
 
 def signature_section(method: str | None) -> list[str]:

@@ -204,8 +204,8 @@ def require_matching_data(entries: list[tuple[Path, Manifest]], data) -> None:
 def evaluation_data(entries: list[tuple[Path, Manifest]], source: str | None, data_dir: Path | None):
     """The data to score the artifacts on, prepared the way their manifests say they were built.
 
-    Source, image size and (for synthetic data) sample counts come from the first manifest unless
-    given; an image folder is read at the artifact's own input size, never at a default.
+    Source and (for synthetic data) sample counts come from the first manifest unless given; the
+    images are read under the manifest's own preprocessing (resize, crop, mean, std), never a default.
     """
     from qexport.data import load_dataset
 
@@ -215,11 +215,13 @@ def evaluation_data(entries: list[tuple[Path, Manifest]], source: str | None, da
     if source == "imagefolder" and data_dir is None and recorded.source and Path(recorded.source).is_dir():
         data_dir = Path(recorded.source)  # the folder it was built from, when it is still here
     samples = (recorded.train_samples or 512, recorded.test_samples or 256)
-    return load_dataset(source, data_dir, image_size=first.input.image_size[0], synthetic_samples=samples)
+    loaded = load_dataset(source, data_dir, image_size=first.input.image_size[0], synthetic_samples=samples)
+    return loaded.with_preprocessing(first.input.contract)
 
 
 class EvalSet:
-    """The test split, normalised per manifest statistics, written once as .npy for workers."""
+    """The test split as uint8 pixels, one .npy per input geometry, written once, batch by batch,
+    for every worker: each normalises it with its own manifest's mean and std as it reads."""
 
     def __init__(self, data, samples: int | None, seed: int, folder: Path):
         from qexport.data import test_subset
@@ -230,16 +232,28 @@ class EvalSet:
         self._files: dict[tuple, tuple[str, str]] = {}
 
     def files_for(self, manifest: Manifest) -> tuple[str, str]:
-        from qexport.data import normalize
-
-        key = (tuple(manifest.input.mean), tuple(manifest.input.std))
+        """The (pixels, labels) .npy files prepared by this manifest's geometry."""
+        contract = manifest.input.contract
+        key = (contract.resize, contract.resize_mode, contract.interpolation, contract.crop)
         if key not in self._files:
             n = len(self._files)
-            inputs, labels = self.folder / f"inputs{n}.npy", self.folder / "labels.npy"
-            np.save(inputs, normalize(self.split.images, *key).numpy())
+            pixels, labels = self.folder / f"pixels{n}.npy", self.folder / "labels.npy"
+            write_pixels(self.split.prepared(contract), pixels)
             np.save(labels, self.split.labels.numpy())
-            self._files[key] = (str(inputs), str(labels))
+            self._files[key] = (str(pixels), str(labels))
         return self._files[key]
+
+
+def write_pixels(split, path: Path, batch_size: int = 256) -> None:
+    """``split``'s uint8 pixels into one .npy, a batch at a time (a folder streams; memory holds
+    a few batches, whatever the split's size)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=tuple(split.images.shape))
+    start = 0
+    for pixels, _ in split.batches(batch_size):
+        out[start:start + len(pixels)] = pixels.numpy()
+        start += len(pixels)
+    out.flush()
+    del out
 
 
 def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int = 0,
@@ -318,6 +332,7 @@ def worker_spec(manifest_file: Path, manifest: Manifest, options: BenchOptions, 
         warmup=options.warmup, min_count=options.min_count, min_seconds=options.min_seconds,
         input_shape=manifest.input.shape[1:], overhead=first_round,
         eval_inputs=files[0] if files else None, eval_labels=files[1] if files else None,
+        eval_mean=list(manifest.input.contract.mean), eval_std=list(manifest.input.contract.std),
         logits_out=str(logits_out) if files else None,
         scenarios=options.scenarios if first_round else None,
         scenario_dir=str(Path(options.loadgen_dir) / manifest.family) if options.scenarios and first_round else None)

@@ -114,8 +114,10 @@ class WorkerSpec:
     threads: int | None = None
     cores: list[int] | None = None
     overhead: bool = True          # measure the harness's own cost (first round only)
-    eval_inputs: str | None = None  # .npy files of the evaluation set, and where its logits go
+    eval_inputs: str | None = None  # .npy files of the evaluation set (uint8 pixels), and where its logits go
     eval_labels: str | None = None
+    eval_mean: list[float] = field(default_factory=list)  # the manifest's normalisation of those pixels
+    eval_std: list[float] = field(default_factory=list)
     logits_out: str | None = None
     scenarios: ScenarioSettings | None = None  # LoadGen scenarios to run after the tight loop (first round)
     scenario_dir: str | None = None            # where LoadGen's logs for this artifact go

@@ -166,7 +166,7 @@ def under_load(runner, spec: WorkerSpec, result: RoundResult, np) -> None:
 
     expect = expectations(result.batches)
     if spec.eval_inputs:
-        inputs = np.ascontiguousarray(np.load(spec.eval_inputs))
+        inputs = np.ascontiguousarray(normalised(np.load(spec.eval_inputs, mmap_mode="r"), spec))
     else:
         inputs = np.random.default_rng(0).standard_normal((256, *spec.input_shape)).astype(np.float32)
     folder = Path(spec.scenario_dir)
@@ -185,10 +185,19 @@ def under_load(runner, spec: WorkerSpec, result: RoundResult, np) -> None:
         result.loadgen_accuracy = loadgen.accuracy_run(runner, inputs, np.load(spec.eval_labels), folder / "accuracy")
 
 
+def normalised(pixels, spec: WorkerSpec):
+    """uint8 pixels as the model's float32 input, by the manifest's mean and std."""
+    from qexport.preprocessing import normalise
+
+    return normalise(pixels, spec.eval_mean, spec.eval_std)
+
+
 def evaluate(runner, spec: WorkerSpec, np) -> EvalResult:
-    inputs = np.load(spec.eval_inputs, mmap_mode="r")
+    """Top-1 on the evaluation set, read from its memory-mapped pixels a batch at a time."""
+    pixels = np.load(spec.eval_inputs, mmap_mode="r")
     labels = np.load(spec.eval_labels)
-    outputs = [runner.predict(np.asarray(inputs[i:i + EVAL_BATCH])) for i in range(0, len(inputs), EVAL_BATCH)]
+    outputs = [runner.predict(normalised(np.asarray(pixels[i:i + EVAL_BATCH]), spec))
+               for i in range(0, len(pixels), EVAL_BATCH)]
     logits = np.concatenate(outputs)
     np.save(spec.logits_out, logits)
     return EvalResult(samples=int(len(labels)), top1=float((logits.argmax(1) == labels).mean()))
