@@ -46,14 +46,14 @@ def for_training(data_contract: Preprocessing | None, flags: PreprocessingFlags,
     (CIFAR-10: its train statistics at 32 px; a folder: its train statistics, the shorter side to
     size/0.875 and a centre crop), or a weights recipe or timm's config when named."""
     if flags.weights_transforms:
-        return flags.over(weights_contract(model_name, flags.weights_transforms), _refined("torchvision", flags))
+        return refined(weights_contract(model_name, flags.weights_transforms), flags)
     base = data_contract
     if base is None:
         from qexport.data import STATS_FROM_DATA, default_geometry
 
         mean, std = (flags.mean, flags.std) if flags.mean and flags.std else data_stats()
         base = default_geometry(default_size, mean, std, STATS_FROM_DATA + f"; qexport's {default_size} px geometry")
-    return flags.over(base, base.source + (f", with {flags.names()}" if flags.given else "")) if flags.given else base
+    return refined(base, flags)
 
 
 def for_build(record: Preprocessing | None, model_name: str, flags: PreprocessingFlags, data_stats,
@@ -62,29 +62,26 @@ def for_build(record: Preprocessing | None, model_name: str, flags: Preprocessin
     if record is not None:
         return _against_record(record, flags, checkpoint)
     if flags.weights_transforms:
-        return flags.over(weights_contract(model_name, flags.weights_transforms), _refined("torchvision", flags))
+        return refined(weights_contract(model_name, flags.weights_transforms), flags)
     from qexport.timm_models import is_timm_name
 
     if is_timm_name(model_name):
-        return flags.over(timm_contract(model_name), _refined("timm", flags, model_name))
+        return refined(timm_contract(model_name), flags)
     if flags.mean is not None or flags.std is not None:
         return flags.alone(None)
     if flags.stats_from_data:
         mean, std = data_stats()
         from qexport.data import STATS_FROM_DATA
 
-        base = Preprocessing(mean=list(mean), std=list(std), source=f"{STATS_FROM_DATA} (--stats-from-data)")
-        if flags.resize is None and flags.crop is None:
-            return base
-        return flags.over(base, base.source + f", with {flags.names()}")
+        return refined(Preprocessing(mean=list(mean), std=list(std), source=f"{STATS_FROM_DATA} (--stats-from-data)"),
+                       flags)
     raise QExportError(f"Checkpoint {checkpoint} records no preprocessing, so qexport cannot know how its inputs were "
                        f"prepared; {NO_SOURCE}.")
 
 
-def _refined(kind: str, flags: PreprocessingFlags, model_name: str = "") -> str:
-    label = f"timm's data config for {model_name}" if kind == "timm" else \
-        f"torchvision {flags.weights_transforms}.transforms()"
-    return label + (f", with {flags.names()}" if flags.given else "")
+def refined(base: Preprocessing, flags: PreprocessingFlags) -> Preprocessing:
+    """``base`` with the parts the flags give replaced, its source saying so."""
+    return flags.over(base, f"{base.source}, with {flags.names()}") if flags.given else base
 
 
 def _against_record(record: Preprocessing, flags: PreprocessingFlags, checkpoint: Path) -> Preprocessing:

@@ -100,9 +100,10 @@ class Dataset:
             self.fingerprint = fingerprint(self.train, self.test)
 
     def _prepare(self, preparation: Preprocessing) -> None:
-        native = self.train.images.source.native_size
-        if preparation.output_size is None and native is not None:
-            preparation = preparation.at_size(native[0])
+        """Read every split under ``preparation``; one that names no size keeps the split's own
+        (CIFAR-10's 32 px; for a folder, --image-size squashed, as builds before contracts did)."""
+        if preparation.output_size is None:
+            preparation = preparation.at_size(self.train.images.size)
         self.preprocessing = preparation
         self.train, self.test = self.train.prepared(preparation), self.test.prepared(preparation)
         if self.validation is not None:
