@@ -28,6 +28,7 @@ from qexport.preprocessing import Preprocessing, pixels
 
 Index = int | slice | torch.Tensor | Sequence[int] | np.ndarray
 STREAM_WORKERS = 2  # decoding processes per long pass; the CPU count caps it
+STREAM_MIN_IMAGES = 1024  # a shorter pass decodes in-process: starting a worker costs an import of torch
 
 
 class ArraySource:
@@ -203,10 +204,11 @@ class _Decoded(torch.utils.data.Dataset):
         return self.images.pixels_of(i), self.labels[i]
 
 
-def stream_workers() -> int:
-    """Decoding processes for a long pass: none inside a daemonic process (a build family's child,
-    which may not have children), else up to :data:`STREAM_WORKERS`, within the usable CPUs."""
-    if multiprocessing.current_process().daemon:
+def stream_workers(images: int) -> int:
+    """Decoding processes for a pass over ``images``: none for a short pass or inside a daemonic
+    process (a build family's child, which may not have children), else up to
+    :data:`STREAM_WORKERS`, within the usable CPUs."""
+    if images < STREAM_MIN_IMAGES or multiprocessing.current_process().daemon:
         return 0
     return max(0, min(STREAM_WORKERS, len(os.sched_getaffinity(0))))
 
@@ -221,9 +223,12 @@ def stream(images: Images, labels: torch.Tensor, order: torch.Tensor, batch_size
         for idx in chunks:
             yield images.source.pixels[idx], labels[idx]
         return
-    workers = stream_workers()
+    workers = stream_workers(len(order))
+    # Spawned, never forked: a fork copies a process whose torch, oneDNN and build threads are mid-flight
+    # (a forked DataLoader in a process that had built every family was followed by a segfault).
     loader = torch.utils.data.DataLoader(_Decoded(images, labels), batch_sampler=[c.tolist() for c in chunks],
-                                         num_workers=workers, prefetch_factor=2 if workers else None)
+                                         num_workers=workers, prefetch_factor=2 if workers else None,
+                                         multiprocessing_context="spawn" if workers else None)
     try:
         yield from loader
     except QExportError as err:  # a worker's error arrives wrapped around its traceback

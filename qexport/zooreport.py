@@ -8,6 +8,9 @@ import re
 from qexport.zoo import Cell, Matrix
 
 BUILT, SKIPPED, FAILED = "built", "skipped", "failed"
+MEANINGFUL_TOP1 = 0.40  # below it (on 10 classes, 10 % is chance) an int8 drop or agreement is mostly noise
+NOT_MEANINGFUL = (f"the fp32 model is below {MEANINGFUL_TOP1 * 100:.0f} % top-1: its int8 drop and agreement are noise, not "
+                  "shown (train it longer)")
 
 
 def speed_text(cell: Cell) -> str:
@@ -38,12 +41,17 @@ def note_number(cell: Cell, notes: dict[str, int]) -> int:
     return notes.setdefault(general, len(notes) + 1)
 
 
-def cell_text(cell: Cell | None, notes: dict[str, int]) -> str:
-    """What a matrix cell says; a skip or failure points at its numbered reason."""
+def cell_text(cell: Cell | None, notes: dict[str, int], fp32_top1: float | None = None) -> str:
+    """What a matrix cell says; a skip or failure points at its numbered reason. Where the
+    architecture's fp32 model is below :data:`MEANINGFUL_TOP1`, an int8 cell says its drop is not
+    meaningful instead of printing it."""
     if cell is None:
         return ""
     if cell.status != BUILT:
         return f"{'skip' if cell.status == SKIPPED else '**fail**'} [{note_number(cell, notes)}]"
+    if cell.int8_drop_pt is not None and fp32_top1 is not None and fp32_top1 < MEANINGFUL_TOP1:
+        return " ".join(part for part in ("✓", speed_text(cell), f"drop n/m [{notes.setdefault(NOT_MEANINGFUL, len(notes) + 1)}]")
+                        if part)
     parts = [part for part in ("✓", speed_text(cell), drop_text(cell), agreement_text(cell)) if part]
     if cell.reason:  # built, not measured here (a GPU format on a CPU)
         parts.append(f"[{note_number(cell, notes)}]")
@@ -61,7 +69,7 @@ def matrix_table(matrix: Matrix, notes: dict[str, int]) -> list[str]:
              "|---|---:|---:|" + "---|" * len(families)]
     for row in matrix.models:
         top1 = f"{row.fp32_top1:.1%}" if row.fp32_top1 is not None else "–"
-        cells = [cell_text(matrix.cell(row.model, family), notes) for family in families]
+        cells = [cell_text(matrix.cell(row.model, family), notes, row.fp32_top1) for family in families]
         lines.append(f"| {row.model} | {row.image_size} | {top1} | " + " | ".join(cells) + " |")
     return lines
 

@@ -124,7 +124,8 @@ def test_imagefolder_empty_class(tmp_path):
         load_dataset("imagefolder", tmp_path)
 
 
-def test_imagefolder_corrupt_image(tmp_path):
+def test_imagefolder_corrupt_image(tmp_path, monkeypatch):
+    monkeypatch.setattr("qexport.images.STREAM_MIN_IMAGES", 1)  # decode in worker processes, as a long pass does
     _write_images(tmp_path / "train" / "cats", 1, (1, 2, 3))
     (tmp_path / "train" / "cats" / "bad.jpg").write_bytes(b"garbage")
     _write_images(tmp_path / "val" / "cats", 1, (1, 2, 3))

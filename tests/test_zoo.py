@@ -84,6 +84,17 @@ def test_the_speed_text_marks_a_tie_only_when_the_interval_includes_one(estimate
     assert speed_text(Cell("m", "f", "built", vs_best_fp32=estimate, vs_best_fp32_low=low, vs_best_fp32_high=high)) == text
 
 
+def test_an_int8_cell_of_a_model_near_chance_says_its_drop_is_not_meaningful():
+    cell = Cell("m", "onnx-int8", "built", precision="int8", int8_drop_pt=0.4, int8_drop_ci95_pt=0.7,
+                agreement_with_fp32=0.02, vs_best_fp32=2.5, vs_best_fp32_low=2.0, vs_best_fp32_high=3.0)
+    notes: dict[str, int] = {}
+    assert cell_text(cell, notes, fp32_top1=0.39) == "✓ 2.50× drop n/m [1]"
+    assert "below 40 % top-1" in next(iter(notes))
+    assert cell_text(cell, {}, fp32_top1=0.40) == "✓ 2.50× drop +0.4 pt ±0.7 agree 2 %"  # at the line: shown
+    fp32 = Cell("m", "onnx-fp32", "built", precision="fp32", vs_best_fp32=1.0, vs_best_fp32_low=1.0, vs_best_fp32_high=1.0)
+    assert cell_text(fp32, {}, fp32_top1=0.1) == "✓ ~1.00×"  # a float cell has no drop to hide
+
+
 def test_the_drop_text_gives_the_sign_and_the_half_width():
     assert drop_text(Cell("m", "f", "built", int8_drop_pt=0.4, int8_drop_ci95_pt=0.66)) == "drop +0.4 pt ±0.7"
     assert drop_text(Cell("m", "f", "built", int8_drop_pt=-1.25)) == "drop -1.2 pt"
