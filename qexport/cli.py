@@ -32,7 +32,7 @@ ModelOpt = typer.Option("resnet18", "--model", "-m", help="torchvision classifie
 BuildModelOpt = typer.Option(None, "--model", "-m", help="torchvision classifier name, or timm:<architecture> with `pip install 'qexport\\[timm]'` (see `qexport train --list-models`). Default: the one a qexport --checkpoint records, else resnet18.")
 DataOpt = typer.Option("cifar10", "--data", help="Data source: cifar10, imagefolder (your own train/ val/ tree) or synthetic (smoke runs only).")
 DataDirOpt = typer.Option(None, "--data-dir", envvar="QEXPORT_DATA_DIR", help=DATA_HELP)
-ImageSizeOpt = typer.Option(None, "--image-size", help="Resize imagefolder/synthetic images to this square size (imagefolder default 224).")
+ImageSizeOpt = typer.Option(None, "--image-size", help="imagefolder: the input size `qexport train` prepares by default (the shorter side to size/0.875, then a centre crop of size; default 224); a build takes the checkpoint's own preprocessing. synthetic: the size it is generated at.")
 TrainSamplesOpt = typer.Option(None, "--train-samples", help="Use a seeded subset of this many training images (quick runs; recorded in metadata); --data synthetic generates this many.")
 TestSamplesOpt = typer.Option(None, "--test-samples", help="Use a seeded subset of this many test images (quick runs; recorded in metadata); --data synthetic generates this many.")
 SeedOpt = typer.Option(0, "--seed", help="Seed for initialisation, shuffling, augmentation and subsets.")

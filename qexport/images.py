@@ -5,7 +5,7 @@ A real training or validation folder does not fit in memory once decoded (100 00
 only what it needs to find its images again -- an array of raw pixels, or the files' paths -- and
 the :class:`~qexport.preprocessing.Preprocessing` geometry (resize, centre crop) that turns each
 into the model's uint8 pixels. Reading a batch decodes just that batch; long passes
-(:func:`stream`) decode in ``torch.utils.data.DataLoader`` worker processes, so peak memory
+(:func:`stream`) decode in spawned worker processes a few batches ahead, so peak memory
 does not grow with the folder's size.
 
 Images already at the model's size (CIFAR-10 at 32 px) skip the geometry entirely and are
@@ -191,19 +191,6 @@ def _indices(key: Index, length: int) -> torch.Tensor:
     return torch.as_tensor(key, dtype=torch.int64).reshape(-1)
 
 
-class _Decoded(torch.utils.data.Dataset):
-    """What a DataLoader worker reads: image ``i``'s pixels and label."""
-
-    def __init__(self, images: Images, labels: torch.Tensor):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images.pixels_of(i), self.labels[i]
-
-
 def stream_workers(images: int) -> int:
     """Decoding processes for a pass over ``images``: none for a short pass or inside a daemonic
     process (a build family's child, which may not have children), else up to
@@ -216,32 +203,54 @@ def stream_workers(images: int) -> int:
 def stream(images: Images, labels: torch.Tensor, order: torch.Tensor, batch_size: int
            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(pixels, labels) batches in ``order``: sliced from memory when the images are as they are
-    held, else decoded by DataLoader workers a few batches ahead, so memory holds a few batches,
-    never the split."""
+    held, else decoded -- by worker processes a few batches ahead for a long pass -- so memory
+    holds a few batches, never the split."""
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     if images.as_is:
         for idx in chunks:
             yield images.source.pixels[idx], labels[idx]
         return
     workers = stream_workers(len(order))
-    # Spawned, never forked: a fork copies a process whose torch, oneDNN and build threads are mid-flight
-    # (a forked DataLoader in a process that had built every family was followed by a segfault).
-    loader = torch.utils.data.DataLoader(_Decoded(images, labels), batch_sampler=[c.tolist() for c in chunks],
-                                         num_workers=workers, prefetch_factor=2 if workers else None,
-                                         multiprocessing_context="spawn" if workers else None)
-    try:
-        yield from loader
-    except QExportError as err:  # a worker's error arrives wrapped around its traceback
-        raise QExportError(_worker_sentence(str(err))) from err
+    if workers == 0:
+        for idx in chunks:
+            yield images[idx], labels[idx]
+        return
+    yield from _decoded_ahead(images, labels, chunks, workers)
 
 
-def _worker_sentence(text: str) -> str:
-    """The one sentence a DataLoader worker raised (an unreadable file), without the traceback
-    the DataLoader wraps around it."""
-    marker = "QExportError: "
-    if "Original Traceback" in text and marker in text:
-        return text[text.rindex(marker) + len(marker):].strip().splitlines()[0]
-    return text
+def _decoded_ahead(images: Images, labels: torch.Tensor, chunks: list[torch.Tensor], workers: int
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``chunks`` decoded by ``workers`` spawned processes, at most two batches per worker ahead,
+    yielded in order. A pool of our own rather than a multi-process DataLoader: the DataLoader's
+    SIGCHLD and worker-signal machinery stays installed in the parent, and a process that had used
+    it and then built every family was killed by a SIGSEGV in ``waitpid`` on a later subprocess.
+    Spawned, never forked, so no torch or oneDNN thread state is copied. A worker's one-sentence
+    error (an unreadable file) arrives as it was raised."""
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_hold, initargs=(images,)) as pool:
+        pending: deque = deque()
+        for idx in chunks:
+            pending.append((pool.submit(_decode, idx.tolist()), idx))
+            if len(pending) >= 2 * workers:
+                future, done = pending.popleft()
+                yield torch.from_numpy(future.result()), labels[done]
+        while pending:
+            future, done = pending.popleft()
+            yield torch.from_numpy(future.result()), labels[done]
+
+
+_HELD: list[Images] = []  # in a decoding worker: the images it serves (set once, by the pool's initializer)
+
+
+def _hold(images: Images) -> None:
+    _HELD[:] = [images]
+
+
+def _decode(indices: list[int]) -> np.ndarray:
+    return _HELD[0][indices].numpy()
 
 
 def fingerprint_of(*image_sets: Images, labels: Sequence[torch.Tensor]) -> str:

@@ -131,7 +131,7 @@ def test_imagefolder_corrupt_image(tmp_path, monkeypatch):
     _write_images(tmp_path / "val" / "cats", 1, (1, 2, 3))
     data = load_dataset("imagefolder", tmp_path)  # only the file list is read here
     with pytest.raises(QExportError, match=r"Cannot read image .*bad\.jpg") as caught:
-        qdata.channel_stats(data.train.images)  # streamed by DataLoader workers: the sentence survives them
+        qdata.channel_stats(data.train.images)  # streamed by worker processes: the sentence survives them
     assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
 
 
