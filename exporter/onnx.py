@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # onnxruntime is imported only when a build runs a graph
 
 OPSET_NOTE = "torch.onnx.export(dynamo=True), dynamic batch"
 EXPORT_BATCH = 2  # the export example's batch: never 1, which torch.export specialises (see export_example)
-CHECK_BATCHES = (1, EVAL_BATCH)  # every ONNX graph runs at both before its build goes on
+CHECK_BATCHES = (1, EVAL_BATCH)  # every ONNX graph runs at both before its build goes on (fewer than 250 for large images)
 
 
 def export_example(ctx: BuildContext) -> torch.Tensor:
@@ -280,7 +280,10 @@ def require_runs_at_check_batches(family: str, path: Path, ctx: BuildContext) ->
     and is one sentence (:func:`run_failure_sentence`), so a graph that runs at one batch never ships."""
     from qexport.runtimes.onnxrt import first_failing_batch
 
-    failed = first_failing_batch(str(path), tuple(ctx.example.shape[1:]), CHECK_BATCHES)
+    from qexport.preprocessing import batch_for
+
+    size = int(ctx.example.shape[-1])
+    failed = first_failing_batch(str(path), tuple(ctx.example.shape[1:]), (CHECK_BATCHES[0], batch_for(size, CHECK_BATCHES[1])))
     if failed is None:
         return
     batch, failure = failed

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from qexport.preprocessing import batch_for
 from qexport.data import VALIDATION_FRACTION, Dataset, Split, normalize, seeded_subset
 from qexport.errors import QExportError
 from qexport.progress import progress_bar, say
@@ -81,7 +82,9 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
 @torch.no_grad()
 def predict(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, mean, std,
             batch_size: int = 500) -> torch.Tensor:
-    """Logits for a whole split, batch by batch (``forward`` takes normalised float NCHW)."""
+    """Logits for a whole split, batch by batch (``forward`` takes normalised float NCHW);
+    ``batch_size`` is the most per pass, fewer for large images (``batch_for``)."""
+    batch_size = batch_for(split.images.size, batch_size)
     outputs = [forward(normalize(images, mean, std)) for images, _ in batches(split, batch_size)]
     return torch.cat(outputs) if outputs else torch.empty(0)
 
@@ -134,7 +137,7 @@ def recalibrate_batch_norm(model: nn.Module, data: Dataset, seed: int, device: s
         m.train()
     seen = 0
     try:
-        for batch, _ in batches(seeded_subset(data.train, images, seed), batch_size):
+        for batch, _ in batches(seeded_subset(data.train, images, seed), batch_for(data.train.images.size, batch_size)):
             if len(batch) < 2:
                 continue
             for m in norms:

@@ -196,8 +196,10 @@ def evaluate(runner, spec: WorkerSpec, np) -> EvalResult:
     """Top-1 on the evaluation set, read from its memory-mapped pixels a batch at a time."""
     pixels = np.load(spec.eval_inputs, mmap_mode="r")
     labels = np.load(spec.eval_labels)
-    outputs = [runner.predict(normalised(np.asarray(pixels[i:i + EVAL_BATCH]), spec))
-               for i in range(0, len(pixels), EVAL_BATCH)]
+    from qexport.preprocessing import batch_for
+
+    batch = batch_for(int(pixels.shape[-1]), EVAL_BATCH)
+    outputs = [runner.predict(normalised(np.asarray(pixels[i:i + batch]), spec)) for i in range(0, len(pixels), batch)]
     logits = np.concatenate(outputs)
     np.save(spec.logits_out, logits)
     return EvalResult(samples=int(len(labels)), top1=float((logits.argmax(1) == labels).mean()))
