@@ -20,7 +20,7 @@ import torch
 from qexport.errors import QExportError
 from qexport.images import ArraySource, FileSource, Images, fingerprint_of, stream
 from qexport.manifest import VALIDATION_FRACTION, VALIDATION_MAX
-from qexport.preprocessing import IMAGENET_CROP_PCT, Preprocessing
+from qexport.preprocessing import IMAGENET_CROP_PCT, Preprocessing, batch_for
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -242,7 +242,7 @@ def channel_stats(images: Images | torch.Tensor) -> tuple[tuple[float, ...], tup
     total = torch.zeros(3, dtype=torch.float64)
     total_sq = torch.zeros(3, dtype=torch.float64)
     count = 0
-    batch = 4096 if images.as_is else 256
+    batch = batch_for(images.size, 4096)  # float64 copies: about 100 MB a batch at any size
     for chunk, _ in stream(images, torch.zeros(len(images), dtype=torch.int64), torch.arange(len(images)), batch):
         chunk = chunk.to(torch.float64) / 255.0
         total += chunk.sum(dim=(0, 2, 3))
