@@ -60,7 +60,7 @@ def for_build(record: Preprocessing | None, model_name: str, flags: Preprocessin
               checkpoint: Path) -> Preprocessing:
     """The contract a build (and every artifact of it) uses; see the module's docstring for the order."""
     if record is not None:
-        return _against_record(record, flags, checkpoint)
+        return _against_record(record, flags, checkpoint, model_name)
     if flags.weights_transforms:
         return refined(weights_contract(model_name, flags.weights_transforms), flags)
     from qexport.timm_models import is_timm_name
@@ -84,22 +84,21 @@ def refined(base: Preprocessing, flags: PreprocessingFlags) -> Preprocessing:
     return flags.over(base, f"{base.source}, with {flags.names()}") if flags.given else base
 
 
-def _against_record(record: Preprocessing, flags: PreprocessingFlags, checkpoint: Path) -> Preprocessing:
+def _against_record(record: Preprocessing, flags: PreprocessingFlags, checkpoint: Path,
+                    model_name: str) -> Preprocessing:
     """The checkpoint's record, unless flags contradict it: refused, or with --force-preprocessing
     the flags' contract, noting what it overrode."""
     if not flags.given and not flags.weights_transforms:
         return record
-    asked = flags.over(record, f"command-line flags {flags.names()}") if not flags.weights_transforms else None
-    if asked is not None and asked.same_contract(record):
+    asked = flags.over(record, f"command-line flags {flags.names()}") if not flags.weights_transforms else \
+        refined(weights_contract(model_name, flags.weights_transforms), flags)
+    if asked.same_contract(record):
         return record
-    shown = asked.describe() if asked is not None else f"--weights-transforms {flags.weights_transforms}"
+    shown = asked.describe()
     if not flags.force:
         raise QExportError(f"Checkpoint {checkpoint} records its preprocessing as '{record.describe()}', and the flags "
                            f"ask '{shown}'; drop the flags to use the record, or pass --force-preprocessing to "
                            "override it (the manifest records that it was overridden).")
-    if asked is None:
-        raise QExportError("--weights-transforms cannot override a checkpoint's recorded preprocessing; give "
-                           "--mean/--std/--resize/--crop with --force-preprocessing instead.")
     return replace(asked, overridden=f"{record.describe()} (recorded in {Path(checkpoint).name}; "
                                      "replaced by --force-preprocessing)")
 

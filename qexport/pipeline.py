@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from qexport import contract
-from qexport.data import (DEFAULT_FOLDER_SIZE, SYNTHETIC_SAMPLES, Dataset, Holdout, channel_stats, hold_out,
+from qexport.data import (SYNTHETIC_SAMPLES, Dataset, Holdout, channel_stats, hold_out,
                           load_dataset, read_labelled_folder, with_validation)
 from qexport.documents import parse, to_json
 from qexport.envinfo import library_versions
@@ -50,8 +50,8 @@ def training_data(model_name: str, data: Dataset, flags: PreprocessingFlags = NO
                   image_size: int | None = None) -> Dataset:
     """``data`` under the contract ``qexport train`` trains with and records (see
     :func:`qexport.contract.for_training`)."""
-    chosen = contract.for_training(data.preprocessing, flags, train_stats(data), image_size or DEFAULT_FOLDER_SIZE,
-                                   model_name)
+    chosen = contract.for_training(data.preprocessing, flags, train_stats(data), image_size or data.image_size[0],
+                                   model_name)  # the size the data was loaded at already reflects --image-size
     return data if chosen is data.preprocessing else data.with_preprocessing(chosen)
 
 

@@ -211,3 +211,11 @@ def test_prepare_file_reads_a_png_of_raw_pixels_exactly():
     Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
     x = prepare_file(buffer.getvalue(), Preprocessing(mean=[0.0] * 3, std=[1.0] * 3, resize=32, resize_mode="exact"))
     np.testing.assert_allclose(x[0].transpose(1, 2, 0) * 255, pixels, atol=1e-3)
+
+
+def test_a_weights_recipe_that_matches_the_checkpoint_s_record_is_accepted():
+    record = contract.weights_contract("resnet50", "IMAGENET1K_V2")
+    flags = PreprocessingFlags(weights_transforms="IMAGENET1K_V2")
+    assert contract.for_build(record, "resnet50", flags, no_stats, Path("c.pt")) is record
+    with pytest.raises(QExportError, match="records its preprocessing as"):
+        contract.for_build(RECORD, "resnet50", flags, no_stats, Path("c.pt"))  # 256/224 recorded, 232/224 asked
