@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +88,9 @@ class Dataset:
     validation: Split | None = None
     validation_source: str = ""
     held_out_of_train: int = 0  # images ``train`` lost to ``validation`` (the train split as loaded had them)
-    in_memory: bool = field(default=True, repr=False)  # raw pixels held in memory (statistics are cheap)
 
     def __post_init__(self) -> None:
-        if self.preprocessing is None and self.in_memory:
+        if self.preprocessing is None and self.train.images.source.native_size is not None:  # pixels in memory: cheap
             mean, std = channel_stats(self.train.images)
             self.preprocessing = Preprocessing(mean=list(mean), std=list(std), source=STATS_FROM_DATA)
         if self.preprocessing is not None:
@@ -378,7 +377,7 @@ def load_imagefolder(directory: Path, preparation: Preprocessing) -> Dataset:
     test_dir = present[-1]  # test/ when there is one, else val/
     train = _image_split(train_dir, classes, preparation)
     dataset = Dataset(directory.name or "imagefolder", classes, train, read_labelled_folder(test_dir, classes, preparation),
-                      source=str(directory), in_memory=False)
+                      source=str(directory))
     if len(present) == 2:
         dataset = with_validation(dataset, read_labelled_folder(present[0], classes, preparation),
                                   f"{present[0]} (the image folder's val/, never trained on by qexport)")

@@ -232,20 +232,27 @@ def _decoded_ahead(images: Images, labels: torch.Tensor, chunks: list[torch.Tens
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_hold, initargs=(images,)) as pool:
         pending: deque = deque()
+
+        def oldest() -> tuple[torch.Tensor, torch.Tensor]:
+            future, done = pending.popleft()
+            return torch.from_numpy(future.result()), labels[done]
+
         for idx in chunks:
             pending.append((pool.submit(_decode, idx.tolist()), idx))
             if len(pending) >= 2 * workers:
-                future, done = pending.popleft()
-                yield torch.from_numpy(future.result()), labels[done]
+                yield oldest()
         while pending:
-            future, done = pending.popleft()
-            yield torch.from_numpy(future.result()), labels[done]
+            yield oldest()
 
 
 _HELD: list[Images] = []  # in a decoding worker: the images it serves (set once, by the pool's initializer)
 
 
 def _hold(images: Images) -> None:
+    """A decoding worker's start: keep the images, and leave Ctrl-C to the parent, which stops the pool."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _HELD[:] = [images]
 
 

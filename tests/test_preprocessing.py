@@ -219,3 +219,13 @@ def test_a_weights_recipe_that_matches_the_checkpoint_s_record_is_accepted():
     assert contract.for_build(record, "resnet50", flags, no_stats, Path("c.pt")) is record
     with pytest.raises(QExportError, match="records its preprocessing as"):
         contract.for_build(RECORD, "resnet50", flags, no_stats, Path("c.pt"))  # 256/224 recorded, 232/224 asked
+
+
+def test_whole_split_passes_hold_about_the_same_pixels_at_any_size():
+    from qexport.preprocessing import PIXELS_PER_PASS, batch_for
+
+    assert PIXELS_PER_PASS == 250 * 64 * 64
+    assert batch_for(224, 250) == 20        # 1 024 000 // 50 176
+    assert batch_for(64, 250) == 250 and batch_for(32, 250) == 250  # small images: the most asked for
+    assert batch_for(96, 250) == 111       # 1 024 000 // 9 216
+    assert batch_for(5000, 250) == 1       # never zero
