@@ -23,7 +23,8 @@ from functools import cached_property
 import torch
 
 from qexport.data import Split, seeded_subset
-from qexport.exporter.registry import BuildContext, BuildOptions
+from qexport.exporter.config import BudgetConfig, BuildOptions
+from qexport.exporter.registry import BuildContext
 from qexport.exporter.sensitivity import RANKING, LayerCost, int8_shares, layer_costs, rank_layers
 from qexport.manifest import AccuracyBudget, BudgetAttempt
 
@@ -93,8 +94,9 @@ def budget_split(data, options: BuildOptions) -> Split:
     without one -- the next ``budget_samples`` train images of the seeded permutation whose head is
     the calibration subset (``data.calibration_split``): disjoint from calibration by construction."""
     if data.validation is not None:
-        return seeded_subset(data.validation, options.budget_samples, options.seed)
-    return seeded_subset(data.train, options.budget_samples, options.seed, skip=options.calibration_samples)
+        return seeded_subset(data.validation, options.config_for(BudgetConfig).budget_samples, options.shared.seed)
+    return seeded_subset(data.train, options.config_for(BudgetConfig).budget_samples, options.shared.seed,
+                         skip=options.shared.calibration_samples)
 
 
 def measured_on(data, fine_tuned: bool) -> str:
@@ -134,6 +136,7 @@ class HeldOut:
 
     def __init__(self, ctx: BuildContext):
         self.ctx = ctx
+        self.budget = ctx.options.config_for(BudgetConfig)  # the same answers for every int8 family
         self.split = budget_split(ctx.data, ctx.options)
 
     @cached_property
@@ -162,15 +165,14 @@ class HeldOut:
         return self.ctx.data.validation is not None
 
     def resolution_problem(self) -> str | None:
-        options = self.ctx.options
-        return resolution_problem(len(self.split), options.max_accuracy_drop, options.budget_verdict)
+        return resolution_problem(len(self.split), self.budget.max_accuracy_drop, self.budget.budget_verdict)
 
     def verdict(self, attempt: BudgetAttempt) -> Verdict:
-        return judge(attempt.drop_pt, attempt.drop_ci95_pt, self.ctx.options.max_accuracy_drop)
+        return judge(attempt.drop_pt, attempt.drop_ci95_pt, self.budget.max_accuracy_drop)
 
     def accepts(self, attempt: BudgetAttempt) -> bool:
         """Whether ``attempt`` ships under the build's --budget-verdict rule (the fallback's stop, too)."""
-        return accepted(self.verdict(attempt), self.ctx.options.budget_verdict)
+        return accepted(self.verdict(attempt), self.budget.budget_verdict)
 
     def record(self, attempts: list[BudgetAttempt], kept_float: tuple[str, ...], shares: bool,
                fine_tuned: bool = False) -> AccuracyBudget:
@@ -179,12 +181,12 @@ class HeldOut:
         family, which trained on the train split)."""
         from qexport.train import top1
 
-        last, options = attempts[-1], self.ctx.options
+        last, options = attempts[-1], self.budget
         weight_share, mac_share = int8_shares(self.costs, kept_float) if shares else (None, None)
         return AccuracyBudget(
             max_drop_pt=options.max_accuracy_drop, measured_on=measured_on(self.ctx.data, fine_tuned),
             samples=len(self.split),
-            seed=options.seed, fp32_top1=top1(self.fp32_logits, self.split.labels), top1=last.top1,
+            seed=self.ctx.shared.seed, fp32_top1=top1(self.fp32_logits, self.split.labels), top1=last.top1,
             drop_pt=last.drop_pt, met=self.accepts(last), kept_float=list(kept_float),
             drop_ci95_pt=last.drop_ci95_pt,
             int8_weight_share=weight_share, int8_mac_share=mac_share, attempts=attempts,

@@ -29,7 +29,7 @@ def build_within_budget(family: Family, ctx: BuildContext, path: Path, held_out:
         return details, None, None
     if not len(held_out.split):
         details.notes.append(f"Accuracy budget not checked: the train split has no images beyond the "
-                             f"{ctx.options.calibration_samples} used for calibration.")
+                             f"{ctx.shared.calibration_samples} used for calibration.")
         return details, None, None
     if not held_out.unseen:
         say("  budget measured on images the fp32 model trained on (no validation split): likely optimistic; "
@@ -40,11 +40,11 @@ def build_within_budget(family: Family, ctx: BuildContext, path: Path, held_out:
         for size in fallback_sizes(len(held_out.ranking)):
             asked = tuple(held_out.ranking[:size])
             say(f"  {attempts[-1].drop_pt:.2f} ± {attempts[-1].drop_ci95_pt or 0:.2f} pt lost (budget "
-                f"{ctx.options.max_accuracy_drop:g}): rebuilding with the {size} most sensitive layers in float")
+                f"{held_out.budget.max_accuracy_drop:g}): rebuilding with the {size} most sensitive layers in float")
             details = run_family(family, replace(ctx, keep_float=asked), path, cancelled)
             kept = tuple(layer for layer in asked if layer not in details.float_not_found)
             if not kept:  # rebuilding again would build the same artifact again
-                raise QExportError(nothing_to_keep_message(family, attempts[-1], ctx.options.max_accuracy_drop, size, asked))
+                raise QExportError(nothing_to_keep_message(family, attempts[-1], held_out.budget.max_accuracy_drop, size, asked))
             attempt, runner = measure_attempt(family, path, details, held_out, ctx, len(kept))
             attempts.append(attempt)
             if held_out.accepts(attempts[-1]):
@@ -64,7 +64,7 @@ def measure_attempt(family: Family, path: Path, details: BuildDetails, held_out:
     runner, logits = runner_logits(family, path, details, held_out.split, ctx.data)
     attempt = held_out.attempt(logits, kept_float)
     if held_out.verdict(attempt) is Verdict.ESTIMATE_ONLY:
-        say(f"  {unresolved_line(attempt, ctx.options.max_accuracy_drop, len(held_out.split))}")
+        say(f"  {unresolved_line(attempt, held_out.budget.max_accuracy_drop, len(held_out.split))}")
     return attempt, runner
 
 

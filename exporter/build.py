@@ -139,8 +139,8 @@ def build_one(run: BuildRun, family: Family) -> Outcome:
     """Build, hold to the budget, measure and write one family -- or find it up to date."""
     ctx = run.ctx
     final = run.out_dir / family.filename(ctx.model_name)
-    options = family.relevant_options(ctx.options)
-    if not run.force and is_up_to_date(final, ctx.checkpoint_sha256, options, ctx.data.contract):
+    options = family.up_to_date_key(ctx.options)
+    if not run.force and is_up_to_date(family, final, ctx.checkpoint_sha256, options, ctx.data.contract):
         say("  up to date (use --force to rebuild)")
         return Outcome(family.key, "up-to-date", final.name, manifest=read_manifest(manifest_path(final)))
     started = time.perf_counter()

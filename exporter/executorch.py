@@ -10,12 +10,14 @@ delegate holds, and names the rest.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from qexport.errors import RuntimeMissing
+from qexport.exporter.config import BudgetConfig, FixedBatchConfig
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.fsutil import atomic_write_bytes
 from qexport.manifest import Delegation, Precision
@@ -34,9 +36,9 @@ def require_executorch() -> None:
         raise RuntimeMissing(f"executorch is not installed; {INSTALL}")
 
 
-def export_fixed(model: nn.Module, ctx: BuildContext) -> torch.export.ExportedProgram:
+def export_fixed(model: nn.Module, ctx: BuildContext, batch: int) -> torch.export.ExportedProgram:
     """Export at the program's one batch size (``--executorch-batch``)."""
-    example = ctx.example[:1].expand(ctx.options.executorch_batch, *ctx.example.shape[1:]).contiguous()
+    example = ctx.example[:1].expand(batch, *ctx.example.shape[1:]).contiguous()
     return torch.export.export(model, (example,))
 
 
@@ -128,24 +130,30 @@ def delegation_notes(delegation: Delegation) -> list[str]:
             f"({', '.join(delegation.portable_op_names)}): expect them to dominate the latency"]
 
 
-def build_details(delegation: Delegation, ctx: BuildContext, **extra) -> BuildDetails:
-    config = {"batch": ctx.options.executorch_batch, "partitioner": "XnnpackPartitioner", **extra.pop("config", {})}
-    return BuildDetails(config=config, notes=delegation_notes(delegation), delegation=delegation, **extra)
+def build_details(delegation: Delegation, batch: int, **extra) -> BuildDetails:
+    config = {"batch": batch, "partitioner": "XnnpackPartitioner", **extra.pop("config", {})}
+    return BuildDetails(config=config, notes=delegation_notes(delegation), delegation=delegation, fixed_batch=batch, **extra)
+
+
+@dataclass(frozen=True)
+class FixedBatchInt8Config(BudgetConfig, FixedBatchConfig):
+    """executorch-int8: held to the budget, exported for one batch size."""
 
 
 @register("executorch-fp32", variant="fp32", format="executorch", extension=".pte", precision=Precision.FP32,
           runtime="executorch", method="torch.export (fixed batch) → to_edge_transform_and_lower (XNNPACK) → .pte",
-          option_keys=("executorch_batch",), fixed_batch=True)
-def build_executorch_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
+          config=FixedBatchConfig)
+def build_executorch_fp32(ctx: BuildContext, config: FixedBatchConfig, path: Path) -> BuildDetails:
     require_executorch()
-    return build_details(lower_and_save(export_fixed(ctx.fresh_model(), ctx), path), ctx)
+    batch = config.executorch_batch
+    return build_details(lower_and_save(export_fixed(ctx.fresh_model(), ctx, batch), path), batch)
 
 
 @register("executorch-int8", variant="int8", format="executorch", extension=".pte", precision=Precision.INT8,
           runtime="executorch",
           method="torch.export → XNNPACKQuantizer PTQ (per-channel symmetric) → convert_pt2e → XNNPACK → .pte",
-          option_keys=("executorch_batch", "calibration_samples", "seed"), fallback=True, fixed_batch=True)
-def build_executorch_int8(ctx: BuildContext, path: Path) -> BuildDetails:
+          config=FixedBatchInt8Config, fallback=True)
+def build_executorch_int8(ctx: BuildContext, config: FixedBatchInt8Config, path: Path) -> BuildDetails:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     require_executorch()
@@ -156,6 +164,7 @@ def build_executorch_int8(ctx: BuildContext, path: Path) -> BuildDetails:
     seen = calibrate_graph(prepared, ctx)
     converted = convert_pt2e(prepared)
     coverage = require_quantized(converted, "executorch-int8")
-    return build_details(lower_and_save(export_fixed(converted, ctx), path), ctx, int8_coverage=coverage,
+    batch = config.executorch_batch
+    return build_details(lower_and_save(export_fixed(converted, ctx, batch), path), batch, int8_coverage=coverage,
                          calibration=train_calibration(ctx, seen),
                          config={"quantizer": "XNNPACKQuantizer (per-channel symmetric weights, static activations)"})

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from qexport.documents import parse
+from qexport.exporter.config import FamilyConfig, TargetedInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register
 from qexport.manifest import Precision, RuntimeSection
 from qexport.errors import QExportError
@@ -36,25 +37,25 @@ BF16_NEEDS = requirement("AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT",
                          {"avx512bw", "avx512vl", "avx512dq"}, {"avx_ne_convert"})
 
 
-def child_spec(ctx: BuildContext, folder: Path, precision: str, output: Path) -> dict:
+def child_spec(ctx: BuildContext, config: FamilyConfig, folder: Path, precision: str, output: Path) -> dict:
     """Write what the child needs as plain tensors/arrays (loadable by torch 2.8, no pickles)."""
     torch.save(ctx.fresh_model().state_dict(), folder / "state_dict.pt")
     np.save(folder / "example.npy", ctx.example.numpy())
     spec = {"model": ctx.model_name, "num_classes": ctx.data.num_classes, "image_size": ctx.data.image_size[0],
             "precision": precision,
             "state_dict": str(folder / "state_dict.pt"), "example": str(folder / "example.npy"),
-            "seed": ctx.options.seed, "output": str(output), "result": str(folder / "result.json"),
+            "seed": ctx.shared.seed, "output": str(output), "result": str(folder / "result.json"),
             "embedded_meta": {"model": ctx.model_name, "variant": f"{precision}-ipex", "classes": ctx.data.classes,
                               "mean": list(ctx.data.mean), "std": list(ctx.data.std)}}
-    if precision == Precision.INT8:
+    if precision == Precision.INT8:  # its config is a TargetedInt8Config
         np.save(folder / "calibration.npy", torch.cat(list(ctx.calibration_batches())).numpy())
         spec["calibration"] = str(folder / "calibration.npy")
-        spec["reduced_range"] = ctx.options.int8_reduced_range
+        spec["reduced_range"] = config.int8_reduced_range
         spec["activation_range"] = int8_activation_range(spec["reduced_range"])
     return spec
 
 
-def build_in_ipex_env(ctx: BuildContext, path: Path, precision: str) -> BuildDetails:
+def build_in_ipex_env(ctx: BuildContext, config: FamilyConfig, path: Path, precision: str) -> BuildDetails:
     python = foreign_python("ipex")  # RuntimeMissing → the family is skipped, with the fix
     with tempfile.TemporaryDirectory(prefix="qexport-ipex-") as tmp:
         folder = Path(tmp)
@@ -89,14 +90,14 @@ def ipex_runtime_section(versions: dict[str, str]) -> RuntimeSection:
 @register("ipex-int8", variant="int8-ipex", format="torchscript", extension=".torchscript.pt",
           precision=Precision.INT8, runtime="ipex",
           method="IPEX static PTQ (default static qconfig mapping, 7-bit activations for targets without VNNI), calibrate, convert, trace + freeze, fused before save",
-          option_keys=("calibration_samples", "seed", "target_cpu"), isolate=False)
-def build_ipex_int8(ctx: BuildContext, path: Path) -> BuildDetails:
-    return build_in_ipex_env(ctx, path, Precision.INT8)
+          config=TargetedInt8Config, isolate=False)
+def build_ipex_int8(ctx: BuildContext, config: TargetedInt8Config, path: Path) -> BuildDetails:
+    return build_in_ipex_env(ctx, config, path, Precision.INT8)
 
 
 @register("ipex-bf16", variant="bf16-ipex", format="torchscript", extension=".torchscript.pt",
           precision=Precision.BF16, runtime="ipex",
           method="ipex.optimize(dtype=bfloat16), trace under CPU autocast + freeze",
           build_needs=BF16_NEEDS, run_needs=BF16_NEEDS, isolate=False)
-def build_ipex_bf16(ctx: BuildContext, path: Path) -> BuildDetails:
-    return build_in_ipex_env(ctx, path, Precision.BF16)
+def build_ipex_bf16(ctx: BuildContext, config: FamilyConfig, path: Path) -> BuildDetails:
+    return build_in_ipex_env(ctx, config, path, Precision.BF16)

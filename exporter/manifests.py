@@ -11,7 +11,7 @@ from qexport import __version__, runtimes
 from qexport.documents import parse
 from qexport.envinfo import cpu_info, git_commit, isa_summary, library_versions
 from qexport.errors import QExportError
-from qexport.exporter.registry import BuildContext, BuildDetails, Family
+from qexport.exporter.registry import BuildContext, BuildDetails, BuildKey, Family
 from qexport.fsutil import sha256_file
 from qexport.fsutil import atomic_write_json
 from qexport.hardware import host_cpu
@@ -22,19 +22,23 @@ from qexport.manifest import (GOLDEN_ATOL, AccuracyBudget, ArtifactFile, BuildRe
                               manifest_path, read_manifest)
 
 
-def is_up_to_date(final: Path, checkpoint_sha256: str, options: dict, contract: Preprocessing) -> bool:
+def is_up_to_date(family: Family, final: Path, checkpoint_sha256: str, key: dict, contract: Preprocessing) -> bool:
     """The artifact, its manifest and companions are intact and were built from this checkpoint
-    with these options (``Family.relevant_options``) and this input contract (another
-    preprocessing changes calibration and every accuracy)."""
+    with this key (``Family.up_to_date_key``: shared config, the family's config, its recipe) and this input
+    contract (another preprocessing changes calibration and every accuracy). A manifest from before
+    typed keys is simply older (rebuilt); a key whose family config has a field the family does not
+    declare is refused in one sentence naming the field and the file."""
     manifest_file = manifest_path(final)
     if not final.is_file() or not manifest_file.is_file():
         return False
     try:
         manifest = read_manifest(manifest_file)
+        recorded = parse(BuildKey, manifest.build.options, str(manifest_file))
     except QExportError:
         return False
+    parse(family.config, recorded.config, f"{manifest_file} (build.options.config)")
     return (manifest.model.checkpoint_sha256 == checkpoint_sha256
-            and manifest.build.options == options
+            and manifest.build.options == key
             and manifest.input.contract.same_contract(contract)
             and artifact_problem(manifest_file, manifest) is None)
 
@@ -65,11 +69,11 @@ def make_manifest(ctx: BuildContext, family: Family, final: Path, details: Build
         model=ModelInfo(name=ctx.model_name, num_classes=data.num_classes, checkpoint_sha256=ctx.checkpoint_sha256),
         data=parse(DataInfo, data.describe(), "the data description"), synthetic=data.synthetic,
         calibration=details.calibration, int8_coverage=details.int8_coverage, accuracy_budget=budget,
-        input=input_spec(ctx, family),
-        output=OutputSpec(shape=[input_spec(ctx, family).shape[0], data.num_classes], classes=list(data.classes)),
+        input=input_spec(ctx, details.fixed_batch),
+        output=OutputSpec(shape=[input_spec(ctx, details.fixed_batch).shape[0], data.num_classes], classes=list(data.classes)),
         delegation=details.delegation,
         evaluation=evaluation,
-        golden=Golden(file=golden.name, sha256=sha256_file(golden), samples=ctx.options.golden_samples,
+        golden=Golden(file=golden.name, sha256=sha256_file(golden), samples=ctx.shared.golden_samples,
                       atol=GOLDEN_ATOL[family.precision], raw_image=True),
         build=BuildRecord(seconds=round(seconds, 1), options=options, quantized_engine=details.quantized_engine,
                           fine_tune=details.fine_tune, created=utc_now(), libraries=library_versions(),
@@ -77,13 +81,13 @@ def make_manifest(ctx: BuildContext, family: Family, final: Path, details: Build
                           git_commit=git_commit(Path(__file__).parent)))
 
 
-def input_spec(ctx: BuildContext, family: Family) -> InputSpec:
+def input_spec(ctx: BuildContext, fixed_batch: int | None) -> InputSpec:
     """NCHW with a dynamic batch, or the one batch a fixed-shape program (ExecuTorch) was exported for."""
     height, width = ctx.data.image_size
-    batch: int | str = ctx.options.executorch_batch if family.fixed_batch else "batch"
+    batch: int | str = "batch" if fixed_batch is None else fixed_batch
     contract = ctx.data.contract
     return InputSpec(shape=[batch, 3, height, width], mean=list(contract.mean), std=list(contract.std),
-                     dynamic_axes=[] if family.fixed_batch else ["batch"], preprocessing=contract,
+                     dynamic_axes=["batch"] if fixed_batch is None else [], preprocessing=contract,
                      preprocess=contract.describe())
 
 

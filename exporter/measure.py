@@ -35,7 +35,7 @@ class Reference:
 
 def evaluation_split(ctx: BuildContext) -> Split:
     """Always the **test** split (a seeded subset only when --eval-samples asks for one)."""
-    return test_subset(ctx.data.test, ctx.options.eval_samples, ctx.options.seed)
+    return test_subset(ctx.data.test, ctx.shared.eval_samples, ctx.shared.seed)
 
 
 @dataclass
@@ -74,7 +74,7 @@ def measure(family: Family, path: Path, ctx: BuildContext, reference: Reference,
     if not torch.isfinite(logits).all():
         raise QExportError(f"{family.key} produced non-finite logits (inf/NaN) on the test split; "
                            f"the model's activations overflow {family.precision} -- this artifact is unusable.")
-    golden_inputs = normalize(ctx.data.test.images[:ctx.options.golden_samples], ctx.data.mean, ctx.data.std).numpy()
+    golden_inputs = normalize(ctx.data.test.images[:ctx.shared.golden_samples], ctx.data.mean, ctx.data.std).numpy()
     return Measured(evaluation(logits, reference.logits, reference.split.labels), golden_inputs,
                     runner.predict(golden_inputs), raw_golden_image(ctx, golden_inputs[0]))
 

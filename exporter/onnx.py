@@ -24,6 +24,8 @@ from qexport.errors import QExportError
 from qexport.hardware import REDUCED_RANGE_REASON
 from qexport.exporter.budget import ops_of_named_layers
 from qexport.exporter.capture import describe_layer, describe_site
+from qexport.exporter.config import (BudgetConfig, CalibrationMethodConfig, FamilyConfig,
+                                     TargetConfig)
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage
 
@@ -87,7 +89,7 @@ def onnx_opset(path: Path) -> int | None:
 
 @register("onnx-fp32", variant="fp32", format="onnx", extension=".onnx", precision="fp32",
           runtime="onnxruntime", method=f"{OPSET_NOTE}, onnx.checker", devices=("cpu", "cuda"))
-def build_onnx_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
+def build_onnx_fp32(ctx: BuildContext, config: FamilyConfig, path: Path) -> BuildDetails:
     export_fp32(ctx, path)
     require_runs_at_check_batches("onnx-fp32", path, ctx)
     return BuildDetails(config={"opset": onnx_opset(path), "dynamic_axes": {"input": {"0": "batch"}}})
@@ -97,7 +99,7 @@ def build_onnx_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
           runtime="onnxruntime", method="fp32 export → onnxruntime float16 conversion, fp32 I/O kept",
           devices=("cuda", "cpu"),
           cpu_note="fp16 is a GPU format: ONNX Runtime's CPU provider inserts casts and runs slower than fp32")
-def build_onnx_fp16(ctx: BuildContext, path: Path) -> BuildDetails:
+def build_onnx_fp16(ctx: BuildContext, config: FamilyConfig, path: Path) -> BuildDetails:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -141,11 +143,16 @@ class CalibrationReader:
         pass
 
 
+@dataclass(frozen=True)
+class OnnxInt8Config(BudgetConfig, TargetConfig, CalibrationMethodConfig):
+    """onnx-int8 reads the calibration method, and the target CPU for its weights' range."""
+
+
 @register("onnx-int8", variant="int8", format="onnx", extension=".onnx", precision="int8",
           runtime="onnxruntime",
           method="onnxruntime quant_pre_process + quantize_static (QDQ, per-channel weights, U8S8)",
-          option_keys=("calibration_samples", "calibration_method", "seed", "target_cpu"), fallback=True)
-def build_onnx_int8(ctx: BuildContext, path: Path) -> BuildDetails:
+          config=OnnxInt8Config, fallback=True)
+def build_onnx_int8(ctx: BuildContext, config: OnnxInt8Config, path: Path) -> BuildDetails:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -157,19 +164,19 @@ def build_onnx_int8(ctx: BuildContext, path: Path) -> BuildDetails:
         pre = Path(tmp) / "model.pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
         excluded, missing = nodes_of_layers(pre, ctx.keep_float)
-        say(f"  calibrating onnx-int8 ({ctx.options.calibration_method}, {ctx.options.calibration_samples} train images)")
+        say(f"  calibrating onnx-int8 ({config.calibration_method}, {ctx.shared.calibration_samples} train images)")
         quantize_static(str(pre), str(path), CalibrationReader(ctx), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[ctx.options.calibration_method], nodes_to_exclude=excluded,
-                        reduce_range=ctx.options.int8_reduced_range)
+                        calibrate_method=methods[config.calibration_method], nodes_to_exclude=excluded,
+                        reduce_range=config.int8_reduced_range)
     require_runs_at_check_batches("onnx-int8", path, ctx)
-    weights = f"int8, 7-bit range ({REDUCED_RANGE_REASON})" if ctx.options.int8_reduced_range else "int8"
+    weights = f"int8, 7-bit range ({REDUCED_RANGE_REASON})" if config.int8_reduced_range else "int8"
     return BuildDetails(config={"format": "QDQ", "per_channel": True, "activations": "uint8", "weights": weights,
-                                "calibration_method": ctx.options.calibration_method, "opset": onnx_opset(path),
+                                "calibration_method": config.calibration_method, "opset": onnx_opset(path),
                                 "nodes_to_exclude": excluded},
                         float_not_found=missing,
                         int8_coverage=onnx_int8_coverage(path),
-                        calibration=train_calibration(ctx, min(ctx.options.calibration_samples, len(ctx.data.train))))
+                        calibration=train_calibration(ctx, min(ctx.shared.calibration_samples, len(ctx.data.train))))
 
 
 def nodes_of_layers(path: Path, layers: tuple[str, ...]) -> tuple[list[str], list[str]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from qexport.errors import RuntimeMissing
 from qexport.exporter.onnx import scratch_fp32
 from qexport.exporter.budget import ops_of_named_layers
+from qexport.exporter.config import BudgetConfig, FamilyConfig
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage, Precision
 from qexport.runtimes.openvino import INFERENCE_PRECISION, telemetry_off
@@ -50,7 +51,7 @@ def save_ir(ov, model, path: Path) -> None:
 
 @register("openvino-fp32", variant="fp32", precision=Precision.FP32, method="ONNX export → openvino read_model "
           "(dynamic batch) → IR, weights kept fp32 (compress_to_fp16=False)", **IR)
-def build_openvino_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
+def build_openvino_fp32(ctx: BuildContext, config: FamilyConfig, path: Path) -> BuildDetails:
     ov = require("openvino")
     save_ir(ov, read_fp32(ctx, ov), path)
     return BuildDetails(config={"compress_to_fp16": False, "inference_precision": INFERENCE_PRECISION,
@@ -58,9 +59,9 @@ def build_openvino_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
 
 
 @register("openvino-int8", variant="int8", precision=Precision.INT8, method="NNCF post-training quantization "
-          "(nncf.quantize, performance preset) of the fp32 IR → IR", option_keys=("calibration_samples", "seed"),
+          "(nncf.quantize, performance preset) of the fp32 IR → IR", config=BudgetConfig,
           fallback=True, **IR)
-def build_openvino_int8(ctx: BuildContext, path: Path) -> BuildDetails:
+def build_openvino_int8(ctx: BuildContext, config: BudgetConfig, path: Path) -> BuildDetails:
     ov, nncf = require("openvino"), require("nncf")
     batches = [batch.numpy() for batch in ctx.calibration_batches(batch_size=1)]
     model = read_fp32(ctx, ov)

@@ -16,11 +16,13 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from qexport.exporter.config import QatInt8Config, TargetConfig, TargetedInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage, Precision
 from qexport.errors import QExportError
@@ -223,14 +225,14 @@ def prepacked_dynamic_convolutions() -> Iterator[bool]:
         fusion.has_free_symbols, fusion._get_mkldnn_device_op = original_free, original_op
 
 
-def package(model: nn.Module, ctx: BuildContext, path: Path, variant: str, prepack_fp32: bool = False) -> dict:
+def package(model: nn.Module, ctx: BuildContext, config: TargetConfig, path: Path, variant: str, prepack_fp32: bool = False) -> dict:
     """Re-export and compile with AOTInductor for ``--target-cpu``; returns what was compiled
     (seconds, vector ISA, -march, and for fp32 whether conv weights were pre-packed at build time).
 
     Compiled in a scratch folder under the artifact's real name, because the package's internal
     folder is named after the file it is written to (the atomic temporary name must not leak).
     """
-    target = ctx.options.target
+    target = config.target
     say(f"  compiling {variant} with AOTInductor for {target.name} (tens of seconds)…")
     started = time.perf_counter()
     # Inductor applies freezing (constant folding, int8 weight pre-packing) only without autograd.
@@ -307,19 +309,19 @@ def calibrate_graph(prepared: nn.Module, ctx: BuildContext) -> int:
 
 @register("pt2e-int8", variant="int8", format="aoti", extension=".pt2", precision=Precision.INT8, runtime="aoti",
           method="torch.export → torchao X86InductorQuantizer PTQ (per-channel) → convert_pt2e → AOTInductor package",
-          option_keys=("calibration_samples", "seed", "target_cpu"), compiled=True, fallback=True,
+          config=TargetedInt8Config, compiled=True, fallback=True,
           recipe=2)  # 2: float layers pre-packed at build time; 7-bit activations for targets without VNNI
-def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
+def build_pt2e_int8(ctx: BuildContext, config: TargetedInt8Config, path: Path) -> BuildDetails:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    reduced = ctx.options.int8_reduced_range
+    reduced = config.int8_reduced_range
     prepared = prepare_pt2e(exported_for_quantization(ctx), x86_quantizer(keep_float=ctx.keep_float, reduced_range=reduced))
     seen = calibrate_graph(prepared, ctx)
     converted = convert_pt2e(prepared)
     coverage = require_quantized(converted, "pt2e-int8")
     # The layers the budget keeps in float are fp32 convolutions like pt2e-fp32's: without build-time
     # packing they re-pack their weights on every call (ResNet18 with 16 float layers: 10.8 ms at batch 1, 1.9 ms pre-packed).
-    compiled = package(converted, ctx, path, "int8", prepack_fp32=True)
+    compiled = package(converted, ctx, config, path, "int8", prepack_fp32=True)
     return BuildDetails(config={"quantizer": "X86InductorQuantizer default (per-channel weights, static activations)",
                                 "activation_range": int8_activation_range(reduced), **INDUCTOR_CONFIG, "max_batch": MAX_BATCH,
                                 **compiled},
@@ -327,39 +329,44 @@ def build_pt2e_int8(ctx: BuildContext, path: Path) -> BuildDetails:
                         calibration=train_calibration(ctx, seen))
 
 
+@dataclass(frozen=True)
+class TargetedQatConfig(QatInt8Config, TargetConfig):
+    """pt2e QAT: fine-tuned, and compiled for --target-cpu."""
+
+
 @register("pt2e-int8-qat", variant="int8-qat", format="aoti", extension=".pt2", precision=Precision.INT8, runtime="aoti",
           method="torch.export → prepare_qat_pt2e (X86InductorQuantizer) → fake-quant fine-tune → convert → AOTInductor",
-          option_keys=("seed", "target_cpu"), fine_tuned=True, compiled=True,
+          config=TargetedQatConfig, compiled=True,
           recipe=2)  # 2: 7-bit activations for targets without VNNI
-def build_pt2e_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
+def build_pt2e_int8_qat(ctx: BuildContext, config: TargetedQatConfig, path: Path) -> BuildDetails:
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     from qexport.train import fine_tune, training_memory_format
 
-    reduced = ctx.options.int8_reduced_range
+    reduced = config.int8_reduced_range
     with conv_bn_patterns_only_for_present_convolutions():
         prepared = prepare_qat_pt2e(exported_for_quantization(ctx), x86_quantizer(is_qat=True, reduced_range=reduced))
     allow_exported_model_train_eval(prepared)  # exported graphs refuse .train()/.eval() otherwise
-    history = fine_tune(prepared, ctx.data, epochs=ctx.options.qat_epochs, lr=ctx.options.qat_lr,
-                        seed=ctx.options.seed, show_progress=ctx.show_progress, description="pt2e QAT fine-tune",
+    history = fine_tune(prepared, ctx.data, epochs=config.qat_epochs, lr=config.qat_lr,
+                        seed=ctx.shared.seed, show_progress=ctx.show_progress, description="pt2e QAT fine-tune",
                         layout=training_memory_format(ctx.model))
     prepared.eval()
     with conv_bn_patterns_only_for_present_convolutions():
         converted = convert_pt2e(prepared)
     coverage = require_quantized(converted, "pt2e-int8-qat")
-    compiled = package(converted, ctx, path, "int8-qat")
-    return BuildDetails(config={"quantizer": "X86InductorQuantizer QAT config", "epochs": ctx.options.qat_epochs,
+    compiled = package(converted, ctx, config, path, "int8-qat")
+    return BuildDetails(config={"quantizer": "X86InductorQuantizer QAT config", "epochs": config.qat_epochs,
                                 "activation_range": int8_activation_range(reduced),
-                                "lr": ctx.options.qat_lr, "fine_tune_split": "train", **INDUCTOR_CONFIG, **compiled},
+                                "lr": config.qat_lr, "fine_tune_split": "train", **INDUCTOR_CONFIG, **compiled},
                         int8_coverage=coverage, fine_tune=history, notes=[COMPILED_NOTE])
 
 
 @register("pt2e-fp32", variant="fp32", format="aoti", extension=".pt2", precision=Precision.FP32, runtime="aoti",
           method="torch.export (dynamic batch) → AOTInductor package (freezing)",
-          option_keys=("target_cpu",), compiled=True)
-def build_pt2e_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
-    compiled = package(ctx.fresh_model(), ctx, path, "fp32", prepack_fp32=True)
+          config=TargetConfig, compiled=True)
+def build_pt2e_fp32(ctx: BuildContext, config: TargetConfig, path: Path) -> BuildDetails:
+    compiled = package(ctx.fresh_model(), ctx, config, path, "fp32", prepack_fp32=True)
     return BuildDetails(config={**INDUCTOR_CONFIG, "max_batch": MAX_BATCH, **compiled},
                         notes=[COMPILED_NOTE] + prepack_notes(compiled, has_float_convolutions=True))
 

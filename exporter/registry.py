@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import pickle
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import torch
@@ -19,67 +19,13 @@ from torch import nn
 from qexport.data import Dataset, Split, calibration_split, normalize
 from qexport.errors import QExportError
 from qexport.models import file_stem
-from qexport.manifest import (DEFAULT_MAX_DROP, PRECISIONS, Calibration, Delegation, Int8Coverage, LoadHints,
-                              Precision, RuntimeSection)
+from qexport.documents import to_json
+from qexport.exporter.config import (BudgetConfig, BuildOptions, FamilyConfig, FixedBatchConfig, QatConfig,
+                                     SharedConfig, TargetConfig)
+from qexport.manifest import PRECISIONS, Calibration, Delegation, Int8Coverage, LoadHints, Precision, RuntimeSection
 from qexport.runtimes.results import EVAL_BATCH
 from qexport.selection import match_keys
-from qexport.hardware import (DEFAULT_TARGET, TARGETS, CpuRequirement, HostCpu, TargetIsa, host_cpu,
-                              int8_may_run_without_vnni, native_requirement, resolve_target)
-
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-BUDGET_OPTIONS = ("max_accuracy_drop", "budget_samples", "budget_verdict")  # every int8 family reads them
-FINE_TUNE_OPTIONS = ("qat_epochs", "qat_lr")  # every fine-tuning (QAT) family reads them
-BUDGET_VERDICTS = ("interval", "estimate")  # what "met" needs: the interval's upper end, or the estimate alone
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Options that change what a family produces (and so whether an artifact is up to date)."""
-
-    calibration_samples: int = 512
-    calibration_method: str = "minmax"
-    qat_epochs: int = 1
-    qat_lr: float = 1e-3
-    seed: int = 0
-    eval_samples: int | None = None  # None: the full test split
-    golden_samples: int = 8
-    target_cpu: str = DEFAULT_TARGET  # what compiled (AOTInductor) code may use: avx2 | avx512 | native
-    max_accuracy_drop: float = DEFAULT_MAX_DROP  # top-1 points an int8 family may lose vs fp32 (held-out train images)
-    budget_samples: int = 5000  # validation (else held-out train) images the drop is measured on (budget.paired_drop_ci95_pt)
-    budget_verdict: str = "interval"  # "met" needs the drop's 95 % upper end within budget ("estimate": the estimate)
-    executorch_batch: int = 1  # the one batch size an ExecuTorch program is exported for
-
-    def __post_init__(self) -> None:
-        resolve_target(self.target_cpu)  # unknown, or beyond this host: one sentence before anything is built
-        if not 0 <= self.max_accuracy_drop <= 100:  # also refuses NaN
-            raise QExportError(f"--max-accuracy-drop is in top-1 points between 0 and 100, got {self.max_accuracy_drop}.")
-        if self.budget_samples < 1:
-            raise QExportError(f"--budget-samples must be at least 1, got {self.budget_samples}.")
-        if self.calibration_samples < 1:
-            raise QExportError(f"--calibration-samples must be at least 1, got {self.calibration_samples}.")
-        if self.budget_verdict not in BUDGET_VERDICTS:
-            raise QExportError(f"--budget-verdict must be one of {', '.join(BUDGET_VERDICTS)}, got {self.budget_verdict!r}.")
-        if self.calibration_method not in CALIBRATION_METHODS:
-            raise QExportError(
-                f"Unknown calibration method {self.calibration_method!r}; choose {', '.join(CALIBRATION_METHODS)}.")
-        if self.executorch_batch < 1:
-            raise QExportError(f"--executorch-batch must be at least 1, got {self.executorch_batch}.")
-        if self.qat_epochs < 1:
-            raise QExportError(f"--qat-epochs must be at least 1, got {self.qat_epochs}.")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def target(self) -> TargetIsa:
-        """The ``--target-cpu`` choice (checked against the build host in ``__post_init__``)."""
-        return TARGETS[self.target_cpu]
-
-    @property
-    def int8_reduced_range(self) -> bool:
-        """Whether x86 int8 families use 7-bit ranges: the target includes CPUs without VNNI."""
-        return int8_may_run_without_vnni(self.target, host_cpu())
-
+from qexport.hardware import CpuRequirement, HostCpu, TargetIsa, host_cpu, native_requirement
 
 @dataclass
 class BuildContext:
@@ -119,8 +65,13 @@ class BuildContext:
         with torch.no_grad():
             return predict(self.fresh_model(), split, self.data.mean, self.data.std, EVAL_BATCH)
 
+    @property
+    def shared(self) -> SharedConfig:
+        """What every family's artifact depends on (seed, subsets, calibration images)."""
+        return self.options.shared
+
     def calibration(self) -> Split:
-        return calibration_split(self.data, self.options.calibration_samples, self.options.seed)
+        return calibration_split(self.data, self.shared.calibration_samples, self.shared.seed)
 
     def calibration_batches(self, batch_size: int = 64) -> Iterator[torch.Tensor]:
         """Normalised float batches from the seeded **train**-split calibration subset."""
@@ -142,6 +93,7 @@ class BuildDetails:
     runtime: RuntimeSection | None = None           # built in the runtime's own environment, which knows its versions
     float_not_found: list[str] = field(default_factory=list)  # --keep-float layers this graph does not name (left int8)
     delegation: Delegation | None = None            # ExecuTorch: what the XNNPACK delegate holds
+    fixed_batch: int | None = None                  # the one batch size the file takes (None: any)
 
     @property
     def load_hints(self) -> LoadHints:
@@ -150,10 +102,21 @@ class BuildDetails:
 
 def train_calibration(ctx: BuildContext, samples: int) -> Calibration:
     """The calibration record: always the seeded **train**-split subset."""
-    return Calibration(split="train", samples=samples, seed=ctx.options.seed)
+    return Calibration(split="train", samples=samples, seed=ctx.shared.seed)
 
 
-BuildFn = Callable[[BuildContext, Path], BuildDetails]
+BuildFn = Callable[[BuildContext, FamilyConfig, Path], BuildDetails]
+
+
+@dataclass(frozen=True)
+class BuildKey:
+    """What the up-to-date check compares, recorded in every manifest (``build.options``): the
+    shared config, the family's own config as JSON, and the family's recipe. A changed option,
+    shared or the family's, or a raised recipe, rebuilds the artifact."""
+
+    shared: SharedConfig
+    config: dict
+    recipe: int
 
 
 @dataclass(frozen=True)
@@ -168,8 +131,7 @@ class Family:
     runtime: str             # key into runtimes.RUNTIMES
     method: str              # one line: what was done
     build: BuildFn
-    option_keys: tuple[str, ...] = ()   # BuildOptions fields that change the artifact (checked by register)
-    fine_tuned: bool = False  # QAT: trains on the train split (reads FINE_TUNE_OPTIONS; held-out train images are seen)
+    config: type = FamilyConfig  # the frozen FamilyConfig dataclass its build function receives
     devices: tuple[str, ...] = ("cpu",)
     cpu_note: str = ""       # why CPU numbers for this family are not representative, if they are not
     build_needs: CpuRequirement | None = None  # CPU features the build itself needs (e.g. IPEX bf16 prepack)
@@ -179,7 +141,6 @@ class Family:
     companions: tuple[str, ...] = ()  # suffixes of files written beside the artifact (OpenVINO: ".bin")
     fallback: bool = False   # honours BuildContext.keep_float: can keep chosen layers in float to meet the budget
     model_support: Callable[[str], str | None] | None = None  # why a model cannot take this family, or None
-    fixed_batch: bool = False  # the artifact takes one batch size (BuildOptions.executorch_batch), not any
     recipe: int = 1          # raised when a change to the build changes what it writes: older artifacts then rebuild
 
     def build_problem(self, cpu: HostCpu | None = None) -> str | None:
@@ -202,35 +163,37 @@ class Family:
         return self.precision == Precision.INT8
 
     @property
-    def read_options(self) -> tuple[str, ...]:
-        """Every BuildOptions field that changes this family's artifact: its own declaration, the
-        budget's options when it is int8, the fine-tune's when it is QAT."""
-        implied = (BUDGET_OPTIONS if self.is_int8 else ()) + (FINE_TUNE_OPTIONS if self.fine_tuned else ())
-        return self.option_keys + implied
+    def fixed_batch(self) -> bool:
+        """The artifact takes one batch size (its config has a FixedBatchConfig), not any."""
+        return issubclass(self.config, FixedBatchConfig)
+
+    @property
+    def fine_tuned(self) -> bool:
+        """QAT: trains on the train split (so held-out train images are seen), as its config says."""
+        return issubclass(self.config, QatConfig)
 
     def filename(self, model_name: str) -> str:
         return f"{file_stem(model_name)}.{self.variant}{self.extension}"
 
-    def relevant_options(self, options: BuildOptions) -> dict:
-        """What the up-to-date check compares: the options this family reads, what every build
-        measures, and the family's recipe from 2 on. An artifact written by an older build of the
-        family (same options, other code) is then rebuilt, not reused; recipe 1 adds nothing, so
-        manifests written before recipes existed stay up to date until their family's recipe is raised."""
-        chosen = {key: v for key, v in options.as_dict().items() if key in self.read_options}
-        chosen.update(eval_samples=options.eval_samples, golden_samples=options.golden_samples)
-        if self.recipe > 1:
-            chosen["recipe"] = self.recipe
-        return chosen
+    def config_of(self, options: BuildOptions) -> FamilyConfig:
+        """This family's typed config, filled from what the user asked."""
+        return options.config_for(self.config)
+
+    def up_to_date_key(self, options: BuildOptions) -> dict:
+        """The up-to-date key (:class:`BuildKey`) as the manifest records it."""
+        return to_json(BuildKey(shared=options.shared, config=to_json(self.config_of(options)), recipe=self.recipe))
 
 
 FAMILIES: dict[str, Family] = {}
-OPTION_NAMES = tuple(f.name for f in fields(BuildOptions))
 
 
 def declaration_problem(family: Family) -> str | None:
     """None when the family's declaration is one ``build`` can honour; else one sentence naming
-    the wrong part. An option name that is not a BuildOptions field would silently drop out of the
-    up-to-date check, so a stale artifact would be reused: it must fail at import instead."""
+    the wrong part. A config that lacks a section the family's kind needs (the budget for int8,
+    the target for compiled code, the batch for a fixed-shape program) would build with an option
+    missing from its up-to-date key, so a stale artifact would be reused: it fails at import."""
+    from qexport.runtimes import RUNTIMES
+
     named = f"family {family.key!r}"
     if family.key in FAMILIES:
         return f"{named} is registered twice"
@@ -238,13 +201,15 @@ def declaration_problem(family: Family) -> str | None:
         return f"{named} declares recipe {family.recipe}; recipes count from 1"
     if family.precision not in PRECISIONS:
         return f"{named} declares precision {family.precision!r}; choose from {', '.join(PRECISIONS)}"
-    for option in family.option_keys:
-        if option not in OPTION_NAMES:
-            return (f"{named} declares option {option!r}, which BuildOptions does not have; "
-                    f"choose from {', '.join(OPTION_NAMES)}")
-        if option in FINE_TUNE_OPTIONS + BUDGET_OPTIONS:
-            return (f"{named} declares option {option!r}, which it reads by declaring "
-                    f"{'fine_tuned=True' if option in FINE_TUNE_OPTIONS else 'precision int8'} instead")
+    if family.runtime not in RUNTIMES:
+        return f"{named} declares runtime {family.runtime!r}, which is not declared; choose from {', '.join(sorted(RUNTIMES))}"
+    if not (isinstance(family.config, type) and issubclass(family.config, FamilyConfig) and is_dataclass(family.config)
+            and family.config.__dataclass_params__.frozen):
+        return f"{named} declares config {family.config!r}; declare a frozen dataclass derived from FamilyConfig"
+    for needed, why in ((BudgetConfig, "is int8" if family.is_int8 else ""),
+                        (TargetConfig, "is compiled" if family.compiled else "")):
+        if why and not issubclass(family.config, needed):
+            return f"{named} {why}, so its config must include {needed.__name__}"
     return None
 
 

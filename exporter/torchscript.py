@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from qexport.exporter.capture import traced_or_refused
+from qexport.exporter.config import BudgetConfig, FamilyConfig, QatInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage, Precision
 from qexport.runtimes.results import BASELINE
@@ -55,7 +56,7 @@ def weight_coverage(model: nn.Module) -> Int8Coverage:
 @register(BASELINE, variant="fp32", format="torchscript", extension=".torchscript.pt",
           precision=Precision.FP32, runtime="torchscript", method="torch.jit.trace + torch.jit.freeze",
           devices=("cpu", "cuda"))
-def build_fp32(ctx: BuildContext, path: Path) -> BuildDetails:
+def build_fp32(ctx: BuildContext, config: FamilyConfig, path: Path) -> BuildDetails:
     save_traced(ctx.fresh_model(), ctx.example, path, embedded_meta(ctx, "fp32"))
     return BuildDetails(config={"frozen": True})
 
@@ -75,7 +76,7 @@ class HalfPrecision(nn.Module):
           precision=Precision.FP16, runtime="torchscript", method="model.half() (fp32 I/O kept), trace + freeze",
           devices=("cuda", "cpu"),
           cpu_note="fp16 is a GPU format: CPU runs it through slow fallback kernels; compare it on --device cuda")
-def build_fp16(ctx: BuildContext, path: Path) -> BuildDetails:
+def build_fp16(ctx: BuildContext, config: FamilyConfig, path: Path) -> BuildDetails:
     # Traced on CPU so the file loads anywhere; torch.jit.load(map_location="cuda") moves it to GPU.
     save_traced(HalfPrecision(ctx.fresh_model()), ctx.example, path, embedded_meta(ctx, "fp16"))
     return BuildDetails(config={"weights": "float16", "io": "float32"})
@@ -83,8 +84,8 @@ def build_fp16(ctx: BuildContext, path: Path) -> BuildDetails:
 
 @register("torchscript-int8-dynamic", variant="int8-dynamic", format="torchscript",
           extension=".torchscript.pt", precision=Precision.INT8, runtime="torchscript",
-          method="torch.ao.quantization.quantize_dynamic on nn.Linear, trace + freeze")
-def build_int8_dynamic(ctx: BuildContext, path: Path) -> BuildDetails:
+          method="torch.ao.quantization.quantize_dynamic on nn.Linear, trace + freeze", config=BudgetConfig)
+def build_int8_dynamic(ctx: BuildContext, config: BudgetConfig, path: Path) -> BuildDetails:
     torch.backends.quantized.engine = QUANT_ENGINE
     model = torch.ao.quantization.quantize_dynamic(ctx.fresh_model(), {nn.Linear}, dtype=torch.qint8)
     coverage = weight_coverage(model)
@@ -131,7 +132,7 @@ def quantizable_copy(ctx: BuildContext) -> nn.Module:
 def calibrate(model: nn.Module, ctx: BuildContext, description: str = "calibrate") -> int:
     seen = 0
     with progress_bar(ctx.show_progress) as bar, torch.no_grad():
-        task = bar.add_task(description, total=ctx.options.calibration_samples, status="")
+        task = bar.add_task(description, total=ctx.shared.calibration_samples, status="")
         for batch in ctx.calibration_batches():
             model(batch)
             seen += batch.shape[0]
@@ -176,8 +177,8 @@ def keep_in_float(model: nn.Module, layers: tuple[str, ...]) -> list[str]:
 @register("torchscript-int8-static", variant="int8-static", format="torchscript",
           extension=".torchscript.pt", precision=Precision.INT8, runtime="torchscript",
           method="eager PTQ: fuse conv+bn+relu, x86 per-channel qconfig, calibrate, convert, trace + freeze",
-          option_keys=("calibration_samples", "seed"), fallback=True, model_support=twin_problem)
-def build_int8_static(ctx: BuildContext, path: Path) -> BuildDetails:
+          config=BudgetConfig, fallback=True, model_support=twin_problem)
+def build_int8_static(ctx: BuildContext, config: BudgetConfig, path: Path) -> BuildDetails:
     torch.backends.quantized.engine = QUANT_ENGINE
     model = quantizable_copy(ctx).eval()
     model.fuse_model()
@@ -195,8 +196,8 @@ def build_int8_static(ctx: BuildContext, path: Path) -> BuildDetails:
 @register("torchscript-int8-qat", variant="int8-qat", format="torchscript",
           extension=".torchscript.pt", precision=Precision.INT8, runtime="torchscript",
           method="eager QAT: fuse, x86 QAT qconfig, fine-tune with fake quant, convert, trace + freeze",
-          option_keys=("seed",), fine_tuned=True, model_support=twin_problem)
-def build_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
+          config=QatInt8Config, model_support=twin_problem)
+def build_int8_qat(ctx: BuildContext, config: QatInt8Config, path: Path) -> BuildDetails:
     from qexport.train import fine_tune
 
     torch.backends.quantized.engine = QUANT_ENGINE
@@ -206,14 +207,14 @@ def build_int8_qat(ctx: BuildContext, path: Path) -> BuildDetails:
     torch.ao.quantization.prepare_qat(model, inplace=True)
 
     def freeze_late(epoch: int) -> None:  # standard recipe: stop observers and BN stats for the last epoch
-        if epoch + 2 == ctx.options.qat_epochs:
+        if epoch + 2 == config.qat_epochs:
             model.apply(torch.ao.quantization.disable_observer)
             model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
 
-    history = fine_tune(model, ctx.data, epochs=ctx.options.qat_epochs, lr=ctx.options.qat_lr,
-                        seed=ctx.options.seed, show_progress=ctx.show_progress, description="QAT fine-tune",
+    history = fine_tune(model, ctx.data, epochs=config.qat_epochs, lr=config.qat_lr,
+                        seed=ctx.shared.seed, show_progress=ctx.show_progress, description="QAT fine-tune",
                         on_epoch_end=freeze_late)
     coverage = convert_and_save(model, ctx, path, "int8-qat")
-    return BuildDetails(config={"qconfig": f"default {QUANT_ENGINE} QAT", "epochs": ctx.options.qat_epochs,
-                                "lr": ctx.options.qat_lr, "fine_tune_split": "train"},
+    return BuildDetails(config={"qconfig": f"default {QUANT_ENGINE} QAT", "epochs": config.qat_epochs,
+                                "lr": config.qat_lr, "fine_tune_split": "train"},
                         quantized_engine=QUANT_ENGINE, int8_coverage=coverage, fine_tune=history)

@@ -14,7 +14,16 @@ from typing import Optional
 import typer
 
 from qexport.errors import QExportError
-from qexport.manifest import DEFAULT_MAX_DROP, VALIDATION_FRACTION, VALIDATION_MAX
+from qexport.exporter.config import (BudgetConfig, CalibrationMethodConfig, FixedBatchConfig, QatConfig, SharedConfig,
+                                     TargetConfig, option_default, option_flag, option_help)
+from qexport.manifest import VALIDATION_FRACTION, VALIDATION_MAX
+
+
+def config_option(section: type, name: str):
+    """The typer option of a build config field: its default, flag and help live on the field
+    (qexport/exporter/config.py), so no default is written twice."""
+    return typer.Option(option_default(section, name), option_flag(section, name), help=option_help(section, name))
+
 
 app = typer.Typer(
     help="Export trained PyTorch classifiers to every deployment format and benchmark them honestly.\n\n"
@@ -35,7 +44,7 @@ DataDirOpt = typer.Option(None, "--data-dir", envvar="QEXPORT_DATA_DIR", help=DA
 ImageSizeOpt = typer.Option(None, "--image-size", help="imagefolder: the input size `qexport train` prepares by default (the shorter side to size/0.875, then a centre crop of size; default 224); a build takes the checkpoint's own preprocessing. synthetic: the size it is generated at.")
 TrainSamplesOpt = typer.Option(None, "--train-samples", help="Use a seeded subset of this many training images (quick runs; recorded in metadata); --data synthetic generates this many.")
 TestSamplesOpt = typer.Option(None, "--test-samples", help="Use a seeded subset of this many test images (quick runs; recorded in metadata); --data synthetic generates this many.")
-SeedOpt = typer.Option(0, "--seed", help="Seed for initialisation, shuffling, augmentation and subsets.")
+SeedOpt = config_option(SharedConfig, "seed")
 TrainDeviceOpt = typer.Option("auto", "--device", help="Where training runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda. Exported artifacts are always built from the CPU model.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
 # The input contract (see qexport.contract for the order of its sources)
@@ -99,13 +108,15 @@ def train(
     crop: Optional[int] = CropOpt,
     interpolation: Optional[str] = InterpolationOpt,
     weights_transforms: Optional[str] = WeightsTransformsOpt,
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's weights (same --model and classes) instead of a random initialisation, e.g. one trained at a smaller --resize: progressive resizing. The one-cycle schedule runs again over --epochs; the checkpoint records where it started and the time of every stage."),
 ) -> None:
     """Train the FP32 model, evaluate it on the test split and write a checkpoint with metadata.
 
     The checkpoint records the preprocessing it trained with, which every build from it then uses.
     By default that is the train split's mean and std at the data's size (CIFAR-10: 32 px; an image
     folder: the shorter side to 256, a centre crop of 224). Example at 224 px on CIFAR-10:
-    `qexport train --model resnet50 --resize 224x224`."""
+    `qexport train --model resnet50 --resize 224x224`. Faster at 224 px on a CPU: train at 64 px,
+    then go on at 224 px with `--init-from checkpoints/<the 64 px one>.pt --epochs 1`."""
     from qexport import pipeline
     from qexport.train import TrainConfig, resolve_device
 
@@ -118,12 +129,25 @@ def train(
 
     check_model_name(model)  # fail on an unknown name before spending time on data
     train_device = resolve_device(device)
+    init_sha256 = _sha256_or_refuse(init_from)
     flags = _preprocessing_flags(mean, std, resize, crop, interpolation, weights_transforms)
     dataset = pipeline.training_data(model, pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed),
                                      flags, image_size)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, validation_fraction=val_fraction)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, validation_fraction=val_fraction,
+                         init_sha256=init_sha256)
     path = out or pipeline.default_checkpoint_path(model, dataset)
-    pipeline.train_checkpoint(model, dataset, config, path, show_progress=progress, device=train_device)
+    pipeline.train_checkpoint(model, dataset, config, path, show_progress=progress, device=train_device, init_from=init_from)
+
+
+def _sha256_or_refuse(path: Optional[Path]) -> Optional[str]:
+    """The checksum of --init-from's file; a missing file is one sentence before any data is read."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise QExportError(f"--init-from {path} does not exist; pass a checkpoint written by `qexport train`.")
+    from qexport.fsutil import sha256_file
+
+    return sha256_file(path)
 
 
 @app.command()
@@ -137,15 +161,15 @@ def build(
     data: str = DataOpt,
     data_dir: Optional[Path] = DataDirOpt,
     image_size: Optional[int] = ImageSizeOpt,
-    calibration_samples: int = typer.Option(512, "--calibration-samples", help="Seeded train-split images used to calibrate PTQ families."),
-    target_cpu: str = typer.Option("avx2", "--target-cpu", help="The deployment CPU class: what compiled (AOTInductor .pt2) code may use, and whether x86 int8 (pt2e, ONNX, IPEX) uses 7-bit ranges for CPUs without VNNI. avx2 (any x86-64 CPU with AVX2, the default), avx512, or native (everything this build host has; may not run elsewhere)."),
-    calibration_method: str = typer.Option("minmax", "--calibration-method", help="ONNX int8 calibration: minmax, entropy or percentile."),
-    qat_epochs: int = typer.Option(1, "--qat-epochs", help="Fine-tuning epochs of the QAT families."),
-    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Measure accuracy on a seeded subset of the test split (default: all of it)."),
-    max_accuracy_drop: float = typer.Option(DEFAULT_MAX_DROP, "--max-accuracy-drop", help="Top-1 points an int8 artifact may lose against fp32, measured on the validation split (images the model never trained on; never the test split). Over it, pt2e/ONNX/OpenVINO/TorchScript static int8 are rebuilt with the most sensitive layers in float until it fits; a family that cannot fit is not written. 1.0 ~ MLPerf's 99 %-of-fp32 rule."),
-    budget_samples: int = typer.Option(5000, "--budget-samples", help="Validation images the accuracy budget is measured on (at most). The drop's paired 95 % interval is recorded: where int8 and fp32 differ in correctness on 5 % of the images it is about ±0.6 pt on 5000 images and ±1.4 pt on 1000."),
-    budget_verdict: str = typer.Option("interval", "--budget-verdict", help="What 'met' needs: interval (the upper end of the drop's 95 % interval is within the budget: the artifact plausibly loses no more) or estimate (the point estimate alone; a drop the images cannot resolve then ships, marked 'met on the estimate only')."),
-    executorch_batch: int = typer.Option(1, "--executorch-batch", help="The one batch size the ExecuTorch .pte programs take (their input shape is fixed; bench times that batch)."),
+    calibration_samples: int = config_option(SharedConfig, "calibration_samples"),
+    target_cpu: str = config_option(TargetConfig, "target_cpu"),
+    calibration_method: str = config_option(CalibrationMethodConfig, "calibration_method"),
+    qat_epochs: int = config_option(QatConfig, "qat_epochs"),
+    eval_samples: Optional[int] = config_option(SharedConfig, "eval_samples"),
+    max_accuracy_drop: float = config_option(BudgetConfig, "max_accuracy_drop"),
+    budget_samples: int = config_option(BudgetConfig, "budget_samples"),
+    budget_verdict: str = config_option(BudgetConfig, "budget_verdict"),
+    executorch_batch: int = config_option(FixedBatchConfig, "executorch_batch"),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Folder of <class>/ images the model never trained on, to measure the accuracy budget on. Needed for a checkpoint qexport did not train (which records no validation split); without it the budget uses training images and says it is likely optimistic."),
     epochs: int = typer.Option(30, "--epochs", help="Training epochs when no checkpoint is given."),
     seed: int = SeedOpt,

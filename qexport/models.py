@@ -139,6 +139,28 @@ def load_model(path: Path, model_name: str | None, num_classes: int, image_size:
     return model, ckpt
 
 
+def warm_start(model: nn.Module, model_name: str, path: Path) -> dict[str, Any]:
+    """Load the weights of the checkpoint at ``path`` into a freshly built ``model`` before training
+    (progressive resizing: train small, then go on at the deployment size). Returns the checkpoint's
+    metadata, which the new checkpoint records. A timm architecture whose weights depend on the
+    image size (a ViT's position embedding) has them resampled by timm's own filter."""
+    from qexport import timm_models
+
+    ckpt = read_checkpoint(path)
+    saved_name = ckpt.get("model")
+    if saved_name and saved_name != model_name:
+        raise QExportError(f"--init-from {path} holds {saved_name!r}, not {model_name!r}; pass a checkpoint of --model {model_name}.")
+    state = ckpt["state_dict"]
+    if timm_models.is_timm_name(model_name):
+        state = timm_models.fit_to_model(state, model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise QExportError(f"--init-from {path} does not fit {model_name} on this data ({_first_mismatch(str(err))}); "
+                           "pass a checkpoint trained on the same classes.") from err
+    return ckpt.get("meta", {})
+
+
 def _first_mismatch(message: str) -> str:
     """Reduce torch's multi-line load_state_dict error to its most telling line."""
     for line in message.splitlines():

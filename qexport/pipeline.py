@@ -13,7 +13,7 @@ from qexport.documents import parse, to_json
 from qexport.envinfo import library_versions
 from qexport.errors import QExportError
 from qexport.fsutil import ensure_writable_dir
-from qexport.models import build_model, file_stem, read_checkpoint, save_checkpoint
+from qexport.models import build_model, file_stem, read_checkpoint, save_checkpoint, warm_start
 from qexport.preprocessing import Preprocessing, PreprocessingFlags
 from qexport.progress import say
 from qexport.train import TrainConfig, train
@@ -56,13 +56,18 @@ def training_data(model_name: str, data: Dataset, flags: PreprocessingFlags = NO
 
 
 def train_checkpoint(model_name: str, data: Dataset, config: TrainConfig, path: Path,
-                     show_progress: bool = True, device: str = "cpu") -> Path:
+                     show_progress: bool = True, device: str = "cpu", init_from: Path | None = None) -> Path:
     """Train ``model_name`` on ``data`` and write the checkpoint with everything needed to trust it,
-    the input contract it trained under included."""
+    the input contract it trained under included. ``init_from``: a checkpoint whose weights training
+    starts from (``config.init_sha256`` must name it), e.g. one trained at a smaller size."""
     ensure_writable_dir(Path(path).parent)
     data = training_data(model_name, data)
     say(f"preprocessing: {data.contract.describe()} ({data.contract.source})")
     model = build_model(model_name, data.num_classes, data.image_size[0])
+    start = warm_start(model, model_name, Path(init_from)) if init_from is not None else None
+    if start is not None:
+        say(f"starting from {init_from} (trained under {_recorded_contract(start)}, "
+            f"test top-1 {start.get('test_top1', float('nan')):.2%})")
     holdout = (Holdout.choose(data.train, config.seed, config.validation_fraction) if data.validation is None
                else Holdout(config.seed, 0, ""))  # an image folder's own val/ is the validation split
     fit = hold_out(data, holdout)
@@ -72,10 +77,29 @@ def train_checkpoint(model_name: str, data: Dataset, config: TrainConfig, path: 
     metrics = train(model, fit, config, show_progress=show_progress, device=device)
     meta = checkpoint_meta(model_name, data, config, metrics)
     meta["validation"] = to_json(holdout)
+    if start is not None:
+        meta["init_from"] = init_record(Path(init_from), start)
+        meta["metrics"]["train_seconds_total"] = round(metrics["train_seconds"] + meta["init_from"]["train_seconds_total"], 1)
     save_checkpoint(path, model, model_name, meta)
     say(f"test top-1 {metrics['test_top1']:.2%} on {metrics['test_samples']} test images, "
         f"{metrics['train_seconds'] / 60:.1f} min training → {path}")
     return Path(path)
+
+
+def _recorded_contract(meta: dict) -> str:
+    recorded = meta.get("preprocessing")
+    return parse(Preprocessing, recorded, "checkpoint").describe() if recorded else "an unrecorded preprocessing"
+
+
+def init_record(path: Path, meta: dict) -> dict:
+    """What a warm-started checkpoint records of the one it started from: enough to say how the
+    whole model was made (every stage's contract, accuracy and time), not only its last stage."""
+    from qexport.fsutil import sha256_file
+
+    metrics = meta.get("metrics", {})
+    return {"path": str(path), "sha256": sha256_file(path), "preprocessing": _recorded_contract(meta),
+            "test_top1": meta.get("test_top1"), "epochs": meta.get("epochs"),
+            "train_seconds_total": float(metrics.get("train_seconds_total", metrics.get("train_seconds", 0.0)))}
 
 
 def checkpoint_meta(model_name: str, data: Dataset, config: TrainConfig, metrics: dict) -> dict:

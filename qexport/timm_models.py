@@ -109,3 +109,13 @@ def check_accepts_size(model: nn.Module, arch: str, image_size: int, native: int
         ) from err
     finally:
         model.train(was_training)
+
+
+def fit_to_model(state_dict: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """``state_dict`` adapted to ``model`` by the architecture's own timm filter, where it has one:
+    a ViT trained on another image size has another patch grid, and timm resamples its position
+    embedding to the new grid (what timm does when it loads pretrained weights at another size)."""
+    import importlib
+
+    adapt = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+    return adapt(state_dict, model) if adapt is not None else state_dict

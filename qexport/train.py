@@ -33,7 +33,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     label_smoothing: float = 0.1
-    pad: int = 4
+    pad: int = 4  # random-crop padding at 32 px; larger images pad in proportion (28 px at 224)
     seed: int = 0
     threads: int | None = None  # None: all usable cores
     # Batch-norm statistics recomputed on this many train images at the end (0: off). Part of the
@@ -43,6 +43,8 @@ class TrainConfig:
     # accuracy budget is measured on images the model never trained on (0: none; the budget then
     # falls back to training images and says it is likely optimistic).
     validation_fraction: float = VALIDATION_FRACTION
+    # sha256 of the checkpoint training started from (--init-from; None: random initialisation).
+    init_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.validation_fraction < 1:
@@ -70,6 +72,12 @@ def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch
     cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
     batch_index = torch.arange(n)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch_index, rows, cols].permute(0, 3, 1, 2)
+
+
+def padding_for(pad: int, size: int) -> int:
+    """Random-crop padding for ``size`` px images: ``pad`` at 32 px and the same share of the image
+    at any other size, so a 224 px image is shifted as far, relative to itself, as a 32 px one."""
+    return max(1, round(pad * size / 32)) if pad else 0
 
 
 def batches(split: Split, batch_size: int, generator: torch.Generator | None = None):
@@ -199,7 +207,7 @@ def _timed_probe_steps(model: nn.Module, data: Dataset, config: TrainConfig, dev
     probe = copy.deepcopy(model).to(device=device, memory_format=layout).train()
     optimizer = torch.optim.SGD(probe.parameters(), lr=1e-3, momentum=config.momentum)
     n = min(config.batch_size, len(data.train))
-    images = normalize(augment(data.train.images[:n], config.pad, torch.Generator().manual_seed(config.seed)),
+    images = normalize(augment(data.train.images[:n], padding_for(config.pad, data.train.images.size), torch.Generator().manual_seed(config.seed)),
                        data.mean, data.std).to(device).contiguous(memory_format=layout)
     labels = data.train.labels[:n].to(device)
 
@@ -253,7 +261,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
     with progress_bar(show_progress) as bar:
         task = bar.add_task("train", total=total_steps, status="")
         for epoch in range(config.epochs):
-            history.append(_train_epoch(model, data, config.batch_size, config.pad, generator, optimizer, scheduler, criterion,
+            history.append(_train_epoch(model, data, config.batch_size, padding_for(config.pad, data.train.images.size), generator, optimizer, scheduler, criterion,
                                         lambda status: bar.update(task, advance=1, status=f"epoch {epoch + 1}/{config.epochs} {status}"),
                                         device, layout))
             if epoch == 0 and config.epochs > 1:
@@ -298,7 +306,7 @@ def fine_tune(model: nn.Module, data: Dataset, *, epochs: int, lr: float, batch_
     with progress_bar(show_progress) as bar:
         task = bar.add_task(description, total=steps, status="")
         for epoch in range(epochs):
-            history.append(_train_epoch(model, data, batch_size, 4, generator, optimizer, scheduler, criterion,
+            history.append(_train_epoch(model, data, batch_size, padding_for(4, data.train.images.size), generator, optimizer, scheduler, criterion,
                                         lambda status: bar.update(task, advance=1, status=status),
                                         layout=layout))
             if on_epoch_end:

@@ -16,6 +16,7 @@ from qexport.manifest import Manifest, golden_path, manifest_path, read_index, r
 from qexport.exporter.registry import Family
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file
+from qexport.runtimes.results import BASELINE
 from tests.conftest import PRODUCED, built_outcome, make_context
 
 # The tiny synthetic model is trained for seconds, so its logit margins are thin and int8
@@ -88,7 +89,7 @@ def test_calibration_is_from_train_split(built_artifacts):
         assert calibration.split == "train" and calibration.samples == 64
 
 
-def _explode(exc: BaseException, ctx, path):
+def _explode(exc: BaseException, ctx, config, path):
     """A build function (module level: it runs in the build's child process) that half-writes, then raises."""
     path.write_bytes(b"half an artifact")
     raise exc
@@ -136,6 +137,29 @@ def test_up_to_date_skip_and_rebuild(tiny_data, tiny_checkpoint, tmp_path):
     assert forced.status == "built"
 
 
+def test_another_seed_with_an_evaluation_subset_is_not_up_to_date(tiny_data, tiny_checkpoint, tmp_path):
+    """--seed picks the evaluation subset: a rebuild with another seed measures other images."""
+    family = [FAMILIES[BASELINE]]
+    first = build_families(make_context(tiny_data, tiny_checkpoint, eval_samples=20), family, tmp_path)[0]
+    same = build_families(make_context(tiny_data, tiny_checkpoint, eval_samples=20), family, tmp_path)[0]
+    reseeded = build_families(make_context(tiny_data, tiny_checkpoint, eval_samples=20, seed=1), family, tmp_path)[0]
+    assert (first.status, same.status, reseeded.status) == ("built", "up-to-date", "built")
+    assert reseeded.manifest.build.options["shared"]["seed"] == 1
+
+
+def test_a_mistyped_family_config_field_in_a_manifest_is_refused_naming_field_and_file(tiny_data, tiny_checkpoint,
+                                                                                         tmp_path):
+    family = [FAMILIES[BASELINE]]
+    build_families(make_context(tiny_data, tiny_checkpoint), family, tmp_path)
+    manifest_file = manifest_path(tmp_path / family[0].filename("resnet18"))
+    document = json.loads(manifest_file.read_text())
+    document["build"]["options"]["config"]["calibration_methd"] = "minmax"
+    manifest_file.write_text(json.dumps(document))
+    [outcome] = build_families(make_context(tiny_data, tiny_checkpoint), family, tmp_path)
+    assert outcome.status == "failed"
+    assert "calibration_methd" in outcome.reason and manifest_file.name in outcome.reason
+
+
 def test_select_families_by_prefix_and_unknown():
     assert {f.key for f in select_families(["onnx"])} == {k for k in FAMILIES if k.startswith("onnx-")}
     with pytest.raises(QExportError, match="did you mean 'onnx-int8'"):
@@ -179,7 +203,7 @@ def test_corrupt_artifacts_fail_to_load_in_one_sentence(built_artifacts, tmp_pat
             runtimes.load_runner(family.runtime, broken)
 
 
-def _fill_disk(ctx, path):
+def _fill_disk(ctx, config, path):
     import errno
 
     path.write_bytes(b"x" * 1000)  # half an artifact, then the device runs out of space
