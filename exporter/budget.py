@@ -23,7 +23,7 @@ from functools import cached_property
 import torch
 
 from qexport.data import Split, seeded_subset
-from qexport.exporter.config import BudgetConfig, BuildOptions
+from qexport.options import BudgetConfig, BuildOptions
 from qexport.exporter.registry import BuildContext
 from qexport.exporter.sensitivity import RANKING, LayerCost, int8_shares, layer_costs, rank_layers
 from qexport.manifest import AccuracyBudget, BudgetAttempt

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from qexport.errors import RuntimeMissing
-from qexport.exporter.config import BudgetConfig, FixedBatchConfig
+from qexport.options import BudgetConfig, FixedBatchConfig
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.fsutil import atomic_write_bytes
 from qexport.manifest import Delegation, Precision

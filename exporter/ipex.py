@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from qexport.documents import parse
-from qexport.exporter.config import FamilyConfig, TargetedInt8Config
+from qexport.options import FamilyConfig, TargetedInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register
 from qexport.manifest import Precision, RuntimeSection
 from qexport.errors import QExportError

@@ -24,7 +24,7 @@ from qexport.errors import QExportError
 from qexport.hardware import REDUCED_RANGE_REASON
 from qexport.exporter.budget import ops_of_named_layers
 from qexport.exporter.capture import describe_layer, describe_site
-from qexport.exporter.config import (BudgetConfig, CalibrationMethodConfig, FamilyConfig,
+from qexport.options import (BudgetConfig, CalibrationMethodConfig, FamilyConfig,
                                      TargetConfig)
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage

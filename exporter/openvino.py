@@ -15,7 +15,7 @@ from pathlib import Path
 from qexport.errors import RuntimeMissing
 from qexport.exporter.onnx import scratch_fp32
 from qexport.exporter.budget import ops_of_named_layers
-from qexport.exporter.config import BudgetConfig, FamilyConfig
+from qexport.options import BudgetConfig, FamilyConfig
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage, Precision
 from qexport.runtimes.openvino import INFERENCE_PRECISION, telemetry_off

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qexport.exporter.config import QatInt8Config, TargetConfig, TargetedInt8Config
+from qexport.options import QatInt8Config, TargetConfig, TargetedInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage, Precision
 from qexport.errors import QExportError

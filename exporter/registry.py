@@ -20,7 +20,7 @@ from qexport.data import Dataset, Split, calibration_split, normalize
 from qexport.errors import QExportError
 from qexport.models import file_stem
 from qexport.documents import to_json
-from qexport.exporter.config import (BudgetConfig, BuildOptions, FamilyConfig, FixedBatchConfig, QatConfig,
+from qexport.options import (BudgetConfig, BuildOptions, FamilyConfig, FixedBatchConfig, QatConfig,
                                      SharedConfig, TargetConfig)
 from qexport.manifest import PRECISIONS, Calibration, Delegation, Int8Coverage, LoadHints, Precision, RuntimeSection
 from qexport.runtimes.results import EVAL_BATCH

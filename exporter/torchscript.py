@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from qexport.exporter.capture import traced_or_refused
-from qexport.exporter.config import BudgetConfig, FamilyConfig, QatInt8Config
+from qexport.options import BudgetConfig, FamilyConfig, QatInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.manifest import Int8Coverage, Precision
 from qexport.runtimes.results import BASELINE

@@ -14,15 +14,21 @@ from typing import Optional
 import typer
 
 from qexport.errors import QExportError
-from qexport.exporter.config import (BudgetConfig, CalibrationMethodConfig, FixedBatchConfig, QatConfig, SharedConfig,
+from qexport.options import (BudgetConfig, CalibrationMethodConfig, FixedBatchConfig, QatConfig, SharedConfig,
                                      TargetConfig, option_default, option_flag, option_help)
 from qexport.manifest import VALIDATION_FRACTION, VALIDATION_MAX
+from qexport.runtimes.results import BenchOptions, ScenarioSettings
+from qexport.zoo import ZooOptions
 
 
-def config_option(section: type, name: str):
-    """The typer option of a build config field: its default, flag and help live on the field
-    (qexport/exporter/config.py), so no default is written twice."""
-    return typer.Option(option_default(section, name), option_flag(section, name), help=option_help(section, name))
+def config_option(section: type, name: str, *short: str, as_text: bool = False, **settings):
+    """The typer option of an options-dataclass field: its default, flag and help live on the field
+    (see qexport/options.py), so no default is written twice. ``as_text``: the command line takes
+    the default as comma-separated text (a tuple field)."""
+    default = option_default(section, name)
+    if as_text and default is not None:
+        default = ",".join(map(str, default))
+    return typer.Option(default, option_flag(section, name), *short, help=option_help(section, name), **settings)
 
 
 app = typer.Typer(
@@ -256,29 +262,29 @@ def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
 @app.command()
 def bench(
     directory: Path = typer.Argument(Path("artifacts"), help="Folder written by `qexport build`."),
-    threads: int = typer.Option(1, "--threads", help="Threads per worker (intra-op, inter-op, OMP/MKL)."),
-    cores: Optional[str] = typer.Option(None, "--cores", help="Comma-separated CPU cores to pin workers to (default: the last N usable)."),
-    batch_sizes: str = typer.Option("1,32,128", "--batch-sizes", help="Comma-separated batch sizes."),
-    rounds: int = typer.Option(5, "--rounds", help="Rounds per artifact, each in a fresh worker process, interleaved across artifacts (A B C … A B C …); every latency and ratio gets a 95 % interval over them. --rounds 1 is a quick single pass with no interval."),
-    warmup: int = typer.Option(5, "--warmup", help="Fixed warm-up calls per round before the until-stable windows."),
-    min_count: int = typer.Option(10, "--min-count", help="Minimum timed calls per round and batch size."),
-    min_seconds: float = typer.Option(0.5, "--min-seconds", help="Minimum timed seconds per round and batch size (longer rounds narrow the intervals)."),
-    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Accuracy on a seeded subset of the test split (default: all)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    timeout: float = typer.Option(900.0, "--timeout", help="Seconds before a worker is killed and reported as failed."),
-    allow_modified: bool = typer.Option(False, "--allow-modified", help="Measure artifacts whose sha256 differs from their manifest."),
-    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated families or prefixes to measure."),
-    cpu_fp16: bool = typer.Option(False, "--cpu-fp16", help="Also measure fp16 (GPU) artifacts on the CPU, where they are slow (minutes per artifact)."),
+    threads: int = config_option(BenchOptions, "threads"),
+    cores: Optional[str] = config_option(BenchOptions, "cores"),
+    batch_sizes: str = config_option(BenchOptions, "batch_sizes", as_text=True),
+    rounds: int = config_option(BenchOptions, "rounds"),
+    warmup: int = config_option(BenchOptions, "warmup"),
+    min_count: int = config_option(BenchOptions, "min_count"),
+    min_seconds: float = config_option(BenchOptions, "min_seconds"),
+    eval_samples: Optional[int] = config_option(BenchOptions, "eval_samples"),
+    device: str = config_option(BenchOptions, "device"),
+    timeout: float = config_option(BenchOptions, "timeout"),
+    allow_modified: bool = config_option(BenchOptions, "allow_modified"),
+    only: Optional[str] = config_option(BenchOptions, "only"),
+    cpu_fp16: bool = config_option(BenchOptions, "cpu_fp16"),
     data: Optional[str] = typer.Option(None, "--data", help="Data to score accuracy on: cifar10, imagefolder or synthetic (default: what the manifests record). Image size, mean/std and classes always come from the manifests."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of that data (default: an image folder's recorded path when it still exists, else QEXPORT_DATA_DIR, else ./data)."),
     no_accuracy: bool = typer.Option(False, "--no-accuracy", help="Skip accuracy (timing, size and memory only)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where bench.json, bench.md and plots go (default: DIRECTORY)."),
     scenario: Optional[str] = typer.Option(None, "--scenario", help="MLPerf LoadGen scenarios after the tight loop: single-stream, multi-stream, server, offline (comma-separated) or all. LoadGen's logs go to OUT/loadgen/<family>/<scenario>."),
-    scenario_seconds: float = typer.Option(5.0, "--scenario-seconds", help="Minimum duration of each LoadGen run (the server search makes --server-steps runs)."),
-    target_latency_ms: float = typer.Option(15.0, "--target-latency-ms", help="Server scenario: the p99 bound a QPS must meet to be VALID (MLPerf's ResNet50 bound)."),
-    server_steps: int = typer.Option(4, "--server-steps", help="Server scenario: LoadGen runs in the bisection for the peak VALID QPS."),
-    mlperf_durations: bool = typer.Option(False, "--mlperf-durations", help="MLPerf's official minimums (600 s per run) instead of --scenario-seconds."),
-    instancing: str = typer.Option("auto", "--instancing", help="Server/offline on several cores (--cores, default all usable): per-core (one single-threaded instance per core), threads (one instance, a thread per core) or auto (offline both ways, keep the one that serves more; both recorded)."),
+    scenario_seconds: float = config_option(ScenarioSettings, "min_duration_s"),
+    target_latency_ms: float = config_option(ScenarioSettings, "target_latency_ms"),
+    server_steps: int = config_option(ScenarioSettings, "server_steps"),
+    mlperf_durations: bool = config_option(ScenarioSettings, "official"),
+    instancing: str = config_option(ScenarioSettings, "instancing"),
     seed: int = SeedOpt,
 ) -> None:
     """Measure every artifact in DIRECTORY in its own pinned worker: latency, throughput, size, memory, accuracy.
@@ -450,21 +456,21 @@ def compare(files: list[Path] = typer.Argument(..., help="bench.json files from 
 
 @app.command()
 def zoo(
-    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated architectures (timm:<name> or torchvision names). Default: the 12 timm architectures of the published matrix."),
-    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated families or prefixes (default: every family)."),
+    models: Optional[str] = config_option(ZooOptions, "models", as_text=True, show_default=False),
+    only: Optional[str] = config_option(ZooOptions, "families", as_text=True),
     out: Path = typer.Option(Path("zoo"), "--out", "-o", help="Folder for checkpoints/, one artifact folder per architecture, compatibility.md and compatibility.json."),
     data: str = DataOpt,
     data_dir: Optional[Path] = DataDirOpt,
     image_size: Optional[int] = ImageSizeOpt,
-    train_samples: int = typer.Option(5000, "--train-samples", help="Seeded train images each architecture trains on (a tenth held out for the accuracy budget)."),
-    test_samples: int = typer.Option(1000, "--test-samples", help="Seeded test images each artifact is scored on."),
-    epochs: int = typer.Option(2, "--epochs", help="Training epochs per architecture: enough for the int8 drop to mean something, not for accuracy."),
-    calibration_samples: int = typer.Option(128, "--calibration-samples", help="Seeded train images the int8 families calibrate on."),
-    max_accuracy_drop: float = typer.Option(1.0, "--max-accuracy-drop", help="Top-1 points an int8 artifact may lose on the held-out images; layers are kept in float until it does."),
-    budget_verdict: str = typer.Option("estimate", "--budget-verdict", help="What 'met' needs: estimate (the drop's point estimate; a few hundred held-out images cannot resolve 1 pt) or interval."),
-    rounds: int = typer.Option(3, "--rounds", help="Batch-1 rounds per artifact, each a fresh pinned process."),
-    min_seconds: float = typer.Option(0.2, "--min-seconds", help="Minimum timed seconds per round."),
-    jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Families built at once."),
+    train_samples: int = config_option(ZooOptions, "train_samples"),
+    test_samples: int = config_option(ZooOptions, "test_samples"),
+    epochs: int = config_option(ZooOptions, "epochs"),
+    calibration_samples: int = config_option(ZooOptions, "calibration_samples"),
+    max_accuracy_drop: float = config_option(ZooOptions, "max_accuracy_drop"),
+    budget_verdict: str = config_option(ZooOptions, "budget_verdict"),
+    rounds: int = config_option(ZooOptions, "rounds"),
+    min_seconds: float = config_option(ZooOptions, "min_seconds"),
+    jobs: int = config_option(ZooOptions, "jobs", "-j", min=1),
     seed: int = SeedOpt,
     progress: bool = ProgressOpt,
 ) -> None:

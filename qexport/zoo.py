@@ -17,7 +17,7 @@ from pathlib import Path
 from qexport.documents import parse, to_json
 from qexport.errors import QExportError
 from qexport.fsutil import atomic_write_bytes, atomic_write_json
-from qexport.models import check_model_name, file_stem
+from qexport.options import SharedConfig, option
 from qexport.progress import say
 
 MATRIX_JSON = "compatibility.json"
@@ -39,20 +39,27 @@ DEFAULT_MODELS = (
 class ZooOptions:
     """How small the matrix's training, builds and rounds are (every field is written with it)."""
 
-    models: tuple[str, ...] = DEFAULT_MODELS
-    families: tuple[str, ...] | None = None  # None: every registered family
+    models: tuple[str, ...] = option(
+        DEFAULT_MODELS, "--models", "Comma-separated architectures (timm:<name> or torchvision names). Default: the "
+        f"{len(DEFAULT_MODELS)} timm architectures of the published matrix.")
+    families: tuple[str, ...] | None = option(  # None: every registered family
+        None, "--only", "Comma-separated families or prefixes (default: every family).")
     data: str = "cifar10"
     image_size: int | None = None
-    train_samples: int = 5000
-    test_samples: int = 1000
-    epochs: int = 2
-    calibration_samples: int = 128
-    max_accuracy_drop: float = 1.0
-    budget_verdict: str = "estimate"
-    rounds: int = 3
-    min_seconds: float = 0.2
-    jobs: int = 2
-    seed: int = 0
+    train_samples: int = option(5000, "--train-samples", "Seeded train images each architecture trains on (a tenth "
+                                "held out for the accuracy budget).")
+    test_samples: int = option(1000, "--test-samples", "Seeded test images each artifact is scored on.")
+    epochs: int = option(2, "--epochs", "Training epochs per architecture: enough for the int8 drop to mean "
+                         "something, not for accuracy.")
+    calibration_samples: int = option(128, "--calibration-samples", "Seeded train images the int8 families calibrate on.")
+    max_accuracy_drop: float = option(1.0, "--max-accuracy-drop", "Top-1 points an int8 artifact may lose on the "
+                                      "held-out images; layers are kept in float until it does.")
+    budget_verdict: str = option("estimate", "--budget-verdict", "What 'met' needs: estimate (the drop's point "
+                                 "estimate; a few hundred held-out images cannot resolve 1 pt) or interval.")
+    rounds: int = option(3, "--rounds", "Batch-1 rounds per artifact, each a fresh pinned process.")
+    min_seconds: float = option(0.2, "--min-seconds", "Minimum timed seconds per round.")
+    jobs: int = option(2, "--jobs", "Families built at once.")
+    seed: int = SharedConfig.seed
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,8 @@ def check_models(models: tuple[str, ...]) -> None:
     """Every name is checked before the first hour of training, not when its turn comes."""
     if not models:
         raise QExportError("No architectures to build: pass --models, e.g. timm:resnet50,timm:vit_tiny_patch16_224.")
+    from qexport.models import check_model_name
+
     for name in models:
         check_model_name(name)
 
@@ -195,6 +204,7 @@ def matrix_row(model: str, options: ZooOptions, out_dir: Path, data_dir: Path | 
     from qexport import pipeline
     from qexport.exporter import BuildOptions, select_families
     from qexport.exporter.build import build_families
+    from qexport.models import file_stem
     from qexport.runtimes.harness import BenchOptions, bench_directory
 
     dataset = pipeline.open_data(options.data, data_dir, options.image_size, options.train_samples,

@@ -17,6 +17,7 @@ from typing import Any
 from qexport.documents import parse, renamed, to_json
 from qexport.errors import QExportError
 from qexport.manifest import DataInfo, LoadHints
+from qexport.options import option
 from qexport.runtimes.stats import Interval
 
 BENCH_SCHEMA = "qexport.bench"
@@ -41,13 +42,22 @@ class ScenarioSettings:
     """How the scenarios run (recorded in bench.json)."""
 
     scenarios: list[str]
-    min_duration_s: float = 5.0
-    target_latency_ms: float = DEFAULT_TARGET_LATENCY_MS
-    server_steps: int = 4          # LoadGen runs in the bisection for the peak VALID server QPS
-    official: bool = False         # MLPerf's minimums: 600 s and the query counts of mlperf.conf
+    min_duration_s: float = option(
+        5.0, "--scenario-seconds",
+        "Minimum duration of each LoadGen run (the server search makes --server-steps runs).")
+    target_latency_ms: float = option(
+        DEFAULT_TARGET_LATENCY_MS, "--target-latency-ms",
+        "Server scenario: the p99 bound a QPS must meet to be VALID (MLPerf's ResNet50 bound).")
+    server_steps: int = option(4, "--server-steps", "Server scenario: LoadGen runs in the bisection for the peak VALID QPS.")
+    official: bool = option(False, "--mlperf-durations",
+                            "MLPerf's official minimums (600 s per run) instead of --scenario-seconds.")
     accuracy: bool = True          # also an AccuracyOnly run, decoded from mlperf_log_accuracy.json
     cores: list[int] = field(default_factory=list)  # where server and offline serve (empty: the tight loop's cores)
-    instancing: str = "auto"       # per-core | threads | auto (offline both ways, the one that serves more)
+    instancing: str = option(
+        "auto", "--instancing",
+        "Server/offline on several cores (--cores, default all usable): per-core (one single-threaded instance per "
+        "core), threads (one instance, a thread per core) or auto (offline both ways, keep the one that serves more; "
+        "both recorded).")
 
 
 @dataclass
@@ -249,19 +259,28 @@ class BenchRow:
 class BenchOptions:
     """How to measure; every field is printed with the results."""
 
-    threads: int = 1
-    cores: tuple[int, ...] | None = None
-    batch_sizes: tuple[int, ...] = (1, 32, 128)
-    rounds: int = 5          # fresh worker processes per artifact, interleaved across artifacts
-    warmup: int = 5          # per round: fixed calls, then windows until the median is stable
-    min_count: int = 10      # per round and batch size
-    min_seconds: float = 0.5  # per round and batch size
-    eval_samples: int | None = None
-    device: str = "cpu"
-    timeout: float = 900.0
-    allow_modified: bool = False
-    only: tuple[str, ...] | None = None
-    cpu_fp16: bool = False  # fp16 is a GPU format: on CPU it is measured only when asked
+    threads: int = option(1, "--threads", "Threads per worker (intra-op, inter-op, OMP/MKL).")
+    cores: tuple[int, ...] | None = option(
+        None, "--cores", "Comma-separated CPU cores to pin workers to (default: the last N usable).")
+    batch_sizes: tuple[int, ...] = option((1, 32, 128), "--batch-sizes", "Comma-separated batch sizes.")
+    rounds: int = option(
+        5, "--rounds", "Rounds per artifact, each in a fresh worker process, interleaved across artifacts "
+        "(A B C … A B C …); every latency and ratio gets a 95 % interval over them. --rounds 1 is a quick single "
+        "pass with no interval.")
+    warmup: int = option(5, "--warmup", "Fixed warm-up calls per round before the until-stable windows.")
+    min_count: int = option(10, "--min-count", "Minimum timed calls per round and batch size.")
+    min_seconds: float = option(
+        0.5, "--min-seconds", "Minimum timed seconds per round and batch size (longer rounds narrow the intervals).")
+    eval_samples: int | None = option(
+        None, "--eval-samples", "Accuracy on a seeded subset of the test split (default: all).")
+    device: str = option("cpu", "--device", "cpu or cuda.")
+    timeout: float = option(900.0, "--timeout", "Seconds before a worker is killed and reported as failed.")
+    allow_modified: bool = option(
+        False, "--allow-modified", "Measure artifacts whose sha256 differs from their manifest.")
+    only: tuple[str, ...] | None = option(None, "--only", "Comma-separated families or prefixes to measure.")
+    cpu_fp16: bool = option(  # fp16 is a GPU format: on CPU it is measured only when asked
+        False, "--cpu-fp16",
+        "Also measure fp16 (GPU) artifacts on the CPU, where they are slow (minutes per artifact).")
     scenarios: ScenarioSettings | None = None  # MLPerf LoadGen scenarios (first round), logs under loadgen_dir
     loadgen_dir: str | None = None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from qexport.exporter.config import BudgetConfig, BuildOptions, FamilyConfig, QatConfig, TargetConfig
+from qexport.options import BudgetConfig, BuildOptions, FamilyConfig, QatConfig, TargetConfig
 from qexport.exporter.registry import FAMILIES, register
 
 
