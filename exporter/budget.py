@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from enum import Enum
 from functools import cached_property
 
 import torch
@@ -26,7 +25,7 @@ from qexport.data import Split, seeded_subset
 from qexport.options import BudgetConfig, BuildOptions
 from qexport.exporter.registry import BuildContext
 from qexport.exporter.sensitivity import RANKING, LayerCost, int8_shares, layer_costs, rank_layers
-from qexport.manifest import AccuracyBudget, BudgetAttempt
+from qexport.manifest import AccuracyBudget, BudgetAttempt, Verdict
 
 MEASURED_ON_VALIDATION = "validation split: {source} (never trained on, never the test split)"
 MEASURED_ON_TRAIN = ("train split, held out from calibration but trained on by the fp32 model (never the test "
@@ -35,14 +34,6 @@ MEASURED_ON_TRAIN = ("train split, held out from calibration but trained on by t
 MEASURED_ON_FINE_TUNED = ("train split, held out from calibration but seen by the QAT fine-tune (never the test "
                           "split): an optimistic drop")
 TYPICAL_CHANGED = 0.05  # share of images an int8 model gets right where fp32 is wrong or back: the resolution shown
-
-
-class Verdict(str, Enum):
-    """How a measured drop compares with the budget, given its 95 % interval."""
-
-    MET = "met"                                 # the interval's upper end is within the budget
-    ESTIMATE_ONLY = "met on the estimate only"  # the estimate is, the upper end is not: the images cannot tell
-    MISSED = "missed"                           # the estimate itself is over
 
 
 def judge(drop_pt: float, ci95_pt: float | None, budget_pt: float) -> Verdict:
@@ -190,7 +181,7 @@ class HeldOut:
             drop_pt=last.drop_pt, met=self.accepts(last), kept_float=list(kept_float),
             drop_ci95_pt=last.drop_ci95_pt,
             int8_weight_share=weight_share, int8_mac_share=mac_share, attempts=attempts,
-            ranking=RANKING if kept_float else "", verdict=self.verdict(last).value, rule=options.budget_verdict,
+            ranking=RANKING if kept_float else "", verdict=self.verdict(last), rule=options.budget_verdict,
             unseen=self.unseen)
 
 
@@ -198,7 +189,7 @@ def over_budget_message(key: str, budget: AccuracyBudget, can_fall_back: bool, l
                         fine_tuned: bool = False) -> str:
     """One sentence: what was lost, against what, what was tried, and what the user can do (a QAT
     family is not told to use a QAT family)."""
-    unresolved = budget.verdict == Verdict.ESTIMATE_ONLY.value
+    unresolved = budget.verdict is Verdict.ESTIMATE_ONLY
     images = "validation" if budget.unseen else "held-out train"
     lost = (f"{key} loses {budget.drop_pt:.2f} ± {budget.drop_ci95_pt or 0:.2f} top-1 points against fp32 on "
             f"{budget.samples} {images} images, ")

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qexport.documents import TextEnum
 from qexport.errors import QExportError, RuntimeMissing, describe_exception
 from qexport.exporter.budget import HeldOut
 from qexport.exporter.budget_search import build_within_budget
@@ -29,13 +30,28 @@ from qexport.manifest import Failure, Manifest, golden_path, manifest_path, read
 from qexport.progress import current_label, labelled, say
 
 
+class BuildStatus(TextEnum):
+    BUILT = "built"
+    UP_TO_DATE = "up-to-date"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
 @dataclass
 class Outcome:
     family: str
-    status: str  # built | up-to-date | skipped | failed
+    status: BuildStatus
     file: str | None = None
     reason: str = ""
     manifest: Manifest | None = None
+
+    def __post_init__(self) -> None:
+        self.status = BuildStatus(self.status)  # a status given as its text is checked and typed here
+
+    @property
+    def produced(self) -> bool:
+        """An artifact is there to use: built now, or found up to date."""
+        return self.status in (BuildStatus.BUILT, BuildStatus.UP_TO_DATE)
 
 
 @dataclass
@@ -69,7 +85,7 @@ def build_families(ctx: BuildContext, families: list[Family], out_dir: Path, for
         return build_or_record(run, family)
 
     outcomes = [build(f) for f in families] if jobs <= 1 else build_concurrently(build, families, jobs, run.cancelled)
-    write_index(out_dir, ctx.model_name, [Failure(o.family, o.reason) for o in outcomes if o.status == "failed"])
+    write_index(out_dir, ctx.model_name, [Failure(o.family, o.reason) for o in outcomes if o.status is BuildStatus.FAILED])
     return outcomes
 
 
@@ -116,21 +132,21 @@ def build_or_record(run: BuildRun, family: Family) -> Outcome:
     name = "" if current_label() else f" [bold]{family.key}[/bold]"  # labelled lines already name it
     if problem:  # ipex-bf16 on an AVX2-only host, eager int8 for a model without a quantizable twin
         say(f"[yellow]skipped[/yellow]{name}: {problem}")
-        return Outcome(family.key, "skipped", reason=problem)
+        return Outcome(family.key, BuildStatus.SKIPPED, reason=problem)
     say(f"{name.lstrip()} → {family.filename(run.ctx.model_name)}")
     try:
         return build_one(run, family)
     except RuntimeMissing as err:  # e.g. no IPEX environment: say how to get it, build the rest
         say(f"  [yellow]skipped[/yellow]: {err}")
-        return Outcome(family.key, "skipped", reason=str(err))
+        return Outcome(family.key, BuildStatus.SKIPPED, reason=str(err))
     except QExportError as err:
         if run.debug and getattr(err, "__notes__", None):  # a build process's traceback (see isolation.py)
             print_with_notes(err)
-        outcome = Outcome(family.key, "failed", reason=str(err))
+        outcome = Outcome(family.key, BuildStatus.FAILED, reason=str(err))
     except Exception as err:  # an exporter bug must not take the other families down
         if run.debug:
             print_with_notes(err)
-        outcome = Outcome(family.key, "failed", reason=describe_exception(err))
+        outcome = Outcome(family.key, BuildStatus.FAILED, reason=describe_exception(err))
     say(f"  [red]failed[/red]: {outcome.reason}")
     return outcome
 
@@ -142,7 +158,7 @@ def build_one(run: BuildRun, family: Family) -> Outcome:
     options = family.up_to_date_key(ctx.options)
     if not run.force and is_up_to_date(family, final, ctx.checkpoint_sha256, options, ctx.data.contract):
         say("  up to date (use --force to rebuild)")
-        return Outcome(family.key, "up-to-date", final.name, manifest=read_manifest(manifest_path(final)))
+        return Outcome(family.key, BuildStatus.UP_TO_DATE, final.name, manifest=read_manifest(manifest_path(final)))
     started = time.perf_counter()
     with atomic_path(final, family.companions) as tmp:
         details, budget, runner = build_within_budget(family, ctx, tmp, run.held_out, run.cancelled)
@@ -154,7 +170,7 @@ def build_one(run: BuildRun, family: Family) -> Outcome:
     manifest = make_manifest(ctx, family, final, details, measured.evaluation, options, seconds, golden, budget)
     atomic_write_json(manifest_path(final), manifest.to_dict())
     say(built_line(manifest, seconds))
-    return Outcome(family.key, "built", final.name, manifest=manifest)
+    return Outcome(family.key, BuildStatus.BUILT, final.name, manifest=manifest)
 
 
 def built_line(manifest: Manifest, seconds: float) -> str:

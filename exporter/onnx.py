@@ -24,10 +24,9 @@ from qexport.errors import QExportError
 from qexport.hardware import REDUCED_RANGE_REASON
 from qexport.exporter.budget import ops_of_named_layers
 from qexport.exporter.capture import describe_layer, describe_site
-from qexport.options import (BudgetConfig, CalibrationMethodConfig, FamilyConfig,
-                                     TargetConfig)
+from qexport.options import BudgetConfig, CalibrationMethodConfig, FamilyConfig, TargetConfig
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, register, train_calibration
-from qexport.manifest import Int8Coverage
+from qexport.manifest import Int8Coverage, Precision
 
 if TYPE_CHECKING:  # onnxruntime is imported only when a build runs a graph
     from qexport.runtimes.onnxrt import RunFailure
@@ -87,7 +86,7 @@ def onnx_opset(path: Path) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-@register("onnx-fp32", variant="fp32", format="onnx", extension=".onnx", precision="fp32",
+@register("onnx-fp32", variant="fp32", format="onnx", extension=".onnx", precision=Precision.FP32,
           runtime="onnxruntime", method=f"{OPSET_NOTE}, onnx.checker", devices=("cpu", "cuda"))
 def build_onnx_fp32(ctx: BuildContext, config: FamilyConfig, path: Path) -> BuildDetails:
     export_fp32(ctx, path)
@@ -95,7 +94,7 @@ def build_onnx_fp32(ctx: BuildContext, config: FamilyConfig, path: Path) -> Buil
     return BuildDetails(config={"opset": onnx_opset(path), "dynamic_axes": {"input": {"0": "batch"}}})
 
 
-@register("onnx-fp16", variant="fp16", format="onnx", extension=".onnx", precision="fp16",
+@register("onnx-fp16", variant="fp16", format="onnx", extension=".onnx", precision=Precision.FP16,
           runtime="onnxruntime", method="fp32 export → onnxruntime float16 conversion, fp32 I/O kept",
           devices=("cuda", "cpu"),
           cpu_note="fp16 is a GPU format: ONNX Runtime's CPU provider inserts casts and runs slower than fp32")
@@ -148,7 +147,7 @@ class OnnxInt8Config(BudgetConfig, TargetConfig, CalibrationMethodConfig):
     """onnx-int8 reads the calibration method, and the target CPU for its weights' range."""
 
 
-@register("onnx-int8", variant="int8", format="onnx", extension=".onnx", precision="int8",
+@register("onnx-int8", variant="int8", format="onnx", extension=".onnx", precision=Precision.INT8,
           runtime="onnxruntime",
           method="onnxruntime quant_pre_process + quantize_static (QDQ, per-channel weights, U8S8)",
           config=OnnxInt8Config, fallback=True)

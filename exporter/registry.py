@@ -20,8 +20,8 @@ from qexport.data import Dataset, Split, calibration_split, normalize
 from qexport.errors import QExportError
 from qexport.models import file_stem
 from qexport.documents import to_json
-from qexport.options import (BudgetConfig, BuildOptions, FamilyConfig, FixedBatchConfig, QatConfig,
-                                     SharedConfig, TargetConfig)
+from qexport.options import (BudgetConfig, BuildOptions, FamilyConfig, FixedBatchConfig, QatConfig, SharedConfig,
+                             TargetConfig)
 from qexport.manifest import PRECISIONS, Calibration, Delegation, Int8Coverage, LoadHints, Precision, RuntimeSection
 from qexport.runtimes.results import EVAL_BATCH
 from qexport.selection import match_keys
@@ -127,7 +127,7 @@ class Family:
     variant: str             # the file-name part, e.g. "int8-static"
     format: str              # torchscript | onnx | aoti | openvino
     extension: str           # ".torchscript.pt", ".onnx", ".pt2"
-    precision: str           # fp32 | fp16 | bf16 | int8
+    precision: Precision
     runtime: str             # key into runtimes.RUNTIMES
     method: str              # one line: what was done
     build: BuildFn
@@ -142,6 +142,10 @@ class Family:
     fallback: bool = False   # honours BuildContext.keep_float: can keep chosen layers in float to meet the budget
     model_support: Callable[[str], str | None] | None = None  # why a model cannot take this family, or None
     recipe: int = 1          # raised when a change to the build changes what it writes: older artifacts then rebuild
+
+    def __post_init__(self) -> None:
+        if self.precision in PRECISIONS:  # declared as text: typed here (an unknown one is refused at registration)
+            object.__setattr__(self, "precision", Precision(self.precision))
 
     def build_problem(self, cpu: HostCpu | None = None) -> str | None:
         """None when this host can build the family; else 'needs X; this CPU has Y'."""

@@ -10,7 +10,7 @@ from qexport.errors import QExportError
 from qexport.fsutil import atomic_path, atomic_write_bytes, atomic_write_json
 from qexport.report import console
 from qexport.manifest import Precision
-from qexport.runtimes.results import BenchDocument, BenchRow, load_bench
+from qexport.runtimes.results import BenchDocument, BenchRow, RowStatus, load_bench
 from qexport.runtimes.stats import Interval
 
 
@@ -221,7 +221,7 @@ def slowness_causes(row: BenchRow, batch: str) -> list[str]:
 def reasons(doc: BenchDocument) -> list[str]:
     lines = []
     for row in doc.rows:
-        if row.status != "ok":
+        if row.status is not RowStatus.OK:
             lines.append(f"{row.file}: {row.status} — {row.reason}")
         lines += [f"{row.file}: {note}" for note in row.notes]
     return lines

@@ -17,8 +17,8 @@ from qexport.errors import QExportError
 from qexport.options import (BudgetConfig, CalibrationMethodConfig, FixedBatchConfig, QatConfig, SharedConfig,
                                      TargetConfig, option_default, option_flag, option_help)
 from qexport.manifest import VALIDATION_FRACTION, VALIDATION_MAX
-from qexport.runtimes.results import BenchOptions, ScenarioSettings
-from qexport.zoo import ZooOptions
+from qexport.runtimes.results import BenchOptions, RowStatus, ScenarioSettings
+from qexport.matrix import ZooOptions
 
 
 def config_option(section: type, name: str, *short: str, as_text: bool = False, **settings):
@@ -204,7 +204,7 @@ def build(
     ImageNet way: `qexport build --all --model resnet50 --checkpoint r50.pt --data imagefolder
     --data-dir DIR --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --resize 256 --crop 224`."""
     from qexport.exporter import FAMILIES, BuildOptions, select_families
-    from qexport.exporter.build import build_families
+    from qexport.exporter.build import BuildStatus, build_families
     from qexport import pipeline, report
     from qexport.fsutil import ensure_writable_dir
     from qexport.models import DEFAULT_MODEL, check_model_name
@@ -233,7 +233,7 @@ def build(
     ctx = pipeline.build_context(model, dataset, ckpt, options, progress, val_dir=val_dir, flags=flags)
     outcomes = build_families(ctx, families, out, force=force, debug=_state["debug"], jobs=jobs)
     report.print_build(outcomes, out)
-    failed = [o for o in outcomes if o.status == "failed"]
+    failed = [o for o in outcomes if o.status is BuildStatus.FAILED]
     if failed:
         raise typer.Exit(1)
 
@@ -311,13 +311,13 @@ def bench(
 
     def report_progress(number: int, total: int, row, round_index: int, rounds: int) -> None:
         say(f"round {round_index + 1}/{rounds} [{number + 1}/{total}] {row.file}"
-            + (f" — {row.status}: {row.reason}" if row.status != "ok" else ""))
+            + (f" — {row.status}: {row.reason}" if row.status is not RowStatus.OK else ""))
 
     doc = bench_directory(directory, options, dataset, seed=seed, progress=report_progress, entries=entries)
     written = benchreport.write_outputs(doc, out or directory)
     benchreport.print_bench(doc)
     say("wrote " + ", ".join(str(p) for p in written))
-    if any(row.status == "failed" for row in doc.rows):
+    if any(row.status is RowStatus.FAILED for row in doc.rows):
         raise typer.Exit(1)
 
 
@@ -481,7 +481,8 @@ def zoo(
     afternoon on a 2-core host. Example: `qexport zoo --models timm:resnet50,timm:vit_tiny_patch16_224`."""
     import shlex
 
-    from qexport.zoo import DEFAULT_MODELS, ZooOptions, run_zoo
+    from qexport.matrix import DEFAULT_MODELS
+    from qexport.zoo import run_zoo
     from qexport.progress import say
 
     chosen = tuple(m.strip() for m in models.split(",") if m.strip()) if models is not None else DEFAULT_MODELS

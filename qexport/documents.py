@@ -14,6 +14,7 @@ Torch-free and dependency-free: `verify` of an ONNX artifact runs where only onn
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from typing import Any, TypeVar, Union
@@ -22,6 +23,18 @@ from qexport.errors import QExportError
 
 T = TypeVar("T")
 FORMERLY = "qexport.documents.formerly"  # dataclass field metadata: the names older documents used
+
+
+class TextEnum(str, enum.Enum):
+    """A closed set of names (a status, a precision, a verdict) written to JSON as its text:
+    compared, printed and formatted as that text on every Python version, and read back by
+    :func:`parse` only when it is one of the members."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 class DocumentError(QExportError):
@@ -46,6 +59,8 @@ def to_json(document: Any) -> Any:
     a reader sees every field the type declares."""
     if dataclasses.is_dataclass(document) and not isinstance(document, type):
         return {f.name: to_json(getattr(document, f.name)) for f in dataclasses.fields(document)}
+    if isinstance(document, enum.Enum):
+        return document.value
     if isinstance(document, dict):
         return {str(key): to_json(value) for key, value in document.items()}
     if isinstance(document, (list, tuple)):
@@ -77,6 +92,8 @@ def _convert(annotation: Any, value: Any, where: str, path: str) -> Any:  # noqa
         raise errors[0]
     if dataclasses.is_dataclass(annotation):
         return _dataclass(annotation, value, where, path)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return _member(annotation, value, where, path)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise _fail(where, path, "a list", value)
@@ -131,6 +148,14 @@ def _scalar(annotation: Any, value: Any, where: str, path: str) -> Any:
     if not qualifies(value):
         raise _fail(where, path, expected, value)
     return float(value) if annotation is float else value
+
+
+def _member(cls: type[enum.Enum], value: Any, where: str, path: str) -> Any:
+    """The member of ``cls`` whose value ``value`` is, or one sentence listing the accepted values."""
+    try:
+        return cls(value)
+    except ValueError:
+        raise _fail(where, path, "one of " + ", ".join(repr(m.value) for m in cls), value) from None
 
 
 def _dataclass(cls: type, value: Any, where: str, path: str) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qexport.documents import parse, renamed, to_json
+from qexport.documents import TextEnum, parse, renamed, to_json
 from qexport.errors import QExportError
 from qexport.preprocessing import Preprocessing
 
@@ -28,7 +28,7 @@ INDEX_SCHEMA = "qexport.index"
 INDEX_SCHEMA_VERSION = 1
 
 
-class Precision:
+class Precision(TextEnum):
     """The precisions a family may declare; manifests and bench rows record them as this text."""
 
     FP32 = "fp32"
@@ -37,7 +37,16 @@ class Precision:
     INT8 = "int8"
 
 
-PRECISIONS = (Precision.FP32, Precision.FP16, Precision.BF16, Precision.INT8)
+PRECISIONS = tuple(Precision)
+
+
+class Verdict(TextEnum):
+    """How a measured drop compares with the budget, given its 95 % interval."""
+
+    MET = "met"                                 # the interval's upper end is within the budget
+    ESTIMATE_ONLY = "met on the estimate only"  # the estimate is, the upper end is not: the images cannot tell
+    MISSED = "missed"                           # the estimate itself is over
+    OLDER = ""                                  # a file from before verdicts: its ``met`` judged the estimate
 GOLDEN_ATOL = {Precision.FP32: 1e-3, Precision.BF16: 0.15, Precision.FP16: 0.05, Precision.INT8: 0.1}
 
 
@@ -309,10 +318,9 @@ class AccuracyBudget:
     int8_mac_share: float | None = None
     attempts: list[BudgetAttempt] = field(default_factory=list)
     ranking: str = ""
-    # "met" (the interval's upper end is within the budget), "met on the estimate only" (the point
-    # estimate is, the interval is not: the images cannot tell) or "missed"; and the rule that
-    # decided ``met`` (--budget-verdict: interval, or estimate). Older files judged the estimate.
-    verdict: str = ""
+    # The verdict on the drop and its interval, and the rule that decided ``met``
+    # (--budget-verdict: interval, or estimate). Older files judged the estimate.
+    verdict: Verdict = Verdict.OLDER
     rule: str = "estimate"
     unseen: bool = False  # measured on images the fp32 model never trained on (a validation split)
 
@@ -343,7 +351,7 @@ class Manifest:
     artifact: ArtifactFile
     family: str
     format: str
-    precision: str
+    precision: Precision
     runtime: RuntimeSection
     model: ModelInfo
     data: DataInfo
@@ -467,7 +475,7 @@ class IndexEntry:
     file: str
     manifest: str
     format: str
-    precision: str
+    precision: Precision
     runtime: str
     size_bytes: int
     sha256: str

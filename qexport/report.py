@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from qexport.manifest import Precision
+from qexport.manifest import Precision, Verdict
 
 # Reports are often piped into logs: don't squeeze tables into 80 columns there.
 console = Console(width=None if sys.stdout.isatty() else 180)
@@ -66,7 +66,7 @@ def budget_cell(budget, precision: str) -> str:
         return "not checked (see notes)" if precision == Precision.INT8 else "-"
     kept = f", {len(budget.kept_float)} float" if budget.kept_float else ""
     spread = f" ±{budget.drop_ci95_pt:.2f}" if budget.drop_ci95_pt is not None else ""
-    caveats = [c for c, shown in (("estimate only", budget.verdict == "met on the estimate only"),
+    caveats = [c for c, shown in (("estimate only", budget.verdict is Verdict.ESTIMATE_ONLY),
                                   ("train images", not budget.unseen)) if shown]
     return f"{budget.drop_pt:.2f}{spread} / {budget.max_drop_pt:g}{kept}" + (f" ({', '.join(caveats)})" if caveats else "")
 
@@ -98,6 +98,7 @@ def print_build(outcomes, out_dir) -> None:
     """The build's own report: size ratio and accuracy against fp32, measured at build time."""
     from pathlib import Path
 
+    from qexport.exporter.build import BuildStatus
     from qexport.manifest import read_index
     from qexport.runtimes.results import BASELINE
 
@@ -112,10 +113,10 @@ def print_build(outcomes, out_dir) -> None:
     for o in outcomes:
         m = o.manifest
         if not m:
-            colour = "yellow" if o.status == "skipped" else "red"
+            colour = "yellow" if o.status is BuildStatus.SKIPPED else "red"
             table.add_row(o.family, f"[{colour}]{o.status}[/{colour}]", "see below", *[""] * (len(columns) - 3))
             continue
-        table.add_row(o.family, o.status, *built_cells(m, base_size))
+        table.add_row(o.family, str(o.status), *built_cells(m, base_size))
     console.print(table)
     for o in outcomes:
         budget = o.manifest.accuracy_budget if o.manifest else None
@@ -125,8 +126,8 @@ def print_build(outcomes, out_dir) -> None:
                           f"{budget.int8_weight_share:.1%} of conv/linear weights, {budget.int8_mac_share:.1%} of "
                           "their multiply-accumulates", highlight=False)
     for o in outcomes:
-        if o.status in ("failed", "skipped"):
-            colour = "yellow" if o.status == "skipped" else "red"
+        if not o.produced:
+            colour = "yellow" if o.status is BuildStatus.SKIPPED else "red"
             console.print(f"[{colour}]{o.family} {o.status}:[/{colour}] {o.reason}", highlight=False)
     if any(o.manifest.synthetic for o in outcomes if o.manifest):
         console.print("[bold red]SYNTHETIC data: these accuracies mean nothing.[/bold red]")

@@ -11,108 +11,14 @@ accuracy figures judge the export, not the architecture.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-from qexport.documents import parse, to_json
+from qexport.documents import to_json
 from qexport.errors import QExportError
 from qexport.fsutil import atomic_write_bytes, atomic_write_json
-from qexport.options import SharedConfig, option
+from qexport.matrix import MATRIX_JSON, MATRIX_MD, Cell, CellStatus, Matrix, ModelRow, ZooOptions
 from qexport.progress import say
-
-MATRIX_JSON = "compatibility.json"
-MATRIX_MD = "compatibility.md"
-SCHEMA = "qexport-compatibility"
-SCHEMA_VERSION = 1
-
-# The architectures the published matrix covers: the ones vision teams most often train with timm,
-# CNNs and transformers, small enough to train briefly on a CPU; smallest first, so an interrupted
-# run has covered the most architectures (the matrix is rewritten after each).
-DEFAULT_MODELS = (
-    "timm:regnety_002", "timm:mobilenetv4_conv_small", "timm:convnext_atto", "timm:efficientvit_m0",
-    "timm:ghostnet_100", "timm:mobilenetv3_large_100", "timm:efficientnet_b0", "timm:fastvit_t8",
-    "timm:vit_tiny_patch16_224", "timm:deit_tiny_patch16_224", "timm:levit_128s", "timm:resnet50",
-)
-
-
-@dataclass(frozen=True)
-class ZooOptions:
-    """How small the matrix's training, builds and rounds are (every field is written with it)."""
-
-    models: tuple[str, ...] = option(
-        DEFAULT_MODELS, "--models", "Comma-separated architectures (timm:<name> or torchvision names). Default: the "
-        f"{len(DEFAULT_MODELS)} timm architectures of the published matrix.")
-    families: tuple[str, ...] | None = option(  # None: every registered family
-        None, "--only", "Comma-separated families or prefixes (default: every family).")
-    data: str = "cifar10"
-    image_size: int | None = None
-    train_samples: int = option(5000, "--train-samples", "Seeded train images each architecture trains on (a tenth "
-                                "held out for the accuracy budget).")
-    test_samples: int = option(1000, "--test-samples", "Seeded test images each artifact is scored on.")
-    epochs: int = option(2, "--epochs", "Training epochs per architecture: enough for the int8 drop to mean "
-                         "something, not for accuracy.")
-    calibration_samples: int = option(128, "--calibration-samples", "Seeded train images the int8 families calibrate on.")
-    max_accuracy_drop: float = option(1.0, "--max-accuracy-drop", "Top-1 points an int8 artifact may lose on the "
-                                      "held-out images; layers are kept in float until it does.")
-    budget_verdict: str = option("estimate", "--budget-verdict", "What 'met' needs: estimate (the drop's point "
-                                 "estimate; a few hundred held-out images cannot resolve 1 pt) or interval.")
-    rounds: int = option(3, "--rounds", "Batch-1 rounds per artifact, each a fresh pinned process.")
-    min_seconds: float = option(0.2, "--min-seconds", "Minimum timed seconds per round.")
-    jobs: int = option(2, "--jobs", "Families built at once.")
-    seed: int = SharedConfig.seed
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One architecture × family: built, skipped or failed, and what it cost where it was built."""
-
-    model: str
-    family: str
-    status: str  # built | skipped | failed
-    reason: str = ""
-    precision: str = ""
-    int8_drop_pt: float | None = None       # on the held-out budget images, paired against fp32
-    int8_drop_ci95_pt: float | None = None  # half-width of that drop's paired 95 % interval
-    budget_verdict: str = ""
-    # int8: the share of test images where its top-1 class is the eager fp32 model's; on a briefly
-    # trained model with flat logits a drop within budget can hide an int8 model that disagrees
-    agreement_with_fp32: float | None = None
-    top1: float | None = None               # on the test subset, in the artifact's own runtime
-    p50_ms: float | None = None             # batch 1
-    vs_best_fp32: float | None = None       # batch-1 speed-up over the architecture's fastest fp32 artifact
-    vs_best_fp32_low: float | None = None
-    vs_best_fp32_high: float | None = None
-    reused: bool = False  # up to date from an earlier run: its build time is not in this run's
-
-
-@dataclass(frozen=True)
-class ModelRow:
-    """What each architecture was trained to before its families were built."""
-
-    model: str
-    image_size: int
-    fp32_top1: float | None = None
-    best_fp32: str = ""
-    problem: str = ""  # the one sentence when the architecture itself could not be trained or loaded
-    reused_checkpoint: bool = False  # trained by an earlier run: its training time is not in this run's
-
-
-@dataclass(frozen=True)
-class Matrix:
-    created: str
-    command: str
-    cpu: str
-    isa: list[str]
-    libraries: dict[str, str | None]
-    options: ZooOptions
-    models: list[ModelRow] = field(default_factory=list)
-    cells: list[Cell] = field(default_factory=list)
-    seconds: float = 0.0
-    schema: str = SCHEMA
-    schema_version: int = SCHEMA_VERSION
-
-    def cell(self, model: str, family: str) -> Cell | None:
-        return next((c for c in self.cells if c.model == model and c.family == family), None)
 
 
 def check_models(models: tuple[str, ...]) -> None:
@@ -128,25 +34,29 @@ def check_models(models: tuple[str, ...]) -> None:
 def cells_from_build(model: str, outcomes, rows_by_family: dict) -> list[Cell]:
     """One cell per build outcome; a built family takes its budget from its manifest and its
     speed and accuracy from the bench row (a bench failure makes the cell failed: it does not run)."""
+    from qexport.exporter.build import BuildStatus
+
     cells = []
     for outcome in outcomes:
-        if outcome.status not in ("built", "up-to-date"):
-            cells.append(Cell(model, outcome.family, outcome.status, outcome.reason))
+        if not outcome.produced:
+            cells.append(Cell(model, outcome.family, CellStatus(str(outcome.status)), outcome.reason))
             continue
         cell = built_cell(model, outcome.family, outcome.manifest, rows_by_family.get(outcome.family))
-        cells.append(replace(cell, reused=outcome.status == "up-to-date"))
+        cells.append(replace(cell, reused=outcome.status == BuildStatus.UP_TO_DATE))
     return cells
 
 
 def built_cell(model: str, family: str, manifest, row) -> Cell:
     """A built artifact's cell: its budget record, and its batch-1 figures where the bench measured it."""
+    from qexport.runtimes.results import RowStatus
+
     budget = manifest.accuracy_budget if manifest is not None else None
     precision = manifest.precision if manifest is not None else ""
     measured = {}
-    if row is not None and row.status == "skipped":  # fp16 on a CPU: built, and not meant to run here
-        return Cell(model, family, "built", f"not measured here: {row.reason}", precision)
+    if row is not None and row.status is RowStatus.SKIPPED:  # fp16 on a CPU: built, and not meant to run here
+        return Cell(model, family, CellStatus.BUILT, f"not measured here: {row.reason}", precision)
     if row is not None and not row.measured:
-        return Cell(model, family, "failed", f"built, but the bench could not run it: {row.reason}", precision)
+        return Cell(model, family, CellStatus.FAILED, f"built, but the bench could not run it: {row.reason}", precision)
     if row is not None:
         batch = row.batch("1")
         ratio = row.speedup_vs_best_fp32.get("1")
@@ -156,14 +66,8 @@ def built_cell(model: str, family: str, manifest, row) -> Cell:
     drop = {}
     if budget is not None:
         drop = dict(int8_drop_pt=budget.drop_pt, int8_drop_ci95_pt=budget.drop_ci95_pt, budget_verdict=budget.verdict,
-                    agreement_with_fp32=manifest.evaluation.top1_agreement_with_eager)
-    return Cell(model, family, "built", "", precision, **drop, **measured)
-
-
-def read_matrix(path: Path) -> Matrix:
-    import json
-
-    return parse(Matrix, json.loads(Path(path).read_text()), str(path))
+                    agreement_with_eager=manifest.evaluation.top1_agreement_with_eager)
+    return Cell(model, family, CellStatus.BUILT, "", precision, **drop, **measured)
 
 
 def write_matrix(matrix: Matrix, out_dir: Path) -> list[Path]:
@@ -221,12 +125,12 @@ def matrix_row(model: str, options: ZooOptions, out_dir: Path, data_dir: Path | 
                                      budget_verdict=options.budget_verdict)
         ctx = pipeline.build_context(model, dataset, checkpoint, build_options, show_progress)
     except QExportError as err:
-        return ModelRow(model, size, problem=str(err)), [Cell(model, f.key, "failed", str(err)) for f in families]
+        return ModelRow(model, size, problem=str(err)), [Cell(model, f.key, CellStatus.FAILED, str(err)) for f in families]
     artifacts = out_dir / file_stem(model)
     outcomes = build_families(ctx, families, artifacts, jobs=options.jobs)
     bench = BenchOptions(rounds=options.rounds, batch_sizes=(1,), min_seconds=options.min_seconds, warmup=3)
     doc = bench_directory(artifacts, bench, dataset, seed=options.seed, progress=say_round) if any(
-        o.status in ("built", "up-to-date") for o in outcomes) else None
+        o.produced for o in outcomes) else None
     rows = {row.family: row for row in doc.rows} if doc else {}
     if doc:  # bench.json and bench.md beside the artifacts: every cell's numbers, in full
         from qexport.benchreport import write_outputs

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 
-from qexport.zoo import Cell, Matrix
+from qexport.matrix import Cell, CellStatus, Matrix
 
-BUILT, SKIPPED, FAILED = "built", "skipped", "failed"
+BUILT, SKIPPED, FAILED = CellStatus.BUILT, CellStatus.SKIPPED, CellStatus.FAILED
 MEANINGFUL_TOP1 = 0.40  # below it (on 10 classes, 10 % is chance) an int8 drop or agreement is mostly noise
 NOT_MEANINGFUL = (f"the fp32 model is below {MEANINGFUL_TOP1 * 100:.0f} % top-1: its int8 drop and agreement are noise, not "
                   "shown (train it longer)")
@@ -31,7 +31,7 @@ def drop_text(cell: Cell) -> str:
 
 def agreement_text(cell: Cell) -> str:
     """'agree 76 %': how often an int8 artifact picks the eager fp32 model's class, '' otherwise."""
-    return f"agree {cell.agreement_with_fp32 * 100:.0f} %" if cell.agreement_with_fp32 is not None else ""
+    return f"agree {cell.agreement_with_eager * 100:.0f} %" if cell.agreement_with_eager is not None else ""
 
 
 def note_number(cell: Cell, notes: dict[str, int]) -> int:

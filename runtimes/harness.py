@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from qexport.manifest import (DataInfo, Manifest, artifact_file, artifact_paths, artifact_problem, discover,
+from qexport.manifest import (DataInfo, Manifest, Precision, artifact_file, artifact_paths, artifact_problem, discover,
                               host_problem_for)
 from qexport.errors import QExportError, RuntimeMissing, last_line
 from qexport.documents import parse, to_json
 from qexport.runtimes.figures import add_agreement, add_best_fp32_ratios, add_ratios, combine_rounds, noise_summary, ties
-from qexport.runtimes.results import (BASELINE, BenchDocument, BenchOptions, BenchRow, RoundResult, RunOptions,
+from qexport.runtimes.results import (BASELINE, BenchDocument, BenchOptions, BenchRow, RoundResult, RowStatus, RunOptions,
                                       WorkerSpec, current_environment, parse_round)
 from qexport.selection import match_keys
 
@@ -46,33 +46,33 @@ def check_row(manifest_file: Path, manifest: Manifest, options: BenchOptions) ->
     paths = artifact_paths(manifest_file, manifest)
     missing = next((path for path in paths if not path.is_file()), None)
     if missing:
-        row.status, row.reason = "failed", f"{missing.name} is missing; rebuild with `qexport build`."
+        row.status, row.reason = RowStatus.FAILED, f"{missing.name} is missing; rebuild with `qexport build`."
         return row
     row.size_bytes = sum(path.stat().st_size for path in paths)
     modified = artifact_problem(manifest_file, manifest)
     if modified:
         if not options.allow_modified:
-            row.status, row.reason = "refused", f"{modified}; rebuild it, or pass --allow-modified to measure it anyway."
+            row.status, row.reason = RowStatus.REFUSED, f"{modified}; rebuild it, or pass --allow-modified to measure it anyway."
             return row
         row.notes.append(f"MODIFIED: {modified} (--allow-modified)")
     row.notes.extend(note for note in (fixed_batch_note(manifest, options), delegation_note(manifest)) if note)
     cpu_problem = host_problem_for(manifest) if options.device == "cpu" else None
     if cpu_problem:  # checked before any worker loads it: a SIGILL is never the message
-        row.status, row.reason = "refused", cpu_problem
+        row.status, row.reason = RowStatus.REFUSED, cpu_problem
     elif options.device not in manifest.devices:
-        row.status, row.reason = "skipped", f"{row.family} does not run on {options.device}."
-    elif options.device == "cpu" and manifest.precision == "fp16" and not options.cpu_fp16:
-        row.status, row.reason = "skipped", ("fp16 is a GPU format (use --device cuda); on CPU it runs through slow "
+        row.status, row.reason = RowStatus.SKIPPED, f"{row.family} does not run on {options.device}."
+    elif options.device == "cpu" and manifest.precision is Precision.FP16 and not options.cpu_fp16:
+        row.status, row.reason = RowStatus.SKIPPED, ("fp16 is a GPU format (use --device cuda); on CPU it runs through slow "
                                              "fallback kernels -- pass --cpu-fp16 to measure it anyway")
-    elif options.device == "cpu" and manifest.precision == "fp16":
+    elif options.device == "cpu" and manifest.precision is Precision.FP16:
         row.notes.append("fp16 on CPU: a GPU format; the CPU runs it through slow fallback kernels")
     elif options.device == "cuda" and not cuda_available():
-        row.status, row.reason = "skipped", "no CUDA GPU on this machine."
+        row.status, row.reason = RowStatus.SKIPPED, "no CUDA GPU on this machine."
     else:
         try:
             worker_python(row.runtime)  # a runtime with its own environment: is it installed?
         except RuntimeMissing as err:
-            row.status, row.reason = "skipped", str(err)
+            row.status, row.reason = RowStatus.SKIPPED, str(err)
     return row
 
 
@@ -276,22 +276,22 @@ def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int
         # Interleaved rounds (A B C … A B C …): slow drift of the host hits every artifact alike.
         for round_index in range(options.rounds):
             for number, ((manifest_file, manifest), row) in enumerate(zip(entries, rows)):
-                if progress and (row.status == "ok" or round_index == 0):
+                if progress and (row.status is RowStatus.OK or round_index == 0):
                     progress(number, len(entries), row, round_index, options.rounds)
-                if row.status != "ok":
+                if row.status is not RowStatus.OK:
                     continue
                 first = round_index == 0
                 spec = worker_spec(manifest_file, manifest, options, cores, eval_set if first else None,
                                    Path(tmp) / f"logits{number}.npy", first_round=first)
                 outcome = run_worker(spec, options, python=worker_python(row.runtime))
                 if isinstance(outcome, WorkerFailure):
-                    row.status, row.reason = outcome.status, outcome.reason
+                    row.status, row.reason = RowStatus(outcome.status), outcome.reason
                     continue
                 rounds[row.family].append(outcome)
                 if spec.logits_out:
                     logits[row.family] = np.load(spec.logits_out)
         for row in rows:
-            if row.status == "ok":
+            if row.status is RowStatus.OK:
                 row.result = combine_rounds(rounds[row.family])
         add_agreement(rows, logits)
     return make_document(rows, options, cores, data, started, directory)

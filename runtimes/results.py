@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qexport.documents import parse, renamed, to_json
+from qexport.documents import TextEnum, parse, renamed, to_json
 from qexport.errors import QExportError
 from qexport.manifest import DataInfo, LoadHints
 from qexport.options import option
@@ -224,6 +224,13 @@ class ArtifactResult(RunFacts):
     rounds: int = 1
 
 
+class RowStatus(TextEnum):
+    OK = "ok"              # measured
+    FAILED = "failed"      # the artifact or its worker failed: the sentence says why
+    SKIPPED = "skipped"    # not meant to run here (fp16 on a CPU, a runtime not installed)
+    REFUSED = "refused"    # not measured on purpose (modified file, a CPU it cannot run on)
+
+
 @dataclass
 class BenchRow:
     family: str
@@ -231,7 +238,7 @@ class BenchRow:
     format: str
     precision: str
     runtime: str
-    status: str = "ok"  # ok | failed | skipped | refused
+    status: RowStatus = RowStatus.OK
     reason: str = ""
     size_bytes: int = 0
     notes: list[str] = field(default_factory=list)
@@ -247,9 +254,12 @@ class BenchRow:
     speedup_vs_best_fp32: dict[str, Interval] = field(default_factory=dict)
     speedup_vs_best_fp32_prediction: dict[str, Interval] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.status = RowStatus(self.status)  # a status given as its text is checked and typed here
+
     @property
     def measured(self) -> bool:
-        return self.status == "ok" and self.result is not None
+        return self.status is RowStatus.OK and self.result is not None
 
     def batch(self, batch: str) -> BatchResult | None:
         return self.result.batches.get(batch) if self.measured else None

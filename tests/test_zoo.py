@@ -11,7 +11,8 @@ from qexport.exporter.build import Outcome
 from qexport.manifest import AccuracyBudget, Evaluation
 from qexport.runtimes.results import ArtifactResult, BatchResult, BenchRow, EvalResult
 from qexport.runtimes.stats import Interval
-from qexport.zoo import Cell, Matrix, ModelRow, ZooOptions, built_cell, cells_from_build, check_models
+from qexport.matrix import Cell, Matrix, ModelRow, ZooOptions
+from qexport.zoo import built_cell, cells_from_build, check_models
 from qexport.zooreport import cell_text, drop_text, markdown, speed_text
 
 
@@ -40,7 +41,7 @@ def test_a_built_cell_takes_its_drop_from_the_manifest_and_its_speed_from_the_be
     row = measured_row("onnx-int8", 0.8, Interval(2.5, 2.1, 3.0, 3), top1=0.58)
     cell = built_cell("timm:x", "onnx-int8", ManifestStandIn("int8", BUDGET, agreement=0.764), row)
     assert (cell.status, cell.precision, cell.int8_drop_pt, cell.int8_drop_ci95_pt) == ("built", "int8", 0.4, 0.7)
-    assert cell.agreement_with_fp32 == 0.764 and cell_text(cell, {}) == "✓ 2.50× drop +0.4 pt ±0.7 agree 76 %"
+    assert cell.agreement_with_eager == 0.764 and cell_text(cell, {}) == "✓ 2.50× drop +0.4 pt ±0.7 agree 76 %"
     assert (cell.p50_ms, cell.top1) == (0.8, 0.58)
     assert (cell.vs_best_fp32, cell.vs_best_fp32_low, cell.vs_best_fp32_high) == (2.5, 2.1, 3.0)
 
@@ -86,7 +87,7 @@ def test_the_speed_text_marks_a_tie_only_when_the_interval_includes_one(estimate
 
 def test_an_int8_cell_of_a_model_near_chance_says_its_drop_is_not_meaningful():
     cell = Cell("m", "onnx-int8", "built", precision="int8", int8_drop_pt=0.4, int8_drop_ci95_pt=0.7,
-                agreement_with_fp32=0.02, vs_best_fp32=2.5, vs_best_fp32_low=2.0, vs_best_fp32_high=3.0)
+                agreement_with_eager=0.02, vs_best_fp32=2.5, vs_best_fp32_low=2.0, vs_best_fp32_high=3.0)
     notes: dict[str, int] = {}
     assert cell_text(cell, notes, fp32_top1=0.39) == "✓ 2.50× drop n/m [1]"
     assert "below 40 % top-1" in next(iter(notes))
