@@ -53,10 +53,11 @@ class Split:
         """The same images under another contract's geometry (nothing is decoded)."""
         return Split(self.images.prepared(preparation), self.labels)
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None):
-        """(uint8 pixels, labels) batches in ``order`` (default: as stored); a folder streams."""
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, describe: str | None = None):
+        """(uint8 pixels, labels) batches in ``order`` (default: as stored); a folder streams, and
+        says how far a long pass is when ``describe`` names it."""
         order = torch.arange(len(self)) if order is None else order
-        return stream(self.images, self.labels, order, batch_size)
+        return stream(self.images, self.labels, order, batch_size, describe)
 
 
 def default_geometry(size: int, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), source: str = "") -> Preprocessing:
@@ -242,7 +243,8 @@ def channel_stats(images: Images | torch.Tensor) -> tuple[tuple[float, ...], tup
     total_sq = torch.zeros(3, dtype=torch.float64)
     count = 0
     batch = batch_for(images.size, 4096)  # float64 copies: about 100 MB a batch at any size
-    for chunk, _ in stream(images, torch.zeros(len(images), dtype=torch.int64), torch.arange(len(images)), batch):
+    for chunk, _ in stream(images, torch.zeros(len(images), dtype=torch.int64), torch.arange(len(images)), batch,
+                           "mean and std"):
         chunk = chunk.to(torch.float64) / 255.0
         total += chunk.sum(dim=(0, 2, 3))
         total_sq += (chunk * chunk).sum(dim=(0, 2, 3))

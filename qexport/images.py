@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 
 from qexport.errors import QExportError
 from qexport.preprocessing import Preprocessing, pixels
+from qexport.progress import say
 
 Index = int | slice | torch.Tensor | Sequence[int] | np.ndarray
 STREAM_WORKERS = 2  # decoding processes per long pass; the CPU count caps it
@@ -89,6 +91,8 @@ class FileSource:
             with Image.open(file) as image:
                 image.load()  # a truncated file fails here, naming itself, not later in a batch
                 return image.convert("RGB")
+        except Image.DecompressionBombError as err:  # PIL's guard against a file that decodes to gigabytes
+            raise QExportError(f"Image {file} is too large to decode safely ({err}); downscale or remove it.") from err
         except (OSError, UnidentifiedImageError, ValueError) as err:
             raise QExportError(f"Cannot read image {file} ({str(err) or type(err).__name__}); remove or replace it.") from err
 
@@ -200,11 +204,13 @@ def stream_workers(images: int) -> int:
     return max(0, min(STREAM_WORKERS, len(os.sched_getaffinity(0))))
 
 
-def stream(images: Images, labels: torch.Tensor, order: torch.Tensor, batch_size: int
-           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def stream(images: Images, labels: torch.Tensor, order: torch.Tensor, batch_size: int,
+           describe: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(pixels, labels) batches in ``order``: sliced from memory when the images are as they are
     held, else decoded -- by worker processes a few batches ahead for a long pass -- so memory
-    holds a few batches, never the split."""
+    holds a few batches, never the split. ``describe``: what the pass is for; a long decoded pass
+    then says how far it is every :data:`REPORT_EVERY_S` seconds (a 50 000-image folder at 224 px
+    is minutes of decoding, which would otherwise pass in silence)."""
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     if images.as_is:
         for idx in chunks:
@@ -215,7 +221,36 @@ def stream(images: Images, labels: torch.Tensor, order: torch.Tensor, batch_size
         for idx in chunks:
             yield images[idx], labels[idx]
         return
-    yield from _decoded_ahead(images, labels, chunks, workers)
+    report = PassReport(describe, len(order)) if describe else None
+    for pixels_, labels_ in _decoded_ahead(images, labels, chunks, workers):
+        if report:
+            report.advance(len(labels_))
+        yield pixels_, labels_
+
+
+REPORT_EVERY_S = 15.0
+
+
+class PassReport:
+    """Status lines for one long pass: how many images are done, at most every REPORT_EVERY_S."""
+
+    def __init__(self, describe: str, total: int, clock=time.monotonic):
+        self.describe, self.total, self.clock = describe, total, clock
+        self.done, self.started = 0, clock()
+        self.last = self.started
+
+    def advance(self, images: int) -> str | None:
+        """Count ``images`` more; returns (and says) the line when one is due, else None."""
+        self.done += images
+        now = self.clock()
+        if now - self.last < REPORT_EVERY_S or self.done >= self.total:
+            return None
+        self.last = now
+        rate = self.done / max(now - self.started, 1e-9)
+        line = (f"{self.describe}: {self.done:,} of {self.total:,} images ({self.done / self.total:.0%}), "
+                f"about {(self.total - self.done) / rate:.0f} s left")
+        say(line)
+        return line
 
 
 def _decoded_ahead(images: Images, labels: torch.Tensor, chunks: list[torch.Tensor], workers: int
@@ -228,6 +263,7 @@ def _decoded_ahead(images: Images, labels: torch.Tensor, chunks: list[torch.Tens
     error (an unreadable file) arrives as it was raised."""
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_hold, initargs=(images,)) as pool:
@@ -235,7 +271,12 @@ def _decoded_ahead(images: Images, labels: torch.Tensor, chunks: list[torch.Tens
 
         def oldest() -> tuple[torch.Tensor, torch.Tensor]:
             future, done = pending.popleft()
-            return torch.from_numpy(future.result()), labels[done]
+            try:
+                return torch.from_numpy(future.result()), labels[done]
+            except BrokenProcessPool as err:  # killed from outside: out of memory, most often
+                raise QExportError(
+                    "An image-decoding worker process died (killed from outside, most often for lack of memory); "
+                    "free memory or run with fewer parallel jobs, then try again.") from err
 
         for idx in chunks:
             pending.append((pool.submit(_decode, idx.tolist()), idx))

@@ -93,7 +93,7 @@ def predict(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, mean,
     """Logits for a whole split, batch by batch (``forward`` takes normalised float NCHW);
     ``batch_size`` is the most per pass, fewer for large images (``batch_for``)."""
     batch_size = batch_for(split.images.size, batch_size)
-    outputs = [forward(normalize(images, mean, std)) for images, _ in batches(split, batch_size)]
+    outputs = [forward(normalize(images, mean, std)) for images, _ in split.batches(batch_size, describe="scoring")]
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 

@@ -249,7 +249,7 @@ def write_pixels(split, path: Path, batch_size: int = 256) -> None:
     a few batches, whatever the split's size)."""
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=tuple(split.images.shape))
     start = 0
-    for pixels, _ in split.batches(batch_size):
+    for pixels, _ in split.batches(batch_size, describe="writing the evaluation images"):
         out[start:start + len(pixels)] = pixels.numpy()
         start += len(pixels)
     out.flush()

@@ -229,3 +229,31 @@ def test_whole_split_passes_hold_about_the_same_pixels_at_any_size():
     assert batch_for(64, 250) == 250 and batch_for(32, 250) == 250  # small images: the most asked for
     assert batch_for(96, 250) == 111       # 1 024 000 // 9 216
     assert batch_for(5000, 250) == 1       # never zero
+
+
+def test_a_long_pass_says_how_far_it_is_at_most_every_fifteen_seconds():
+    from qexport.images import PassReport
+
+    now = [100.0]
+    report = PassReport("scoring", 20_000, clock=lambda: now[0])
+    now[0] = 110.0
+    assert report.advance(2_000) is None  # 10 s in: too soon
+    now[0] = 120.0
+    # 4 000 of 20 000 done in 20 s: 200 images/s, 16 000 left -> 80 s
+    assert report.advance(2_000) == "scoring: 4,000 of 20,000 images (20%), about 80 s left"
+    now[0] = 130.0
+    assert report.advance(2_000) is None  # 10 s after the last line
+    now[0] = 200.0
+    assert report.advance(14_000) is None  # done: the pass's end says nothing more
+
+
+def test_an_image_over_pils_safety_limit_is_one_sentence_naming_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from qexport.errors import QExportError
+    from qexport.images import FileSource
+
+    Image.new("RGB", (10, 10)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # 100 pixels is over twice the limit: PIL refuses it
+    with pytest.raises(QExportError, match=r"^Image .*huge\.png is too large to decode safely \(.*\); downscale or remove it\.$"):
+        FileSource([tmp_path / "huge.png"]).image(0)
