@@ -88,11 +88,8 @@ def _against_record(record: Preprocessing, flags: PreprocessingFlags, checkpoint
                     model_name: str) -> Preprocessing:
     """The checkpoint's record, unless flags contradict it: refused, or with --force-preprocessing
     the flags' contract, noting what it overrode."""
-    if not flags.given and not flags.weights_transforms:
-        return record
-    asked = flags.over(record, f"command-line flags {flags.names()}") if not flags.weights_transforms else \
-        refined(weights_contract(model_name, flags.weights_transforms), flags)
-    if asked.same_contract(record):
+    asked = asked_instead(record, flags, model_name)
+    if asked is None:
         return record
     shown = asked.describe()
     if not flags.force:
@@ -101,6 +98,16 @@ def _against_record(record: Preprocessing, flags: PreprocessingFlags, checkpoint
                            "override it (the manifest records that it was overridden).")
     return replace(asked, overridden=f"{record.describe()} (recorded in {Path(checkpoint).name}; "
                                      "replaced by --force-preprocessing)")
+
+
+def asked_instead(record: Preprocessing, flags: PreprocessingFlags, model_name: str) -> Preprocessing | None:
+    """The contract the flags ask for where it differs from ``record``; None when they ask
+    nothing, or the same."""
+    if not flags.given and not flags.weights_transforms:
+        return None
+    asked = flags.over(record, f"command-line flags {flags.names()}") if not flags.weights_transforms else \
+        refined(weights_contract(model_name, flags.weights_transforms), flags)
+    return None if asked.same_contract(record) else asked
 
 
 def timm_contract(model_name: str) -> Preprocessing:

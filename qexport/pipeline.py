@@ -139,6 +139,16 @@ def why_not_reusable(path: Path, model_name: str, data: Dataset, config: TrainCo
     return None
 
 
+def other_preprocessing(path: Path, model_name: str, flags: PreprocessingFlags) -> str | None:
+    """Why a checkpoint trained under another preprocessing than the flags ask is not reused
+    (None: the flags ask nothing, or what it recorded): --retrain then trains one under the flags."""
+    if flags.force:  # the flags override the record at build time; the checkpoint itself is what is wanted
+        return None
+    record = contract.recorded(read_checkpoint(path).get("meta", {}), path)
+    asked = contract.asked_instead(record, flags, model_name) if record is not None else None
+    return None if asked is None else f"it was trained under '{record.describe()}', the flags ask '{asked.describe()}'"
+
+
 def checkpoint_is_current(path: Path, model_name: str, data: Dataset, config: TrainConfig) -> bool:
     """A checkpoint is reusable when it was trained on the same data with the same recipe."""
     return Path(path).is_file() and why_not_reusable(path, model_name, data, config) is None
@@ -155,7 +165,7 @@ def resolve_checkpoint(model_name: str, data: Dataset, checkpoint: Path | None, 
         return Path(checkpoint)
     path = default_checkpoint_path(model_name, data)
     if path.is_file():
-        reason = why_not_reusable(path, model_name, data, config)
+        reason = why_not_reusable(path, model_name, data, config) or other_preprocessing(path, model_name, flags)
         if reason is None:
             say(f"reusing up-to-date checkpoint {path}")
             return path

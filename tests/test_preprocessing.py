@@ -257,3 +257,21 @@ def test_an_image_over_pils_safety_limit_is_one_sentence_naming_it(tmp_path, mon
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # 100 pixels is over twice the limit: PIL refuses it
     with pytest.raises(QExportError, match=r"^Image .*huge\.png is too large to decode safely \(.*\); downscale or remove it\.$"):
         FileSource([tmp_path / "huge.png"]).image(0)
+
+
+def test_a_checkpoint_trained_under_other_preprocessing_than_the_flags_is_not_reused(tiny_data, tmp_path, monkeypatch):
+    from qexport.pipeline import resolve_checkpoint, training_data
+    from qexport.preprocessing import PreprocessingFlags
+    from qexport.train import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(epochs=1, batch_size=32, bn_recalibration_images=0)
+    first = resolve_checkpoint("resnet18", tiny_data, None, config, show_progress=False)
+    assert resolve_checkpoint("resnet18", tiny_data, None, config, show_progress=False) == first
+    other = PreprocessingFlags(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    with pytest.raises(QExportError, match=r"is not reused: it was trained under '.*', the flags ask '.*mean \[0\.5"):
+        resolve_checkpoint("resnet18", tiny_data, None, config, show_progress=False, flags=other)
+    retrained = resolve_checkpoint("resnet18", tiny_data, None, config, show_progress=False, flags=other, retrain=True)
+    from qexport.models import read_checkpoint
+
+    assert read_checkpoint(retrained)["meta"]["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
