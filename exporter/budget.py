@@ -25,7 +25,7 @@ from qexport.data import Split, seeded_subset
 from qexport.options import BudgetConfig, BuildOptions
 from qexport.exporter.registry import BuildContext
 from qexport.exporter.sensitivity import RANKING, LayerCost, int8_shares, layer_costs, rank_layers
-from qexport.manifest import AccuracyBudget, BudgetAttempt, Verdict
+from qexport.manifest import AccuracyBudget, BudgetAttempt, Verdict, drop_upper_pt
 
 MEASURED_ON_VALIDATION = "validation split: {source} (never trained on, never the test split)"
 MEASURED_ON_TRAIN = ("train split, held out from calibration but trained on by the fp32 model (never the test "
@@ -38,7 +38,7 @@ TYPICAL_CHANGED = 0.05  # share of images an int8 model gets right where fp32 is
 
 def judge(drop_pt: float, ci95_pt: float | None, budget_pt: float) -> Verdict:
     """The verdict on a drop of ``drop_pt`` ± ``ci95_pt`` top-1 points against ``budget_pt``."""
-    if drop_pt + (ci95_pt or 0.0) <= budget_pt:
+    if drop_upper_pt(drop_pt, ci95_pt) <= budget_pt:
         return Verdict.MET
     return Verdict.ESTIMATE_ONLY if drop_pt <= budget_pt else Verdict.MISSED
 
@@ -76,7 +76,7 @@ def resolution_problem(images: int, budget_pt: float, rule: str) -> str | None:
 def unresolved_line(attempt: BudgetAttempt, budget_pt: float, images: int) -> str:
     """One line for a drop under the budget whose interval is not: the images cannot tell."""
     return (f"{attempt.drop_pt:.2f} ± {attempt.drop_ci95_pt or 0:.2f} pt lost: under the {budget_pt:g}-pt budget on "
-            f"the estimate, but the interval reaches {attempt.drop_pt + (attempt.drop_ci95_pt or 0):.2f} pt -- "
+            f"the estimate, but the interval reaches {attempt.upper_pt:.2f} pt -- "
             f"{images} images cannot resolve it")
 
 

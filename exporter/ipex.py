@@ -78,11 +78,13 @@ def build_in_ipex_env(ctx: BuildContext, config: FamilyConfig, path: Path, preci
 
 
 def ipex_runtime_section(versions: dict[str, str]) -> RuntimeSection:
-    torch_major_minor = ".".join(versions["torch"].split("+")[0].split(".")[:2])
+    """The manifest's runtime section from the IPEX environment's versions, under the version rule
+    the runtime declares (``runtimes.ipex_release``)."""
+    from qexport.runtimes import RUNTIMES
+
     return RuntimeSection(
         name="ipex", environment=f"separate ({environments()['ipex'].setup})",
-        requires={"torch": f"=={torch_major_minor}.*",
-                  "intel_extension_for_pytorch": f"=={versions['intel_extension_for_pytorch'].split('+')[0]}"},
+        requires=RUNTIMES["ipex"].requires(versions),
         tested_with=dict(versions),
         load="import intel_extension_for_pytorch before torch.jit.load (else int8 is ~30x slower, bf16 fails)")
 

@@ -51,7 +51,7 @@ def runtime_section(family: Family, details: BuildDetails) -> RuntimeSection:
     versions = library_versions()
     compiled = (CompiledWith(torch=versions["torch"], torchao=versions["torchao"], machine=platform.machine(),
                              cpu=cpu_info()["model"], isa=isa_summary()) if family.compiled else None)
-    return RuntimeSection(name=declared.name, requires=declared.requires(versions) if declared.requires else {},
+    return RuntimeSection(name=declared.name, requires=declared.requires(versions),
                           tested_with={package: versions.get(package) for package in declared.packages},
                           compiled_with=compiled, quantized_engine=details.quantized_engine)
 

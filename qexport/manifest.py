@@ -288,6 +288,12 @@ class Delegation:
         return self.delegated_ops / total if total else 1.0
 
 
+def drop_upper_pt(drop_pt: float, ci95_pt: float | None) -> float:
+    """The upper end of a drop's 95 % interval -- the most an artifact may plausibly lose -- the
+    one formula every verdict, message and report uses (no interval: the estimate itself)."""
+    return drop_pt + (ci95_pt or 0.0)
+
+
 @dataclass(frozen=True)
 class BudgetAttempt:
     """One build measured against the budget: how many layers it kept in float and what it lost."""
@@ -296,6 +302,10 @@ class BudgetAttempt:
     top1: float
     drop_pt: float
     drop_ci95_pt: float | None = None  # half-width of the paired 95 % interval on drop_pt (same images, both models)
+
+    @property
+    def upper_pt(self) -> float:
+        return drop_upper_pt(self.drop_pt, self.drop_ci95_pt)
 
 
 @dataclass(frozen=True)
@@ -327,7 +337,7 @@ class AccuracyBudget:
     @property
     def upper_pt(self) -> float:
         """The upper end of the drop's 95 % interval: the most the artifact may plausibly lose."""
-        return self.drop_pt + (self.drop_ci95_pt or 0.0)
+        return drop_upper_pt(self.drop_pt, self.drop_ci95_pt)
 
 
 @dataclass(frozen=True)

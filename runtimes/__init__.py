@@ -29,8 +29,8 @@ class Runtime:
     probe: str               # the import that must succeed for the runtime to be usable
     packages: tuple[str, ...]  # distributions whose versions the manifest records
     load_snippet: str        # how a deployment team loads the artifact with only this runtime (model card)
-    requires: Callable[[dict[str, str | None]], dict[str, str]] | None  # version range from the build's versions;
-    #                          None: the build in the runtime's own environment reports it
+    requires: Callable[[dict[str, str | None]], dict[str, str]]  # version ranges, from the versions it was built with
+    #                          (in the runtime's own environment, where it has one)
     environment: ForeignEnvironment | None = None  # its own Python environment, when it cannot live in ours
 
 
@@ -40,6 +40,14 @@ def same_minor_or_newer(package: str) -> Callable[[dict[str, str | None]], dict[
         major, minor = (versions.get(package) or "0.0").split(".")[:2]
         return {package: f">={major}.{minor}"}
     return requires
+
+
+def ipex_release(versions: dict[str, str | None]) -> dict[str, str]:
+    """IPEX 2.8.0 runs only with the torch minor release it was built for, and its archives only
+    with that IPEX: both pinned from the IPEX environment's own versions."""
+    torch_major_minor = ".".join((versions.get("torch") or "0.0").split("+")[0].split(".")[:2])
+    return {"torch": f"=={torch_major_minor}.*",
+            "intel_extension_for_pytorch": f"=={(versions.get('intel_extension_for_pytorch') or '0').split('+')[0]}"}
 
 
 def exactly(package: str) -> Callable[[dict[str, str | None]], dict[str, str]]:
@@ -74,7 +82,7 @@ import torch                                        # torch 2.8.* with IPEX 2.8.
 model = torch.jit.load("{file}").eval()
 x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
 with torch.inference_mode():
-    logits = model(torch.from_numpy(x)).float().numpy()''', None,
+    logits = model(torch.from_numpy(x)).float().numpy()''', ipex_release,
             ForeignEnvironment(runtime="ipex", module="intel_extension_for_pytorch", variable="QEXPORT_IPEX_PYTHON",
                                requirements="requirements-ipex.txt")),
     Runtime("openvino", "qexport.runtimes.openvino", "OpenVinoRunner", "qexport[openvino] (openvino==2026.4.1)",
