@@ -30,7 +30,7 @@ def build_explained(family: Family, ctx: BuildContext, path: Path) -> BuildDetai
     naming the layer (exporter/capture.py) -- where the traceback still exists: in the child for
     isolated families, which pickles only the exception."""
     try:
-        return family.build(ctx, family.config_of(ctx.options), path)
+        return family.build_file(ctx, path)
     except Exception as err:
         explained = explain_capture_failure(err, family.key)
         if explained is err:

@@ -179,6 +179,10 @@ class Family:
     def filename(self, model_name: str) -> str:
         return f"{file_stem(model_name)}.{self.variant}{self.extension}"
 
+    def build_file(self, ctx: BuildContext, path: Path) -> BuildDetails:
+        """Run the build function with this family's config, filled from the context's options."""
+        return self.build(ctx, self.config_of(ctx.options), path)
+
     def config_of(self, options: BuildOptions) -> FamilyConfig:
         """This family's typed config, filled from what the user asked."""
         return options.config_for(self.config)

@@ -14,6 +14,7 @@ from torch import nn
 from qexport.data import calibration_split
 from qexport.errors import QExportError
 from qexport.exporter import FAMILIES, BuildOptions
+from qexport.options import BudgetConfig, QatInt8Config
 from qexport.exporter.budget import budget_split, fallback_sizes
 from qexport.exporter.sensitivity import fake_quantized, int8_shares, layer_costs, rank_layers
 from qexport.exporter.build import build_families
@@ -29,7 +30,7 @@ RESOLVABLE = 12.0
 
 def test_budget_split_is_disjoint_from_calibration(tiny_data):
     options = BuildOptions(calibration_samples=64, budget_samples=100)
-    held_out, calibration = budget_split(tiny_data, options), calibration_split(tiny_data, 64, options.seed)
+    held_out, calibration = budget_split(tiny_data, options), calibration_split(tiny_data, 64, options.shared.seed)
     assert len(held_out) == 100
     as_rows = lambda split: {tuple(image.flatten()[:64].tolist()) for image in split.images}  # noqa: E731
     assert not as_rows(held_out) & as_rows(calibration)
@@ -91,7 +92,7 @@ def test_ranking_puts_the_layer_int8_hurts_most_first(tiny_data, tiny_checkpoint
     assert sorted(ranking) == sorted(n for n, m in ctx.model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
-def _ruin_top_layers(ctx: BuildContext, path: Path) -> BuildDetails:
+def _ruin_top_layers(ctx: BuildContext, config, path: Path) -> BuildDetails:
     """A stand-in for a quantizer that wrecks exactly the most sensitive layers (the ranking the
     build uses) unless asked to keep them in float: a real TorchScript file, run by its runtime."""
     from qexport.exporter.torchscript import embedded_meta, save_traced
@@ -110,7 +111,7 @@ def _ruin_top_layers(ctx: BuildContext, path: Path) -> BuildDetails:
 def _ruining_family(fallback: bool, fine_tuned: bool = False) -> Family:
     return Family(key="ruined-int8", variant="ruined", format="torchscript", extension=".pt", precision="int8",
                   runtime="torchscript", method="test stand-in", build=_ruin_top_layers, isolate=False,
-                  fallback=fallback, fine_tuned=fine_tuned)
+                  fallback=fallback, config=QatInt8Config if fine_tuned else BudgetConfig)
 
 
 def test_over_budget_family_is_rebuilt_with_sensitive_layers_in_float(tiny_data, tiny_checkpoint, tmp_path):
@@ -143,8 +144,8 @@ def test_budget_is_recorded_in_int8_manifests_only(tiny_data, tiny_checkpoint, t
     int8, fp32 = (o.manifest for o in outcomes)
     assert int8.accuracy_budget.max_drop_pt == 100.0 and int8.accuracy_budget.met
     assert int8.accuracy_budget.kept_float == [] and int8.accuracy_budget.int8_weight_share is None
-    assert int8.build.options["max_accuracy_drop"] == 100.0  # changing the budget rebuilds int8 artifacts
-    assert fp32.accuracy_budget is None and "max_accuracy_drop" not in fp32.build.options
+    assert int8.build.options["config"]["max_accuracy_drop"] == 100.0  # changing the budget rebuilds int8 artifacts
+    assert fp32.accuracy_budget is None and fp32.build.options["config"] == {}
 
 
 def test_eager_int8_is_skipped_for_a_model_without_a_quantizable_twin(tiny_data, tiny_checkpoint, tmp_path):
@@ -186,10 +187,10 @@ def test_pt2e_int8_prepacks_the_float_layers_and_says_so_only_when_it_keeps_some
     from qexport.exporter import pt2e
 
     asked = []
-    monkeypatch.setattr(pt2e, "package", lambda model, ctx, path, variant, prepack_fp32=False:
+    monkeypatch.setattr(pt2e, "package", lambda model, ctx, config, path, variant, prepack_fp32=False:
                         asked.append(prepack_fp32) or {"conv_weight_prepack": pt2e.PREPACKED_AT_BUILD})
-    kept = FAMILIES["pt2e-int8"].build(_keep_context(tiny_data, tiny_checkpoint), tmp_path / "kept.pt2")
-    none_kept = FAMILIES["pt2e-int8"].build(make_context(tiny_data, tiny_checkpoint), tmp_path / "all.pt2")
+    kept = FAMILIES["pt2e-int8"].build_file(_keep_context(tiny_data, tiny_checkpoint), tmp_path / "kept.pt2")
+    none_kept = FAMILIES["pt2e-int8"].build_file(make_context(tiny_data, tiny_checkpoint), tmp_path / "all.pt2")
     assert asked == [True, True]
     assert pt2e.PREPACK_NOTE in kept.notes and pt2e.PREPACK_NOTE not in none_kept.notes
 
@@ -198,7 +199,7 @@ def test_onnx_int8_excludes_the_nodes_of_named_layers(tiny_data, tiny_checkpoint
     import onnx
 
     ctx = _keep_context(tiny_data, tiny_checkpoint)
-    details = FAMILIES["onnx-int8"].build(ctx, tmp_path / "m.onnx")
+    details = FAMILIES["onnx-int8"].build_file(ctx, tmp_path / "m.onnx")
     assert len(details.config["nodes_to_exclude"]) == len(KEEP) and not details.float_not_found
     float_weights = {i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.initializer if i.data_type == 1}
     assert {f"{layer}.weight" for layer in KEEP} <= float_weights
@@ -207,15 +208,15 @@ def test_onnx_int8_excludes_the_nodes_of_named_layers(tiny_data, tiny_checkpoint
 def test_openvino_int8_ignores_the_ops_of_named_layers(tiny_data, tiny_checkpoint, tmp_path):
     pytest.importorskip("nncf", reason="OpenVINO/NNCF not installed: pip install 'qexport[openvino]'")
     ctx = _keep_context(tiny_data, tiny_checkpoint)
-    details = FAMILIES["openvino-int8"].build(ctx, tmp_path / "m.openvino.xml")
+    details = FAMILIES["openvino-int8"].build_file(ctx, tmp_path / "m.openvino.xml")
     assert len(details.config["ignored_scope"]) == len(KEEP) and not details.float_not_found
     assert details.int8_coverage.quantized_layers == details.int8_coverage.layers - len(KEEP)
 
 
 def test_torchscript_static_int8_keeps_named_layers_in_float(tiny_data, tiny_checkpoint, tmp_path):
     ctx = _keep_context(tiny_data, tiny_checkpoint)
-    kept = FAMILIES["torchscript-int8-static"].build(ctx, tmp_path / "kept.pt").int8_coverage
-    full = FAMILIES["torchscript-int8-static"].build(make_context(tiny_data, tiny_checkpoint), tmp_path / "all.pt")
+    kept = FAMILIES["torchscript-int8-static"].build_file(ctx, tmp_path / "kept.pt").int8_coverage
+    full = FAMILIES["torchscript-int8-static"].build_file(make_context(tiny_data, tiny_checkpoint), tmp_path / "all.pt")
     assert kept.quantized_weights < full.int8_coverage.quantized_weights and kept.total_weights == full.int8_coverage.total_weights
     from qexport import runtimes
 
@@ -226,7 +227,7 @@ def test_torchscript_static_int8_keeps_named_layers_in_float(tiny_data, tiny_che
 def test_unknown_layer_names_are_noted_not_silently_ignored(tiny_data, tiny_checkpoint, tmp_path):
 
     ctx = replace(make_context(tiny_data, tiny_checkpoint), keep_float=("no.such.layer",))
-    details = FAMILIES["onnx-int8"].build(ctx, tmp_path / "m.onnx")
+    details = FAMILIES["onnx-int8"].build_file(ctx, tmp_path / "m.onnx")
     assert details.float_not_found == ["no.such.layer"]
 
 
@@ -235,9 +236,9 @@ def test_fallback_that_finds_none_of_its_layers_stops_in_one_sentence(tiny_data,
     log2(layers) times and then blamed on 'even with k layers in float': it stops at the first."""
     rebuilds = []
 
-    def ruin_and_find_nothing(ctx: BuildContext, path: Path) -> BuildDetails:
+    def ruin_and_find_nothing(ctx: BuildContext, config, path: Path) -> BuildDetails:
         rebuilds.append(ctx.keep_float)
-        _ruin_top_layers(replace(ctx, keep_float=()), path)
+        _ruin_top_layers(replace(ctx, keep_float=()), config, path)
         return BuildDetails(float_not_found=list(ctx.keep_float))
 
     family = replace(_ruining_family(fallback=True), build=ruin_and_find_nothing)
@@ -307,7 +308,7 @@ def test_the_record_says_which_rule_met_it_and_on_what_images(tiny_data, tiny_ch
     budget = outcome.manifest.accuracy_budget
     assert budget.rule == "estimate" and budget.verdict in ("met", "met on the estimate only") and budget.unseen
     assert budget.upper_pt == pytest.approx(budget.drop_pt + budget.drop_ci95_pt)
-    assert outcome.manifest.build.options["budget_verdict"] == "estimate"  # changing the rule rebuilds
+    assert outcome.manifest.build.options["config"]["budget_verdict"] == "estimate"  # changing the rule rebuilds
     with pytest.raises(QExportError, match="--budget-verdict"):
         BuildOptions(budget_verdict="median")
 

@@ -70,7 +70,7 @@ def test_the_budget_on_unseen_images_agrees_with_the_test_split(overfit, tmp_pat
     ctx = BuildContext("small_cnn", model, data, BuildOptions(calibration_samples=256, budget_samples=VALIDATION,
                                                               max_accuracy_drop=100.0), "0" * 64, show_progress=False)
     path = tmp_path / "small_cnn.int8.onnx"
-    details = FAMILIES["onnx-int8"].build(ctx, path)
+    details = FAMILIES["onnx-int8"].build_file(ctx, path)
     on_validation = drop_on(ctx, "onnx-int8", path, details, HeldOut(ctx).split)
     trained_on = replace(data, validation=None)  # what a checkpoint without a validation split gets
     on_train = drop_on(ctx, "onnx-int8", path, details, HeldOut(replace(ctx, data=trained_on)).split)

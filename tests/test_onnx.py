@@ -54,7 +54,7 @@ def shuffle_context() -> BuildContext:
 @pytest.mark.parametrize("family", ONNX_FAMILIES)
 def test_channel_shuffle_runs_at_batch_1_and_the_evaluation_batch(family, shuffle_context, tmp_path):
     path = tmp_path / f"block.{family}.onnx"
-    FAMILIES[family].build(shuffle_context, path)
+    FAMILIES[family].build_file(shuffle_context, path)
 
     runner = OnnxRuntimeRunner.load(path)
     for batch in (1, EVAL_BATCH):
