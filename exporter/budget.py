@@ -25,7 +25,7 @@ from qexport.data import Split, seeded_subset
 from qexport.options import BudgetConfig, BuildOptions
 from qexport.exporter.registry import BuildContext
 from qexport.exporter.sensitivity import RANKING, LayerCost, int8_shares, layer_costs, rank_layers
-from qexport.manifest import AccuracyBudget, BudgetAttempt, Verdict, drop_upper_pt
+from qexport.build_records import AccuracyBudget, BudgetAttempt, Verdict, drop_upper_pt
 
 MEASURED_ON_VALIDATION = "validation split: {source} (never trained on, never the test split)"
 MEASURED_ON_TRAIN = ("train split, held out from calibration but trained on by the fp32 model (never the test "

@@ -14,7 +14,7 @@ from qexport.exporter.budget import HeldOut, Verdict, fallback_sizes, not_found_
 from qexport.exporter.isolation import run_family
 from qexport.exporter.measure import Runner, runner_logits
 from qexport.exporter.registry import BuildContext, BuildDetails, Family
-from qexport.manifest import AccuracyBudget, BudgetAttempt
+from qexport.build_records import AccuracyBudget, BudgetAttempt
 from qexport.progress import say
 
 

@@ -26,7 +26,9 @@ from qexport.exporter.manifests import is_up_to_date, make_manifest, write_index
 from qexport.exporter.measure import Reference, measure, write_golden
 from qexport.exporter.registry import BuildContext, Family
 from qexport.fsutil import atomic_path, atomic_write_json, ensure_writable_dir
-from qexport.manifest import Failure, Manifest, golden_path, manifest_path, read_manifest
+from qexport.artifact_files import golden_path, manifest_path, read_manifest
+from qexport.index import Failure
+from qexport.manifest import Manifest
 from qexport.progress import current_label, labelled, say
 
 

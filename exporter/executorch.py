@@ -20,7 +20,8 @@ from qexport.errors import RuntimeMissing
 from qexport.options import BudgetConfig, FixedBatchConfig
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.fsutil import atomic_write_bytes
-from qexport.manifest import Delegation, Precision
+from qexport.build_records import Delegation
+from qexport.manifest import Precision
 
 DELEGATE_CALL = "executorch_call_delegate"
 BOOKKEEPING = {"getitem", "alloc", DELEGATE_CALL}  # graph plumbing, not operators that compute

@@ -16,10 +16,11 @@ from qexport.fsutil import sha256_file
 from qexport.fsutil import atomic_write_json
 from qexport.hardware import host_cpu
 from qexport.preprocessing import Preprocessing
-from qexport.manifest import (GOLDEN_ATOL, AccuracyBudget, ArtifactFile, BuildRecord, CompiledWith, DataInfo,
-                              Evaluation, Failure, FileRecord, Golden, Index, IndexEntry, InputSpec, Manifest,
-                              ModelInfo, OutputSpec, Requirements, RuntimeSection, artifact_problem, find_manifests,
-                              manifest_path, read_manifest)
+from qexport.artifact_files import artifact_problem, manifest_path, read_manifest
+from qexport.build_records import AccuracyBudget
+from qexport.index import Failure, Index, IndexEntry, find_manifests
+from qexport.manifest import (ArtifactFile, BuildRecord, CompiledWith, DataInfo, Evaluation, FileRecord, GOLDEN_ATOL,
+                              Golden, InputSpec, Manifest, ModelInfo, OutputSpec, Requirements, RuntimeSection)
 
 
 def is_up_to_date(family: Family, final: Path, checkpoint_sha256: str, key: dict, contract: Preprocessing) -> bool:

@@ -26,7 +26,8 @@ from qexport.exporter.budget import ops_of_named_layers
 from qexport.exporter.capture import describe_layer, describe_site
 from qexport.options import BudgetConfig, CalibrationMethodConfig, FamilyConfig, TargetConfig
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, register, train_calibration
-from qexport.manifest import Int8Coverage, Precision
+from qexport.build_records import Int8Coverage
+from qexport.manifest import Precision
 
 if TYPE_CHECKING:  # onnxruntime is imported only when a build runs a graph
     from qexport.runtimes.onnxrt import RunFailure

@@ -24,7 +24,8 @@ from torch import nn
 
 from qexport.options import QatInt8Config, TargetConfig, TargetedInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
-from qexport.manifest import Int8Coverage, Precision
+from qexport.build_records import Int8Coverage
+from qexport.manifest import Precision
 from qexport.errors import QExportError
 from qexport.hardware import int8_activation_range
 from qexport.models import file_stem

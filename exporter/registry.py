@@ -22,7 +22,8 @@ from qexport.models import file_stem
 from qexport.documents import to_json
 from qexport.options import (BudgetConfig, BuildOptions, FamilyConfig, FixedBatchConfig, QatConfig, SharedConfig,
                              TargetConfig)
-from qexport.manifest import PRECISIONS, Calibration, Delegation, Int8Coverage, LoadHints, Precision, RuntimeSection
+from qexport.build_records import Calibration, Delegation, Int8Coverage
+from qexport.manifest import LoadHints, Precision, RuntimeSection, PRECISIONS
 from qexport.runtimes.results import EVAL_BATCH
 from qexport.selection import match_keys
 from qexport.hardware import CpuRequirement, HostCpu, TargetIsa, host_cpu, native_requirement

@@ -16,7 +16,8 @@ from torch import nn
 from qexport.exporter.capture import traced_or_refused
 from qexport.options import BudgetConfig, FamilyConfig, QatInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
-from qexport.manifest import Int8Coverage, Precision
+from qexport.build_records import Int8Coverage
+from qexport.manifest import Precision
 from qexport.runtimes.results import BASELINE
 from qexport.errors import QExportError
 from qexport.progress import progress_bar

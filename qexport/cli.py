@@ -16,7 +16,7 @@ import typer
 from qexport.errors import QExportError
 from qexport.options import (BudgetConfig, CalibrationMethodConfig, FixedBatchConfig, QatConfig, SharedConfig,
                                      TargetConfig, option_default, option_flag, option_help)
-from qexport.manifest import VALIDATION_FRACTION, VALIDATION_MAX
+from qexport.build_records import VALIDATION_FRACTION, VALIDATION_MAX
 from qexport.runtimes.results import BenchOptions, RowStatus, ScenarioSettings
 from qexport.matrix import ZooOptions
 
@@ -295,7 +295,7 @@ def bench(
     """
     from qexport import benchreport
     from qexport.progress import say
-    from qexport.manifest import discover
+    from qexport.index import discover
     from qexport.runtimes.harness import BenchOptions, bench_directory, evaluation_data
 
     options = BenchOptions(threads=threads, cores=_int_list(cores, "--cores"), rounds=rounds,

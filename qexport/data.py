@@ -19,7 +19,7 @@ import torch
 
 from qexport.errors import QExportError
 from qexport.images import ArraySource, FileSource, Images, fingerprint_of, stream
-from qexport.manifest import VALIDATION_FRACTION, VALIDATION_MAX
+from qexport.build_records import VALIDATION_FRACTION, VALIDATION_MAX
 from qexport.preprocessing import IMAGENET_CROP_PCT, Preprocessing, batch_for
 
 CIFAR10_CLASSES = (

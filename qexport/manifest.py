@@ -1,5 +1,6 @@
-"""The sidecar manifest: schema, naming, reading and validation (torch-free: `verify` of an
-ONNX artifact must work where only onnxruntime is installed).
+"""The sidecar manifest's schema and its validation (torch-free: `verify` of an ONNX artifact must
+work where only onnxruntime is installed). Its files' names and reading live in artifact_files.py,
+the folder's index in index.py, the build's records in build_records.py, CPU needs in cpu_needs.py.
 
 Readers (bench, verify) trust only what validates here; unknown schema versions and missing
 fields are refused with one sentence rather than half-understood.
@@ -7,13 +8,13 @@ fields are refused with one sentence rather than half-understood.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qexport.documents import TextEnum, parse, renamed, to_json
 from qexport.errors import QExportError
+from qexport.build_records import AccuracyBudget, Calibration, Delegation, Int8Coverage
 from qexport.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
@@ -24,8 +25,6 @@ SCHEMA = "qexport.manifest"
 # under the new name), DataInfo records the validation images, and unknown keys are refused.
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
-INDEX_SCHEMA = "qexport.index"
-INDEX_SCHEMA_VERSION = 1
 
 
 class Precision(TextEnum):
@@ -40,22 +39,7 @@ class Precision(TextEnum):
 PRECISIONS = tuple(Precision)
 
 
-class Verdict(TextEnum):
-    """How a measured drop compares with the budget, given its 95 % interval."""
-
-    MET = "met"                                 # the interval's upper end is within the budget
-    ESTIMATE_ONLY = "met on the estimate only"  # the estimate is, the upper end is not: the images cannot tell
-    MISSED = "missed"                           # the estimate itself is over
-    OLDER = ""                                  # a file from before verdicts: its ``met`` judged the estimate
 GOLDEN_ATOL = {Precision.FP32: 1e-3, Precision.BF16: 0.15, Precision.FP16: 0.05, Precision.INT8: 0.1}
-
-
-def manifest_path(artifact: Path) -> Path:
-    return artifact.with_name(artifact.name + ".manifest.json")
-
-
-def golden_path(artifact: Path) -> Path:
-    return artifact.with_name(artifact.name + ".golden.npz")
 
 
 @dataclass(frozen=True)
@@ -227,120 +211,6 @@ class Golden:
 
 
 @dataclass(frozen=True)
-class Calibration:
-    split: str
-    samples: int
-    seed: int | None = None
-
-    def describe(self) -> str:
-        return f"{self.samples} {self.split} images (seed {self.seed})"
-
-
-@dataclass(frozen=True)
-class Int8Coverage:
-    """How much of the model runs in int8 (weights, or layers where weights are not counted)."""
-
-    ratio: float
-    quantized_weights: int | None = None
-    total_weights: int | None = None
-    quantized_layers: int | None = None
-    layers: int | None = None
-    int8_layers: int | None = None
-    fused_int8_groups: int | None = None
-
-    @classmethod
-    def of_weights(cls, quantized: int, total: int) -> "Int8Coverage":
-        return cls(ratio=round(quantized / total, 6) if total else 0.0, quantized_weights=quantized, total_weights=total)
-
-    @classmethod
-    def of_layers(cls, quantized: int, total: int) -> "Int8Coverage":
-        return cls(ratio=round(quantized / total, 6) if total else 0.0, quantized_layers=quantized, layers=total)
-
-
-# MLPerf Inference accepts an int8 ResNet50 at 99 % of its fp32 top-1 (0.76 pt of 76.46 %); 1.0 pt is that rule
-# rounded up for smaller models and data, and about the noise of a drop measured on 1000 held-out images.
-DEFAULT_MAX_DROP = 1.0
-VALIDATION_FRACTION = 0.1  # of the train split, set aside by `qexport train` before training for the accuracy budget
-VALIDATION_MAX = 5000      # enough to resolve a 1-pt budget where 5 % of images change correctness (±0.6 pt)
-
-
-@dataclass(frozen=True)
-class Delegation:
-    """What share of a program a backend delegate runs (ExecuTorch: XNNPACK), and what it left to
-    slow portable kernels, by name: a partly delegated program is slow for a reason a team can fix."""
-
-    backend: str
-    delegated_ops: int
-    portable_ops: int
-    delegated_macs: int
-    portable_macs: int
-    portable_op_names: list[str] = field(default_factory=list)
-
-    @property
-    def mac_share(self) -> float:
-        """Multiply-adds inside the delegate over all multiply-adds (1.0 when there are none)."""
-        total = self.delegated_macs + self.portable_macs
-        return self.delegated_macs / total if total else 1.0
-
-    @property
-    def op_share(self) -> float:
-        total = self.delegated_ops + self.portable_ops
-        return self.delegated_ops / total if total else 1.0
-
-
-def drop_upper_pt(drop_pt: float, ci95_pt: float | None) -> float:
-    """The upper end of a drop's 95 % interval -- the most an artifact may plausibly lose -- the
-    one formula every verdict, message and report uses (no interval: the estimate itself)."""
-    return drop_pt + (ci95_pt or 0.0)
-
-
-@dataclass(frozen=True)
-class BudgetAttempt:
-    """One build measured against the budget: how many layers it kept in float and what it lost."""
-
-    kept_float: int
-    top1: float
-    drop_pt: float
-    drop_ci95_pt: float | None = None  # half-width of the paired 95 % interval on drop_pt (same images, both models)
-
-    @property
-    def upper_pt(self) -> float:
-        return drop_upper_pt(self.drop_pt, self.drop_ci95_pt)
-
-
-@dataclass(frozen=True)
-class AccuracyBudget:
-    """The top-1 points an int8 artifact may lose vs fp32, where that was measured (held-out train
-    images, never the test split), and what meeting it took: the layers kept in float and the share
-    of convolution/linear weights and multiply-accumulates still int8."""
-
-    max_drop_pt: float
-    measured_on: str
-    samples: int
-    seed: int
-    fp32_top1: float
-    top1: float
-    drop_pt: float
-    met: bool
-    kept_float: list[str] = field(default_factory=list)
-    drop_ci95_pt: float | None = None  # half-width of the paired 95 % interval on drop_pt
-    int8_weight_share: float | None = None
-    int8_mac_share: float | None = None
-    attempts: list[BudgetAttempt] = field(default_factory=list)
-    ranking: str = ""
-    # The verdict on the drop and its interval, and the rule that decided ``met``
-    # (--budget-verdict: interval, or estimate). Older files judged the estimate.
-    verdict: Verdict = Verdict.OLDER
-    rule: str = "estimate"
-    unseen: bool = False  # measured on images the fp32 model never trained on (a validation split)
-
-    @property
-    def upper_pt(self) -> float:
-        """The upper end of the drop's 95 % interval: the most the artifact may plausibly lose."""
-        return drop_upper_pt(self.drop_pt, self.drop_ci95_pt)
-
-
-@dataclass(frozen=True)
 class BuildRecord:
     seconds: float
     options: dict
@@ -439,148 +309,3 @@ class LoadHints:
         return parse(cls, data or {}, "load hints")
 
 
-def read_manifest(path: Path) -> Manifest:
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as err:
-        raise QExportError(f"Cannot read manifest {path} ({err.strerror or err}).") from err
-    except UnicodeDecodeError as err:
-        raise QExportError(f"Manifest {path} is not UTF-8 text; it is not a qexport manifest.") from err
-    except json.JSONDecodeError as err:
-        raise QExportError(f"Manifest {path} is not valid JSON ({err.msg} at line {err.lineno}).") from err
-    return Manifest.from_dict(data, str(path))
-
-
-def artifact_file(manifest_file: Path, manifest: Manifest) -> Path:
-    """The artifact a manifest describes: always beside it (no path traversal)."""
-    return Path(manifest_file).parent / manifest.artifact.file
-
-
-def artifact_paths(manifest_file: Path, manifest: Manifest) -> list[Path]:
-    """The artifact and its companion files, all beside the manifest."""
-    return [Path(manifest_file).parent / name for name in manifest.artifact.names]
-
-
-def artifact_problem(manifest_file: Path, manifest: Manifest) -> str | None:
-    """None when the artifact and every companion file are present and match the manifest's sha256;
-    else one sentence naming the first file that does not (missing, truncated, modified)."""
-    from qexport.fsutil import sha256_file
-
-    expected = [manifest.artifact.sha256, *(c.sha256 for c in manifest.artifact.companions)]
-    for path, sha256 in zip(artifact_paths(manifest_file, manifest), expected):
-        if not path.is_file():
-            return f"{path.name} is missing; rebuild it with `qexport build`"
-        if sha256_file(path) != sha256:
-            return f"{path.name} does not match the sha256 in its manifest (modified, truncated or tampered)"
-    return None
-
-
-def find_manifests(directory: Path) -> list[Path]:
-    return sorted(Path(directory).glob("*.manifest.json"))
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    family: str
-    file: str
-    manifest: str
-    format: str
-    precision: Precision
-    runtime: str
-    size_bytes: int
-    sha256: str
-    top1: float
-    model: str
-
-    @classmethod
-    def of(cls, manifest_file: Path, manifest: Manifest) -> "IndexEntry":
-        return cls(family=manifest.family, file=manifest.artifact.file, manifest=manifest_file.name,
-                   format=manifest.format, precision=manifest.precision, runtime=manifest.runtime.name,
-                   size_bytes=manifest.artifact.total_size_bytes, sha256=manifest.artifact.sha256,
-                   top1=manifest.evaluation.top1, model=manifest.model.name)
-
-
-@dataclass(frozen=True)
-class Failure:
-    family: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Index:
-    """index.json: the folder's artifacts (every valid manifest) and the last build's failures."""
-
-    model: str
-    created: str
-    artifacts: list[IndexEntry]
-    failed: list[Failure] = field(default_factory=list)
-    schema: str = INDEX_SCHEMA
-    schema_version: int = INDEX_SCHEMA_VERSION
-
-    def to_dict(self) -> dict:
-        return to_json(self)
-
-
-def read_index(path: Path) -> Index:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
-        raise QExportError(f"{path} is not a qexport index ({err}); delete it or rebuild.") from err
-    if not isinstance(data, dict) or data.get("schema") != INDEX_SCHEMA:
-        raise QExportError(f"{path} is not a qexport index (schema {INDEX_SCHEMA}); delete it or rebuild.")
-    return parse(Index, data, str(path))
-
-
-def discover(directory: Path) -> list[tuple[Path, Manifest]]:
-    """(manifest path, manifest) for the folder: from index.json when present, else every manifest."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise QExportError(f"{directory} is not a folder; pass the folder `qexport build` wrote (default artifacts/).")
-    index = directory / "index.json"
-    if index.is_file():
-        paths = [directory / Path(entry.manifest).name for entry in read_index(index).artifacts]
-        say_unlisted(directory, [path for path in find_manifests(directory) if path not in paths])
-    else:
-        paths = find_manifests(directory)
-    if not paths:
-        raise QExportError(f"No artifacts in {directory}; run `qexport build --all --out {directory}` first.")
-    return [(path, read_manifest(path)) for path in paths]
-
-
-def say_unlisted(directory: Path, unlisted: list[Path]) -> None:
-    """Name the manifests index.json leaves out (copied in after the build, or unreadable when the
-    index was written): the folder's index decides what bench, verify and pack take, and leaving
-    one out without a word looks like a measurement, a check or a bundle of the whole folder."""
-    if not unlisted:
-        return
-    from qexport.progress import say
-
-    names = ", ".join(path.name for path in unlisted)
-    say(f"{directory}/index.json does not list {len(unlisted)} manifest(s) in the folder ({names}), so they are "
-        "left out; delete index.json to take every manifest in the folder, or build them there with `qexport build`.")
-
-
-def cpu_needs(manifest: Manifest) -> tuple["CpuRequirement | None", bool]:
-    """(what the artifact needs from the CPU, whether that comes from compiled code).
-
-    Manifests written before requirements were recorded still protect their AOTInductor
-    package: it was compiled with -march=native, so it needs the build host's recorded ISA.
-    """
-    from qexport.hardware import FLAG_LABELS, requirement
-
-    if manifest.requirements is not None:
-        return manifest.requirements.cpu_requirement(), manifest.requirements.compiled
-    built = manifest.runtime.compiled_with
-    if built is not None and built.isa:
-        flag_of = {label: flag for flag, label in FLAG_LABELS.items()}
-        flags = {flag_of[label] for label in built.isa if label in flag_of}
-        return requirement(f"the build host's ISA ({', '.join(built.isa)})", flags), True
-    return None, False
-
-
-def host_problem_for(manifest: Manifest) -> str | None:
-    """None when this host's CPU can run the artifact; else one sentence naming what is missing and the fix."""
-    from qexport.hardware import host_problem
-
-    needs, compiled = cpu_needs(manifest)
-    return host_problem(needs, manifest.artifact.file, compiled)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qexport.documents import TextEnum, parse, renamed
-from qexport.manifest import Verdict
+from qexport.build_records import Verdict
 from qexport.options import SharedConfig, option
 
 MATRIX_JSON = "compatibility.json"

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from qexport.errors import QExportError
 from qexport.hardware import DEFAULT_TARGET, TARGETS, TargetIsa, host_cpu, int8_may_run_without_vnni, resolve_target
-from qexport.manifest import DEFAULT_MAX_DROP
+from qexport.build_records import DEFAULT_MAX_DROP
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 BUDGET_VERDICTS = ("interval", "estimate")  # what "met" needs: the interval's upper end, or the estimate alone

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 
 from qexport.errors import QExportError
 from qexport.fsutil import atomic_path
-from qexport.manifest import Manifest, artifact_file, artifact_paths, artifact_problem, discover, golden_path
+from qexport.artifact_files import artifact_file, artifact_paths, artifact_problem, golden_path
+from qexport.index import discover
+from qexport.manifest import Manifest
 from qexport.runtimes.results import BenchDocument
 
 if TYPE_CHECKING:

@@ -8,7 +8,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from qexport.manifest import Precision, Verdict
+from qexport.build_records import Verdict
+from qexport.manifest import Precision
 
 # Reports are often piped into logs: don't squeeze tables into 80 columns there.
 console = Console(width=None if sys.stdout.isatty() else 180)
@@ -99,7 +100,7 @@ def print_build(outcomes, out_dir) -> None:
     from pathlib import Path
 
     from qexport.exporter.build import BuildStatus
-    from qexport.manifest import read_index
+    from qexport.index import read_index
     from qexport.runtimes.results import BASELINE
 
     index_file = Path(out_dir) / "index.json"

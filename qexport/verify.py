@@ -15,8 +15,10 @@ import numpy as np
 
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file
-from qexport.manifest import (Manifest, artifact_file, artifact_problem, discover, golden_path, host_problem_for,
-                              manifest_path, read_manifest)
+from qexport.artifact_files import artifact_file, artifact_problem, golden_path, manifest_path, read_manifest
+from qexport.cpu_needs import host_problem_for
+from qexport.index import discover
+from qexport.manifest import Manifest
 from qexport.runtimes.foreign import is_foreign, runs_here
 
 RTOL = 1e-3

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qexport.manifest import (DataInfo, Manifest, Precision, artifact_file, artifact_paths, artifact_problem, discover,
-                              host_problem_for)
+from qexport.artifact_files import artifact_file, artifact_paths, artifact_problem
+from qexport.cpu_needs import host_problem_for
+from qexport.index import discover
+from qexport.manifest import DataInfo, Manifest, Precision
 from qexport.errors import QExportError, RuntimeMissing, last_line
 from qexport.documents import parse, to_json
 from qexport.runtimes.figures import add_agreement, add_best_fp32_ratios, add_ratios, combine_rounds, noise_summary, ties

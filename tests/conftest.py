@@ -123,7 +123,7 @@ def copy_artifacts(source: Path, target: Path, names) -> Path:
     """Copy artifacts with their manifest and golden data into ``target`` (no index: discovered)."""
     import shutil
 
-    from qexport.manifest import read_manifest
+    from qexport.artifact_files import read_manifest
 
     target.mkdir(parents=True, exist_ok=True)
     for name in names:

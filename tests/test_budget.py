@@ -19,7 +19,7 @@ from qexport.exporter.budget import budget_split, fallback_sizes
 from qexport.exporter.sensitivity import fake_quantized, int8_shares, layer_costs, rank_layers
 from qexport.exporter.build import build_families
 from qexport.exporter.registry import BuildContext, BuildDetails, Family
-from qexport.manifest import read_manifest, manifest_path
+from qexport.artifact_files import manifest_path, read_manifest
 from tests.conftest import make_context
 
 DAMAGED = 3  # layers the test family ruins unless the fallback keeps them in float

@@ -12,7 +12,9 @@ import pytest
 from qexport import runtimes
 from qexport.exporter import FAMILIES, BuildOptions, select_families
 from qexport.exporter.build import build_families
-from qexport.manifest import Manifest, golden_path, manifest_path, read_index, read_manifest
+from qexport.artifact_files import golden_path, manifest_path, read_manifest
+from qexport.index import read_index
+from qexport.manifest import Manifest
 from qexport.exporter.registry import Family
 from qexport.errors import QExportError
 from qexport.fsutil import sha256_file

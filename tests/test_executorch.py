@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from qexport.manifest import Delegation, InputSpec
+from qexport.build_records import Delegation
+from qexport.manifest import InputSpec
 
 pytest.importorskip("executorch", reason="executorch is not installed: pip install 'qexport[executorch]'")
 

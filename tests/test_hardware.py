@@ -19,7 +19,8 @@ from qexport.exporter.build import build_families
 from qexport.errors import QExportError
 from qexport.hardware import (FAKE_FLAGS_VARIABLE, TARGETS, X86_64_V3, X86_64_V4, HostCpu, host_cpu,
                               native_requirement, resolve_target)
-from qexport.manifest import Manifest, host_problem_for
+from qexport.cpu_needs import host_problem_for
+from qexport.manifest import Manifest
 from qexport.runtimes.harness import BenchOptions, bench_directory
 from qexport.verify import verify_path
 from tests.conftest import built_outcome, copy_artifacts, make_context, minimal_manifest, run_cli

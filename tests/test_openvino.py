@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from qexport.errors import RuntimeMissing
-from qexport.manifest import read_manifest
+from qexport.artifact_files import read_manifest
 from qexport.runtimes.harness import BenchOptions, bench_directory
 from qexport.verify import verify_path
 from tests.conftest import built_outcome, copy_artifacts, run_cli

@@ -118,7 +118,8 @@ def test_golden_outputs_match_the_eager_model(built_artifacts, tiny_data, tiny_c
     import torch
 
     from qexport.exporter import FAMILIES
-    from qexport.manifest import GOLDEN_ATOL, golden_path
+    from qexport.artifact_files import golden_path
+    from qexport.manifest import GOLDEN_ATOL
     from tests.conftest import make_context
 
     out, outcomes = built_artifacts

@@ -8,7 +8,8 @@ import pytest
 
 from qexport.errors import QExportError
 from qexport.exporter.build import Outcome
-from qexport.manifest import AccuracyBudget, Evaluation
+from qexport.build_records import AccuracyBudget
+from qexport.manifest import Evaluation
 from qexport.runtimes.results import ArtifactResult, BatchResult, BenchRow, EvalResult
 from qexport.runtimes.stats import Interval
 from qexport.matrix import Cell, Matrix, ModelRow, ZooOptions
