@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from qexport import contract
-from qexport.data import (SYNTHETIC_SAMPLES, Dataset, Holdout, channel_stats, hold_out,
-                          load_dataset, read_labelled_folder, with_validation)
+from qexport.data import Dataset, Holdout, SYNTHETIC_SAMPLES, channel_stats, hold_out, with_validation
+from qexport.sources import load_dataset, read_labelled_folder
 from qexport.documents import parse, to_json
 from qexport.envinfo import library_versions
 from qexport.errors import QExportError

@@ -127,3 +127,8 @@ def ties(rows: list[BenchRow], batch: str) -> list[Tie]:
         if ratio.low is not None and not ratio.excludes(1.0):
             found.append(Tie(batch=batch, faster=faster.family, slower=slower.family, ratio=ratio))
     return found
+
+
+def cannot_tell_from_one(interval: Interval | None) -> bool:
+    """An interval that contains 1×: the measurement cannot tell this artifact from fp32."""
+    return interval is not None and interval.low is not None and not interval.excludes(1.0)

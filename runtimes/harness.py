@@ -209,7 +209,7 @@ def evaluation_data(entries: list[tuple[Path, Manifest]], source: str | None, da
     Source and (for synthetic data) sample counts come from the first manifest unless given; the
     images are read under the manifest's own preprocessing (resize, crop, mean, std), never a default.
     """
-    from qexport.data import load_dataset
+    from qexport.sources import load_dataset
 
     first = entries[0][1]
     recorded = first.data

@@ -42,7 +42,7 @@ def real_cifar():
     directory = cifar_dir()
     if directory is None:
         pytest.skip(f"real CIFAR-10 not found: set QEXPORT_DATA_DIR or place cifar10.npz at {SHARED_CIFAR}")
-    from qexport.data import load_cifar10
+    from qexport.sources import load_cifar10
 
     return load_cifar10(directory, download=False)
 
@@ -53,7 +53,7 @@ TINY_DATA_ARGS = ("--data", "synthetic", "--train-samples", "256", "--test-sampl
 
 @pytest.fixture(scope="session")
 def tiny_data():
-    from qexport.data import make_synthetic
+    from qexport.sources import make_synthetic
 
     return make_synthetic(train=256, test=128, image_size=32, seed=0)
 

@@ -199,7 +199,7 @@ def test_image_folder_build_is_benched_at_its_own_size(tmp_path):
     accuracy equals the build's; data of another shape is refused in one sentence."""
     from qexport.exporter import FAMILIES
     from qexport.exporter.build import build_families
-    from qexport.data import load_dataset
+    from qexport.sources import load_dataset
     from qexport.pipeline import train_checkpoint
     from qexport.train import TrainConfig
     from tests.conftest import make_context, run_cli
@@ -226,7 +226,7 @@ def test_image_folder_build_is_benched_at_its_own_size(tmp_path):
 
 
 def test_data_of_another_size_is_refused(small_dir):
-    from qexport.data import make_synthetic
+    from qexport.sources import make_synthetic
 
     with pytest.raises(QExportError, match=r"takes 32×32 images and the evaluation set \(synthetic\) is 48×48"):
         bench_directory(small_dir, BenchOptions(**FAST), make_synthetic(16, 16, image_size=48))

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from qexport import data as qdata
-from qexport.data import calibration_split, load_dataset, make_synthetic, normalize, seeded_subset
+from qexport import sources as qsources
+from qexport.data import calibration_split, normalize, seeded_subset
+from qexport.sources import load_dataset, make_synthetic
 from qexport.errors import QExportError
 
 
@@ -69,7 +71,7 @@ def test_unknown_source_is_one_sentence():
 
 def test_missing_cifar_offline_names_data_dir(tmp_path):
     with pytest.raises(QExportError, match="--data-dir"):
-        qdata.load_cifar10(tmp_path / "nothing", download=False)
+        qsources.load_cifar10(tmp_path / "nothing", download=False)
 
 
 def test_failed_download_names_data_dir_and_leaves_nothing(tmp_path, monkeypatch):
@@ -81,14 +83,14 @@ def test_failed_download_names_data_dir_and_leaves_nothing(tmp_path, monkeypatch
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     target = tmp_path / "fresh"
     with pytest.raises(QExportError, match="could not be downloaded.*--data-dir"):
-        qdata.load_cifar10(target, download=True)
+        qsources.load_cifar10(target, download=True)
     assert not target.exists()
 
 
 def test_corrupt_npz_is_reported(tmp_path):
     (tmp_path / "cifar10.npz").write_bytes(b"not a zip at all")
     with pytest.raises(QExportError, match="not a readable CIFAR-10 npz"):
-        qdata.load_cifar10(tmp_path, download=False)
+        qsources.load_cifar10(tmp_path, download=False)
 
 
 def _write_images(folder: Path, count: int, colour: tuple[int, int, int]) -> None:
@@ -158,7 +160,7 @@ def test_a_validation_folder_with_classes_the_model_lacks_is_one_sentence(tmp_pa
     _write_images(tmp_path / "val" / "cats", 1, (200, 10, 10))
     _write_images(tmp_path / "val" / "zebras", 1, (10, 10, 200))
     with pytest.raises(QExportError, match=r"classes the model was not trained on \(zebras\)") as caught:
-        qdata.read_labelled_folder(tmp_path / "val", ["cats", "dogs"], qdata.default_geometry(16))
+        qsources.read_labelled_folder(tmp_path / "val", ["cats", "dogs"], qdata.default_geometry(16))
     assert "\n" not in str(caught.value)
 
 

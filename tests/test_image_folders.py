@@ -132,7 +132,7 @@ def test_the_artifacts_score_what_torchvision_scores_under_the_same_preprocessin
 
 @pytest.mark.integration
 def test_a_qexport_checkpoint_refuses_flags_that_contradict_its_record_unless_forced(user_folder, tmp_path):
-    from qexport.data import load_dataset
+    from qexport.sources import load_dataset
     from qexport.pipeline import train_checkpoint, training_data
     from qexport.preprocessing import PreprocessingFlags
     from qexport.train import TrainConfig
@@ -158,7 +158,8 @@ import resource, sys
 from pathlib import Path
 import qexport.images
 qexport.images.STREAM_MIN_IMAGES = 1  # both folders through the decoding workers, as any long pass
-from qexport.data import load_dataset, channel_stats
+from qexport.data import channel_stats
+from qexport.sources import load_dataset
 data = load_dataset("imagefolder", Path(sys.argv[1]))
 channel_stats(data.train.images)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from qexport import benchreport, report
+from qexport import benchplots, benchreport, report
 from qexport.documents import parse
 from qexport.build_records import AccuracyBudget
 from qexport.manifest import Evaluation, Manifest
@@ -267,11 +267,11 @@ def test_int8_slower_than_the_baseline_is_flagged_from_measured_rounds():
 def test_speedup_marks_and_colours_follow_the_interval():
     row = bench_row("x", {"1": [1.0] * 3})
     row.speedup_vs_fp32, row.speedup_interval = {"1": 1.02}, {"1": Interval(1.02, 0.95, 1.1, 3)}
-    assert benchreport.fmt_speedup(row, "1") == "~1.02 [0.95–1.10]" and benchreport.speedup_colour(row, "1") == "tab:gray"
+    assert benchreport.fmt_speedup(row, "1") == "~1.02 [0.95–1.10]" and benchplots.speedup_colour(row, "1") == "tab:gray"
     row.speedup_vs_fp32, row.speedup_interval = {"1": 0.8}, {"1": Interval(0.8, 0.75, 0.85, 3)}
-    assert benchreport.speedup_colour(row, "1") == "tab:red"
+    assert benchplots.speedup_colour(row, "1") == "tab:red"
     row.speedup_vs_fp32, row.speedup_interval = {"1": 1.5}, {"1": Interval(1.5, 1.4, 1.6, 3)}
-    assert benchreport.speedup_colour(row, "1") == "tab:green"
+    assert benchplots.speedup_colour(row, "1") == "tab:green"
 
 
 def write_bench(path, rounds_by_family: dict[str, list[float]]):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from qexport.data import make_synthetic
+from qexport.sources import make_synthetic
 from qexport.errors import QExportError
 from qexport.exporter import FAMILIES, BuildOptions
 from qexport.exporter.registry import EVAL_BATCH, BuildContext

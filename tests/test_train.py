@@ -195,7 +195,7 @@ def test_training_a_model_with_such_a_convolution_does_not_crash_on_one_thread()
     import subprocess
     import sys
 
-    script = ("import torch; from torch import nn; from qexport.data import make_synthetic; "
+    script = ("import torch; from torch import nn; from qexport.sources import make_synthetic; "
               "from qexport.train import TrainConfig, train; torch.manual_seed(0); "
               "model = nn.Sequential(nn.Conv2d(3, 48, 1, stride=2, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), "
               "nn.Flatten(), nn.Linear(48, 10)); "
