@@ -17,7 +17,8 @@ from qexport.errors import QExportError
 from qexport.options import (BudgetConfig, CalibrationMethodConfig, FixedBatchConfig, QatConfig, SharedConfig,
                                      TargetConfig, option_default, option_flag, option_help)
 from qexport.build_records import VALIDATION_FRACTION, VALIDATION_MAX
-from qexport.runtimes.results import BenchOptions, RowStatus, ScenarioSettings
+from qexport.runtimes.results import RowStatus
+from qexport.runtimes.bench_options import BenchOptions, ScenarioSettings
 from qexport.matrix import ZooOptions
 
 
@@ -296,7 +297,8 @@ def bench(
     from qexport import benchreport
     from qexport.progress import say
     from qexport.index import discover
-    from qexport.runtimes.harness import BenchOptions, bench_directory, evaluation_data
+    from qexport.runtimes.harness import BenchOptions, bench_directory
+    from qexport.runtimes.evaluation_set import evaluation_data
 
     options = BenchOptions(threads=threads, cores=_int_list(cores, "--cores"), rounds=rounds,
                            batch_sizes=_int_list(batch_sizes, "--batch-sizes") or (), warmup=warmup,
@@ -327,7 +329,7 @@ def _scenario_settings(names: Optional[str], seconds: float, target_latency_ms: 
     if not names:
         return None
     from qexport.runtimes.loadgen import INSTANCING, SCENARIOS
-    from qexport.runtimes.results import ScenarioSettings, usable_cores
+    from qexport.runtimes.bench_options import ScenarioSettings, usable_cores
     from qexport.selection import match_keys
 
     chosen = list(SCENARIOS) if names.strip() == "all" else \

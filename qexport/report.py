@@ -17,7 +17,7 @@ console = Console(width=None if sys.stdout.isatty() else 180)
 
 def print_info(as_json: bool = False) -> None:
     from qexport.documents import to_json
-    from qexport.runtimes.results import IPEX_PACKAGE, current_environment
+    from qexport.runtimes.environment import IPEX_PACKAGE, current_environment
 
     env = current_environment()
     if as_json:

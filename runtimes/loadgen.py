@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from qexport.errors import QExportError, first_line
-from qexport.runtimes.results import (InstancingChoice, LoadGenAccuracy, ScenarioResult, ScenarioSettings,
-                                      ServerPoint)
+from qexport.runtimes.results import InstancingChoice, LoadGenAccuracy, ScenarioResult, ServerPoint
+from qexport.runtimes.bench_options import ScenarioSettings
 from qexport.runtimes.worker import pin
 
 SCENARIOS = ("single-stream", "multi-stream", "server", "offline")

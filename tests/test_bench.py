@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from qexport import benchreport
 from qexport.errors import QExportError
 from qexport.runtimes.harness import BenchOptions, bench_directory, run_worker
-from qexport.runtimes.results import load_bench, usable_cores
+from qexport.runtimes.results import load_bench
+from qexport.runtimes.bench_options import usable_cores
 from qexport.runtimes.stats import is_stable, percentile, summarize
 from tests.conftest import copy_artifacts
 

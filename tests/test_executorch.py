@@ -72,7 +72,7 @@ def test_the_bench_times_the_batch_sizes_a_program_has_and_says_which_it_skipped
     from types import SimpleNamespace
 
     from qexport.runtimes.harness import fixed_batch_note, served_batch_sizes
-    from qexport.runtimes.results import BenchOptions
+    from qexport.runtimes.bench_options import BenchOptions
 
     manifest = SimpleNamespace(input=InputSpec(shape=[4, 3, 32, 32], mean=[0.0] * 3, std=[1.0] * 3, dynamic_axes=[]))
     assert served_batch_sizes(manifest, BenchOptions(batch_sizes=(1, 4, 32))) == [4]

@@ -13,8 +13,8 @@ pytest.importorskip("mlperf_loadgen", reason="mlcommons-loadgen is not installed
 from qexport import benchreport  # noqa: E402
 from qexport.runtimes.harness import BenchOptions, bench_directory  # noqa: E402
 from qexport.runtimes.loadgen import MIN_QUERIES, SCENARIOS, invalid_reason, read_detail_log  # noqa: E402
-from qexport.runtimes.results import usable_cores  # noqa: E402
-from qexport.runtimes.results import ScenarioSettings  # noqa: E402
+from qexport.runtimes.bench_options import usable_cores
+from qexport.runtimes.bench_options import ScenarioSettings
 from tests.conftest import copy_artifacts  # noqa: E402
 
 QUICK = dict(rounds=1, batch_sizes=(1, 8), min_count=3, min_seconds=0.05, warmup=1)

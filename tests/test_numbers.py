@@ -17,8 +17,10 @@ from qexport.build_records import AccuracyBudget
 from qexport.manifest import Evaluation, Manifest
 from qexport.pack import latency_section, model_card
 from qexport.runtimes.figures import add_agreement, add_best_fp32_ratios, add_ratios, combine_rounds, noise_summary, ties
-from qexport.runtimes.results import (BASELINE, ArtifactResult, BatchResult, BenchDocument, BenchRow, CpuRecord,
-                                      Environment, EvalResult, RoundBatch, RoundResult, RunOptions, load_bench)
+from qexport.runtimes.results import (ArtifactResult, BASELINE, BatchResult, BenchDocument, BenchRow, EvalResult,
+                                      RoundBatch, RoundResult, load_bench)
+from qexport.runtimes.bench_options import RunOptions
+from qexport.runtimes.environment import CpuRecord, Environment
 from qexport.runtimes.stats import Interval, geometric_interval, spread_pct, summarize, throughput_ips
 from tests.conftest import minimal_manifest
 

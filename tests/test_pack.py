@@ -10,8 +10,9 @@ import pytest
 
 from qexport.errors import QExportError
 from qexport.pack import pack
-from qexport.runtimes.results import (ArtifactResult, BatchResult, BenchDocument, BenchRow, CpuRecord, Environment,
-                                      RunOptions)
+from qexport.runtimes.results import ArtifactResult, BatchResult, BenchDocument, BenchRow
+from qexport.runtimes.bench_options import RunOptions
+from qexport.runtimes.environment import CpuRecord, Environment
 from tests.conftest import copy_artifacts, run_cli
 
 # One per loader the model card shows; int8 ones, because packing compresses every byte and fp32 weights
