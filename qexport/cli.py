@@ -243,7 +243,7 @@ def _preprocessing_flags(mean: Optional[str], std: Optional[str], resize: Option
                          interpolation: Optional[str], weights_transforms: Optional[str], stats_from_data: bool = False,
                          force: bool = False):
     """The preprocessing flags, parsed and checked before any data is read or model built."""
-    from qexport.preprocessing import PreprocessingFlags, parse_channels, parse_resize
+    from qexport.preprocessing_flags import PreprocessingFlags, parse_channels, parse_resize
 
     size, mode = parse_resize(resize)
     return PreprocessingFlags(mean=parse_channels(mean, "--mean"), std=parse_channels(std, "--std"), resize=size,

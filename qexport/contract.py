@@ -20,8 +20,8 @@ from pathlib import Path
 
 from qexport.documents import parse
 from qexport.errors import QExportError
-from qexport.preprocessing import (Preprocessing, PreprocessingFlags, from_timm_config,
-                                   from_torchvision_transforms)
+from qexport.preprocessing import Preprocessing, from_timm_config, from_torchvision_transforms
+from qexport.preprocessing_flags import PreprocessingFlags
 
 NO_SOURCE = ("pass the preprocessing it was trained with: --mean R,G,B --std R,G,B with --resize and --crop "
              "(e.g. --resize 256 --crop 224), --weights-transforms NAME for a torchvision weights recipe such as "

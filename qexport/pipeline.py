@@ -14,7 +14,8 @@ from qexport.envinfo import library_versions
 from qexport.errors import QExportError
 from qexport.fsutil import ensure_writable_dir
 from qexport.models import build_model, file_stem, read_checkpoint, save_checkpoint, warm_start
-from qexport.preprocessing import Preprocessing, PreprocessingFlags
+from qexport.preprocessing import Preprocessing
+from qexport.preprocessing_flags import PreprocessingFlags
 from qexport.progress import say
 from qexport.train import TrainConfig, train
 

@@ -134,7 +134,7 @@ def test_the_artifacts_score_what_torchvision_scores_under_the_same_preprocessin
 def test_a_qexport_checkpoint_refuses_flags_that_contradict_its_record_unless_forced(user_folder, tmp_path):
     from qexport.sources import load_dataset
     from qexport.pipeline import train_checkpoint, training_data
-    from qexport.preprocessing import PreprocessingFlags
+    from qexport.preprocessing_flags import PreprocessingFlags
     from qexport.train import TrainConfig
 
     flags = PreprocessingFlags(mean=(0.5,) * 3, std=(0.25,) * 3, resize=56, crop=48)

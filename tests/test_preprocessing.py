@@ -12,8 +12,8 @@ import torch
 
 from qexport import contract
 from qexport.errors import QExportError
-from qexport.preprocessing import (Preprocessing, PreprocessingFlags, crop_box, parse_channels, parse_resize,
-                                   prepare, prepare_file, resized_size, snippet)
+from qexport.preprocessing import Preprocessing, crop_box, prepare, prepare_file, resized_size, snippet
+from qexport.preprocessing_flags import PreprocessingFlags, parse_channels, parse_resize
 
 IMAGENET = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 
@@ -261,7 +261,7 @@ def test_an_image_over_pils_safety_limit_is_one_sentence_naming_it(tmp_path, mon
 
 def test_a_checkpoint_trained_under_other_preprocessing_than_the_flags_is_not_reused(tiny_data, tmp_path, monkeypatch):
     from qexport.pipeline import resolve_checkpoint, training_data
-    from qexport.preprocessing import PreprocessingFlags
+    from qexport.preprocessing_flags import PreprocessingFlags
     from qexport.train import TrainConfig
 
     monkeypatch.chdir(tmp_path)
