@@ -21,11 +21,11 @@ from functools import cached_property
 
 import torch
 
-from qexport.data import Split, seeded_subset
-from qexport.options import BudgetConfig, BuildOptions
+from qexport.training.data import Split, seeded_subset
+from qexport.core.options import BudgetConfig, BuildOptions
 from qexport.exporter.registry import BuildContext
 from qexport.exporter.sensitivity import RANKING, LayerCost, int8_shares, layer_costs, rank_layers
-from qexport.build_records import AccuracyBudget, BudgetAttempt, Verdict, drop_upper_pt
+from qexport.core.build_records import AccuracyBudget, BudgetAttempt, Verdict, drop_upper_pt
 
 MEASURED_ON_VALIDATION = "validation split: {source} (never trained on, never the test split)"
 MEASURED_ON_TRAIN = ("train split, held out from calibration but trained on by the fp32 model (never the test "
@@ -145,7 +145,7 @@ class HeldOut:
     def attempt(self, logits: torch.Tensor, kept_float: int) -> BudgetAttempt:
         """The top-1 points ``logits`` lose against the fp32 model on these images, with the paired
         95 % interval (see :func:`paired_drop_ci95_pt`)."""
-        from qexport.train import top1
+        from qexport.training.train import top1
 
         fp32, quantized = top1(self.fp32_logits, self.split.labels), top1(logits, self.split.labels)
         return BudgetAttempt(kept_float=kept_float, top1=quantized, drop_pt=round((fp32 - quantized) * 100, 4),
@@ -170,7 +170,7 @@ class HeldOut:
         """The manifest's budget section for the last of ``attempts`` (``shares``: the family
         quantizes every convolution/linear layer it does not keep in float; ``fine_tuned``: a QAT
         family, which trained on the train split)."""
-        from qexport.train import top1
+        from qexport.training.train import top1
 
         last, options = attempts[-1], self.budget
         weight_share, mac_share = int8_shares(self.costs, kept_float) if shares else (None, None)

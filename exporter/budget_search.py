@@ -9,13 +9,13 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from qexport.errors import QExportError
+from qexport.core.errors import QExportError
 from qexport.exporter.budget import HeldOut, Verdict, fallback_sizes, not_found_note, over_budget_message, unresolved_line
 from qexport.exporter.isolation import run_family
 from qexport.exporter.measure import Runner, runner_logits
 from qexport.exporter.registry import BuildContext, BuildDetails, Family
-from qexport.build_records import AccuracyBudget, BudgetAttempt
-from qexport.progress import say
+from qexport.core.build_records import AccuracyBudget, BudgetAttempt
+from qexport.core.progress import say
 
 
 def build_within_budget(family: Family, ctx: BuildContext, path: Path, held_out: HeldOut,

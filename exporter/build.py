@@ -18,18 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qexport.documents import TextEnum
-from qexport.errors import QExportError, RuntimeMissing, describe_exception
+from qexport.core.documents import TextEnum
+from qexport.core.errors import QExportError, RuntimeMissing, describe_exception
 from qexport.exporter.budget import HeldOut
 from qexport.exporter.budget_search import build_within_budget
 from qexport.exporter.manifests import is_up_to_date, make_manifest, write_index
 from qexport.exporter.measure import Reference, measure, write_golden
 from qexport.exporter.registry import BuildContext, Family
-from qexport.fsutil import atomic_path, atomic_write_json, ensure_writable_dir
-from qexport.artifact_files import golden_path, manifest_path, read_manifest
-from qexport.index import Failure
-from qexport.manifest import Manifest
-from qexport.progress import current_label, labelled, say
+from qexport.core.fsutil import atomic_path, atomic_write_json, ensure_writable_dir
+from qexport.core.artifact_files import golden_path, manifest_path, read_manifest
+from qexport.core.index import Failure
+from qexport.core.manifest import Manifest
+from qexport.core.progress import current_label, labelled, say
 
 
 class BuildStatus(TextEnum):

@@ -20,7 +20,7 @@ from types import FrameType
 import torch
 from torch import nn
 
-from qexport.errors import QExportError, describe_exception
+from qexport.core.errors import QExportError, describe_exception
 
 CONTROL_FLOW_SIGNS = ("data-dependent", "GuardOnDataDependentSymNode", "cannot be used as inputs to control flow")
 TRACER_CONTROL_FLOW = "Converting a tensor to a Python boolean"
@@ -191,7 +191,7 @@ def _defines(cls: type, filename: str, lineno: int) -> bool:
 
 def _module_names_by_file() -> dict[str, str]:
     """{file: module name} of what is imported: a warning shown again keeps its module, which the
-    filters match on (torch's own and :func:`qexport.progress.quiet_library_warnings`); without it
+    filters match on (torch's own and :func:`qexport.core.progress.quiet_library_warnings`); without it
     Python would take the file's path as the module name, and no such filter would apply."""
     return {module.__file__: name for name, module in list(sys.modules.items()) if getattr(module, "__file__", None)}
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qexport.errors import RuntimeMissing
-from qexport.options import BudgetConfig, FixedBatchConfig
+from qexport.core.errors import RuntimeMissing
+from qexport.core.options import BudgetConfig, FixedBatchConfig
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
-from qexport.fsutil import atomic_write_bytes
-from qexport.build_records import Delegation
-from qexport.manifest import Precision
+from qexport.core.fsutil import atomic_write_bytes
+from qexport.core.build_records import Delegation
+from qexport.core.manifest import Precision
 
 DELEGATE_CALL = "executorch_call_delegate"
 BOOKKEEPING = {"getitem", "alloc", DELEGATE_CALL}  # graph plumbing, not operators that compute

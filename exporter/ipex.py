@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qexport.documents import parse
-from qexport.options import FamilyConfig, TargetedInt8Config
+from qexport.core.documents import parse
+from qexport.core.options import FamilyConfig, TargetedInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register
-from qexport.manifest import Precision, RuntimeSection
-from qexport.errors import QExportError
-from qexport.hardware import int8_activation_range, requirement
-from qexport.progress import say
+from qexport.core.manifest import Precision, RuntimeSection
+from qexport.core.errors import QExportError
+from qexport.core.hardware import int8_activation_range, requirement
+from qexport.core.progress import say
 from qexport.runtimes.foreign import child_env, environments, foreign_python
 
 CHILD = Path(__file__).with_name("ipex_child.py")

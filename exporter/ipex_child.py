@@ -2,7 +2,7 @@
 
 Started by :mod:`exporter.ipex` as a script (``python exporter/ipex_child.py SPEC.json``), not as
 ``-m exporter...``: the ``exporter`` package imports the torch-2.14 families, which this
-interpreter cannot load. It only needs torch, torchvision, IPEX, numpy and ``qexport.models``.
+interpreter cannot load. It only needs torch, torchvision, IPEX, numpy and ``qexport.training.models``.
 
 The recipe is the one that makes IPEX fast, and the one the published 0.55x comparison skipped:
 trace, freeze, and run the frozen graph twice so IPEX fuses it before it is saved.
@@ -21,7 +21,7 @@ import numpy as np
 def load_model(spec: dict):
     import torch
 
-    from qexport.models import build_model
+    from qexport.training.models import build_model
 
     model = build_model(spec["model"], spec["num_classes"], spec["image_size"])
     state = torch.load(spec["state_dict"], map_location="cpu", weights_only=True)
@@ -138,7 +138,7 @@ def main(spec_path: str) -> int:
     import intel_extension_for_pytorch as ipex
     import torch
 
-    from qexport.manifest import Precision
+    from qexport.core.manifest import Precision
 
     torch.manual_seed(spec["seed"])
     started = time.perf_counter()

@@ -14,10 +14,10 @@ import threading
 import traceback
 from pathlib import Path
 
-from qexport.errors import QExportError
+from qexport.core.errors import QExportError
 from qexport.exporter.capture import explain_capture_failure
 from qexport.exporter.registry import BuildContext, BuildDetails, Family
-from qexport.progress import current_label, labelled
+from qexport.core.progress import current_label, labelled
 
 
 def run_family(family: Family, ctx: BuildContext, path: Path, cancelled: threading.Event) -> BuildDetails:
@@ -132,7 +132,7 @@ def _build_and_send(job: tuple[Family, BuildContext, Path, str], send) -> None:
     """Child side of :func:`build_in_child`: build, then send (True, details) or (False, exception)."""
     import signal
 
-    from qexport.progress import quiet_library_warnings
+    from qexport.core.progress import quiet_library_warnings
 
     quiet_library_warnings()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C (see build_in_child)

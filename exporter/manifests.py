@@ -8,18 +8,18 @@ import time
 from pathlib import Path
 
 from qexport import __version__, runtimes
-from qexport.documents import parse
-from qexport.envinfo import cpu_info, git_commit, isa_summary, library_versions
-from qexport.errors import QExportError
+from qexport.core.documents import parse
+from qexport.core.envinfo import cpu_info, git_commit, isa_summary, library_versions
+from qexport.core.errors import QExportError
 from qexport.exporter.registry import BuildContext, BuildDetails, BuildKey, Family
-from qexport.fsutil import sha256_file
-from qexport.fsutil import atomic_write_json
-from qexport.hardware import host_cpu
-from qexport.preprocessing import Preprocessing
-from qexport.artifact_files import artifact_problem, manifest_path, read_manifest
-from qexport.build_records import AccuracyBudget
-from qexport.index import Failure, Index, IndexEntry, find_manifests
-from qexport.manifest import (ArtifactFile, BuildRecord, CompiledWith, DataInfo, Evaluation, FileRecord, GOLDEN_ATOL,
+from qexport.core.fsutil import sha256_file
+from qexport.core.fsutil import atomic_write_json
+from qexport.core.hardware import host_cpu
+from qexport.core.preprocessing import Preprocessing
+from qexport.core.artifact_files import artifact_problem, manifest_path, read_manifest
+from qexport.core.build_records import AccuracyBudget
+from qexport.core.index import Failure, Index, IndexEntry, find_manifests
+from qexport.core.manifest import (ArtifactFile, BuildRecord, CompiledWith, DataInfo, Evaluation, FileRecord, GOLDEN_ATOL,
                               Golden, InputSpec, Manifest, ModelInfo, OutputSpec, Requirements, RuntimeSection)
 
 

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from qexport import runtimes
-from qexport.data import Split, normalize, test_subset
-from qexport.errors import QExportError
+from qexport.training.data import Split, normalize, test_subset
+from qexport.core.errors import QExportError
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, Family
-from qexport.fsutil import atomic_write_bytes
-from qexport.manifest import Evaluation
-from qexport.train import predict, top1
+from qexport.core.fsutil import atomic_write_bytes
+from qexport.core.manifest import Evaluation
+from qexport.training.train import predict, top1
 
 Runner = runtimes.Runner  # a loaded artifact; the build meets the runtimes only through this module
 
@@ -81,9 +81,9 @@ def measure(family: Family, path: Path, ctx: BuildContext, reference: Reference,
 
 def raw_golden_image(ctx: BuildContext, first_input: np.ndarray) -> bytes:
     """The first golden input's image file, checked to give that input through the PIL-and-numpy
-    path a deployment team follows (``qexport.preprocessing.prepare_file``): qexport's own
+    path a deployment team follows (``qexport.core.preprocessing.prepare_file``): qexport's own
     pipeline and the documented one must not drift apart."""
-    from qexport.preprocessing import prepare_file
+    from qexport.core.preprocessing import prepare_file
 
     raw = ctx.data.test.images.encoded(0)
     prepared = prepare_file(raw, ctx.data.contract)[0]

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from qexport.errors import QExportError
-from qexport.hardware import REDUCED_RANGE_REASON
+from qexport.core.errors import QExportError
+from qexport.core.hardware import REDUCED_RANGE_REASON
 from qexport.exporter.budget import ops_of_named_layers
 from qexport.exporter.capture import describe_layer, describe_site
-from qexport.options import BudgetConfig, CalibrationMethodConfig, FamilyConfig, TargetConfig
+from qexport.core.options import BudgetConfig, CalibrationMethodConfig, FamilyConfig, TargetConfig
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, register, train_calibration
-from qexport.build_records import Int8Coverage
-from qexport.manifest import Precision
+from qexport.core.build_records import Int8Coverage
+from qexport.core.manifest import Precision
 
 if TYPE_CHECKING:  # onnxruntime is imported only when a build runs a graph
     from qexport.runtimes.onnxrt import RunFailure
@@ -158,7 +158,7 @@ def build_onnx_int8(ctx: BuildContext, config: OnnxInt8Config, path: Path) -> Bu
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    from qexport.progress import say
+    from qexport.core.progress import say
 
     with scratch_fp32(ctx) as fp32, tempfile.TemporaryDirectory(prefix="qexport-onnx-") as tmp:
         pre = Path(tmp) / "model.pre.onnx"
@@ -287,7 +287,7 @@ def require_runs_at_check_batches(family: str, path: Path, ctx: BuildContext) ->
     and is one sentence (:func:`run_failure_sentence`), so a graph that runs at one batch never ships."""
     from qexport.runtimes.onnxrt import first_failing_batch
 
-    from qexport.preprocessing import batch_for
+    from qexport.core.preprocessing import batch_for
 
     size = int(ctx.example.shape[-1])
     failed = first_failing_batch(str(path), tuple(ctx.example.shape[1:]), (CHECK_BATCHES[0], batch_for(size, CHECK_BATCHES[1])))

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qexport.errors import RuntimeMissing
+from qexport.core.errors import RuntimeMissing
 from qexport.exporter.onnx import scratch_fp32
 from qexport.exporter.budget import ops_of_named_layers
-from qexport.options import BudgetConfig, FamilyConfig
+from qexport.core.options import BudgetConfig, FamilyConfig
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
-from qexport.build_records import Int8Coverage
-from qexport.manifest import Precision
+from qexport.core.build_records import Int8Coverage
+from qexport.core.manifest import Precision
 from qexport.runtimes.openvino import INFERENCE_PRECISION, telemetry_off
 
 INSTALL = "pip install 'qexport[openvino]' (openvino==2026.4.1 nncf==3.4.0)"

@@ -10,7 +10,7 @@ isolation a spawned child gave. Only modules that start no thread when imported 
 
 from __future__ import annotations
 
-from qexport.progress import quiet_library_warnings
+from qexport.core.progress import quiet_library_warnings
 
 quiet_library_warnings()  # before torch and torchao are imported: some notices are read then
 

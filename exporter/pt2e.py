@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qexport.options import QatInt8Config, TargetConfig, TargetedInt8Config
+from qexport.core.options import QatInt8Config, TargetConfig, TargetedInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
-from qexport.build_records import Int8Coverage
-from qexport.manifest import Precision
-from qexport.errors import QExportError
-from qexport.hardware import int8_activation_range
-from qexport.models import file_stem
-from qexport.progress import say
+from qexport.core.build_records import Int8Coverage
+from qexport.core.manifest import Precision
+from qexport.core.errors import QExportError
+from qexport.core.hardware import int8_activation_range
+from qexport.training.models import file_stem
+from qexport.core.progress import say
 
 MAX_BATCH = 1024
 COMPILED_NOTE = ("AOTInductor code is compiled for the --target-cpu ISA recorded under requirements and this exact "
@@ -343,7 +343,7 @@ def build_pt2e_int8_qat(ctx: BuildContext, config: TargetedQatConfig, path: Path
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    from qexport.train import fine_tune, training_memory_format
+    from qexport.training.train import fine_tune, training_memory_format
 
     reduced = config.int8_reduced_range
     with conv_bn_patterns_only_for_present_convolutions():

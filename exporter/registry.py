@@ -16,17 +16,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qexport.data import Dataset, Split, calibration_split, normalize
-from qexport.errors import QExportError
-from qexport.models import file_stem
-from qexport.documents import to_json
-from qexport.options import (BudgetConfig, BuildOptions, FamilyConfig, FixedBatchConfig, QatConfig, SharedConfig,
+from qexport.training.data import Dataset, Split, calibration_split, normalize
+from qexport.core.errors import QExportError
+from qexport.training.models import file_stem
+from qexport.core.documents import to_json
+from qexport.core.options import (BudgetConfig, BuildOptions, FamilyConfig, FixedBatchConfig, QatConfig, SharedConfig,
                              TargetConfig)
-from qexport.build_records import Calibration, Delegation, Int8Coverage
-from qexport.manifest import LoadHints, Precision, RuntimeSection, PRECISIONS
+from qexport.core.build_records import Calibration, Delegation, Int8Coverage
+from qexport.core.manifest import LoadHints, Precision, RuntimeSection, PRECISIONS
 from qexport.runtimes.results import EVAL_BATCH
-from qexport.selection import match_keys
-from qexport.hardware import CpuRequirement, HostCpu, TargetIsa, host_cpu, native_requirement
+from qexport.core.selection import match_keys
+from qexport.core.hardware import CpuRequirement, HostCpu, TargetIsa, host_cpu, native_requirement
 
 @dataclass
 class BuildContext:
@@ -61,7 +61,7 @@ class BuildContext:
 
     def fp32_logits(self, split: Split) -> torch.Tensor:
         """The eager fp32 model's logits on ``split``: what every artifact is compared with."""
-        from qexport.train import predict
+        from qexport.training.train import predict
 
         with torch.no_grad():
             return predict(self.fresh_model(), split, self.data.mean, self.data.std, EVAL_BATCH)

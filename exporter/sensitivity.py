@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qexport.data import Split, normalize
+from qexport.training.data import Split, normalize
 from qexport.exporter.registry import BuildContext
-from qexport.progress import say
+from qexport.core.progress import say
 
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 RANKING_SAMPLES = 128      # held-out images each layer's sensitivity is scored on

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from qexport.exporter.capture import traced_or_refused
-from qexport.options import BudgetConfig, FamilyConfig, QatInt8Config
+from qexport.core.options import BudgetConfig, FamilyConfig, QatInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
-from qexport.build_records import Int8Coverage
-from qexport.manifest import Precision
+from qexport.core.build_records import Int8Coverage
+from qexport.core.manifest import Precision
 from qexport.runtimes.results import BASELINE
-from qexport.errors import QExportError
-from qexport.progress import progress_bar
+from qexport.core.errors import QExportError
+from qexport.core.progress import progress_bar
 
 QUANT_ENGINE = "x86"
 
@@ -102,7 +102,7 @@ def quantizable_twins() -> list[str]:
     """The torchvision models with a quantization-ready twin (QuantStub, fusable blocks)."""
     import torchvision.models.quantization as tvq
 
-    from qexport.models import classification_models
+    from qexport.training.models import classification_models
 
     return [name for name in classification_models() if callable(getattr(tvq, name, None))]
 
@@ -199,7 +199,7 @@ def build_int8_static(ctx: BuildContext, config: BudgetConfig, path: Path) -> Bu
           method="eager QAT: fuse, x86 QAT qconfig, fine-tune with fake quant, convert, trace + freeze",
           config=QatInt8Config, model_support=twin_problem)
 def build_int8_qat(ctx: BuildContext, config: QatInt8Config, path: Path) -> BuildDetails:
-    from qexport.train import fine_tune
+    from qexport.training.train import fine_tune
 
     torch.backends.quantized.engine = QUANT_ENGINE
     model = quantizable_copy(ctx).train()

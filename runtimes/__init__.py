@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from qexport.errors import RuntimeMissing, did_you_mean
-from qexport.manifest import LoadHints
+from qexport.core.errors import RuntimeMissing, did_you_mean
+from qexport.core.manifest import LoadHints
 from qexport.runtimes.base import Runner
 from qexport.runtimes.foreign import ForeignEnvironment
 

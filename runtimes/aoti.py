@@ -6,8 +6,8 @@ import platform
 
 import torch
 
-from qexport.errors import QExportError
-from qexport.manifest import CompiledWith
+from qexport.core.errors import QExportError
+from qexport.core.manifest import CompiledWith
 from qexport.runtimes.base import load_failure_message
 from qexport.runtimes.torchscript import TorchTensorRunner, set_torch_threads
 

@@ -12,8 +12,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from qexport.errors import first_line
-from qexport.manifest import LoadHints
+from qexport.core.errors import first_line
+from qexport.core.manifest import LoadHints
 
 import numpy as np
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from qexport.errors import QExportError
-from qexport.options import option
+from qexport.core.errors import QExportError
+from qexport.core.options import option
 
 
 # MLPerf's server bound for ResNet50 is 15 ms. ResNet18 at 32 px is lighter, but a deployment's

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qexport.documents import parse
+from qexport.core.documents import parse
 
 
 @dataclass
@@ -29,7 +29,7 @@ IPEX_PACKAGE = "intel-extension-for-pytorch"
 
 @dataclass
 class Environment:
-    """The host and software a run measured on (qexport.envinfo.environment)."""
+    """The host and software a run measured on (qexport.core.envinfo.environment)."""
 
     python: str
     cpu: CpuRecord
@@ -41,7 +41,7 @@ class Environment:
 
     def library_summary(self) -> str:
         """'torch 2.14.0, onnxruntime 1.23.0, ..., IPEX not installed': every library the run recorded
-        (qexport.envinfo.LIBRARIES, the one list) that is installed, so no report keeps its own list."""
+        (qexport.core.envinfo.LIBRARIES, the one list) that is installed, so no report keeps its own list."""
         installed = [f"{name} {version}" for name, version in self.libraries.items()
                      if version and name != IPEX_PACKAGE]
         return ", ".join([*installed, f"IPEX {self.ipex_summary()}"])
@@ -59,7 +59,7 @@ class Environment:
 
 def current_environment() -> Environment:
     """This host and its software, as every report prints it (runtimes' own environments included)."""
-    from qexport.envinfo import environment, git_commit
+    from qexport.core.envinfo import environment, git_commit
     from qexport.runtimes.foreign import foreign_environments
 
     facts = {**environment(foreign_environments()), "git_commit": git_commit(Path(__file__).parent)}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qexport.errors import QExportError
-from qexport.manifest import Manifest
+from qexport.core.errors import QExportError
+from qexport.core.manifest import Manifest
 
 
 def data_mismatch(manifest: Manifest, data) -> str | None:
@@ -41,7 +41,7 @@ def evaluation_data(entries: list[tuple[Path, Manifest]], source: str | None, da
     Source and (for synthetic data) sample counts come from the first manifest unless given; the
     images are read under the manifest's own preprocessing (resize, crop, mean, std), never a default.
     """
-    from qexport.sources import load_dataset
+    from qexport.training.sources import load_dataset
 
     first = entries[0][1]
     recorded = first.data
@@ -58,7 +58,7 @@ class EvalSet:
     for every worker: each normalises it with its own manifest's mean and std as it reads."""
 
     def __init__(self, data, samples: int | None, seed: int, folder: Path):
-        from qexport.data import test_subset
+        from qexport.training.data import test_subset
 
         self.data = data
         self.split = test_subset(data.test, samples, seed)

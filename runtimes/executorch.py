@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from qexport.manifest import LoadHints
+from qexport.core.manifest import LoadHints
 from qexport.runtimes.base import Runner, load_failure_message
-from qexport.errors import QExportError, last_line
+from qexport.core.errors import QExportError, last_line
 
 
 @contextlib.contextmanager
@@ -101,7 +101,7 @@ class ExecuTorchRunner(Runner):
         return np.concatenate([piece.numpy() for piece in pieces])[:count].astype(np.float32)
 
     def describe(self) -> dict:
-        from qexport.envinfo import package_versions
+        from qexport.core.envinfo import package_versions
 
         return {"name": "executorch", "version": package_versions(["executorch"])["executorch"],
                 "device": "cpu", "threads": self.threads, "program_batch": self.batch, "delegate": "XNNPACK"}

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from qexport.manifest import Precision
+from qexport.core.manifest import Precision
 from qexport.runtimes.results import (BASELINE, ArtifactResult, BatchResult, BenchRow, Noise, RoundResult, RunFacts,
                                       Tie)
 from qexport.runtimes.stats import (Interval, geometric_interval, paired_ratio, percentile, prediction_interval,

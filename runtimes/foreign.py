@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from qexport.errors import QExportError, RuntimeMissing, last_line
+from qexport.core.errors import QExportError, RuntimeMissing, last_line
 
 ROOT = Path(__file__).resolve().parents[1]
 # A source checkout (developers, `make`): its root holds pyproject.toml and the Makefile. An

@@ -24,19 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from qexport.artifact_files import artifact_file, artifact_paths, artifact_problem
-from qexport.cpu_needs import host_problem_for
-from qexport.index import discover
-from qexport.manifest import DataInfo, Manifest, Precision
-from qexport.errors import QExportError, RuntimeMissing, last_line
-from qexport.documents import parse, to_json
+from qexport.core.artifact_files import artifact_file, artifact_paths, artifact_problem
+from qexport.core.cpu_needs import host_problem_for
+from qexport.core.index import discover
+from qexport.core.manifest import DataInfo, Manifest, Precision
+from qexport.core.errors import QExportError, RuntimeMissing, last_line
+from qexport.core.documents import parse, to_json
 from qexport.runtimes.evaluation_set import EvalSet, require_matching_data
 from qexport.runtimes.figures import add_agreement, add_best_fp32_ratios, add_ratios, combine_rounds, noise_summary, ties
 from qexport.runtimes.results import (BASELINE, BenchDocument, BenchRow, RoundResult, RowStatus, WorkerSpec,
                                       parse_round)
 from qexport.runtimes.bench_options import BenchOptions, RunOptions
 from qexport.runtimes.environment import current_environment
-from qexport.selection import match_keys
+from qexport.core.selection import match_keys
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS")
@@ -82,7 +82,7 @@ def check_row(manifest_file: Path, manifest: Manifest, options: BenchOptions) ->
 
 
 def cuda_available() -> bool:
-    from qexport.envinfo import gpu_info
+    from qexport.core.envinfo import gpu_info
 
     return bool(gpu_info())
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qexport.errors import QExportError, first_line
+from qexport.core.errors import QExportError, first_line
 from qexport.runtimes.results import InstancingChoice, LoadGenAccuracy, ScenarioResult, ServerPoint
 from qexport.runtimes.bench_options import ScenarioSettings
 from qexport.runtimes.worker import pin

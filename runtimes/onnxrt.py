@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from qexport.errors import QExportError
+from qexport.core.errors import QExportError
 from qexport.runtimes.base import Runner, load_failure_message
 
 

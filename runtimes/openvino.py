@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qexport.errors import QExportError
+from qexport.core.errors import QExportError
 from qexport.runtimes.base import Runner, load_failure_message
 
 INFERENCE_PRECISION = "f32"

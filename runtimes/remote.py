@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qexport.errors import QExportError
-from qexport.manifest import LoadHints
+from qexport.core.errors import QExportError
+from qexport.core.manifest import LoadHints
 from qexport.runtimes.base import Runner, Stream
 from qexport.runtimes.foreign import child_env
 

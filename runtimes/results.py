@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qexport.documents import TextEnum, parse, renamed, to_json
-from qexport.errors import QExportError
-from qexport.manifest import DataInfo, LoadHints
+from qexport.core.documents import TextEnum, parse, renamed, to_json
+from qexport.core.errors import QExportError
+from qexport.core.manifest import DataInfo, LoadHints
 from qexport.runtimes.bench_options import RunOptions, ScenarioSettings
 from qexport.runtimes.environment import Environment
 from qexport.runtimes.stats import Interval

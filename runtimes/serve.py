@@ -29,7 +29,7 @@ def send_error(frames, message: str) -> None:
 
 
 def hello(runner, packages: list[str]) -> dict:
-    from qexport.envinfo import package_versions
+    from qexport.core.envinfo import package_versions
 
     return {"describe": runner.describe(), "versions": package_versions(packages)}
 
@@ -39,9 +39,9 @@ def serve(runtime: str, artifact: str, hints_json: str) -> int:
     import numpy as np
 
     from qexport import runtimes
-    from qexport.errors import describe_exception, user_message
+    from qexport.core.errors import describe_exception, user_message
 
-    from qexport.manifest import LoadHints
+    from qexport.core.manifest import LoadHints
 
     try:
         runner = runtimes.load_runner(runtime, Path(artifact), hints=LoadHints.from_dict(json.loads(hints_json)))

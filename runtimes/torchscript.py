@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qexport.errors import QExportError
+from qexport.core.errors import QExportError
 from qexport.runtimes.base import Runner, load_failure_message
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qexport.documents import parse, to_json
+from qexport.core.documents import parse, to_json
 from qexport.runtimes.results import EVAL_BATCH, EvalResult, RoundBatch, RoundResult, WorkerSpec
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ def under_load(runner, spec: WorkerSpec, result: RoundResult, np) -> None:
 
 def normalised(pixels, spec: WorkerSpec):
     """uint8 pixels as the model's float32 input, by the manifest's mean and std."""
-    from qexport.preprocessing import normalise
+    from qexport.core.preprocessing import normalise
 
     return normalise(pixels, spec.eval_mean, spec.eval_std)
 
@@ -196,7 +196,7 @@ def evaluate(runner, spec: WorkerSpec, np) -> EvalResult:
     """Top-1 on the evaluation set, read from its memory-mapped pixels a batch at a time."""
     pixels = np.load(spec.eval_inputs, mmap_mode="r")
     labels = np.load(spec.eval_labels)
-    from qexport.preprocessing import batch_for
+    from qexport.core.preprocessing import batch_for
 
     batch = batch_for(int(pixels.shape[-1]), EVAL_BATCH)
     outputs = [runner.predict(normalised(np.asarray(pixels[i:i + batch]), spec)) for i in range(0, len(pixels), batch)]
@@ -211,7 +211,7 @@ def main(argv: list[str]) -> int:
         spec = parse(WorkerSpec, json.loads(spec_path.read_text()), "the worker's spec")
         result = {"status": "ok", **to_json(run(spec))}
     except Exception as err:  # reported to the harness as this row's reason, never a crash of the run
-        from qexport.errors import RuntimeMissing, user_message
+        from qexport.core.errors import RuntimeMissing, user_message
 
         reason = user_message(err)
         result = {"status": "skipped" if isinstance(err, RuntimeMissing) else "failed", "reason": reason}

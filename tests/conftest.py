@@ -42,7 +42,7 @@ def real_cifar():
     directory = cifar_dir()
     if directory is None:
         pytest.skip(f"real CIFAR-10 not found: set QEXPORT_DATA_DIR or place cifar10.npz at {SHARED_CIFAR}")
-    from qexport.sources import load_cifar10
+    from qexport.training.sources import load_cifar10
 
     return load_cifar10(directory, download=False)
 
@@ -53,7 +53,7 @@ TINY_DATA_ARGS = ("--data", "synthetic", "--train-samples", "256", "--test-sampl
 
 @pytest.fixture(scope="session")
 def tiny_data():
-    from qexport.sources import make_synthetic
+    from qexport.training.sources import make_synthetic
 
     return make_synthetic(train=256, test=128, image_size=32, seed=0)
 
@@ -61,7 +61,7 @@ def tiny_data():
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess (what a user types)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "qexport.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qexport.commands.cli", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=full_env, timeout=600)
 
 
@@ -70,8 +70,8 @@ def tiny_checkpoint(tiny_data, tmp_path_factory):
     """A resnet18 trained on synthetic data to 100 % test top-1 in seconds: confident logits, so int8
     agreement measures the export, not thin margins (3 epochs reached 62 %, and int8 agreement then
     fell to 0.56 on an AVX2-only host)."""
-    from qexport.pipeline import train_checkpoint
-    from qexport.train import TrainConfig
+    from qexport.commands.pipeline import train_checkpoint
+    from qexport.training.train import TrainConfig
 
     path = tmp_path_factory.mktemp("ckpt") / "resnet18-synthetic.pt"
     return train_checkpoint("resnet18", tiny_data, TrainConfig(epochs=6, batch_size=32, max_lr=0.05),
@@ -80,7 +80,7 @@ def tiny_checkpoint(tiny_data, tmp_path_factory):
 
 def make_context(data, checkpoint, **options):
     from qexport.exporter import BuildOptions
-    from qexport.pipeline import build_context
+    from qexport.commands.pipeline import build_context
 
     # The tiny model's int8 twins lose 5-25 top-1 points on thin margins (see test_build.MIN_AGREEMENT):
     # a 1-point budget would send every int8 family into rebuilds. The budget has its own tests.
@@ -123,7 +123,7 @@ def copy_artifacts(source: Path, target: Path, names) -> Path:
     """Copy artifacts with their manifest and golden data into ``target`` (no index: discovered)."""
     import shutil
 
-    from qexport.artifact_files import read_manifest
+    from qexport.core.artifact_files import read_manifest
 
     target.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -135,8 +135,8 @@ def copy_artifacts(source: Path, target: Path, names) -> Path:
 
 def minimal_manifest(file_name: str = "resnet18.fp32.onnx", **sections) -> dict:
     """A complete manifest as JSON (only the fields without a default), with ``sections`` replaced."""
-    from qexport.documents import to_json
-    from qexport.manifest import (ArtifactFile, BuildRecord, DataInfo, Evaluation, Golden, InputSpec, Manifest,
+    from qexport.core.documents import to_json
+    from qexport.core.manifest import (ArtifactFile, BuildRecord, DataInfo, Evaluation, Golden, InputSpec, Manifest,
                                   ModelInfo, OutputSpec, RuntimeSection)
 
     classes = ["a", "b"]

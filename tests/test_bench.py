@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qexport import benchreport
-from qexport.errors import QExportError
+from qexport.commands import benchreport
+from qexport.core.errors import QExportError
 from qexport.runtimes.harness import BenchOptions, bench_directory, run_worker
 from qexport.runtimes.results import load_bench
 from qexport.runtimes.bench_options import usable_cores
@@ -200,9 +200,9 @@ def test_image_folder_build_is_benched_at_its_own_size(tmp_path):
     accuracy equals the build's; data of another shape is refused in one sentence."""
     from qexport.exporter import FAMILIES
     from qexport.exporter.build import build_families
-    from qexport.sources import load_dataset
-    from qexport.pipeline import train_checkpoint
-    from qexport.train import TrainConfig
+    from qexport.training.sources import load_dataset
+    from qexport.commands.pipeline import train_checkpoint
+    from qexport.training.train import TrainConfig
     from tests.conftest import make_context, run_cli
 
     folder, out = tmp_path / "images", tmp_path / "artifacts"
@@ -227,14 +227,14 @@ def test_image_folder_build_is_benched_at_its_own_size(tmp_path):
 
 
 def test_data_of_another_size_is_refused(small_dir):
-    from qexport.sources import make_synthetic
+    from qexport.training.sources import make_synthetic
 
     with pytest.raises(QExportError, match=r"takes 32×32 images and the evaluation set \(synthetic\) is 48×48"):
         bench_directory(small_dir, BenchOptions(**FAST), make_synthetic(16, 16, image_size=48))
 
 
 def test_int8_slower_than_fp32_is_flagged_with_its_causes():
-    from qexport.benchreport import slower_int8_lines
+    from qexport.commands.benchreport import slower_int8_lines
     from qexport.runtimes.results import BenchRow
     from qexport.runtimes.stats import Interval
 
@@ -258,7 +258,7 @@ def test_int8_slower_than_the_fp32_of_its_own_runtime_is_flagged():
     TorchScript fp32; a difference the rounds cannot resolve is not."""
     from types import SimpleNamespace
 
-    from qexport.benchreport import slower_than_own_fp32_lines
+    from qexport.commands.benchreport import slower_than_own_fp32_lines
     from qexport.runtimes.results import BenchRow
 
     def row(family: str, precision: str, rounds: dict[str, list[float]], runtime: str = "openvino") -> BenchRow:

@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from qexport.data import calibration_split
-from qexport.errors import QExportError
+from qexport.training.data import calibration_split
+from qexport.core.errors import QExportError
 from qexport.exporter import FAMILIES, BuildOptions
-from qexport.options import BudgetConfig, QatInt8Config
+from qexport.core.options import BudgetConfig, QatInt8Config
 from qexport.exporter.budget import budget_split, fallback_sizes
 from qexport.exporter.sensitivity import fake_quantized, int8_shares, layer_costs, rank_layers
 from qexport.exporter.build import build_families
 from qexport.exporter.registry import BuildContext, BuildDetails, Family
-from qexport.artifact_files import manifest_path, read_manifest
+from qexport.core.artifact_files import manifest_path, read_manifest
 from tests.conftest import make_context
 
 DAMAGED = 3  # layers the test family ruins unless the fallback keeps them in float

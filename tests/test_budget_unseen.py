@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from qexport.data import Dataset, Holdout, hold_out
+from qexport.training.data import Dataset, Holdout, hold_out
 from qexport.exporter import FAMILIES, BuildOptions
 from qexport.exporter.budget import HeldOut, paired_drop_ci95_pt
 from qexport.exporter.measure import runner_logits
 from qexport.exporter.registry import BuildContext, BuildDetails
-from qexport.train import TrainConfig, evaluate, top1, train
+from qexport.training.train import TrainConfig, evaluate, top1, train
 
 pytestmark = pytest.mark.integration
 

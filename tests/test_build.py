@@ -12,12 +12,12 @@ import pytest
 from qexport import runtimes
 from qexport.exporter import FAMILIES, BuildOptions, select_families
 from qexport.exporter.build import build_families
-from qexport.artifact_files import golden_path, manifest_path, read_manifest
-from qexport.index import read_index
-from qexport.manifest import Manifest
+from qexport.core.artifact_files import golden_path, manifest_path, read_manifest
+from qexport.core.index import read_index
+from qexport.core.manifest import Manifest
 from qexport.exporter.registry import Family
-from qexport.errors import QExportError
-from qexport.fsutil import sha256_file
+from qexport.core.errors import QExportError
+from qexport.core.fsutil import sha256_file
 from qexport.runtimes.results import BASELINE
 from tests.conftest import PRODUCED, built_outcome, make_context
 
@@ -270,7 +270,7 @@ def test_tracing_eager_int8_modules_warns_nothing_but_a_models_own_trace_warning
     from torch import nn
 
     from qexport.exporter.capture import traced_or_refused
-    from qexport.progress import quiet_library_warnings
+    from qexport.core.progress import quiet_library_warnings
 
     class OwnWarning(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,7 +292,7 @@ def test_a_portable_package_loaded_on_a_richer_cpu_logs_no_isa_mismatch_but_othe
     issues"; qexport built it portable on purpose and refuses the risky direction itself."""
     import logging
 
-    from qexport.progress import quiet_library_warnings
+    from qexport.core.progress import quiet_library_warnings
 
     quiet_library_warnings()
     logger = logging.getLogger("torch.export.pt2_archive._package")

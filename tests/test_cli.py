@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from qexport.cli import app
+from qexport.commands.cli import app
 from tests.conftest import run_cli
 
 COMMANDS = sorted(cmd.name or cmd.callback.__name__ for cmd in app.registered_commands)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from qexport import data as qdata
-from qexport import sources as qsources
-from qexport.data import calibration_split, normalize, seeded_subset
-from qexport.sources import load_dataset, make_synthetic
-from qexport.errors import QExportError
+from qexport.training import data as qdata
+from qexport.training import sources as qsources
+from qexport.training.data import calibration_split, normalize, seeded_subset
+from qexport.training.sources import load_dataset, make_synthetic
+from qexport.core.errors import QExportError
 
 
 def test_synthetic_is_flagged_and_learnable_shape(tiny_data):
@@ -25,7 +25,7 @@ def test_synthetic_is_flagged_and_learnable_shape(tiny_data):
 def test_synthetic_sizes_on_the_command_line_generate_that_many_images(tiny_data):
     """``--data synthetic --train-samples 256 --test-samples 128`` is the very set tests build from
     in-process, so a command-line build finds the images its checkpoint was trained on."""
-    from qexport.pipeline import open_data
+    from qexport.commands.pipeline import open_data
 
     named = open_data("synthetic", None, 32, 256, 128, seed=0)
     assert (len(named.train), len(named.test)) == (256, 128) and named.fingerprint == tiny_data.fingerprint
@@ -127,7 +127,7 @@ def test_imagefolder_empty_class(tmp_path):
 
 
 def test_imagefolder_corrupt_image(tmp_path, monkeypatch):
-    monkeypatch.setattr("qexport.images.STREAM_MIN_IMAGES", 1)  # decode in worker processes, as a long pass does
+    monkeypatch.setattr("qexport.training.images.STREAM_MIN_IMAGES", 1)  # decode in worker processes, as a long pass does
     _write_images(tmp_path / "train" / "cats", 1, (1, 2, 3))
     (tmp_path / "train" / "cats" / "bad.jpg").write_bytes(b"garbage")
     _write_images(tmp_path / "val" / "cats", 1, (1, 2, 3))

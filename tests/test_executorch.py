@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from qexport.build_records import Delegation
-from qexport.manifest import InputSpec
+from qexport.core.build_records import Delegation
+from qexport.core.manifest import InputSpec
 
 pytest.importorskip("executorch", reason="executorch is not installed: pip install 'qexport[executorch]'")
 

@@ -16,13 +16,13 @@ import pytest
 
 from qexport.exporter import FAMILIES, select_families
 from qexport.exporter.build import build_families
-from qexport.errors import QExportError
-from qexport.hardware import (FAKE_FLAGS_VARIABLE, TARGETS, X86_64_V3, X86_64_V4, HostCpu, host_cpu,
+from qexport.core.errors import QExportError
+from qexport.core.hardware import (FAKE_FLAGS_VARIABLE, TARGETS, X86_64_V3, X86_64_V4, HostCpu, host_cpu,
                               native_requirement, resolve_target)
-from qexport.cpu_needs import host_problem_for
-from qexport.manifest import Manifest
+from qexport.core.cpu_needs import host_problem_for
+from qexport.core.manifest import Manifest
 from qexport.runtimes.harness import BenchOptions, bench_directory
-from qexport.verify import verify_path
+from qexport.commands.verify import verify_path
 from tests.conftest import built_outcome, copy_artifacts, make_context, minimal_manifest, run_cli
 
 AVX2_HOST = HostCpu("Fake AVX2 EPYC", frozenset(X86_64_V3 | {"sse4_2"}))
@@ -204,7 +204,7 @@ def test_native_package_on_an_avx512_host_holds_avx512(tiny_data, tiny_checkpoin
     ("native", AVX2_FLAGS, True),
 ])
 def test_int8_uses_seven_bit_ranges_where_the_target_may_lack_vnni(target, flags, reduced):
-    from qexport.hardware import TARGETS, HostCpu, int8_may_run_without_vnni
+    from qexport.core.hardware import TARGETS, HostCpu, int8_may_run_without_vnni
 
     cpu = HostCpu("test", frozenset(flags.replace(",", " ").split()))
     assert int8_may_run_without_vnni(TARGETS[target], cpu) is reduced

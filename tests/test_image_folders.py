@@ -132,10 +132,10 @@ def test_the_artifacts_score_what_torchvision_scores_under_the_same_preprocessin
 
 @pytest.mark.integration
 def test_a_qexport_checkpoint_refuses_flags_that_contradict_its_record_unless_forced(user_folder, tmp_path):
-    from qexport.sources import load_dataset
-    from qexport.pipeline import train_checkpoint, training_data
-    from qexport.preprocessing_flags import PreprocessingFlags
-    from qexport.train import TrainConfig
+    from qexport.training.sources import load_dataset
+    from qexport.commands.pipeline import train_checkpoint, training_data
+    from qexport.core.preprocessing_flags import PreprocessingFlags
+    from qexport.training.train import TrainConfig
 
     flags = PreprocessingFlags(mean=(0.5,) * 3, std=(0.25,) * 3, resize=56, crop=48)
     data = training_data("resnet18", load_dataset("imagefolder", user_folder), flags)
@@ -156,10 +156,10 @@ def test_a_qexport_checkpoint_refuses_flags_that_contradict_its_record_unless_fo
 PEAK_SCRIPT = """
 import resource, sys
 from pathlib import Path
-import qexport.images
-qexport.images.STREAM_MIN_IMAGES = 1  # both folders through the decoding workers, as any long pass
-from qexport.data import channel_stats
-from qexport.sources import load_dataset
+import qexport.training.images
+qexport.training.images.STREAM_MIN_IMAGES = 1  # both folders through the decoding workers, as any long pass
+from qexport.training.data import channel_stats
+from qexport.training.sources import load_dataset
 data = load_dataset("imagefolder", Path(sys.argv[1]))
 channel_stats(data.train.images)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)

@@ -25,7 +25,7 @@ def interrupt_when(args: list[str], ready: Callable[[], bool],
     process group it ran in (start_new_session: named by the command's own pid)."""
     # A test run started as a background job of a non-interactive shell inherits SIGINT *ignored*
     # (POSIX), and Python then installs no Ctrl-C handler: the child gets the terminal's default back.
-    process = subprocess.Popen([sys.executable, "-m", "qexport.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "qexport.commands.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout

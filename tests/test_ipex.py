@@ -15,7 +15,7 @@ import pytest
 
 from qexport.exporter import FAMILIES
 from qexport.exporter.build import build_families
-from qexport.errors import RuntimeMissing
+from qexport.core.errors import RuntimeMissing
 from qexport.runtimes import foreign
 from qexport.runtimes.harness import BenchOptions, bench_directory
 from tests.conftest import built_outcome, make_context
@@ -68,7 +68,7 @@ def test_missing_environment_skips_bench_row(built_artifacts, no_ipex_env, tiny_
 
 
 def test_checkpoint_format_loads_in_torch_2_8(ipex_python, tiny_checkpoint, tiny_data):
-    script = ("import sys, torch; from qexport.models import load_model; "
+    script = ("import sys, torch; from qexport.training.models import load_model; "
               f"m, meta = load_model(sys.argv[1], 'resnet18', {tiny_data.num_classes}); "
               "print(torch.__version__, meta['model'])")
     done = subprocess.run([ipex_python, "-c", script, str(tiny_checkpoint)], capture_output=True, text=True,
@@ -123,7 +123,7 @@ def test_bench_worker_runs_pinned_in_the_ipex_environment(ipex_python, built_art
 
 def test_served_runner_reports_errors_in_one_sentence(ipex_python, tmp_path):
     from qexport import runtimes
-    from qexport.errors import QExportError
+    from qexport.core.errors import QExportError
 
     bogus = tmp_path / "resnet18.int8-ipex.torchscript.pt"
     bogus.write_bytes(b"not a torchscript archive")

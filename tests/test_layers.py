@@ -1,10 +1,11 @@
 """The layers the tree promises (docs/ARCHITECTURE.md), checked by import-linter.
 
-helpers (qexport/: documents, errors, fsutil, manifest, ...)  <- exporter/, runtimes/  <- application
-(qexport/: cli, pipeline, verify, pack, reports). A helper that imported a family or a runner would
-pull torch into torch-free paths (verify of an ONNX file) and tie the bottom layer to the top;
-exporter/ and runtimes/ meet only through the interfaces the contract declares. The contracts
-live in pyproject.toml ([tool.importlinter]).
+qexport/core/ (documents, manifests, options, hardware...)  <- qexport/training/ (data, models,
+training)  <- exporter/, runtimes/  <- qexport/commands/ (cli, pipeline, verify, pack, reports,
+zoo). A core module that imported a family or a runner would pull torch into torch-free paths
+(verify of an ONNX file) and tie the bottom layer to the top; exporter/ and runtimes/ meet only
+through the interfaces the contract declares. The contracts live in pyproject.toml
+([tool.importlinter]) and name the folders.
 """
 
 from __future__ import annotations
@@ -64,6 +65,6 @@ def test_nothing_generic_is_installed_at_top_level():
     import importlib.util
 
     assert importlib.util.find_spec("qexport.exporter") and importlib.util.find_spec("qexport.runtimes")
-    for path in [p for folder in ("qexport", "exporter", "runtimes", "tests") for p in (ROOT / folder).glob("*.py")]:
+    for path in [p for folder in ("qexport", "exporter", "runtimes", "tests") for p in (ROOT / folder).rglob("*.py")]:
         bare = imports_any(imported_modules(path), ("exporter", "runtimes"))
         assert bare == [], f"{path.relative_to(ROOT)} imports {bare} without the qexport namespace"

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("mlperf_loadgen", reason="mlcommons-loadgen is not installed: pip install 'qexport[loadgen]'")
 
-from qexport import benchreport  # noqa: E402
+from qexport.commands import benchreport  # noqa: E402
 from qexport.runtimes.harness import BenchOptions, bench_directory  # noqa: E402
 from qexport.runtimes.loadgen import MIN_QUERIES, SCENARIOS, invalid_reason, read_detail_log  # noqa: E402
 from qexport.runtimes.bench_options import usable_cores
@@ -146,7 +146,7 @@ def test_a_runner_failing_under_load_is_one_sentence_not_a_hang(tmp_path):
     import mlperf_loadgen as lg
     import numpy as np
 
-    from qexport.errors import QExportError
+    from qexport.core.errors import QExportError
     from qexport.runtimes.loadgen import Instances, run_loadgen
 
     with pytest.raises(QExportError, match=r"failed while serving LoadGen queries \(kernel exploded\)"):

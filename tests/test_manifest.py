@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qexport.documents import parse, to_json
-from qexport.errors import QExportError
-from qexport.artifact_files import read_manifest
-from qexport.manifest import Manifest, READABLE_SCHEMA_VERSIONS
+from qexport.core.documents import parse, to_json
+from qexport.core.errors import QExportError
+from qexport.core.artifact_files import read_manifest
+from qexport.core.manifest import Manifest, READABLE_SCHEMA_VERSIONS
 from tests.conftest import minimal_manifest
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -147,7 +147,7 @@ def test_a_key_that_is_not_a_whole_number_is_named():
 
 def test_a_manifest_the_index_does_not_list_is_left_out_by_name(tmp_path, capsys):
     """bench, verify and pack take the folder's index; one copied in after the build is named, not dropped silently."""
-    from qexport.index import Index, IndexEntry, discover
+    from qexport.core.index import Index, IndexEntry, discover
 
     for name in ("resnet18.fp32.onnx", "resnet18.int8.onnx"):
         (tmp_path / f"{name}.manifest.json").write_text(json.dumps(minimal_manifest(name)))

@@ -3,8 +3,8 @@ from __future__ import annotations
 import torch
 import pytest
 
-from qexport.errors import QExportError
-from qexport.models import build_model, classification_models, load_model, read_checkpoint, save_checkpoint
+from qexport.core.errors import QExportError
+from qexport.training.models import build_model, classification_models, load_model, read_checkpoint, save_checkpoint
 
 
 def test_registry_lists_classifiers_only():

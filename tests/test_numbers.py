@@ -11,11 +11,11 @@ import math
 import numpy as np
 import pytest
 
-from qexport import benchplots, benchreport, report
-from qexport.documents import parse
-from qexport.build_records import AccuracyBudget
-from qexport.manifest import Evaluation, Manifest
-from qexport.pack import latency_section, model_card
+from qexport.commands import benchplots, benchreport, report
+from qexport.core.documents import parse
+from qexport.core.build_records import AccuracyBudget
+from qexport.core.manifest import Evaluation, Manifest
+from qexport.commands.pack import latency_section, model_card
 from qexport.runtimes.figures import add_agreement, add_best_fp32_ratios, add_ratios, combine_rounds, noise_summary, ties
 from qexport.runtimes.results import (ArtifactResult, BASELINE, BatchResult, BenchDocument, BenchRow, EvalResult,
                                       RoundBatch, RoundResult, load_bench)
@@ -333,7 +333,7 @@ def test_build_table_shows_size_ratio_and_top1_change():
 
 
 def test_int8_share_cell_says_whether_it_counts_weights_or_layers():
-    from qexport.build_records import Int8Coverage
+    from qexport.core.build_records import Int8Coverage
 
     assert report.int8_share_cell(Int8Coverage.of_layers(5, 21)) == "23.8% layers"
     assert report.int8_share_cell(Int8Coverage.of_weights(1, 16)) == "6.2% weights"

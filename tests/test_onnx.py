@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from qexport.sources import make_synthetic
-from qexport.errors import QExportError
+from qexport.training.sources import make_synthetic
+from qexport.core.errors import QExportError
 from qexport.exporter import FAMILIES, BuildOptions
 from qexport.exporter.registry import EVAL_BATCH, BuildContext
 from qexport.runtimes.onnxrt import OnnxRuntimeRunner, RunFailure

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from qexport.errors import RuntimeMissing
-from qexport.artifact_files import read_manifest
+from qexport.core.errors import RuntimeMissing
+from qexport.core.artifact_files import read_manifest
 from qexport.runtimes.harness import BenchOptions, bench_directory
-from qexport.verify import verify_path
+from qexport.commands.verify import verify_path
 from tests.conftest import built_outcome, copy_artifacts, run_cli
 
 IR = "resnet18.int8.openvino.xml"
@@ -64,7 +64,7 @@ def test_missing_openvino_is_a_skip_with_the_install_command():
 
 
 def test_model_card_loads_it_with_openvino_alone(ir_folder, tmp_path):
-    from qexport.pack import bundle_members, model_card
+    from qexport.commands.pack import bundle_members, model_card
 
     members, manifests = bundle_members(ir_folder)
     assert ir_folder / "resnet18.int8.openvino.bin" in members

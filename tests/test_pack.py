@@ -8,8 +8,8 @@ import zipfile
 
 import pytest
 
-from qexport.errors import QExportError
-from qexport.pack import pack
+from qexport.core.errors import QExportError
+from qexport.commands.pack import pack
 from qexport.runtimes.results import ArtifactResult, BatchResult, BenchDocument, BenchRow
 from qexport.runtimes.bench_options import RunOptions
 from qexport.runtimes.environment import CpuRecord, Environment

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from qexport import contract
-from qexport.errors import QExportError
-from qexport.preprocessing import Preprocessing, crop_box, prepare, prepare_file, resized_size, snippet
-from qexport.preprocessing_flags import PreprocessingFlags, parse_channels, parse_resize
+from qexport.training import contract
+from qexport.core.errors import QExportError
+from qexport.core.preprocessing import Preprocessing, crop_box, prepare, prepare_file, resized_size, snippet
+from qexport.core.preprocessing_flags import PreprocessingFlags, parse_channels, parse_resize
 
 IMAGENET = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 
@@ -79,8 +79,8 @@ def test_normalisation_is_pixel_over_255_minus_mean_over_std():
 
 
 def test_qexport_s_tensor_path_and_the_numpy_path_give_the_same_input():
-    from qexport.data import normalize
-    from qexport.preprocessing import normalise
+    from qexport.training.data import normalize
+    from qexport.core.preprocessing import normalise
 
     pixels = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -222,7 +222,7 @@ def test_a_weights_recipe_that_matches_the_checkpoint_s_record_is_accepted():
 
 
 def test_whole_split_passes_hold_about_the_same_pixels_at_any_size():
-    from qexport.preprocessing import PIXELS_PER_PASS, batch_for
+    from qexport.core.preprocessing import PIXELS_PER_PASS, batch_for
 
     assert PIXELS_PER_PASS == 250 * 64 * 64
     assert batch_for(224, 250) == 20        # 1 024 000 // 50 176
@@ -232,7 +232,7 @@ def test_whole_split_passes_hold_about_the_same_pixels_at_any_size():
 
 
 def test_a_long_pass_says_how_far_it_is_at_most_every_fifteen_seconds():
-    from qexport.images import PassReport
+    from qexport.training.images import PassReport
 
     now = [100.0]
     report = PassReport("scoring", 20_000, clock=lambda: now[0])
@@ -250,8 +250,8 @@ def test_a_long_pass_says_how_far_it_is_at_most_every_fifteen_seconds():
 def test_an_image_over_pils_safety_limit_is_one_sentence_naming_it(tmp_path, monkeypatch):
     from PIL import Image
 
-    from qexport.errors import QExportError
-    from qexport.images import FileSource
+    from qexport.core.errors import QExportError
+    from qexport.training.images import FileSource
 
     Image.new("RGB", (10, 10)).save(tmp_path / "huge.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # 100 pixels is over twice the limit: PIL refuses it
@@ -260,9 +260,9 @@ def test_an_image_over_pils_safety_limit_is_one_sentence_naming_it(tmp_path, mon
 
 
 def test_a_checkpoint_trained_under_other_preprocessing_than_the_flags_is_not_reused(tiny_data, tmp_path, monkeypatch):
-    from qexport.pipeline import resolve_checkpoint, training_data
-    from qexport.preprocessing_flags import PreprocessingFlags
-    from qexport.train import TrainConfig
+    from qexport.commands.pipeline import resolve_checkpoint, training_data
+    from qexport.core.preprocessing_flags import PreprocessingFlags
+    from qexport.training.train import TrainConfig
 
     monkeypatch.chdir(tmp_path)
     config = TrainConfig(epochs=1, batch_size=32, bn_recalibration_images=0)
@@ -272,6 +272,6 @@ def test_a_checkpoint_trained_under_other_preprocessing_than_the_flags_is_not_re
     with pytest.raises(QExportError, match=r"is not reused: it was trained under '.*', the flags ask '.*mean \[0\.5"):
         resolve_checkpoint("resnet18", tiny_data, None, config, show_progress=False, flags=other)
     retrained = resolve_checkpoint("resnet18", tiny_data, None, config, show_progress=False, flags=other, retrain=True)
-    from qexport.models import read_checkpoint
+    from qexport.training.models import read_checkpoint
 
     assert read_checkpoint(retrained)["meta"]["preprocessing"]["mean"] == [0.5, 0.5, 0.5]

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torchvision
 
-from qexport.manifest import CompiledWith
+from qexport.core.manifest import CompiledWith
 from qexport.exporter.pt2e import (CallSiteCopies, count_quantized, export_dynamic, require_quantized, reused_stateless_modules,
                                    unshare_modules, x86_quantizer)
-from qexport.errors import QExportError
+from qexport.core.errors import QExportError
 
 
 def _prepared(model: torch.nn.Module, size: int):
@@ -58,7 +58,7 @@ def test_unshare_keeps_numerics():
 def test_timm_levit_is_unshared_without_tracing_a_graph_that_no_longer_runs():
     """FX symbolic tracing failed on levit (``torch.Size()`` of proxies); counting calls needs no tracing."""
     pytest.importorskip("timm")
-    from qexport.models import build_model
+    from qexport.training.models import build_model
 
     model, x = build_model("timm:levit_128s", 10, image_size=32).eval(), torch.randn(2, 3, 32, 32)
     expected = model(x)
@@ -77,7 +77,7 @@ def test_qat_fine_tune_changes_weights(tiny_data):
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    from qexport.train import fine_tune
+    from qexport.training.train import fine_tune
 
     model = torchvision.models.resnet18(weights=None, num_classes=10)
     graph = export_dynamic(unshare_modules(model, torch.randn(1, 3, 32, 32)), torch.randn(1, 3, 32, 32)).module()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from qexport.options import BudgetConfig, BuildOptions, FamilyConfig, QatConfig, TargetConfig
+from qexport.core.options import BudgetConfig, BuildOptions, FamilyConfig, QatConfig, TargetConfig
 from qexport.exporter.registry import FAMILIES, register
 
 
@@ -88,7 +88,7 @@ def test_each_family_receives_its_own_config_type_filled_from_the_answers():
 
 
 def test_an_unknown_build_option_is_one_sentence():
-    from qexport.errors import QExportError
+    from qexport.core.errors import QExportError
 
     with pytest.raises(QExportError, match="^Unknown build option 'sead'; choose from budget_samples, "):
         BuildOptions(sead=1)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qexport import benchreport
+from qexport.commands import benchreport
 from qexport.runtimes.figures import noise_summary, ties
 from qexport.runtimes.harness import BenchOptions, bench_directory
 from qexport.runtimes.results import BENCH_SCHEMA_VERSION, ArtifactResult, BatchResult, BenchRow

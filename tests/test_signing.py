@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("model_signing", reason="model-signing is not installed: pip install 'qexport[signing]'")
 
-from qexport.errors import QExportError  # noqa: E402
-from qexport.pack import pack  # noqa: E402
-from qexport.signing import SIGNATURE_FILE, SigningKey, TrustAnchor, sign_folder, verify_folder  # noqa: E402
+from qexport.core.errors import QExportError  # noqa: E402
+from qexport.commands.pack import pack  # noqa: E402
+from qexport.core.signing import SIGNATURE_FILE, SigningKey, TrustAnchor, sign_folder, verify_folder  # noqa: E402
 from tests.conftest import copy_artifacts, run_cli  # noqa: E402
 
 NAMES = ("resnet18.fp32.onnx", "resnet18.int8.openvino.xml")

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from qexport.errors import QExportError
-from qexport.models import build_model, check_model_name, file_stem, load_model, save_checkpoint
+from qexport.core.errors import QExportError
+from qexport.training.models import build_model, check_model_name, file_stem, load_model, save_checkpoint
 
 timm = pytest.importorskip("timm", reason="timm is not installed: pip install 'qexport[timm]'")
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qexport.errors import QExportError
-from qexport.models import build_model, load_model
-from qexport.pipeline import checkpoint_is_current, train_checkpoint
-from qexport.train import TrainConfig, augment, evaluate, train
+from qexport.core.errors import QExportError
+from qexport.training.models import build_model, load_model
+from qexport.commands.pipeline import checkpoint_is_current, train_checkpoint
+from qexport.training.train import TrainConfig, augment, evaluate, train
 
 
 def test_augment_keeps_shape_and_is_seeded():
@@ -65,7 +65,7 @@ def test_short_real_training_beats_chance(real_cifar):
 
 
 def test_training_device_choice_is_checked():
-    from qexport.train import resolve_device
+    from qexport.training.train import resolve_device
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == "cpu"
@@ -77,7 +77,7 @@ def test_training_device_choice_is_checked():
 
 
 def test_whole_run_estimate_after_the_first_epoch(capsys):
-    from qexport.train import announce_estimate
+    from qexport.training.train import announce_estimate
 
     announce_estimate(300.0, 30, "cpu")
     said = capsys.readouterr().err
@@ -99,8 +99,8 @@ def test_a_model_with_non_finite_logits_is_refused_not_scored_at_chance(tiny_dat
 def test_batch_norm_statistics_are_recomputed_for_the_final_weights(tiny_data):
     """Running statistics that lag behind the weights (short schedules, torchvision's 0.01 momentum)
     are replaced by the statistics of the final model on train images; the momentum is restored."""
-    from qexport.data import normalize
-    from qexport.train import recalibrate_batch_norm
+    from qexport.training.data import normalize
+    from qexport.training.train import recalibrate_batch_norm
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.01)).eval()
@@ -116,7 +116,7 @@ def test_batch_norm_statistics_are_recomputed_for_the_final_weights(tiny_data):
 
 def test_training_never_sees_the_validation_images_and_the_build_uses_them(tiny_data, tmp_path):
     from qexport.exporter import BuildOptions
-    from qexport.pipeline import build_context
+    from qexport.commands.pipeline import build_context
 
     path = train_checkpoint("resnet18", tiny_data, TrainConfig(epochs=1, batch_size=64), tmp_path / "ck.pt",
                             show_progress=False)
@@ -130,7 +130,7 @@ def test_training_never_sees_the_validation_images_and_the_build_uses_them(tiny_
 
 
 def test_the_estimate_is_shown_before_training_from_probe_steps(tiny_data, capsys):
-    from qexport.train import announce_estimate, probe_epoch_seconds
+    from qexport.training.train import announce_estimate, probe_epoch_seconds
 
     model = build_model("resnet18", 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -142,7 +142,7 @@ def test_the_estimate_is_shown_before_training_from_probe_steps(tiny_data, capsy
 
 
 def test_build_refuses_a_checkpoint_it_will_not_reuse_unless_retrain(tiny_data, tmp_path, monkeypatch):
-    from qexport.pipeline import default_checkpoint_path, resolve_checkpoint
+    from qexport.commands.pipeline import default_checkpoint_path, resolve_checkpoint
 
     monkeypatch.chdir(tmp_path)
     path = default_checkpoint_path("resnet18", tiny_data)
@@ -160,7 +160,7 @@ def test_the_time_probe_leaves_weights_and_global_random_state_as_they_were(tiny
     weights with the estimate than without it."""
     from torch import nn
 
-    from qexport.train import probe_epoch_seconds
+    from qexport.training.train import probe_epoch_seconds
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 10))
     torch.manual_seed(7)
@@ -175,7 +175,7 @@ def test_the_time_probe_leaves_weights_and_global_random_state_as_they_were(tiny
 def test_a_strided_one_by_one_convolution_over_few_channels_trains_in_the_contiguous_layout():
     from torch import nn
 
-    from qexport.train import training_memory_format
+    from qexport.training.train import training_memory_format
 
     def stem(in_channels: int, kernel: int, stride: int) -> nn.Module:
         return nn.Sequential(nn.Conv2d(in_channels, 8, kernel, stride=stride), nn.Flatten())
@@ -195,8 +195,8 @@ def test_training_a_model_with_such_a_convolution_does_not_crash_on_one_thread()
     import subprocess
     import sys
 
-    script = ("import torch; from torch import nn; from qexport.sources import make_synthetic; "
-              "from qexport.train import TrainConfig, train; torch.manual_seed(0); "
+    script = ("import torch; from torch import nn; from qexport.training.sources import make_synthetic; "
+              "from qexport.training.train import TrainConfig, train; torch.manual_seed(0); "
               "model = nn.Sequential(nn.Conv2d(3, 48, 1, stride=2, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), "
               "nn.Flatten(), nn.Linear(48, 10)); "
               "train(model, make_synthetic(train=320, test=64, image_size=32, seed=0), "

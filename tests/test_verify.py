@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from qexport.errors import QExportError
-from qexport.manifest import Precision
-from qexport.verify import verify_path
+from qexport.core.errors import QExportError
+from qexport.core.manifest import Precision
+from qexport.commands.verify import verify_path
 from tests.conftest import ROOT, copy_artifacts, run_cli
 
 
@@ -44,7 +44,7 @@ def test_wrong_golden_outputs_fail(built_artifacts, tmp_path):
     data = dict(np.load(golden))
     data["outputs"] = data["outputs"] + 1.0
     np.savez(golden, **data)
-    from qexport.fsutil import sha256_file
+    from qexport.core.fsutil import sha256_file
 
     edit_manifest(folder, "resnet18.fp32.onnx", lambda m: m["golden"].update(sha256=sha256_file(golden)))
     [check] = verify_path(folder)
@@ -62,7 +62,7 @@ def test_runtime_outside_range_fails(built_artifacts, tmp_path):
 def test_onnx_verify_does_not_import_torch(built_artifacts, tmp_path):
     out, _ = built_artifacts
     folder = copy_artifacts(out, tmp_path, ["resnet18.fp32.onnx", "resnet18.int8.onnx"])
-    code = ("import sys; from qexport.verify import verify_path; "
+    code = ("import sys; from qexport.commands.verify import verify_path; "
             f"checks = verify_path({str(folder)!r}); "
             "assert all(c.passed for c in checks), [c.detail for c in checks]; "
             "assert 'torch' not in sys.modules, 'torch was imported'; print(len(checks))")
@@ -99,7 +99,7 @@ RELATIVE_TOLERANCE = {Precision.BF16: 0.05, Precision.FP16: 0.01}
 
 def granted(precision: str, eager: np.ndarray) -> float:
     """The largest |artifact - eager| a precision is granted on these logits."""
-    from qexport.manifest import GOLDEN_ATOL
+    from qexport.core.manifest import GOLDEN_ATOL
 
     return max(GOLDEN_ATOL[precision], RELATIVE_TOLERANCE.get(precision, 0.0) * float(np.abs(eager).max()))
 
@@ -118,8 +118,8 @@ def test_golden_outputs_match_the_eager_model(built_artifacts, tiny_data, tiny_c
     import torch
 
     from qexport.exporter import FAMILIES
-    from qexport.artifact_files import golden_path
-    from qexport.manifest import GOLDEN_ATOL
+    from qexport.core.artifact_files import golden_path
+    from qexport.core.manifest import GOLDEN_ATOL
     from tests.conftest import make_context
 
     out, outcomes = built_artifacts

@@ -6,15 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from qexport.errors import QExportError
+from qexport.core.errors import QExportError
 from qexport.exporter.build import Outcome
-from qexport.build_records import AccuracyBudget
-from qexport.manifest import Evaluation
+from qexport.core.build_records import AccuracyBudget
+from qexport.core.manifest import Evaluation
 from qexport.runtimes.results import ArtifactResult, BatchResult, BenchRow, EvalResult
 from qexport.runtimes.stats import Interval
-from qexport.matrix import Cell, Matrix, ModelRow, ZooOptions
-from qexport.zoo import built_cell, cells_from_build, check_models
-from qexport.zooreport import cell_text, drop_text, markdown, speed_text
+from qexport.core.matrix import Cell, Matrix, ModelRow, ZooOptions
+from qexport.commands.zoo import built_cell, cells_from_build, check_models
+from qexport.commands.zooreport import cell_text, drop_text, markdown, speed_text
 
 
 def measured_row(family: str, p50: float, ratio: Interval, top1: float = 0.5) -> BenchRow:

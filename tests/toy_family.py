@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from qexport.exporter.registry import BuildContext, BuildDetails, register
-from qexport.manifest import Precision
-from qexport.options import FamilyConfig, option
+from qexport.core.manifest import Precision
+from qexport.core.options import FamilyConfig, option
 
 
 @dataclass(frozen=True)

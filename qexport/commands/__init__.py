@@ -1,0 +1,1 @@
+"""The commands: the CLI and what it calls (pipeline, verify, pack, reports, zoo)."""

@@ -1,0 +1,538 @@
+"""The `qexport` command line: thin wrappers that parse options and call library functions.
+
+Every user-caused failure is a :class:`QExportError`, printed as one sentence on stderr with
+exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qexport.core.errors import QExportError
+from qexport.core.options import (BudgetConfig, CalibrationMethodConfig, FixedBatchConfig, QatConfig, SharedConfig,
+                                     TargetConfig, option_default, option_flag, option_help)
+from qexport.core.build_records import VALIDATION_FRACTION, VALIDATION_MAX
+from qexport.runtimes.results import RowStatus
+from qexport.runtimes.bench_options import BenchOptions, ScenarioSettings
+from qexport.core.matrix import ZooOptions
+
+
+def config_option(section: type, name: str, *short: str, as_text: bool = False, **settings):
+    """The typer option of an options-dataclass field: its default, flag and help live on the field
+    (see qexport/core/options.py), so no default is written twice. ``as_text``: the command line takes
+    the default as comma-separated text (a tuple field)."""
+    default = option_default(section, name)
+    if as_text and default is not None:
+        default = ",".join(map(str, default))
+    return typer.Option(default, option_flag(section, name), *short, help=option_help(section, name), **settings)
+
+
+app = typer.Typer(
+    help="Export trained PyTorch classifiers to every deployment format and benchmark them honestly.\n\n"
+    "Typical use: `qexport train` (or bring --checkpoint), `qexport build --all`, `qexport bench artifacts/`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+_state = {"debug": False}
+
+DATA_HELP = "Folder holding the data (cifar10.npz, torchvision's cifar-10-batches-py, or train/ + val/ class folders). Env: QEXPORT_DATA_DIR; default ./data."
+# Help text is Rich markup: a literal [extra] needs its bracket escaped, or Rich drops it as a tag.
+ModelOpt = typer.Option("resnet18", "--model", "-m", help="torchvision classifier name, or timm:<architecture> with `pip install 'qexport\\[timm]'` (see `qexport train --list-models`).")
+BuildModelOpt = typer.Option(None, "--model", "-m", help="torchvision classifier name, or timm:<architecture> with `pip install 'qexport\\[timm]'` (see `qexport train --list-models`). Default: the one a qexport --checkpoint records, else resnet18.")
+DataOpt = typer.Option("cifar10", "--data", help="Data source: cifar10, imagefolder (your own train/ val/ tree) or synthetic (smoke runs only).")
+DataDirOpt = typer.Option(None, "--data-dir", envvar="QEXPORT_DATA_DIR", help=DATA_HELP)
+ImageSizeOpt = typer.Option(None, "--image-size", help="imagefolder: the input size `qexport train` prepares by default (the shorter side to size/0.875, then a centre crop of size; default 224); a build takes the checkpoint's own preprocessing. synthetic: the size it is generated at.")
+TrainSamplesOpt = typer.Option(None, "--train-samples", help="Use a seeded subset of this many training images (quick runs; recorded in metadata); --data synthetic generates this many.")
+TestSamplesOpt = typer.Option(None, "--test-samples", help="Use a seeded subset of this many test images (quick runs; recorded in metadata); --data synthetic generates this many.")
+SeedOpt = config_option(SharedConfig, "seed")
+TrainDeviceOpt = typer.Option("auto", "--device", help="Where training runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda. Exported artifacts are always built from the CPU model.")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
+# The input contract (see qexport.training.contract for the order of its sources)
+MeanOpt = typer.Option(None, "--mean", help="Per-channel mean the model was trained with, R,G,B in [0, 1] units, e.g. 0.485,0.456,0.406 (ImageNet).", rich_help_panel="Preprocessing")
+StdOpt = typer.Option(None, "--std", help="Per-channel std the model was trained with, e.g. 0.229,0.224,0.225 (ImageNet).", rich_help_panel="Preprocessing")
+ResizeOpt = typer.Option(None, "--resize", help="Resize before the crop: 256 sets the shorter side (aspect kept, as torchvision's Resize(256)); 224x224 squashes to a square.", rich_help_panel="Preprocessing")
+CropOpt = typer.Option(None, "--crop", help="Centre crop to this square size after the resize, e.g. 224 (CenterCrop(224)).", rich_help_panel="Preprocessing")
+InterpolationOpt = typer.Option(None, "--interpolation", help="Resize interpolation: bilinear (torchvision's default), bicubic (timm's usual), nearest or lanczos.", rich_help_panel="Preprocessing")
+WeightsTransformsOpt = typer.Option(None, "--weights-transforms", help="Take the preprocessing of a torchvision weights recipe for --model, e.g. IMAGENET1K_V2 (read from torchvision, nothing downloaded).", rich_help_panel="Preprocessing")
+StatsFromDataOpt = typer.Option(False, "--stats-from-data", help="For a checkpoint that records no preprocessing: compute mean and std from the train split (the build says so; only right if the model was trained that way).", rich_help_panel="Preprocessing")
+ForcePreprocessingOpt = typer.Option(False, "--force-preprocessing", help="Use the preprocessing flags even where the checkpoint records another preprocessing (the manifest records the override).", rich_help_panel="Preprocessing")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def info(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Show library versions, the CPU and the ISA extensions int8/bf16 kernels use, and any GPU."""
+    from qexport.commands import report
+
+    report.print_info(as_json=as_json)
+
+
+@app.command()
+def setup(
+    runtime: str = typer.Argument(..., help="The runtime whose environment to create: ipex (IPEX 2.8.0 needs torch 2.8, so it cannot share qexport's environment)."),
+    into: Optional[Path] = typer.Option(None, "--into", help="Folder for the environment (default: qexport's per-user data folder, where build, bench and verify look; elsewhere, set QEXPORT_IPEX_PYTHON to its bin/python)."),
+) -> None:
+    """Create the environment of a runtime that needs its own Python (a few GB of downloads, minutes).
+
+    Example: `qexport setup ipex`, then `qexport build --only ipex`."""
+    from qexport.core.progress import say
+    from qexport.runtimes.foreign import create_environment
+
+    create_environment(runtime, into, say=say)
+
+
+@app.command()
+def train(
+    model: str = ModelOpt,
+    data: str = DataOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    image_size: Optional[int] = ImageSizeOpt,
+    epochs: int = typer.Option(30, "--epochs", help="Training epochs (30 reaches the README's accuracy on CIFAR-10)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Mini-batch size."),
+    lr: float = typer.Option(0.2, "--lr", help="Peak learning rate of the one-cycle schedule."),
+    seed: int = SeedOpt,
+    train_samples: Optional[int] = TrainSamplesOpt,
+    test_samples: Optional[int] = TestSamplesOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Checkpoint path (default checkpoints/<model>-<data>.pt)."),
+    val_fraction: float = typer.Option(VALIDATION_FRACTION, "--val-fraction", help=f"Share of the train split set aside before training (at most {VALIDATION_MAX} images) and never trained on: the accuracy budget of `qexport build` is measured on it. 0 trains on every image (the budget then falls back to training images, which is optimistic). An image folder with both val/ and test/ uses its val/ instead."),
+    list_models: bool = typer.Option(False, "--list-models", help="List the accepted model names and exit."),
+    device: str = TrainDeviceOpt,
+    progress: bool = ProgressOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    resize: Optional[str] = ResizeOpt,
+    crop: Optional[int] = CropOpt,
+    interpolation: Optional[str] = InterpolationOpt,
+    weights_transforms: Optional[str] = WeightsTransformsOpt,
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's weights (same --model and classes) instead of a random initialisation, e.g. one trained at a smaller --resize: progressive resizing. The one-cycle schedule runs again over --epochs; the checkpoint records where it started and the time of every stage."),
+) -> None:
+    """Train the FP32 model, evaluate it on the test split and write a checkpoint with metadata.
+
+    The checkpoint records the preprocessing it trained with, which every build from it then uses.
+    By default that is the train split's mean and std at the data's size (CIFAR-10: 32 px; an image
+    folder: the shorter side to 256, a centre crop of 224). Example at 224 px on CIFAR-10:
+    `qexport train --model resnet50 --resize 224x224`. Faster at 224 px on a CPU: train at 64 px,
+    then go on at 224 px with `--init-from checkpoints/<the 64 px one>.pt --epochs 1`."""
+    from qexport.commands import pipeline
+    from qexport.training.train import TrainConfig, resolve_device
+
+    if list_models:
+        from qexport.training.models import accepted_model_names
+
+        typer.echo("\n".join(accepted_model_names()))
+        return
+    from qexport.training.models import check_model_name
+
+    check_model_name(model)  # fail on an unknown name before spending time on data
+    train_device = resolve_device(device)
+    init_sha256 = _sha256_or_refuse(init_from)
+    flags = _preprocessing_flags(mean, std, resize, crop, interpolation, weights_transforms)
+    dataset = pipeline.training_data(model, pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed),
+                                     flags, image_size)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, validation_fraction=val_fraction,
+                         init_sha256=init_sha256)
+    path = out or pipeline.default_checkpoint_path(model, dataset)
+    pipeline.train_checkpoint(model, dataset, config, path, show_progress=progress, device=train_device, init_from=init_from)
+
+
+def _sha256_or_refuse(path: Optional[Path]) -> Optional[str]:
+    """The checksum of --init-from's file; a missing file is one sentence before any data is read."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise QExportError(f"--init-from {path} does not exist; pass a checkpoint written by `qexport train`.")
+    from qexport.core.fsutil import sha256_file
+
+    return sha256_file(path)
+
+
+@app.command()
+def build(
+    all_families: bool = typer.Option(False, "--all", help="Build every registered artifact family."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated families or prefixes, e.g. 'onnx,torchscript-int8-static'. See --list."),
+    list_families: bool = typer.Option(False, "--list", help="List the artifact families and exit."),
+    out: Path = typer.Option(Path("artifacts"), "--out", "-o", help="Output folder."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="FP32 checkpoint (qexport or bare state_dict). Without it, trains first or reuses an up-to-date one."),
+    model: Optional[str] = BuildModelOpt,
+    data: str = DataOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    image_size: Optional[int] = ImageSizeOpt,
+    calibration_samples: int = config_option(SharedConfig, "calibration_samples"),
+    target_cpu: str = config_option(TargetConfig, "target_cpu"),
+    calibration_method: str = config_option(CalibrationMethodConfig, "calibration_method"),
+    qat_epochs: int = config_option(QatConfig, "qat_epochs"),
+    eval_samples: Optional[int] = config_option(SharedConfig, "eval_samples"),
+    max_accuracy_drop: float = config_option(BudgetConfig, "max_accuracy_drop"),
+    budget_samples: int = config_option(BudgetConfig, "budget_samples"),
+    budget_verdict: str = config_option(BudgetConfig, "budget_verdict"),
+    executorch_batch: int = config_option(FixedBatchConfig, "executorch_batch"),
+    val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Folder of <class>/ images the model never trained on, to measure the accuracy budget on. Needed for a checkpoint qexport did not train (which records no validation split); without it the budget uses training images and says it is likely optimistic."),
+    epochs: int = typer.Option(30, "--epochs", help="Training epochs when no checkpoint is given."),
+    seed: int = SeedOpt,
+    train_samples: Optional[int] = TrainSamplesOpt,
+    test_samples: Optional[int] = TestSamplesOpt,
+    force: bool = typer.Option(False, "--force", help="Rebuild artifacts even when up to date."),
+    retrain: bool = typer.Option(False, "--retrain", help="Without --checkpoint: replace a checkpoint at the default path that was trained with another recipe or data (otherwise the build refuses and says why it is not reused)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Families built at once, each in its own process. Much of a build is one core's work (tracing, compiling), so 2 on 2 or more cores saves time; each family's 'built in' seconds then include sharing the cores."),
+    device: str = TrainDeviceOpt,
+    progress: bool = ProgressOpt,
+    mean: Optional[str] = MeanOpt,
+    std: Optional[str] = StdOpt,
+    resize: Optional[str] = ResizeOpt,
+    crop: Optional[int] = CropOpt,
+    interpolation: Optional[str] = InterpolationOpt,
+    weights_transforms: Optional[str] = WeightsTransformsOpt,
+    stats_from_data: bool = StatsFromDataOpt,
+    force_preprocessing: bool = ForcePreprocessingOpt,
+) -> None:
+    """Build deployment artifacts (TorchScript, ONNX, pt2e/AOTInductor...) with manifests into --out.
+
+    Every artifact is measured and handed over with the preprocessing its model was trained with:
+    the checkpoint's record (`qexport train` writes it), timm's data config for timm:<name>, a
+    torchvision weights recipe (--weights-transforms IMAGENET1K_V2), or --mean/--std/--resize/--crop.
+    A bare state_dict with none of these is refused. Example for a torchvision ResNet50 trained the
+    ImageNet way: `qexport build --all --model resnet50 --checkpoint r50.pt --data imagefolder
+    --data-dir DIR --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --resize 256 --crop 224`."""
+    from qexport.exporter import FAMILIES, BuildOptions, select_families
+    from qexport.exporter.build import BuildStatus, build_families
+    from qexport.commands import pipeline, report
+    from qexport.core.fsutil import ensure_writable_dir
+    from qexport.training.models import DEFAULT_MODEL, check_model_name
+    from qexport.training.train import TrainConfig, resolve_device
+
+    if list_families:
+        report.print_families(FAMILIES.values(), target_cpu)
+        return
+    if not all_families and not only:
+        raise QExportError("Say what to build: --all, or --only with names from `qexport build --list`.")
+    options = BuildOptions(calibration_samples=calibration_samples, calibration_method=calibration_method,
+                           qat_epochs=qat_epochs, seed=seed, eval_samples=eval_samples, target_cpu=target_cpu,
+                           max_accuracy_drop=max_accuracy_drop, budget_samples=budget_samples,
+                           budget_verdict=budget_verdict, executorch_batch=executorch_batch)
+    families = select_families(None if all_families else [n.strip() for n in only.split(",") if n.strip()])
+    flags = _preprocessing_flags(mean, std, resize, crop, interpolation, weights_transforms, stats_from_data,
+                                 force_preprocessing)
+    ensure_writable_dir(out)
+    train_device = resolve_device(device)
+    if checkpoint is None:
+        model = model or DEFAULT_MODEL
+        check_model_name(model)  # fail on an unknown name before loading data
+    dataset = pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed)
+    ckpt = pipeline.resolve_checkpoint(model, dataset, checkpoint, TrainConfig(epochs=epochs, seed=seed), progress,
+                                      train_device, retrain=retrain, flags=flags)
+    ctx = pipeline.build_context(model, dataset, ckpt, options, progress, val_dir=val_dir, flags=flags)
+    outcomes = build_families(ctx, families, out, force=force, debug=_state["debug"], jobs=jobs)
+    report.print_build(outcomes, out)
+    failed = [o for o in outcomes if o.status is BuildStatus.FAILED]
+    if failed:
+        raise typer.Exit(1)
+
+
+def _preprocessing_flags(mean: Optional[str], std: Optional[str], resize: Optional[str], crop: Optional[int],
+                         interpolation: Optional[str], weights_transforms: Optional[str], stats_from_data: bool = False,
+                         force: bool = False):
+    """The preprocessing flags, parsed and checked before any data is read or model built."""
+    from qexport.core.preprocessing_flags import PreprocessingFlags, parse_channels, parse_resize
+
+    size, mode = parse_resize(resize)
+    return PreprocessingFlags(mean=parse_channels(mean, "--mean"), std=parse_channels(std, "--std"), resize=size,
+                              resize_mode=mode, crop=crop, interpolation=interpolation,
+                              weights_transforms=weights_transforms, stats_from_data=stats_from_data, force=force)
+
+
+def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise QExportError(f"{flag} takes comma-separated integers, e.g. 1,32,128; got {text!r}.") from None
+
+
+@app.command()
+def bench(
+    directory: Path = typer.Argument(Path("artifacts"), help="Folder written by `qexport build`."),
+    threads: int = config_option(BenchOptions, "threads"),
+    cores: Optional[str] = config_option(BenchOptions, "cores"),
+    batch_sizes: str = config_option(BenchOptions, "batch_sizes", as_text=True),
+    rounds: int = config_option(BenchOptions, "rounds"),
+    warmup: int = config_option(BenchOptions, "warmup"),
+    min_count: int = config_option(BenchOptions, "min_count"),
+    min_seconds: float = config_option(BenchOptions, "min_seconds"),
+    eval_samples: Optional[int] = config_option(BenchOptions, "eval_samples"),
+    device: str = config_option(BenchOptions, "device"),
+    timeout: float = config_option(BenchOptions, "timeout"),
+    allow_modified: bool = config_option(BenchOptions, "allow_modified"),
+    only: Optional[str] = config_option(BenchOptions, "only"),
+    cpu_fp16: bool = config_option(BenchOptions, "cpu_fp16"),
+    data: Optional[str] = typer.Option(None, "--data", help="Data to score accuracy on: cifar10, imagefolder or synthetic (default: what the manifests record). Image size, mean/std and classes always come from the manifests."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder of that data (default: an image folder's recorded path when it still exists, else QEXPORT_DATA_DIR, else ./data)."),
+    no_accuracy: bool = typer.Option(False, "--no-accuracy", help="Skip accuracy (timing, size and memory only)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where bench.json, bench.md and plots go (default: DIRECTORY)."),
+    scenario: Optional[str] = typer.Option(None, "--scenario", help="MLPerf LoadGen scenarios after the tight loop: single-stream, multi-stream, server, offline (comma-separated) or all. LoadGen's logs go to OUT/loadgen/<family>/<scenario>."),
+    scenario_seconds: float = config_option(ScenarioSettings, "min_duration_s"),
+    target_latency_ms: float = config_option(ScenarioSettings, "target_latency_ms"),
+    server_steps: int = config_option(ScenarioSettings, "server_steps"),
+    mlperf_durations: bool = config_option(ScenarioSettings, "official"),
+    instancing: str = config_option(ScenarioSettings, "instancing"),
+    seed: int = SeedOpt,
+) -> None:
+    """Measure every artifact in DIRECTORY in its own pinned worker: latency, throughput, size, memory, accuracy.
+
+    The default is a tight loop (warm-up, then timed calls back to back). --scenario adds MLPerf
+    LoadGen runs per artifact: single-stream p90, multi-stream p99 (8 samples per query), the peak
+    server QPS whose p99 stays under --target-latency-ms, offline throughput; VALID or why not.
+    """
+    from qexport.commands import benchreport
+    from qexport.core.progress import say
+    from qexport.core.index import discover
+    from qexport.runtimes.harness import BenchOptions, bench_directory
+    from qexport.runtimes.evaluation_set import evaluation_data
+
+    options = BenchOptions(threads=threads, cores=_int_list(cores, "--cores"), rounds=rounds,
+                           batch_sizes=_int_list(batch_sizes, "--batch-sizes") or (), warmup=warmup,
+                           min_count=min_count, min_seconds=min_seconds, eval_samples=eval_samples, device=device,
+                           timeout=timeout, allow_modified=allow_modified, cpu_fp16=cpu_fp16,
+                           only=tuple(o.strip() for o in only.split(",")) if only else None,
+                           scenarios=_scenario_settings(scenario, scenario_seconds, target_latency_ms, server_steps,
+                                                        mlperf_durations, _int_list(cores, "--cores"), instancing),
+                           loadgen_dir=str((out or directory) / "loadgen") if scenario else None)
+    entries = discover(directory)
+    dataset = None if no_accuracy else evaluation_data(entries, data, data_dir)
+
+    def report_progress(number: int, total: int, row, round_index: int, rounds: int) -> None:
+        say(f"round {round_index + 1}/{rounds} [{number + 1}/{total}] {row.file}"
+            + (f" — {row.status}: {row.reason}" if row.status is not RowStatus.OK else ""))
+
+    doc = bench_directory(directory, options, dataset, seed=seed, progress=report_progress, entries=entries)
+    written = benchreport.write_outputs(doc, out or directory)
+    benchreport.print_bench(doc)
+    say("wrote " + ", ".join(str(p) for p in written))
+    if any(row.status is RowStatus.FAILED for row in doc.rows):
+        raise typer.Exit(1)
+
+
+def _scenario_settings(names: Optional[str], seconds: float, target_latency_ms: float, server_steps: int,
+                       official: bool, cores, instancing: str):
+    """The LoadGen settings --scenario asks for (None: the tight loop only)."""
+    if not names:
+        return None
+    from qexport.runtimes.loadgen import INSTANCING, SCENARIOS
+    from qexport.runtimes.bench_options import ScenarioSettings, usable_cores
+    from qexport.core.selection import match_keys
+
+    chosen = list(SCENARIOS) if names.strip() == "all" else \
+        match_keys([n.strip() for n in names.split(",")], dict.fromkeys(SCENARIOS), "scenario")
+    import importlib.util
+
+    if importlib.util.find_spec("mlperf_loadgen") is None:
+        raise QExportError("--scenario needs the MLPerf LoadGen: pip install 'qexport[loadgen]' (mlcommons-loadgen==6.0.17).")
+    if seconds <= 0 or target_latency_ms <= 0 or server_steps < 1:
+        raise QExportError("--scenario-seconds and --target-latency-ms must be positive, --server-steps at least 1.")
+    if instancing not in INSTANCING:
+        raise QExportError(f"--instancing must be one of {', '.join(INSTANCING)}, got {instancing!r}.")
+    return ScenarioSettings(scenarios=chosen, min_duration_s=seconds, target_latency_ms=target_latency_ms,
+                            server_steps=server_steps, official=official, cores=list(cores or usable_cores()),
+                            instancing=instancing)
+
+
+@app.command()
+def verify(
+    path: Path = typer.Argument(Path("artifacts"), help="An artifacts folder, an artifact file or its manifest."),
+    public_key: Optional[Path] = typer.Option(None, "--public-key", help="Check the folder's signature (model.sig) against the signer's public key first; any difference refuses the folder."),
+    certificate_chain: Optional[list[Path]] = typer.Option(None, "--certificate-chain", help="Check the signature against this certificate chain (repeatable) instead of a public key."),
+) -> None:
+    """Check each artifact's sha256, runtime version and golden outputs in its own runtime.
+
+    With --public-key or --certificate-chain, the folder's OpenSSF model signature is checked
+    before any manifest is trusted: a folder someone changed after signing is refused.
+    """
+    from rich.table import Table
+
+    from qexport.core.progress import say
+    from qexport.commands.report import console
+    from qexport.commands.verify import verify_path
+
+    if public_key or certificate_chain:
+        from qexport.core.signing import TrustAnchor, verify_folder
+
+        anchor = TrustAnchor(public_key, tuple(certificate_chain or ()))
+        covered = verify_folder(path, anchor)
+        say(f"signature: verified against {anchor.describe()} ({covered} files, none added, removed or changed)")
+    checks = verify_path(path)
+    table = Table(title=f"qexport verify {path}")
+    for column in ("artifact", "runtime", "result", "detail"):
+        table.add_column(column)
+    for c in checks:
+        table.add_row(c.file, c.runtime, "[green]pass[/green]" if c.passed else "[red]FAIL[/red]", c.detail)
+    console.print(table)
+    if not all(c.passed for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+def pack(
+    directory: Path = typer.Argument(Path("artifacts"), help="Folder written by `qexport build` (and `qexport bench`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle to write: NAME.tar.gz or NAME.zip."),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Sign every file of the bundle with this PEM private key (OpenSSF Model Signing, model.sig). The key never enters the bundle."),
+    certificate: Optional[Path] = typer.Option(None, "--certificate", help="With --sign-key: the key's signing certificate (certificate signing)."),
+    chain: Optional[list[Path]] = typer.Option(None, "--certificate-chain", help="With --certificate: the chain up to the root (repeatable)."),
+) -> None:
+    """Bundle artifacts, manifests, golden data, bench results and a generated MODEL_CARD.md.
+
+    The archive is deterministic (sorted entries, fixed times and owners): the same inputs give
+    the same bytes (a signed bundle's signature differs per run). Artifacts that no longer match
+    their manifest are refused.
+    """
+    from qexport.core.fsutil import ensure_writable_dir, sha256_file
+    from qexport.commands.pack import pack as make_bundle
+    from qexport.core.progress import say
+
+    ensure_writable_dir(output.parent if str(output.parent) else Path("."))
+    path, count = make_bundle(directory, output, _signing_key(sign_key, certificate, chain))
+    say(f"wrote {path} ({count} files, {path.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(path)})")
+
+
+@app.command()
+def sign(
+    directory: Path = typer.Argument(..., help="The folder to sign (an artifacts folder, or an extracted bundle)."),
+    key: Path = typer.Option(..., "--key", help="PEM private key, e.g. from `openssl ecparam -name prime256v1 -genkey -noout -out key.pem`."),
+    certificate: Optional[Path] = typer.Option(None, "--certificate", help="The key's signing certificate (certificate signing)."),
+    chain: Optional[list[Path]] = typer.Option(None, "--certificate-chain", help="With --certificate: the chain up to the root (repeatable)."),
+) -> None:
+    """Sign every file in DIRECTORY (OpenSSF Model Signing): writes DIRECTORY/model.sig.
+
+    Receivers check it with `qexport verify DIRECTORY --public-key pub.pem`, or with the upstream
+    `model_signing verify key DIRECTORY --signature DIRECTORY/model.sig --public_key pub.pem`.
+    """
+    from qexport.core.progress import say
+    from qexport.core.signing import sign_folder
+
+    if not directory.is_dir():
+        raise QExportError(f"{directory} is not a folder; sign the folder `qexport build` wrote, or pack --sign-key.")
+    signature = sign_folder(directory, _signing_key(key, certificate, chain))
+    say(f"wrote {signature}: covers every file in {directory}")
+
+
+def _signing_key(key: Optional[Path], certificate: Optional[Path], chain: Optional[list[Path]]):
+    """The signing key the options describe (None: do not sign); warns about a key others can read."""
+    from qexport.core.signing import SigningKey, private_key_warning, readable_file
+
+    if key is None:
+        if certificate or chain:
+            raise QExportError("--certificate and --certificate-chain sign together with --sign-key KEY.")
+        return None
+    warning = private_key_warning(readable_file(key, "private key"))
+    if warning:
+        print(f"qexport: {warning}", file=sys.stderr)
+    return SigningKey(key, certificate, tuple(chain or ()))
+
+
+@app.command()
+def compare(files: list[Path] = typer.Argument(..., help="bench.json files from different machines or settings.")) -> None:
+    """Merge bench.json files from several runs into one table."""
+    from rich.table import Table
+
+    from qexport.commands import benchreport
+    from qexport.commands.report import console
+
+    header, body = benchreport.compare(files)
+    table = Table(title="qexport compare")
+    for column in header:
+        table.add_column(column)
+    for cells in body:
+        table.add_row(*cells)
+    console.print(table)
+
+
+@app.command()
+def zoo(
+    models: Optional[str] = config_option(ZooOptions, "models", as_text=True, show_default=False),
+    only: Optional[str] = config_option(ZooOptions, "families", as_text=True),
+    out: Path = typer.Option(Path("zoo"), "--out", "-o", help="Folder for checkpoints/, one artifact folder per architecture, compatibility.md and compatibility.json."),
+    data: str = DataOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    image_size: Optional[int] = ImageSizeOpt,
+    train_samples: int = config_option(ZooOptions, "train_samples"),
+    test_samples: int = config_option(ZooOptions, "test_samples"),
+    epochs: int = config_option(ZooOptions, "epochs"),
+    calibration_samples: int = config_option(ZooOptions, "calibration_samples"),
+    max_accuracy_drop: float = config_option(ZooOptions, "max_accuracy_drop"),
+    budget_verdict: str = config_option(ZooOptions, "budget_verdict"),
+    rounds: int = config_option(ZooOptions, "rounds"),
+    min_seconds: float = config_option(ZooOptions, "min_seconds"),
+    jobs: int = config_option(ZooOptions, "jobs", "-j", min=1),
+    seed: int = SeedOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Build a compatibility matrix: every architecture × every family, each cell built (int8 drop,
+    batch-1 speed against that architecture's fastest fp32), skipped or failed with its reason.
+
+    Each architecture trains briefly on a small seeded subset, so a 12-architecture matrix fits an
+    afternoon on a 2-core host. Example: `qexport zoo --models timm:resnet50,timm:vit_tiny_patch16_224`."""
+    import shlex
+
+    from qexport.core.matrix import DEFAULT_MODELS
+    from qexport.commands.zoo import run_zoo
+    from qexport.core.progress import say
+
+    chosen = tuple(m.strip() for m in models.split(",") if m.strip()) if models is not None else DEFAULT_MODELS
+    options = ZooOptions(models=chosen, families=tuple(o.strip() for o in only.split(",") if o.strip()) if only else None,
+                         data=data, image_size=image_size, train_samples=train_samples, test_samples=test_samples,
+                         epochs=epochs, calibration_samples=calibration_samples, max_accuracy_drop=max_accuracy_drop,
+                         budget_verdict=budget_verdict, rounds=rounds, min_seconds=min_seconds, jobs=jobs, seed=seed)
+    command = "qexport " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    matrix = run_zoo(options, out, data_dir, command, show_progress=progress)
+    say(f"wrote {out / 'compatibility.md'} and {out / 'compatibility.json'} ({len(matrix.cells)} cells)")
+
+
+INTERRUPTED = "Interrupted; nothing half-written was left behind (workers stopped, temporary files removed)."
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning user errors into one line + exit 2."""
+    from qexport.core.progress import quiet_library_warnings
+
+    quiet_library_warnings()
+    _wide_help_when_piped()
+    try:
+        app()  # standalone: typer handles usage errors and --help, and calls sys.exit itself
+    except QExportError as err:
+        _fail(err, str(err), err.exit_code)
+    except KeyboardInterrupt as err:
+        _fail(err, INTERRUPTED, 130)
+    except SystemExit as err:  # typer turns Ctrl-C into a bare exit 130; say what happened
+        if err.code == 130:
+            _fail(err, INTERRUPTED, 130)
+        raise
+
+
+def _wide_help_when_piped() -> None:
+    """``--help`` through a pipe or into a file: rich would cut option names at 80 columns, and
+    ``qexport build --help | grep budget`` would miss them. A terminal keeps its own width."""
+    if not sys.stdout.isatty():
+        import typer.rich_utils
+
+        typer.rich_utils.MAX_WIDTH = typer.rich_utils.MAX_WIDTH or 250
+
+
+def _fail(err: BaseException, message: str, code: int) -> None:
+    if _state["debug"]:
+        traceback.print_exception(err)
+    print(f"qexport: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
