@@ -20,6 +20,8 @@ from qexport.core.build_records import VALIDATION_FRACTION, VALIDATION_MAX
 from qexport.runtimes.results import RowStatus
 from qexport.runtimes.bench_options import BenchOptions, ScenarioSettings
 from qexport.core.matrix import ZooOptions
+from qexport.commands.preprocessing_options import takes_preprocessing_flags
+from qexport.core.preprocessing_flags import PreprocessingFlags
 
 
 def config_option(section: type, name: str, *short: str, as_text: bool = False, **settings):
@@ -55,14 +57,6 @@ SeedOpt = config_option(SharedConfig, "seed")
 TrainDeviceOpt = typer.Option("auto", "--device", help="Where training runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda. Exported artifacts are always built from the CPU model.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
 # The input contract (see qexport.training.contract for the order of its sources)
-MeanOpt = typer.Option(None, "--mean", help="Per-channel mean the model was trained with, R,G,B in [0, 1] units, e.g. 0.485,0.456,0.406 (ImageNet).", rich_help_panel="Preprocessing")
-StdOpt = typer.Option(None, "--std", help="Per-channel std the model was trained with, e.g. 0.229,0.224,0.225 (ImageNet).", rich_help_panel="Preprocessing")
-ResizeOpt = typer.Option(None, "--resize", help="Resize before the crop: 256 sets the shorter side (aspect kept, as torchvision's Resize(256)); 224x224 squashes to a square.", rich_help_panel="Preprocessing")
-CropOpt = typer.Option(None, "--crop", help="Centre crop to this square size after the resize, e.g. 224 (CenterCrop(224)).", rich_help_panel="Preprocessing")
-InterpolationOpt = typer.Option(None, "--interpolation", help="Resize interpolation: bilinear (torchvision's default), bicubic (timm's usual), nearest or lanczos.", rich_help_panel="Preprocessing")
-WeightsTransformsOpt = typer.Option(None, "--weights-transforms", help="Take the preprocessing of a torchvision weights recipe for --model, e.g. IMAGENET1K_V2 (read from torchvision, nothing downloaded).", rich_help_panel="Preprocessing")
-StatsFromDataOpt = typer.Option(False, "--stats-from-data", help="For a checkpoint that records no preprocessing: compute mean and std from the train split (the build says so; only right if the model was trained that way).", rich_help_panel="Preprocessing")
-ForcePreprocessingOpt = typer.Option(False, "--force-preprocessing", help="Use the preprocessing flags even where the checkpoint records another preprocessing (the manifest records the override).", rich_help_panel="Preprocessing")
 
 
 @app.callback()
@@ -93,6 +87,7 @@ def setup(
 
 
 @app.command()
+@takes_preprocessing_flags()
 def train(
     model: str = ModelOpt,
     data: str = DataOpt,
@@ -109,12 +104,7 @@ def train(
     list_models: bool = typer.Option(False, "--list-models", help="List the accepted model names and exit."),
     device: str = TrainDeviceOpt,
     progress: bool = ProgressOpt,
-    mean: Optional[str] = MeanOpt,
-    std: Optional[str] = StdOpt,
-    resize: Optional[str] = ResizeOpt,
-    crop: Optional[int] = CropOpt,
-    interpolation: Optional[str] = InterpolationOpt,
-    weights_transforms: Optional[str] = WeightsTransformsOpt,
+    flags: PreprocessingFlags = None,
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's weights (same --model and classes) instead of a random initialisation, e.g. one trained at a smaller --resize: progressive resizing. The one-cycle schedule runs again over --epochs; the checkpoint records where it started and the time of every stage."),
 ) -> None:
     """Train the FP32 model, evaluate it on the test split and write a checkpoint with metadata.
@@ -137,7 +127,6 @@ def train(
     check_model_name(model)  # fail on an unknown name before spending time on data
     train_device = resolve_device(device)
     init_sha256 = _sha256_or_refuse(init_from)
-    flags = _preprocessing_flags(mean, std, resize, crop, interpolation, weights_transforms)
     dataset = pipeline.training_data(model, pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed),
                                      flags, image_size)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, validation_fraction=val_fraction,
@@ -158,6 +147,7 @@ def _sha256_or_refuse(path: Optional[Path]) -> Optional[str]:
 
 
 @app.command()
+@takes_preprocessing_flags(build=True)
 def build(
     all_families: bool = typer.Option(False, "--all", help="Build every registered artifact family."),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated families or prefixes, e.g. 'onnx,torchscript-int8-static'. See --list."),
@@ -187,14 +177,7 @@ def build(
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Families built at once, each in its own process. Much of a build is one core's work (tracing, compiling), so 2 on 2 or more cores saves time; each family's 'built in' seconds then include sharing the cores."),
     device: str = TrainDeviceOpt,
     progress: bool = ProgressOpt,
-    mean: Optional[str] = MeanOpt,
-    std: Optional[str] = StdOpt,
-    resize: Optional[str] = ResizeOpt,
-    crop: Optional[int] = CropOpt,
-    interpolation: Optional[str] = InterpolationOpt,
-    weights_transforms: Optional[str] = WeightsTransformsOpt,
-    stats_from_data: bool = StatsFromDataOpt,
-    force_preprocessing: bool = ForcePreprocessingOpt,
+    flags: PreprocessingFlags = None,
 ) -> None:
     """Build deployment artifacts (TorchScript, ONNX, pt2e/AOTInductor...) with manifests into --out.
 
@@ -221,8 +204,6 @@ def build(
                            max_accuracy_drop=max_accuracy_drop, budget_samples=budget_samples,
                            budget_verdict=budget_verdict, executorch_batch=executorch_batch)
     families = select_families(None if all_families else [n.strip() for n in only.split(",") if n.strip()])
-    flags = _preprocessing_flags(mean, std, resize, crop, interpolation, weights_transforms, stats_from_data,
-                                 force_preprocessing)
     ensure_writable_dir(out)
     train_device = resolve_device(device)
     if checkpoint is None:
@@ -237,18 +218,6 @@ def build(
     failed = [o for o in outcomes if o.status is BuildStatus.FAILED]
     if failed:
         raise typer.Exit(1)
-
-
-def _preprocessing_flags(mean: Optional[str], std: Optional[str], resize: Optional[str], crop: Optional[int],
-                         interpolation: Optional[str], weights_transforms: Optional[str], stats_from_data: bool = False,
-                         force: bool = False):
-    """The preprocessing flags, parsed and checked before any data is read or model built."""
-    from qexport.core.preprocessing_flags import PreprocessingFlags, parse_channels, parse_resize
-
-    size, mode = parse_resize(resize)
-    return PreprocessingFlags(mean=parse_channels(mean, "--mean"), std=parse_channels(std, "--std"), resize=size,
-                              resize_mode=mode, crop=crop, interpolation=interpolation,
-                              weights_transforms=weights_transforms, stats_from_data=stats_from_data, force=force)
 
 
 def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
