@@ -53,8 +53,9 @@ def is_stable(window: Sequence[float], previous: Sequence[float], tolerance: flo
 
 
 # ----------------------------------------------------------------------------- rounds and intervals
-# Two-sided 95 % Student t critical values t(0.975, dof) for dof 1..30; beyond, the normal 1.96 is
-# within 2 %. Tabulated so the workers and reports need no scipy.
+# Two-sided 95 % Student t critical values t(0.975, dof) for dof 1..30, tabulated so the workers and
+# reports need no scipy; beyond 30 they come from the Cornish-Fisher expansion below (the normal 1.96
+# alone would be 4 % short at 31 dof, where t is 2.040).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
          2.045, 2.042)
@@ -65,7 +66,18 @@ def t_975(dof: float) -> float:
     if dof < 1:
         raise ValueError(f"a t interval needs at least 1 degree of freedom, got {dof}")
     whole = int(math.floor(dof))
-    return T_975[whole - 1] if whole <= len(T_975) else 1.96
+    return T_975[whole - 1] if whole <= len(T_975) else t_975_expansion(whole)
+
+
+Z_975 = 1.959964
+
+
+def t_975_expansion(dof: int) -> float:
+    """t(0.975, dof) from the normal quantile by the Cornish-Fisher expansion to 1/dof^3: within
+    0.0001 of the exact value from 30 degrees of freedom up (31: 2.0395; 60: 2.0003; 1000: 1.9623)."""
+    z = Z_975
+    return (z + (z ** 3 + z) / (4 * dof) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * dof ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * dof ** 3))
 
 
 @dataclass(frozen=True)

@@ -381,3 +381,12 @@ def test_loadgen_log_values_become_milliseconds_and_the_scenario_rate(tmp_path):
     assert (single.p50_ms, single.p90_ms, single.qps, single.valid, single.reason) == (2.0, 3.0, 480.0, True, "")
     assert result_of("multi-stream", log, tmp_path).p99_ms == 9.0
     assert result_of("offline", log, tmp_path).qps == 900.0
+
+
+@pytest.mark.parametrize("dof, exact", [(31, 2.0395), (40, 2.0211), (60, 2.0003), (120, 1.9799), (1000, 1.9623)])
+def test_t_beyond_the_table_matches_the_exact_quantile(dof, exact):
+    """Beyond 30 degrees of freedom the quantile comes from an expansion, not the normal 1.96
+    (4 % short at 31); the expected values are scipy.stats.t.ppf(0.975, dof), rounded."""
+    from qexport.runtimes.stats import t_975
+
+    assert t_975(dof) == pytest.approx(exact, abs=1e-4)
