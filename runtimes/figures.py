@@ -35,8 +35,9 @@ def combine_rounds(rounds: list[RoundResult]) -> ArtifactResult:
         round_p50 = [r.p50_ms for r in per_round]
         p50 = geometric_interval(round_p50)
         batches[batch] = BatchResult(
-            **{**pooled, "p50_ms": p50.estimate, "throughput_ips": throughput_ips(int(batch), p50.estimate)},
-            pooled_p50_ms=pooled["p50_ms"], p50_interval_ms=p50, p50_prediction_ms=prediction_interval(round_p50),
+            **{**dataclasses.asdict(pooled), "p50_ms": p50.estimate,
+               "throughput_ips": throughput_ips(int(batch), p50.estimate)},
+            pooled_p50_ms=pooled.p50_ms, p50_interval_ms=p50, p50_prediction_ms=prediction_interval(round_p50),
             round_p50_ms=round_p50,
             round_spread_pct=spread_pct(round_p50), warmup=[r.warmup for r in per_round],
             harness_overhead_pct=first_batch.harness_overhead_pct)

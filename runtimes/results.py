@@ -18,7 +18,7 @@ from qexport.core.errors import QExportError
 from qexport.core.manifest import DataInfo, LoadHints
 from qexport.runtimes.bench_options import RunOptions, ScenarioSettings
 from qexport.runtimes.environment import Environment
-from qexport.runtimes.stats import Interval
+from qexport.runtimes.stats import Interval, LatencySummary
 
 BENCH_SCHEMA = "qexport.bench"
 BENCH_SCHEMA_VERSION = 3  # 3: agreement_with_fp32 named agreement_with_baseline_artifact; 2: rounds, intervals
@@ -114,21 +114,6 @@ class EvalResult:
     top1: float
     agreement_with_baseline_artifact: float | None = renamed("agreement_with_fp32", default=None)
     max_abs_logit_diff: float | None = None
-
-
-@dataclass
-class LatencySummary:
-    """Per-call latencies of one batch size (see stats.summarize)."""
-
-    count: int
-    min_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    std_ms: float
-    max_ms: float
-    throughput_ips: float
 
 
 @dataclass

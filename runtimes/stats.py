@@ -24,24 +24,16 @@ def throughput_ips(batch_size: int, p50_ms: float) -> float:
     return batch_size * 1000.0 / p50_ms if p50_ms > 0 else float("inf")
 
 
-def summarize(latencies_ms: Sequence[float], batch_size: int) -> dict:
+def summarize(latencies_ms: Sequence[float], batch_size: int) -> LatencySummary:
     """min/p50/p90/p99/mean/std of per-call latencies, and throughput in images/s at the median."""
     values = sorted(latencies_ms)
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     p50 = percentile(values, 50)
-    return {
-        "count": n,
-        "min_ms": values[0],
-        "p50_ms": p50,
-        "p90_ms": percentile(values, 90),
-        "p99_ms": percentile(values, 99),
-        "mean_ms": mean,
-        "std_ms": std,
-        "max_ms": values[-1],
-        "throughput_ips": throughput_ips(batch_size, p50),
-    }
+    return LatencySummary(count=n, min_ms=values[0], p50_ms=p50, p90_ms=percentile(values, 90),
+                          p99_ms=percentile(values, 99), mean_ms=mean, std_ms=std, max_ms=values[-1],
+                          throughput_ips=throughput_ips(batch_size, p50))
 
 
 def is_stable(window: Sequence[float], previous: Sequence[float], tolerance: float = 0.05) -> bool:
@@ -165,3 +157,18 @@ def spread_pct(values: Sequence[float]) -> float:
     """Round-to-round coefficient of variation, in percent (0 for a single round)."""
     mean, sd = _mean_sd(values)
     return 100 * sd / mean if len(values) > 1 and mean > 0 else 0.0
+
+
+@dataclass
+class LatencySummary:
+    """Per-call latencies of one batch size (see stats.summarize)."""
+
+    count: int
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    max_ms: float
+    throughput_ips: float

@@ -7,6 +7,7 @@ then import the runtime, so thread pools are sized for the cores we really have.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -132,8 +133,8 @@ def run(spec: WorkerSpec) -> RoundResult:
         warm = warm_up(runner.run_native, native, spec.warmup)
         latencies = time_calls(runner.run_native, native, spec.min_count, spec.min_seconds)
         stats = summarize(latencies, batch_size)
-        overhead = harness_overhead_pct(runner.run_native, native, stats["p50_ms"]) if spec.overhead else None
-        batches[str(batch_size)] = RoundBatch(**stats, warmup=warm, harness_overhead_pct=overhead,
+        overhead = harness_overhead_pct(runner.run_native, native, stats.p50_ms) if spec.overhead else None
+        batches[str(batch_size)] = RoundBatch(**dataclasses.asdict(stats), warmup=warm, harness_overhead_pct=overhead,
                                               latencies_ms=latencies)
     result = RoundResult(
         pinned_cores=cores, load_ms=load_ms, rss_after_load_mb=rss_after_load,

@@ -46,9 +46,9 @@ def test_percentile_properties(values, q):
 
 def test_summarize_and_stability():
     s = summarize([2.0, 2.0, 4.0, 4.0], batch_size=8)
-    assert (s["min_ms"], s["p50_ms"], s["mean_ms"], s["count"]) == (2.0, 3.0, 3.0, 4)
-    assert s["std_ms"] == pytest.approx(np.std([2, 2, 4, 4], ddof=1))
-    assert s["throughput_ips"] == pytest.approx(8 * 1000 / 3.0)
+    assert (s.min_ms, s.p50_ms, s.mean_ms, s.count) == (2.0, 3.0, 3.0, 4)
+    assert s.std_ms == pytest.approx(np.std([2, 2, 4, 4], ddof=1))
+    assert s.throughput_ips == pytest.approx(8 * 1000 / 3.0)
     assert is_stable([1.0, 1.01], [1.0, 1.0]) and not is_stable([2.0], [1.0])
 
 

@@ -6,6 +6,7 @@ is turned round (speed-up, size ratio, top-1 change, throughput, the ties' ratio
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import math
 
 import numpy as np
@@ -118,11 +119,11 @@ def test_no_ratio_without_a_measured_baseline_or_for_an_unmeasured_row():
 # ----------------------------------------------------------------------------- throughput and combined rounds
 def test_throughput_is_images_per_second_at_the_median():
     assert throughput_ips(32, 2.0) == pytest.approx(16_000.0)
-    assert summarize([2.0, 2.0, 2.0], batch_size=32)["throughput_ips"] == pytest.approx(16_000.0)
+    assert summarize([2.0, 2.0, 2.0], batch_size=32).throughput_ips == pytest.approx(16_000.0)
 
 
 def round_result(latencies_by_batch: dict[str, list[float]], load_ms: float, peak_rss_mb: float) -> RoundResult:
-    batches = {b: RoundBatch(**summarize(ms, int(b)), latencies_ms=ms, harness_overhead_pct=load_ms / 100)
+    batches = {b: RoundBatch(**asdict(summarize(ms, int(b))), latencies_ms=ms, harness_overhead_pct=load_ms / 100)
                for b, ms in latencies_by_batch.items()}
     return RoundResult(load_ms=load_ms, peak_rss_mb=peak_rss_mb, batches=batches)
 
@@ -366,7 +367,7 @@ def test_loadgen_expectations_come_from_the_tight_loop():
     """Batch 1 at 2 ms and batch 8 at 8 ms: one sample alone 2 ms, best per sample 1 ms, best 1000 img/s."""
     from qexport.runtimes.worker import expectations
 
-    batches = {b: RoundBatch(**summarize(ms, int(b))) for b, ms in {"8": [8.0] * 3, "1": [2.0] * 3}.items()}
+    batches = {b: RoundBatch(**asdict(summarize(ms, int(b)))) for b, ms in {"8": [8.0] * 3, "1": [2.0] * 3}.items()}
     expect = expectations(batches)
     assert (expect.single_ms, expect.per_sample_ms, expect.offline_qps) == (2.0, 1.0, pytest.approx(1000.0))
 
