@@ -71,7 +71,7 @@ def tiny_checkpoint(tiny_data, tmp_path_factory):
     agreement measures the export, not thin margins (3 epochs reached 62 %, and int8 agreement then
     fell to 0.56 on an AVX2-only host)."""
     from qexport.commands.pipeline import train_checkpoint
-    from qexport.training.train import TrainConfig
+    from qexport.training.recipe import TrainConfig
 
     path = tmp_path_factory.mktemp("ckpt") / "resnet18-synthetic.pt"
     return train_checkpoint("resnet18", tiny_data, TrainConfig(epochs=6, batch_size=32, max_lr=0.05),

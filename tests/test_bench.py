@@ -202,7 +202,7 @@ def test_image_folder_build_is_benched_at_its_own_size(tmp_path):
     from qexport.exporter.build import build_families
     from qexport.training.sources import load_dataset
     from qexport.commands.pipeline import train_checkpoint
-    from qexport.training.train import TrainConfig
+    from qexport.training.recipe import TrainConfig
     from tests.conftest import make_context, run_cli
 
     folder, out = tmp_path / "images", tmp_path / "artifacts"

@@ -17,7 +17,8 @@ from qexport.exporter import FAMILIES, BuildOptions
 from qexport.exporter.budget import HeldOut, paired_drop_ci95_pt
 from qexport.exporter.measure import runner_logits
 from qexport.exporter.registry import BuildContext, BuildDetails
-from qexport.training.train import TrainConfig, evaluate, top1, train
+from qexport.training.train import evaluate, top1, train
+from qexport.training.recipe import TrainConfig
 
 pytestmark = pytest.mark.integration
 

@@ -111,7 +111,7 @@ def test_layers_the_budget_keeps_in_float_are_left_unquantized():
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from qexport.exporter.executorch import xnnpack_quantizer
-    from qexport.exporter.pt2e import count_quantized
+    from qexport.exporter.graph_quant import count_quantized
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3)).eval()
     example = (torch.randn(1, 3, 8, 8),)

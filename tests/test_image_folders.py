@@ -135,7 +135,7 @@ def test_a_qexport_checkpoint_refuses_flags_that_contradict_its_record_unless_fo
     from qexport.training.sources import load_dataset
     from qexport.commands.pipeline import train_checkpoint, training_data
     from qexport.core.preprocessing_flags import PreprocessingFlags
-    from qexport.training.train import TrainConfig
+    from qexport.training.recipe import TrainConfig
 
     flags = PreprocessingFlags(mean=(0.5,) * 3, std=(0.25,) * 3, resize=56, crop=48)
     data = training_data("resnet18", load_dataset("imagefolder", user_folder), flags)

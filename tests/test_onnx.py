@@ -79,7 +79,8 @@ def with_batch_baked_in(path, batch: int = 1) -> None:
 
 
 def test_a_graph_that_runs_at_one_batch_only_is_one_sentence_naming_node_and_layer(shuffle_context, tmp_path):
-    from qexport.exporter.onnx import export_fp32, require_runs_at_check_batches
+    from qexport.exporter.onnx import require_runs_at_check_batches
+    from qexport.exporter.onnx_export import export_fp32
 
     path = tmp_path / "baked.onnx"
     export_fp32(shuffle_context, path)

@@ -262,7 +262,7 @@ def test_an_image_over_pils_safety_limit_is_one_sentence_naming_it(tmp_path, mon
 def test_a_checkpoint_trained_under_other_preprocessing_than_the_flags_is_not_reused(tiny_data, tmp_path, monkeypatch):
     from qexport.commands.pipeline import resolve_checkpoint, training_data
     from qexport.core.preprocessing_flags import PreprocessingFlags
-    from qexport.training.train import TrainConfig
+    from qexport.training.recipe import TrainConfig
 
     monkeypatch.chdir(tmp_path)
     config = TrainConfig(epochs=1, batch_size=32, bn_recalibration_images=0)

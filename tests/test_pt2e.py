@@ -8,8 +8,9 @@ import torch
 import torchvision
 
 from qexport.core.manifest import CompiledWith
-from qexport.exporter.pt2e import (CallSiteCopies, count_quantized, export_dynamic, require_quantized, reused_stateless_modules,
-                                   unshare_modules, x86_quantizer)
+from qexport.exporter.graph_quant import (CallSiteCopies, count_quantized, export_dynamic, require_quantized,
+                                          reused_stateless_modules, unshare_modules)
+from qexport.exporter.pt2e import x86_quantizer
 from qexport.core.errors import QExportError
 
 
@@ -105,7 +106,7 @@ def test_fp32_package_prepacks_conv_weights_and_restores_inductor(built_artifact
     would otherwise re-pack their weights on every call."""
     from torch._inductor.fx_passes import mkldnn_fusion
 
-    from qexport.exporter.pt2e import prepacked_dynamic_convolutions
+    from qexport.exporter.patches import prepacked_dynamic_convolutions
 
     _, outcomes = built_artifacts
     config = outcomes[key].manifest.config
@@ -125,7 +126,7 @@ def test_qat_conv_bn_patterns_are_tried_only_for_the_convolution_kinds_the_graph
     import torch.nn.functional as F
     from torchao.quantization.pt2e import qat_utils
 
-    from qexport.exporter.pt2e import conv_bn_patterns_only_for_present_convolutions
+    from qexport.exporter.patches import conv_bn_patterns_only_for_present_convolutions
 
     tried = []
     recorder = lambda m, conv_fn, example_inputs, is_cuda: tried.append(conv_fn) or m  # noqa: E731

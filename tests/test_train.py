@@ -6,7 +6,8 @@ import torch
 from qexport.core.errors import QExportError
 from qexport.training.models import build_model, load_model
 from qexport.commands.pipeline import checkpoint_is_current, train_checkpoint
-from qexport.training.train import TrainConfig, augment, evaluate, train
+from qexport.training.train import augment, evaluate, train
+from qexport.training.recipe import TrainConfig
 
 
 def test_augment_keeps_shape_and_is_seeded():

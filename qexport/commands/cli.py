@@ -16,7 +16,7 @@ import typer
 from qexport.core.errors import QExportError
 from qexport.core.options import (BudgetConfig, CalibrationMethodConfig, FixedBatchConfig, QatConfig, SharedConfig,
                                      TargetConfig, option_default, option_flag, option_help)
-from qexport.core.build_records import VALIDATION_FRACTION, VALIDATION_MAX
+from qexport.training.recipe import TrainConfig
 from qexport.runtimes.results import RowStatus
 from qexport.runtimes.bench_options import BenchOptions, ScenarioSettings
 from qexport.core.matrix import ZooOptions
@@ -93,14 +93,14 @@ def train(
     data: str = DataOpt,
     data_dir: Optional[Path] = DataDirOpt,
     image_size: Optional[int] = ImageSizeOpt,
-    epochs: int = typer.Option(30, "--epochs", help="Training epochs (30 reaches the README's accuracy on CIFAR-10)."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Mini-batch size."),
-    lr: float = typer.Option(0.2, "--lr", help="Peak learning rate of the one-cycle schedule."),
+    epochs: int = config_option(TrainConfig, "epochs"),
+    batch_size: int = config_option(TrainConfig, "batch_size"),
+    lr: float = config_option(TrainConfig, "max_lr"),
     seed: int = SeedOpt,
     train_samples: Optional[int] = TrainSamplesOpt,
     test_samples: Optional[int] = TestSamplesOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Checkpoint path (default checkpoints/<model>-<data>.pt)."),
-    val_fraction: float = typer.Option(VALIDATION_FRACTION, "--val-fraction", help=f"Share of the train split set aside before training (at most {VALIDATION_MAX} images) and never trained on: the accuracy budget of `qexport build` is measured on it. 0 trains on every image (the budget then falls back to training images, which is optimistic). An image folder with both val/ and test/ uses its val/ instead."),
+    val_fraction: float = config_option(TrainConfig, "validation_fraction"),
     list_models: bool = typer.Option(False, "--list-models", help="List the accepted model names and exit."),
     device: str = TrainDeviceOpt,
     progress: bool = ProgressOpt,
@@ -115,7 +115,7 @@ def train(
     `qexport train --model resnet50 --resize 224x224`. Faster at 224 px on a CPU: train at 64 px,
     then go on at 224 px with `--init-from checkpoints/<the 64 px one>.pt --epochs 1`."""
     from qexport.commands import pipeline
-    from qexport.training.train import TrainConfig, resolve_device
+    from qexport.training.train import resolve_device
 
     if list_models:
         from qexport.training.models import accepted_model_names
@@ -168,7 +168,7 @@ def build(
     budget_verdict: str = config_option(BudgetConfig, "budget_verdict"),
     executorch_batch: int = config_option(FixedBatchConfig, "executorch_batch"),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Folder of <class>/ images the model never trained on, to measure the accuracy budget on. Needed for a checkpoint qexport did not train (which records no validation split); without it the budget uses training images and says it is likely optimistic."),
-    epochs: int = typer.Option(30, "--epochs", help="Training epochs when no checkpoint is given."),
+    epochs: int = typer.Option(option_default(TrainConfig, "epochs"), "--epochs", help="Training epochs when no checkpoint is given."),
     seed: int = SeedOpt,
     train_samples: Optional[int] = TrainSamplesOpt,
     test_samples: Optional[int] = TestSamplesOpt,
@@ -192,7 +192,7 @@ def build(
     from qexport.commands import pipeline, report
     from qexport.core.fsutil import ensure_writable_dir
     from qexport.training.models import DEFAULT_MODEL, check_model_name
-    from qexport.training.train import TrainConfig, resolve_device
+    from qexport.training.train import resolve_device
 
     if list_families:
         report.print_families(FAMILIES.values(), target_cpu)

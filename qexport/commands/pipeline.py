@@ -17,7 +17,8 @@ from qexport.training.models import build_model, file_stem, read_checkpoint, sav
 from qexport.core.preprocessing import Preprocessing
 from qexport.core.preprocessing_flags import PreprocessingFlags
 from qexport.core.progress import say
-from qexport.training.train import TrainConfig, train
+from qexport.training.train import train
+from qexport.training.recipe import TrainConfig
 
 NO_FLAGS = PreprocessingFlags()
 

@@ -148,7 +148,7 @@ def say_round(number: int, total: int, row, round_index: int, rounds: int) -> No
 
 def recipe(options: ZooOptions):
     """The short training every architecture gets (the one-cycle schedule's defaults otherwise)."""
-    from qexport.training.train import TrainConfig
+    from qexport.training.recipe import TrainConfig
 
     return TrainConfig(epochs=options.epochs, batch_size=64, seed=options.seed)
 

@@ -11,53 +11,16 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
 from qexport.core.preprocessing import batch_for
-from qexport.training.data import VALIDATION_FRACTION, Dataset, Split, normalize, seeded_subset
+from qexport.training.data import Dataset, Split, normalize, seeded_subset
 from qexport.core.errors import QExportError
 from qexport.core.progress import progress_bar, say
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters; the defaults are the ones the README's accuracy figure was measured with."""
-
-    epochs: int = 30
-    batch_size: int = 256
-    max_lr: float = 0.2
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    label_smoothing: float = 0.1
-    pad: int = 4  # random-crop padding at 32 px; larger images pad in proportion (28 px at 224)
-    seed: int = 0
-    threads: int | None = None  # None: all usable cores
-    # Batch-norm statistics recomputed on this many train images at the end (0: off). Part of the
-    # recipe, so a checkpoint trained without it is not reused as "up to date".
-    bn_recalibration_images: int = 10_000
-    # Share of the train split set aside before training (at most data.VALIDATION_MAX images) so the
-    # accuracy budget is measured on images the model never trained on (0: none; the budget then
-    # falls back to training images and says it is likely optimistic).
-    validation_fraction: float = VALIDATION_FRACTION
-    # sha256 of the checkpoint training started from (--init-from; None: random initialisation).
-    init_sha256: str | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.validation_fraction < 1:
-            raise QExportError(f"--val-fraction must be at least 0 and below 1, got {self.validation_fraction}.")
-        if self.epochs < 0:
-            raise QExportError(f"--epochs must be 0 or more, got {self.epochs}.")
-        if self.batch_size < 1:
-            raise QExportError(f"--batch-size must be at least 1, got {self.batch_size}.")
-        if not (self.max_lr > 0 and math.isfinite(self.max_lr)):
-            raise QExportError(f"--lr must be a positive number, got {self.max_lr}.")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from qexport.training.recipe import TrainConfig
 
 
 def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,54 @@
+"""The training recipe: every hyper-parameter with its one default (the command line reads its
+defaults and help from these fields), checked when it is made. Torch-free, so the CLI can read it
+without importing torch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from qexport.core.build_records import VALIDATION_FRACTION, VALIDATION_MAX
+from qexport.core.errors import QExportError
+from qexport.core.options import SharedConfig, option
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters; the defaults are the ones the README's accuracy figure was measured with."""
+
+    epochs: int = option(30, "--epochs", "Training epochs (30 reaches the README's accuracy on CIFAR-10).")
+    batch_size: int = option(256, "--batch-size", "Mini-batch size (at 224 px, 32 to 64 fit in memory for a ResNet50).")
+    max_lr: float = option(0.2, "--lr", "Peak learning rate of the one-cycle schedule.")
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    label_smoothing: float = 0.1
+    pad: int = 4  # random-crop padding at 32 px; larger images pad in proportion (28 px at 224)
+    seed: int = SharedConfig.seed
+    threads: int | None = None  # None: all usable cores
+    # Batch-norm statistics recomputed on this many train images at the end (0: off). Part of the
+    # recipe, so a checkpoint trained without it is not reused as "up to date".
+    bn_recalibration_images: int = 10_000
+    # Share of the train split set aside before training (at most data.VALIDATION_MAX images) so the
+    # accuracy budget is measured on images the model never trained on (0: none; the budget then
+    # falls back to training images and says it is likely optimistic).
+    validation_fraction: float = option(
+        VALIDATION_FRACTION, "--val-fraction",
+        f"Share of the train split set aside before training (at most {VALIDATION_MAX} images) and never trained "
+        "on: the accuracy budget of `qexport build` is measured on it. 0 trains on every image (the budget then "
+        "falls back to training images, which is optimistic). An image folder with both val/ and test/ uses its "
+        "val/ instead.")
+    # sha256 of the checkpoint training started from (--init-from; None: random initialisation).
+    init_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.validation_fraction < 1:
+            raise QExportError(f"--val-fraction must be at least 0 and below 1, got {self.validation_fraction}.")
+        if self.epochs < 0:
+            raise QExportError(f"--epochs must be 0 or more, got {self.epochs}.")
+        if self.batch_size < 1:
+            raise QExportError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if not (self.max_lr > 0 and math.isfinite(self.max_lr)):
+            raise QExportError(f"--lr must be a positive number, got {self.max_lr}.")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
