@@ -18,6 +18,8 @@ from torch import nn
 
 from qexport.core.errors import RuntimeMissing
 from qexport.core.options import BudgetConfig, FixedBatchConfig
+from qexport.exporter.calibration import calibrate
+from qexport.exporter.graph_quant import exported_for_quantization, require_quantized
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.core.fsutil import atomic_write_bytes
 from qexport.core.build_records import Delegation
@@ -158,11 +160,9 @@ def build_executorch_int8(ctx: BuildContext, config: FixedBatchInt8Config, path:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     require_executorch()
-    from qexport.exporter.pt2e import calibrate_graph, exported_for_quantization, require_quantized
-
     # Calibrated as a dynamic-batch graph (batches of 64), then exported again at the program's batch.
     prepared = prepare_pt2e(exported_for_quantization(ctx), xnnpack_quantizer(ctx.keep_float))
-    seen = calibrate_graph(prepared, ctx)
+    seen = calibrate(prepared, ctx, "calibrate pt2e")
     converted = convert_pt2e(prepared)
     coverage = require_quantized(converted, "executorch-int8")
     batch = config.executorch_batch

@@ -1,7 +1,7 @@
 """ONNX families, run by ONNX Runtime: fp32, fp16 (a GPU format) and static QDQ int8.
 
-Each family exports its own fp32 graph into a scratch folder (a few seconds) rather than
-depending on another family's output, so ``--only onnx-int8`` works alone. Every family runs the
+Each family starts from its own fp32 export (``exporter/onnx_export.py``, a few seconds) rather
+than another family's output, so ``--only onnx-int8`` works alone. Every family runs the
 graph it wrote at batch 1 and at the evaluation batch before the build goes on: a graph that runs
 at one batch size only fails the build in one sentence naming the node and the model's layer.
 """
@@ -9,10 +9,8 @@ at one batch size only fails the build in one sentence naming the node and the m
 from __future__ import annotations
 
 import ast
-import contextlib
 import re
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +22,7 @@ from qexport.core.errors import QExportError
 from qexport.core.hardware import REDUCED_RANGE_REASON
 from qexport.exporter.budget import ops_of_named_layers
 from qexport.exporter.capture import describe_layer, describe_site
+from qexport.exporter.onnx_export import export_fp32, scratch_fp32
 from qexport.core.options import BudgetConfig, CalibrationMethodConfig, FamilyConfig, TargetConfig
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, register, train_calibration
 from qexport.core.build_records import Int8Coverage
@@ -33,51 +32,7 @@ if TYPE_CHECKING:  # onnxruntime is imported only when a build runs a graph
     from qexport.runtimes.onnxrt import RunFailure
 
 OPSET_NOTE = "torch.onnx.export(dynamo=True), dynamic batch"
-EXPORT_BATCH = 2  # the export example's batch: never 1, which torch.export specialises (see export_example)
 CHECK_BATCHES = (1, EVAL_BATCH)  # every ONNX graph runs at both before its build goes on (fewer than 250 for large images)
-
-
-def export_example(ctx: BuildContext) -> torch.Tensor:
-    """The test image repeated to a batch of :data:`EXPORT_BATCH`.
-
-    torch.export treats a size-1 dimension as the constant 1 wherever the traced code depends on
-    it (0/1 specialisation) while the ONNX input still says "batch"; a reshape computed from it,
-    such as a channel shuffle's ``x.view(batch, groups, c // groups, h, w)``, then fails at every
-    other batch size. A batch of 2 keeps the batch symbolic through computed shapes."""
-    return ctx.example.expand(EXPORT_BATCH, *ctx.example.shape[1:]).contiguous()
-
-
-def export_fp32(ctx: BuildContext, path: Path) -> None:
-    """Export with a dynamic batch dimension and check the graph."""
-    import onnx
-
-    program = torch.onnx.export(ctx.fresh_model(), (export_example(ctx),), dynamo=True,
-                                dynamic_shapes=({0: "batch"},), input_names=["input"],
-                                output_names=["logits"], verbose=False)
-    program.save(str(path))
-    model = onnx.load(str(path))
-    add_metadata(model, ctx)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
-def add_metadata(model, ctx: BuildContext) -> None:
-    import json
-
-    entries = {"qexport.model": ctx.model_name, "qexport.classes": json.dumps(ctx.data.classes),
-               "qexport.mean": json.dumps(list(ctx.data.mean)), "qexport.std": json.dumps(list(ctx.data.std))}
-    del model.metadata_props[:]
-    for key, value in entries.items():
-        prop = model.metadata_props.add()
-        prop.key, prop.value = key, value
-
-
-@contextlib.contextmanager
-def scratch_fp32(ctx: BuildContext) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="qexport-onnx-") as tmp:
-        path = Path(tmp) / "model.fp32.onnx"
-        export_fp32(ctx, path)
-        yield path
 
 
 def onnx_opset(path: Path) -> int | None:

@@ -1,6 +1,6 @@
 """OpenVINO families: fp32 IR and NNCF post-training int8, run by the OpenVINO runtime.
 
-Both start from this build's own fp32 ONNX export (``exporter.onnx.scratch_fp32``), read by
+Both start from this build's own fp32 ONNX export (``exporter/onnx_export.py``), read by
 ``openvino.Core().read_model`` with a dynamic batch -- not ``openvino.convert_model``, whose
 Python tooling sends telemetry. The IR is an .xml (graph) and a .bin (weights) that only work as a
 pair: the family declares the .bin as a companion, so build, verify, bench and pack treat the two
@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from qexport.core.errors import RuntimeMissing
-from qexport.exporter.onnx import scratch_fp32
 from qexport.exporter.budget import ops_of_named_layers
+from qexport.exporter.onnx_export import scratch_fp32
 from qexport.core.options import BudgetConfig, FamilyConfig
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.core.build_records import Int8Coverage

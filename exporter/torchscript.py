@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qexport.exporter.calibration import calibrate
 from qexport.exporter.capture import traced_or_refused
 from qexport.core.options import BudgetConfig, FamilyConfig, QatInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
@@ -20,7 +21,6 @@ from qexport.core.build_records import Int8Coverage
 from qexport.core.manifest import Precision
 from qexport.runtimes.results import BASELINE
 from qexport.core.errors import QExportError
-from qexport.core.progress import progress_bar
 
 QUANT_ENGINE = "x86"
 
@@ -128,17 +128,6 @@ def quantizable_copy(ctx: BuildContext) -> nn.Module:
     except RuntimeError as err:
         raise QExportError(f"The trained {ctx.model_name} weights do not fit torchvision's quantizable variant ({err}).") from err
     return model
-
-
-def calibrate(model: nn.Module, ctx: BuildContext, description: str = "calibrate") -> int:
-    seen = 0
-    with progress_bar(ctx.show_progress) as bar, torch.no_grad():
-        task = bar.add_task(description, total=ctx.shared.calibration_samples, status="")
-        for batch in ctx.calibration_batches():
-            model(batch)
-            seen += batch.shape[0]
-            bar.update(task, advance=batch.shape[0])
-    return seen
 
 
 def convert_and_save(model: nn.Module, ctx: BuildContext, path: Path, variant: str) -> Int8Coverage:
