@@ -162,7 +162,7 @@ def build_executorch_int8(ctx: BuildContext, config: FixedBatchInt8Config, path:
     require_executorch()
     # Calibrated as a dynamic-batch graph (batches of 64), then exported again at the program's batch.
     prepared = prepare_pt2e(exported_for_quantization(ctx), xnnpack_quantizer(ctx.keep_float))
-    seen = calibrate(prepared, ctx, "calibrate pt2e")
+    seen = calibrate(prepared, ctx, "calibrate executorch")
     converted = convert_pt2e(prepared)
     coverage = require_quantized(converted, "executorch-int8")
     batch = config.executorch_batch

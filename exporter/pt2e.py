@@ -25,7 +25,6 @@ from torch import nn
 from qexport.core.options import QatInt8Config, TargetConfig, TargetedInt8Config
 from qexport.exporter.calibration import calibrate
 from qexport.exporter.graph_quant import MAX_BATCH, export_dynamic, exported_for_quantization, require_quantized
-from qexport.exporter.graph_quant import count_quantized  # noqa: F401  tests/test_budget.py still imports it from here
 from qexport.exporter.patches import conv_bn_patterns_only_for_present_convolutions, prepacked_dynamic_convolutions
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.core.manifest import Precision

@@ -170,7 +170,8 @@ def _keep_context(tiny_data, tiny_checkpoint) -> BuildContext:
 def test_pt2e_keeps_named_layers_in_float(tiny_data, tiny_checkpoint):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from qexport.exporter.pt2e import count_quantized, exported_for_quantization, x86_quantizer
+    from qexport.exporter.graph_quant import count_quantized, exported_for_quantization
+    from qexport.exporter.pt2e import x86_quantizer
 
     ctx = _keep_context(tiny_data, tiny_checkpoint)
     prepared = prepare_pt2e(exported_for_quantization(ctx), x86_quantizer(keep_float=ctx.keep_float))
