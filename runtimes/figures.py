@@ -41,7 +41,18 @@ def combine_rounds(rounds: list[RoundResult]) -> ArtifactResult:
             round_p50_ms=round_p50,
             round_spread_pct=spread_pct(round_p50), warmup=[r.warmup for r in per_round],
             harness_overhead_pct=first_batch.harness_overhead_pct)
-    return ArtifactResult(**facts, batches=batches, rounds=len(rounds))
+    loads = [r.load_ms for r in rounds]
+    firsts = [r.first_inference_ms for r in rounds if r.first_inference_ms is not None]
+    firsts = firsts if len(firsts) == len(rounds) else []
+    cold = [load + first for load, first in zip(loads, firsts)]
+    return ArtifactResult(**facts, batches=batches, rounds=len(rounds), round_load_ms=loads, round_first_call_ms=firsts,
+                          load_ms_interval=positive_interval(loads), first_call_ms_interval=positive_interval(firsts),
+                          cold_start_ms_interval=positive_interval(cold))
+
+
+def positive_interval(values: list[float]) -> Interval | None:
+    """The geometric mean of per-round times with its 95 % interval, like p50 (None: nothing recorded)."""
+    return geometric_interval([max(v, 1e-6) for v in values]) if values else None
 
 
 def add_agreement(rows: list[BenchRow], logits: dict[str, np.ndarray]) -> None:

@@ -46,7 +46,8 @@ def check_row(manifest_file: Path, manifest: Manifest, options: BenchOptions) ->
     """Build the row and decide, before starting a worker, whether it can be measured at all."""
     row = BenchRow(family=manifest.family, file=manifest.artifact.file, format=manifest.format,
               precision=manifest.precision, runtime=manifest.runtime.name,
-              size_bytes=manifest.artifact.total_size_bytes, build_top1=manifest.evaluation.top1,
+              size_bytes=manifest.artifact.total_size_bytes, sha256=manifest.artifact.sha256,
+              build_top1=manifest.evaluation.top1,
               float_layers=manifest.float_layers, int8_share=manifest.int8_weight_share)
     paths = artifact_paths(manifest_file, manifest)
     missing = next((path for path in paths if not path.is_file()), None)

@@ -179,6 +179,17 @@ class ArtifactResult(RunFacts):
 
     batches: dict[str, BatchResult] = field(default_factory=dict)
     rounds: int = 1
+    # Cold start, one value per round (each round is a fresh process): loading the file, the first
+    # call after it, and their sum -- what a serverless or autoscaled deployment pays per start.
+    round_load_ms: list[float] = field(default_factory=list)
+    round_first_call_ms: list[float] = field(default_factory=list)
+    load_ms_interval: Interval | None = None
+    first_call_ms_interval: Interval | None = None
+    cold_start_ms_interval: Interval | None = None
+
+    def cold_start_rounds(self) -> list[float]:
+        """Load plus first call, per round (empty where a round did not record its first call)."""
+        return [load + first for load, first in zip(self.round_load_ms, self.round_first_call_ms)]
 
 
 class RowStatus(TextEnum):
@@ -198,6 +209,7 @@ class BenchRow:
     status: RowStatus = RowStatus.OK
     reason: str = ""
     size_bytes: int = 0
+    sha256: str = ""  # of the artifact as measured ("": a bench.json from before it was recorded)
     notes: list[str] = field(default_factory=list)
     build_top1: float | None = None
     float_layers: int = 0              # layers the accuracy budget kept in float (from the manifest)

@@ -36,6 +36,17 @@ def summarize(latencies_ms: Sequence[float], batch_size: int) -> LatencySummary:
                           throughput_ips=throughput_ips(batch_size, p50))
 
 
+def min_calls_for_percentile(q: float, confidence: float = 0.99) -> int:
+    """The fewest calls on which a ``q`` percentile (0.99 for p99) means something, by MLPerf
+    LoadGen's early-stopping rule: the smallest n for which, with at most one call over the true
+    percentile, P(Binomial(n, 1 - q) <= 1) <= 1 - confidence (64 calls for p90, 662 for p99)."""
+    over = 1.0 - q
+    n = 2
+    while (1 - over) ** n + n * over * (1 - over) ** (n - 1) > 1 - confidence:
+        n += 1
+    return n
+
+
 def is_stable(window: Sequence[float], previous: Sequence[float], tolerance: float = 0.05) -> bool:
     """Warm-up is over when the median of the last window is within ``tolerance`` of the one before."""
     if not window or not previous:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qexport.commands import benchreport
+from qexport.commands import benchcompare, benchreport
 from qexport.core.errors import QExportError
 from qexport.runtimes.harness import BenchOptions, bench_directory, run_worker
 from qexport.runtimes.results import load_bench
@@ -88,7 +88,7 @@ def test_bench_pins_one_core_and_one_thread(small_dir, tiny_data):
     other = small_dir / "report2"
     other.mkdir()
     (other / "bench.json").write_text(json.dumps(with_onnx_twice_as_slow(doc.to_dict())))
-    header, body = benchreport.compare([small_dir / "report" / "bench.json", other / "bench.json"])
+    header, body = benchcompare.compare([small_dir / "report" / "bench.json", other / "bench.json"])
     assert len(body) == 4 and "95 % interval" in header  # 2 artifacts x 2 batch sizes
     changes = {(cells[2], cells[3]): (cells[6], cells[-1]) for cells in body}
     for batch in ("1", "2"):
@@ -176,7 +176,7 @@ def test_bench_options_validate():
 def test_compare_refuses_other_json(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(QExportError, match="not a qexport bench.json"):
-        benchreport.compare([tmp_path / "x.json"])
+        benchcompare.compare([tmp_path / "x.json"])
 
 
 def write_image_folder(root, size: int = 40, per_class: int = 24) -> None:

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from qexport.commands import benchplots, benchreport, report
+from qexport.commands import benchcompare, benchplots, benchreport, report
 from qexport.core.documents import parse
 from qexport.core.build_records import AccuracyBudget
 from qexport.core.manifest import Evaluation, Manifest
@@ -290,7 +290,7 @@ def test_compare_reports_the_change_of_each_artifact_against_the_reference_run(t
     other = write_bench(tmp_path / "b" / "bench.json", {"slower": [1.25 * v for v in before],
                                                         "faster": [0.8 * v for v in before],
                                                         "same": list(reversed(before))})
-    header, body = benchreport.compare([reference, other])
+    header, body = benchcompare.compare([reference, other])
     cells = {row[header.index("artifact")]: dict(zip(header, row)) for row in body}
     assert cells["slower"]["change"] == "+25.0 %" and cells["slower"]["verdict"] == "significant: slower"
     assert cells["slower"]["p50 ms before"] == "1.000" and cells["slower"]["p50 ms after"] == "1.250"
@@ -299,8 +299,8 @@ def test_compare_reports_the_change_of_each_artifact_against_the_reference_run(t
 
 
 def test_interval_in_percent():
-    assert benchreport.interval_pct(Interval(1.25, 1.2, 1.3, 5)) == "[+20.0 %, +30.0 %]"
-    assert benchreport.interval_pct(Interval(0.8, 0.75, 0.85, 5)) == "[-25.0 %, -15.0 %]"
+    assert benchcompare.interval_pct(Interval(1.25, 1.2, 1.3, 5)) == "[+20.0 %, +30.0 %]"
+    assert benchcompare.interval_pct(Interval(0.8, 0.75, 0.85, 5)) == "[-25.0 %, -15.0 %]"
 
 
 def test_harness_overhead_is_the_timer_cost_over_the_fastest_p50():

@@ -6,14 +6,13 @@ from pathlib import Path
 
 from rich.table import Table
 
-from qexport.core.errors import QExportError
 from qexport.core.fsutil import atomic_write_bytes, atomic_write_json
 from qexport.commands.benchplots import write_plots
 from qexport.commands.report import console
 from qexport.core.manifest import Precision
-from qexport.runtimes.results import BenchDocument, BenchRow, RowStatus, load_bench
+from qexport.runtimes.results import BenchDocument, BenchRow, RowStatus
 from qexport.runtimes.figures import cannot_tell_from_one
-from qexport.runtimes.stats import Interval
+from qexport.runtimes.stats import Interval, min_calls_for_percentile
 
 
 def environment_lines(doc: BenchDocument) -> list[str]:
@@ -41,7 +40,7 @@ def environment_lines(doc: BenchDocument) -> list[str]:
 def table_rows(doc: BenchDocument) -> tuple[list[str], list[list[str]]]:
     """What does not depend on the batch size: status, size, accuracy, memory, load time."""
     header = ["family", "precision", "runtime", "status", "MB", "× smaller", "top-1", "agree w/ baseline",
-              "peak RSS MB", "load ms"]
+              "peak RSS MB", "load ms [95 % CI]", "first call ms [95 % CI]"]
     body = []
     for row in doc.rows:
         result = row.result if row.measured else None
@@ -49,7 +48,9 @@ def table_rows(doc: BenchDocument) -> tuple[list[str], list[list[str]]]:
         body.append([row.family, row.precision, row.runtime, row.status, f"{row.size_bytes / 1e6:.1f}",
                      fmt(row.size_ratio_vs_fp32, "{:.2f}"), fmt(ev and ev.top1, "{:.2%}"),
                      fmt(ev and ev.agreement_with_baseline_artifact, "{:.2%}"),
-                     fmt(result and result.peak_rss_mb, "{:.0f}"), fmt(result and result.load_ms, "{:.0f}")])
+                     fmt(result and result.peak_rss_mb, "{:.0f}"),
+                     fmt_interval(result and result.load_ms_interval, "{:.0f}", result and result.load_ms),
+                     fmt_interval(result and result.first_call_ms_interval, "{:.1f}", result and result.first_inference_ms)])
     return header, body
 
 
@@ -58,7 +59,7 @@ def batch_rows(doc: BenchDocument, batch: str) -> tuple[list[str], list[list[str
     land (95 % PI), the speed-up against the fastest fp32 artifact and against the baseline, and
     throughput. One table per batch size keeps every interval whole on a narrow terminal."""
     header = ["family", "p50 ms [95 % CI]", "next run ms [95 % PI]", f"× best fp32 ({doc.best_fp32.get(batch, '-')})",
-              f"× {doc.baseline}", "img/s"]
+              f"× {doc.baseline}", "img/s", "p99 ms (calls)"]
     body = []
     for row in doc.measured_rows():
         stats = row.batch(batch)
@@ -66,8 +67,17 @@ def batch_rows(doc: BenchDocument, batch: str) -> tuple[list[str], list[list[str
             continue
         body.append([row.family, fmt_interval(stats.p50_interval_ms, "{:.3f}", stats.p50_ms),
                      fmt_interval(stats.p50_prediction_ms, "{:.3f}", stats.p50_ms), fmt_best_fp32(row, batch),
-                     fmt_speedup(row, batch), fmt(stats.throughput_ips, "{:.0f}")])
+                     fmt_speedup(row, batch), fmt(stats.throughput_ips, "{:.0f}"), p99_text(stats)])
     return header, body
+
+
+def p99_text(stats) -> str:
+    """p99 with the number of calls it rests on, or why there is none: fewer calls than MLPerf
+    LoadGen's early-stopping rule asks for a 99th percentile (662) cannot place it."""
+    needed = min_calls_for_percentile(0.99)
+    if stats.count < needed:
+        return f"n/a ({stats.count} calls; p99 needs {needed})"
+    return f"{stats.p99_ms:.3f} ({stats.count})"
 
 
 def fmt_best_fp32(row: BenchRow, batch: str) -> str:
@@ -252,9 +262,12 @@ def report_tables(doc: BenchDocument) -> list[tuple[str, tuple[list[str], list[l
         [(f"batch {batch}", batch_rows(doc, batch)) for batch in doc.batch_keys]
 
 
-def markdown(doc: BenchDocument) -> str:
-    lines = ["# qexport bench", "", *[f"- {line}" for line in headline_lines(doc)], "",
-             *[f"- {line}" for line in environment_lines(doc)]]
+def markdown(doc: BenchDocument, recommendation: list[str] | None = None) -> str:
+    """bench.md; ``recommendation``: the "which file to ship" lines, shown first."""
+    lines = ["# qexport bench", ""]
+    if recommendation:
+        lines += ["## Which file to ship", "", *recommendation, ""]
+    lines += [*[f"- {line}" for line in headline_lines(doc)], "", *[f"- {line}" for line in environment_lines(doc)]]
     for title, (header, body) in report_tables(doc):
         lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
@@ -297,53 +310,19 @@ def harness_overhead_lines(doc: BenchDocument) -> list[str]:
     return lines + [f"| {family} | {b} | {pct:+.2f} |" for family, b, pct in cells]
 
 
-def write_outputs(doc: BenchDocument, out_dir: Path) -> list[Path]:
+def write_outputs(doc: BenchDocument, out_dir: Path, manifests: dict | None = None) -> list[Path]:
+    """bench.json, bench.md (opening with the recommendation when ``manifests`` are given) and plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "bench.json", doc.to_dict())
-    atomic_write_bytes(out_dir / "bench.md", markdown(doc).encode())
+    atomic_write_bytes(out_dir / "bench.md", markdown(doc, recommendation_for(doc, manifests)).encode())
     return [out_dir / "bench.json", out_dir / "bench.md", *write_plots(doc, out_dir)]
 
 
-def compare(paths: list[Path]) -> tuple[list[str], list[list[str]]]:
-    """Every artifact and batch size of each run against the first run: the change in p50 with
-    its 95 % interval (Welch t on the logs of the rounds' medians), marked significant only when
-    the interval excludes no change."""
-    from qexport.runtimes.stats import geometric_interval, welch_ratio
+def recommendation_for(doc: BenchDocument, manifests: dict | None) -> list[str] | None:
+    """The recommendation's lines under the default rules, or None (no manifests, nothing measured)."""
+    from qexport.commands.recommend import RecommendOptions, recommend, recommendation_lines
 
-    docs = [(Path(p), load_bench(p)) for p in paths]
-    if len(docs) < 2:
-        raise QExportError("compare needs at least two bench.json files: the reference run first, then the others.")
-    (ref_path, ref), others = docs[0], docs[1:]
-    header = ["run", "cpu", "artifact", "batch", "p50 ms before", "p50 ms after", "change", "95 % interval", "verdict"]
-    body = []
-    for path, doc in others:
-        rows = {r.family: r for r in doc.rows}
-        for ref_row in ref.rows:
-            row = rows.get(ref_row.family)
-            for batch in ref.batch_keys:
-                before, after = ref_row.batch(batch), row and row.batch(batch)
-                if not before or not after:
-                    continue
-                before, after = before.round_medians(), after.round_medians()
-                change = welch_ratio(before, after)
-                body.append([path.parent.name + "/" + path.name, doc.environment.cpu.model[:28],
-                             ref_row.family, batch, f"{geometric_interval(before).estimate:.3f}",
-                             f"{geometric_interval(after).estimate:.3f}",
-                             f"{(change.estimate - 1) * 100:+.1f} %", interval_pct(change), verdict(change)])
-    if not body:
-        raise QExportError(f"{ref_path} and the other runs share no measured artifact and batch size.")
-    return header, body
-
-
-def interval_pct(change) -> str:
-    if change.low is None:
-        return "- (1 round)"
-    return f"[{(change.low - 1) * 100:+.1f} %, {(change.high - 1) * 100:+.1f} %]"
-
-
-def verdict(change) -> str:
-    if change.low is None:
-        return "unknown: rerun with --rounds ≥ 2"
-    if not change.excludes(1.0):
-        return "~ not significant"
-    return "significant: " + ("slower" if change.estimate > 1 else "faster")
+    if not manifests or not doc.measured_rows():
+        return None
+    picks, left_out = recommend(doc, manifests)
+    return recommendation_lines(picks, left_out, RecommendOptions())

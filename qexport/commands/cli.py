@@ -21,6 +21,7 @@ from qexport.runtimes.results import RowStatus
 from qexport.runtimes.bench_options import BenchOptions, ScenarioSettings
 from qexport.core.matrix import ZooOptions
 from qexport.commands.preprocessing_options import takes_preprocessing_flags
+from qexport.commands.recommend import RecommendOptions
 from qexport.core.preprocessing_flags import PreprocessingFlags
 
 
@@ -285,7 +286,7 @@ def bench(
             + (f" — {row.status}: {row.reason}" if row.status is not RowStatus.OK else ""))
 
     doc = bench_directory(directory, options, dataset, seed=seed, progress=report_progress, entries=entries)
-    written = benchreport.write_outputs(doc, out or directory)
+    written = benchreport.write_outputs(doc, out or directory, {m.family: m for _, m in entries})
     benchreport.print_bench(doc)
     say("wrote " + ", ".join(str(p) for p in written))
     if any(row.status is RowStatus.FAILED for row in doc.rows):
@@ -413,16 +414,46 @@ def compare(files: list[Path] = typer.Argument(..., help="bench.json files from 
     """Merge bench.json files from several runs into one table."""
     from rich.table import Table
 
-    from qexport.commands import benchreport
+    from qexport.commands import benchcompare
     from qexport.commands.report import console
 
-    header, body = benchreport.compare(files)
+    header, body = benchcompare.compare(files)
     table = Table(title="qexport compare")
     for column in header:
         table.add_column(column)
     for cells in body:
         table.add_row(*cells)
     console.print(table)
+
+
+@app.command()
+def recommend(
+    directory: Path = typer.Argument(Path("artifacts"), help="The folder `qexport bench` measured (its bench.json and manifests)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Only these targets, comma-separated: latency@B (B a batch size the bench measured), throughput, size, cold-start. Default: all."),
+    max_accuracy_drop: float = config_option(RecommendOptions, "max_accuracy_drop"),
+    runtimes: Optional[str] = config_option(RecommendOptions, "runtimes"),
+    target_cpu: Optional[str] = config_option(RecommendOptions, "target_cpu"),
+) -> None:
+    """Which file to ship for each deployment target, from bench.json and the manifests alone.
+
+    The leader's equals -- artifacts whose paired 95 % interval against it contains 1 -- are listed,
+    and the tie is broken by size, then load time, never by the p50 alone. Example:
+    `qexport recommend artifacts/ --target latency@1,cold-start --runtimes onnxruntime,openvino`."""
+    from qexport.commands.recommend import recommend as choose, recommendation_lines
+    from qexport.core.index import discover
+    from qexport.runtimes.results import load_bench
+
+    bench_file = directory / "bench.json"
+    if not bench_file.is_file():
+        raise QExportError(f"{bench_file} does not exist; run `qexport bench {directory}` first.")
+    options = RecommendOptions(max_accuracy_drop=max_accuracy_drop, runtimes=_names(runtimes), target_cpu=target_cpu)
+    manifests = {manifest.family: manifest for _, manifest in discover(directory)}
+    picks, left_out = choose(load_bench(bench_file), manifests, options, _names(target))
+    typer.echo("\n".join(recommendation_lines(picks, left_out, options)))
+
+
+def _names(text: Optional[str]) -> Optional[tuple[str, ...]]:
+    return tuple(n.strip() for n in text.split(",") if n.strip()) if text else None
 
 
 @app.command()
