@@ -66,11 +66,24 @@ def read_bench(directory: Path) -> BenchDocument | None:
     return load_bench(path)
 
 
+def recommendation_section(manifests: list[Manifest], bench: BenchDocument | None) -> list[str]:
+    """The card leads with which file to ship, when the bundle has a bench of these very files."""
+    from qexport.commands.benchreport import recommendation_for
+    from qexport.core.errors import QExportError
+
+    try:
+        lines = recommendation_for(bench, {m.family: m for m in manifests}) if bench is not None else None
+    except QExportError as err:  # the bench measured other files: no recommendation rather than a wrong one
+        return [f"No recommendation: {err}", ""]
+    return ["## Which file to ship", "", *lines, ""] if lines else []
+
+
 def model_card(manifests: list[Manifest], bench: BenchDocument | None, signed_with: str | None = None) -> str:
     first = manifests[0]
     lines = [f"# Model card: {first.model.name} ({first.model.num_classes} classes)", ""]
     if any(m.synthetic for m in manifests):
         lines += ["**SYNTHETIC DATA: every accuracy below is meaningless. Do not deploy.**", ""]
+    lines += recommendation_section(manifests, bench)
     lines += [
         "## Model and data",
         f"- Architecture: torchvision `{first.model.name}`; source checkpoint sha256 "
