@@ -142,3 +142,13 @@ def test_p99_is_shown_only_on_as_many_calls_as_loadgen_s_early_stopping_rule_ask
     few = batch([1.0, 1.0, 1.0])  # 300 calls
     assert p99_text(few) == "n/a (300 calls; p99 needs 662)"
     assert p99_text(replace(few, count=662, p99_ms=1.25)) == "1.250 (662)"
+
+
+def test_the_pareto_front_keeps_only_artifacts_nothing_beats_on_both_accuracy_and_latency():
+    from qexport.commands.recommend import pareto_front
+
+    rows = [replace(row("fast-int8", b1=[0.5, 0.5, 0.5]), build_top1=0.70),
+            replace(row("slow-int8", b1=[0.9, 0.9, 0.9]), build_top1=0.69),   # beaten by fast-int8 on both
+            replace(row("fp32", b1=[1.5, 1.5, 1.5]), build_top1=0.72),
+            replace(row("slow-fp32", b1=[3.0, 3.0, 3.0]), build_top1=0.72)]  # as accurate as fp32, slower
+    assert [r.family for r in pareto_front(rows, "1")] == ["fast-int8", "fp32"]

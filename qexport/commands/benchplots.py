@@ -29,12 +29,16 @@ def write_plots(doc: BenchDocument, out_dir: Path) -> list[Path]:
     colours = {runtime: f"C{i}" for i, runtime in enumerate(sorted({r.runtime for r in rows}))}
 
     def scatter(name: str, x_of, x_label: str) -> None:
-        points = sorted((r.batch(batch).p50_ms, x_of(r), r.family, r.runtime) for r in rows if x_of(r) is not None)
+        points = sorted((r.batch(batch).p50_ms, x_of(r), r.family, r.runtime, r.batch(batch).p50_interval_ms)
+                        for r in rows if x_of(r) is not None)
         if not points:
             return
         fig, ax = plt.subplots(figsize=(8, 5.5))
-        for i, (y, x, label, runtime) in enumerate(points):  # alternate label sides: close points stay legible
+        for i, (y, x, label, runtime, interval) in enumerate(points):  # alternate label sides: close points stay legible
             ax.scatter(x, y, color=colours[runtime], label=runtime)
+            if interval is not None and interval.low is not None and interval.high is not None:  # the 95 % CI
+                ax.errorbar(x, y, yerr=[[y - interval.low], [interval.high - y]], fmt="none",
+                            ecolor=colours[runtime], alpha=0.6, capsize=2)
             ax.annotate(label, (x, y), fontsize=7, xytext=(5 if i % 2 else -5, 2), textcoords="offset points",
                         ha="left" if i % 2 else "right")
         handles, labels = ax.get_legend_handles_labels()
@@ -51,7 +55,8 @@ def write_plots(doc: BenchDocument, out_dir: Path) -> list[Path]:
         written.append(save(fig, out_dir / f"{name}.png"))
 
     scatter("latency_vs_size", lambda r: r.size_bytes / 1e6, "size on disk (MB)")
-    scatter("latency_vs_accuracy", lambda r: r.result.eval.top1 if r.result.eval else None, "top-1 accuracy (test split)")
+    scatter("latency_vs_accuracy", lambda r: r.result.eval.top1 if r.result.eval else None,
+            "top-1 accuracy (test split); error bars: p50's 95 % CI")
     speed = sorted((r for r in rows if batch in r.speedup_vs_best_fp32), key=lambda r: r.speedup_vs_best_fp32[batch].estimate)
     if speed:
         written.append(speedup_plot(speed, batch, doc.best_fp32.get(batch, "-"), subtitle, out_dir / "speedup.png"))

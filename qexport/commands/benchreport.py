@@ -320,9 +320,9 @@ def write_outputs(doc: BenchDocument, out_dir: Path, manifests: dict | None = No
 
 def recommendation_for(doc: BenchDocument, manifests: dict | None) -> list[str] | None:
     """The recommendation's lines under the default rules, or None (no manifests, nothing measured)."""
-    from qexport.commands.recommend import RecommendOptions, recommend, recommendation_lines
+    from qexport.commands.recommend import RecommendOptions, pareto_lines, recommend, recommendation_lines
 
     if not manifests or not doc.measured_rows():
         return None
     picks, left_out = recommend(doc, manifests)
-    return recommendation_lines(picks, left_out, RecommendOptions())
+    return recommendation_lines(picks, left_out, RecommendOptions()) + ["", *pareto_lines(doc)]

@@ -439,7 +439,7 @@ def recommend(
     The leader's equals -- artifacts whose paired 95 % interval against it contains 1 -- are listed,
     and the tie is broken by size, then load time, never by the p50 alone. Example:
     `qexport recommend artifacts/ --target latency@1,cold-start --runtimes onnxruntime,openvino`."""
-    from qexport.commands.recommend import recommend as choose, recommendation_lines
+    from qexport.commands.recommend import pareto_lines, recommend as choose, recommendation_lines
     from qexport.core.index import discover
     from qexport.runtimes.results import load_bench
 
@@ -448,8 +448,9 @@ def recommend(
         raise QExportError(f"{bench_file} does not exist; run `qexport bench {directory}` first.")
     options = RecommendOptions(max_accuracy_drop=max_accuracy_drop, runtimes=_names(runtimes), target_cpu=target_cpu)
     manifests = {manifest.family: manifest for _, manifest in discover(directory)}
-    picks, left_out = choose(load_bench(bench_file), manifests, options, _names(target))
-    typer.echo("\n".join(recommendation_lines(picks, left_out, options)))
+    doc = load_bench(bench_file)
+    picks, left_out = choose(doc, manifests, options, _names(target))
+    typer.echo("\n".join(recommendation_lines(picks, left_out, options) + ["", *pareto_lines(doc)]))
 
 
 def _names(text: Optional[str]) -> Optional[tuple[str, ...]]:

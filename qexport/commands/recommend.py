@@ -78,10 +78,12 @@ class Pick:
         return text + (f"; {self.note}" if self.note else "")
 
 
-def format_interval(value: Interval, unit: str) -> str:
+def format_interval(value: Interval, unit: str = "") -> str:
+    """'0.62 ms [0.6–0.64]', or the estimate alone where there is no interval (one round)."""
+    shown = f"{value.estimate:.3g}" + (f" {unit}" if unit else "")
     if value.low is None or value.high is None:
-        return f"{value.estimate:.3g} {unit}"
-    return f"{value.estimate:.3g} {unit} [{value.low:.3g}–{value.high:.3g}]"
+        return shown
+    return f"{shown} [{value.low:.3g}–{value.high:.3g}]"
 
 
 def targets_of(doc: BenchDocument) -> list[str]:
@@ -274,4 +276,33 @@ def recommendation_lines(picks: list[Pick], left_out: dict[str, str], options: R
     lines += [f"- {p.line()}" for p in picks]
     if left_out:
         lines += ["", "Left out: " + "; ".join(f"{family} ({why})" for family, why in sorted(left_out.items()))]
+    return lines
+
+
+def accuracy_of(row: BenchRow) -> float | None:
+    """Top-1 as bench measured it, else as the build did."""
+    return row.result.eval.top1 if row.result and row.result.eval else row.build_top1
+
+
+def pareto_front(rows: list[BenchRow], batch: str) -> list[BenchRow]:
+    """The measured artifacts no other beats on both top-1 and p50 at ``batch`` (at least as
+    accurate and at least as fast, better on one), fastest first."""
+    scored = [(row, accuracy_of(row), row.batch(batch).p50_ms) for row in rows
+              if row.measured and row.batch(batch) and accuracy_of(row) is not None]
+    front = [row for row, top1, ms in scored
+             if not any(a >= top1 and m <= ms and (a > top1 or m < ms) for _, a, m in scored)]
+    return sorted(front, key=lambda row: row.batch(batch).p50_ms)
+
+
+def pareto_lines(doc: BenchDocument) -> list[str]:
+    """The front of accuracy against latency at the first batch size, as a table."""
+    batch = doc.batch_keys[0]
+    front = pareto_front(doc.rows, batch)
+    if not front:
+        return []
+    lines = [f"Accuracy against latency at batch {batch} (the Pareto front: no other artifact is both more "
+             "accurate and faster):", "", "| family | top-1 | p50 ms [95 % CI] |", "|---|---:|---:|"]
+    for row in front:
+        interval = row.batch(batch).p50_interval_ms
+        lines.append(f"| {row.family} | {accuracy_of(row):.2%} | {format_interval(interval)} |")
     return lines
