@@ -153,6 +153,7 @@ def build(
     all_families: bool = typer.Option(False, "--all", help="Build every registered artifact family."),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated families or prefixes, e.g. 'onnx,torchscript-int8-static'. See --list."),
     list_families: bool = typer.Option(False, "--list", help="List the artifact families and exit."),
+    skip: Optional[str] = typer.Option(None, "--skip", help="Comma-separated families or prefixes to leave out, e.g. 'pt2e-int8-qat,torchscript-int8-qat' (the QAT families fine-tune for a whole epoch each)."),
     out: Path = typer.Option(Path("artifacts"), "--out", "-o", help="Output folder."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="FP32 checkpoint (qexport or bare state_dict). Without it, trains first or reuses an up-to-date one."),
     model: Optional[str] = BuildModelOpt,
@@ -204,7 +205,12 @@ def build(
                            qat_epochs=qat_epochs, seed=seed, eval_samples=eval_samples, target_cpu=target_cpu,
                            max_accuracy_drop=max_accuracy_drop, budget_samples=budget_samples,
                            budget_verdict=budget_verdict, executorch_batch=executorch_batch)
-    families = select_families(None if all_families else [n.strip() for n in only.split(",") if n.strip()])
+    families = select_families(None if all_families else list(_names(only) or ()))
+    if skip:
+        from qexport.core.selection import match_keys
+
+        left_out = set(match_keys(_names(skip), FAMILIES))
+        families = [family for family in families if family.key not in left_out]
     ensure_writable_dir(out)
     train_device = resolve_device(device)
     if checkpoint is None:
