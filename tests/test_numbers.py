@@ -324,6 +324,45 @@ def test_top1_change_is_the_artifact_minus_the_eager_fp32_model_in_points():
     assert evaluation(top1=0.93, fp32_top1=0.92).change_pt == pytest.approx(1.0)
 
 
+def test_the_build_evaluation_scores_the_artifact_and_the_fp32_reference_each_on_its_own():
+    """The artifact's logits predict 0, 1, 2, 1 and the fp32 reference's 0, 0, 0, 0 on labels 0, 1,
+    2, 0: the artifact is right on 3 of 4, the reference on 2 of 4 (the two turned round would
+    say 0.5 and 0.75), they agree on 1 of 4, and the largest logit difference is 6 (row 4, class 0)."""
+    import torch
+
+    from qexport.exporter.measure import evaluation as build_evaluation
+
+    labels = torch.tensor([0, 1, 2, 0])
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [0.0, 5.0, 0.0]])
+    reference = torch.tensor([[4.0, 0.0, 0.0], [3.0, 1.0, 0.0], [2.0, 0.0, 1.0], [6.0, 0.0, 0.0]])
+    result = build_evaluation(logits, reference, labels)
+    assert (result.samples, result.top1, result.fp32_reference_top1) == (4, 0.75, 0.5)
+    assert (result.top1_agreement_with_eager, result.max_abs_logit_diff) == (0.25, 6.0)
+
+
+def test_the_build_measurement_passes_the_artifact_logits_first(tiny_data, monkeypatch, tmp_path):
+    """measure() itself, with the runtime stood in for: the artifact's logits and the reference's
+    are the hand-made ones above, so their order in the call decides 0.75 against 0.5."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from qexport.exporter import measure as measuring
+    from qexport.exporter.registry import BuildDetails
+
+    labels = torch.tensor([0, 1, 2, 0])
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [0.0, 5.0, 0.0]])
+    reference = SimpleNamespace(split=SimpleNamespace(labels=labels),
+                                logits=torch.tensor([[4.0, 0.0, 0.0], [3.0, 1.0, 0.0], [2.0, 0.0, 1.0], [6.0, 0.0, 0.0]]))
+    runner = SimpleNamespace(predict=lambda x: np.zeros((len(x), 3), np.float32))
+    monkeypatch.setattr(measuring, "runner_logits", lambda *args, **kwargs: (runner, logits))
+    ctx = SimpleNamespace(data=tiny_data, shared=SimpleNamespace(golden_samples=2))
+    family = SimpleNamespace(key="stand-in", precision="int8")
+    measured = measuring.measure(family, tmp_path / "unused", ctx, reference, BuildDetails())
+    assert (measured.evaluation.top1, measured.evaluation.fp32_reference_top1) == (0.75, 0.5)
+    assert measured.golden_inputs.shape == (2, 3, 32, 32) and measured.golden_outputs.shape == (2, 3)
+
+
 def test_build_table_shows_size_ratio_and_top1_change():
     cells = report.built_cells(built_manifest(size_mb=10, top1=0.90, fp32_top1=0.92), base_size=40 * MB)
     assert cells[:5] == ["resnet18.int8.onnx", "10.00", "4.00", "90.00%", "-2.00"]
