@@ -12,7 +12,7 @@ pytest.importorskip("mlperf_loadgen", reason="mlcommons-loadgen is not installed
 
 from qexport.commands import benchreport  # noqa: E402
 from qexport.runtimes.harness import BenchOptions, bench_directory  # noqa: E402
-from qexport.runtimes.loadgen import MIN_QUERIES, SCENARIOS, invalid_reason, read_detail_log  # noqa: E402
+from qexport.runtimes.loadgen import MIN_QUERIES, SCENARIOS, Instances, invalid_reason, read_detail_log  # noqa: E402
 from qexport.runtimes.bench_options import usable_cores
 from qexport.runtimes.bench_options import ScenarioSettings
 from tests.conftest import copy_artifacts  # noqa: E402
@@ -139,7 +139,9 @@ def test_offline_query_is_shared_by_every_instance(tmp_path):
     runners = [_CountingRunner(), _CountingRunner()]
     log = run_loadgen(lg, Instances(runners), np.zeros((64, 3, 4, 4), np.float32), _offline_settings(lg),
                       tmp_path / "offline", batch=8)
-    assert log["result_validity"] in ("VALID", "INVALID") and all(r.batches > 0 for r in runners)
+    # one query of 2000/s x 0.2 s x LoadGen's 1.1 margin = 440 samples, queued in chunks of 8: 55 batches
+    assert (log["generated_query_count"], log["generated_samples_per_query"]) == (1, 440)
+    assert sum(r.batches for r in runners) == 55 and all(r.batches > 0 for r in runners)
 
 
 def test_a_runner_failing_under_load_is_one_sentence_not_a_hang(tmp_path):
@@ -162,12 +164,99 @@ def test_server_search_never_starts_above_what_the_layout_served_offline():
     assert server_capacity(expect, 2, 600.0) == 600.0  # one instance with two threads served only 600/s
 
 
-@pytest.mark.parametrize("log, scenario, fix", [
-    ({"result_min_duration_met": False}, "offline", "min duration not met: raise the expected QPS"),
-    ({"result_min_queries_met": False}, "single-stream", "early stopping needs >= 64"),
-    ({"early_stopping_met": False}, "multi-stream", "early stopping needs >= 662"),
-    ({}, "server", "the p99 bound was exceeded at this QPS: lower the target QPS, or raise --target-latency-ms"),
+TOO_FEW = "too few queries for the percentile (early stopping needs >= {}): raise the duration (--scenario-seconds)"
+
+
+@pytest.mark.parametrize("log, scenario, reason", [
+    ({"result_min_duration_met": False}, "offline",
+     "min duration not met: raise the expected QPS, or the duration (--scenario-seconds)"),
+    ({"result_min_duration_met": False, "result_min_queries_met": False}, "single-stream",  # duration named first
+     "min duration not met: raise the expected QPS, or the duration (--scenario-seconds)"),
+    ({"result_min_queries_met": False}, "single-stream", TOO_FEW.format(64)),
+    ({"early_stopping_met": False}, "multi-stream", TOO_FEW.format(662)),
+    ({"result_min_queries_met": False}, "server", TOO_FEW.format(500)),
+    ({"result_min_duration_met": True, "result_min_queries_met": True}, "server",
+     "the p99 bound was exceeded at this QPS: lower the target QPS, or raise --target-latency-ms"),
     ({"result_invalid_reason": "something else"}, "offline", "something else"),
+    ({}, "single-stream", "LoadGen marked the run INVALID (see mlperf_log_detail.txt)"),
 ])
-def test_each_invalid_run_says_why_and_what_to_change(log, scenario, fix):
-    assert fix in invalid_reason(scenario, {"result_validity": "INVALID", **log})
+def test_each_invalid_run_says_why_and_what_to_change(log, scenario, reason):
+    assert invalid_reason(scenario, {"result_validity": "INVALID", **log}) == reason
+
+
+def test_a_detail_log_is_read_into_a_result_with_known_figures(tmp_path):
+    """A hand-written mlperf_log_detail.txt (the lines LoadGen writes, plus one that is not
+    MLLOG): 40411294 ns is 40.411294 ms; an INVALID run carries its reason."""
+    from qexport.runtimes.loadgen import result_of
+
+    lines = [':::MLLOG {"key": "result_validity", "value": "INVALID"}',
+             ':::MLLOG {"key": "result_min_duration_met", "value": false}',
+             ':::MLLOG {"key": "result_samples_per_second", "value": 6095.44}',
+             ':::MLLOG {"key": "result_50.00_percentile_latency_ns", "value": 40411294}',
+             ':::MLLOG {"key": "result_99.00_percentile_latency_ns", "value": 72185138}',
+             ':::MLLOG {"key": "result_query_count", "value": 1}',
+             "a line LoadGen did not write as MLLOG"]
+    (tmp_path / "mlperf_log_detail.txt").write_text("\n".join(lines) + "\n")
+    log = read_detail_log(tmp_path / "mlperf_log_detail.txt")
+    assert log == {"result_validity": "INVALID", "result_min_duration_met": False, "result_samples_per_second": 6095.44,
+                   "result_50.00_percentile_latency_ns": 40411294, "result_99.00_percentile_latency_ns": 72185138,
+                   "result_query_count": 1}
+    result = result_of("offline", log, tmp_path)
+    assert (result.valid, result.qps, result.queries) == (False, 6095.44, 1)
+    assert (result.p50_ms, result.p90_ms, result.p99_ms) == (pytest.approx(40.411294), None, pytest.approx(72.185138))
+    assert result.reason == "min duration not met: raise the expected QPS, or the duration (--scenario-seconds)"
+    server = result_of("server", {"result_validity": "VALID", "result_completed_samples_per_sec": 180.5,
+                                  "result_qps_with_loadgen_overhead": 999.0}, tmp_path)
+    assert (server.valid, server.reason, server.qps) == (True, "", 180.5)  # completed, not offered, samples per second
+
+
+class _FakeLoadGen:
+    """Records what the serving threads complete: sample id -> the int32 answer they point to."""
+
+    def __init__(self):
+        import threading
+
+        self.answers, self.lock = {}, threading.Lock()
+
+    @staticmethod
+    def QuerySampleResponse(sample_id, address, nbytes):  # noqa: N802 -- LoadGen's name
+        import ctypes
+
+        assert nbytes == 4
+        return sample_id, ctypes.c_int32.from_address(address).value
+
+    def QuerySamplesComplete(self, responses):  # noqa: N802 -- LoadGen's name
+        with self.lock:
+            self.answers.update(responses)
+
+
+class _FirstValueRunner:
+    """Predicts the class written in each input's first value; records its batch sizes."""
+
+    def __init__(self):
+        self.sizes = []
+
+    def predict(self, batch):
+        import numpy as np
+
+        self.sizes.append(len(batch))
+        return np.eye(10, dtype=np.float32)[batch[:, 0, 0, 0].astype(int)]
+
+
+def test_served_samples_are_answered_by_index_in_chunks_of_the_batch():
+    """20 samples queued in chunks of at most 8 (8, 8, 4) over two instances; sample i (id 100 + i)
+    reads input i, whose first value is 3i mod 10 -- the class it must be answered with."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from qexport.runtimes.loadgen import ServedRunner
+
+    inputs = np.zeros((20, 3, 1, 1), np.float32)
+    inputs[:, 0, 0, 0] = [(3 * i) % 10 for i in range(20)]
+    fake, runners = _FakeLoadGen(), [_FirstValueRunner(), _FirstValueRunner()]
+    served = ServedRunner(fake, Instances(runners), inputs, batch=8)
+    served.issue(SimpleNamespace(id=100 + i, index=i) for i in reversed(range(20)))
+    served.stop()
+    assert fake.answers == {100 + i: (3 * i) % 10 for i in range(20)} and served.error is None
+    assert sorted(runners[0].sizes + runners[1].sizes) == [4, 8, 8]
