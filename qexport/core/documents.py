@@ -114,9 +114,11 @@ def _convert(annotation: Any, value: Any, where: str, path: str) -> Any:  # noqa
 
 
 def _key(keyed_by: Any, key: str, where: str, path: str) -> Any:
-    """A JSON object's key as the mapping's declared key type: JSON keys are always text, so a
-    mapping keyed by whole numbers (batch sizes) is written as ``"32"`` and read back as ``32``
-    here, and no reader converts keys itself."""
+    """A JSON object's key as the mapping's declared key type. JSON keys are always text, and the
+    documents qexport writes key their batch sizes by that text (``dict[str, ...]`` keyed by
+    ``str(batch_size)``: ``"32"`` is written and read back as ``"32"``). A mapping declared
+    ``dict[int, ...]`` -- no qexport document declares one -- has its keys read back as whole
+    numbers here (``"32"`` as ``32``) and refused when they are not, so no reader converts keys itself."""
     if keyed_by is int:
         if not (key.isascii() and key.isdigit()):
             raise DocumentError(f"{where}: key {path!r} should be a whole number; the file is damaged or was not "
