@@ -13,7 +13,7 @@ from qexport.core.errors import QExportError
 from qexport.core.manifest import Manifest, Precision
 
 
-INDEX_SCHEMA = "qexport.core.index"
+INDEX_SCHEMA = "qexport.index"
 
 
 INDEX_SCHEMA_VERSION = 1

@@ -20,7 +20,7 @@ from qexport.core.preprocessing import Preprocessing
 if TYPE_CHECKING:
     from qexport.core.hardware import CpuRequirement
 
-SCHEMA = "qexport.core.manifest"
+SCHEMA = "qexport.manifest"
 # 2: Evaluation.top1_agreement_with_fp32 is named top1_agreement_with_eager (version 1 files are read
 # under the new name), DataInfo records the validation images, and unknown keys are refused.
 SCHEMA_VERSION = 2
