@@ -160,3 +160,12 @@ def test_a_manifest_the_index_does_not_list_is_left_out_by_name(tmp_path, capsys
     assert "resnet18.fp32.onnx.manifest.json" not in said
     (tmp_path / "index.json").unlink()
     assert len(discover(tmp_path)) == 2 and capsys.readouterr().err == ""
+
+
+def test_the_file_formats_keep_their_names_wherever_the_code_lives():
+    """A manifest and an index name their format in the file; moving the code that reads them must
+    not rename it, or every file written before is refused."""
+    from qexport.core.index import INDEX_SCHEMA
+    from qexport.core.manifest import SCHEMA
+
+    assert (SCHEMA, INDEX_SCHEMA) == ("qexport.manifest", "qexport.index")
