@@ -59,7 +59,7 @@ def build_in_ipex_env(ctx: BuildContext, config: FamilyConfig, path: Path, preci
     python = foreign_python("ipex")  # RuntimeMissing → the family is skipped, with the fix
     with tempfile.TemporaryDirectory(prefix="qexport-ipex-") as tmp:
         folder = Path(tmp)
-        spec = child_spec(ctx, folder, precision, path)
+        spec = child_spec(ctx, config, folder, precision, path)
         (folder / "spec.json").write_text(json.dumps(spec))
         say(f"  building in the IPEX environment ({python})")
         try:

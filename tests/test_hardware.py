@@ -144,7 +144,7 @@ def test_manifests_record_what_the_artifact_needs(built_artifacts):
     pt2 = built_outcome(outcomes, "pt2e-int8").manifest
     assert pt2.requirements.cpu["any_of"] == [sorted(X86_64_V3)]
     assert pt2.requirements.code.startswith("compiled for avx2 (-march=x86-64-v3)")
-    assert pt2.config["vector_isa"] == "avx2" and pt2.build.options["target_cpu"] == "avx2"
+    assert pt2.config["vector_isa"] == "avx2" and pt2.build.options["config"]["target_cpu"] == "avx2"
     onnx = built_outcome(outcomes, "onnx-int8").manifest
     assert onnx.requirements.cpu is None and "run time" in onnx.requirements.code
     assert onnx.requirements.kernels_on_build_host == host_cpu().isa_class()
