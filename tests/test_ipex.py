@@ -104,7 +104,7 @@ def test_ipex_int8_built_for_the_default_target_records_its_seven_bit_range(ipex
     manifest = built_outcome(outcomes, "ipex-int8").manifest
     assert manifest.config["activation_range"].startswith("uint8 0-127 (")  # --target-cpu avx2 includes CPUs without VNNI
     assert manifest.config["activation_quant_range"] == [0, 127]  # read off the observer calibration used
-    assert manifest.build.options["target_cpu"] == "avx2"
+    assert manifest.build.options["config"]["target_cpu"] == "avx2"
 
 
 def test_bench_worker_runs_pinned_in_the_ipex_environment(ipex_python, built_artifacts, tiny_data):
