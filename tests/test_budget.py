@@ -60,8 +60,8 @@ def test_layer_costs_and_int8_shares():
     costs = layer_costs(model, torch.zeros(2, 3, 8, 8))
     assert costs["0"].weights == 4 * 3 * 3 * 3 and costs["0"].macs == 4 * 8 * 8 * 27
     assert costs["2"].weights == costs["2"].macs == 256 * 10
-    weights, macs = int8_shares(costs, ("2",))
-    assert weights == round(108 / (108 + 2560), 4) and macs == round(6912 / (6912 + 2560), 4)
+    weights, macs = int8_shares(costs, ("2",))  # the linear layer kept in float: the convolution's share is int8
+    assert (weights, macs) == (0.0405, 0.7297)  # 108 of 2668 weights, 6912 of 9472 MACs
     assert int8_shares(costs, ()) == (1.0, 1.0)
 
 
@@ -253,15 +253,30 @@ def test_fallback_that_finds_none_of_its_layers_stops_in_one_sentence(tiny_data,
 
 def test_the_drop_carries_its_paired_95_percent_interval():
     """Hand-computed: of 10 images fp32 alone is right on 3, int8 alone on 1, both agree on 6:
-    d = (1,1,1,-1,0,...), mean 0.2, sample std sqrt(3.6 / 9), half-width 1.96 * std / sqrt(10)."""
+    d = (1,1,1,-1,0,...), mean 0.2, squared deviations 3 x 0.64 + 1.44 + 6 x 0.04 = 3.6, sample
+    variance 3.6 / 9 = 0.4, standard error sqrt(0.4 / 10) = 0.2: half-width 1.96 x 0.2 = 39.2 pt."""
     from qexport.exporter.budget import paired_drop_ci95_pt
 
     labels = torch.zeros(10, dtype=torch.long)
     right, wrong = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     fp32 = torch.stack([right] * 3 + [wrong] + [right] * 6)
     int8 = torch.stack([wrong] * 3 + [right] + [right] * 6)
-    assert paired_drop_ci95_pt(fp32, int8, labels) == pytest.approx(1.96 * (3.6 / 9) ** 0.5 / 10 ** 0.5 * 100, abs=1e-3)
+    assert paired_drop_ci95_pt(fp32, int8, labels) == pytest.approx(39.2, abs=1e-3)
     assert paired_drop_ci95_pt(fp32, fp32, labels) == 0.0  # the same model: no spread at all
+    assert paired_drop_ci95_pt(fp32[:1], int8[:1], labels[:1]) is None  # no spread from one image
+
+
+def test_one_changed_image_puts_the_interval_at_296_over_n():
+    """d is one 1 and n - 1 zeros: mean 1/n, sample variance (1 - 1/n) / (n - 1) = 1/n, standard
+    error 1/n; so the drop is 100/n pt and its half-width 196/n. On 25 images: 4 + 7.84 = 11.84 pt."""
+    from qexport.exporter.budget import one_change_upper_pt, paired_drop_ci95_pt, typical_ci95_pt
+
+    fp32, int8, labels = _logits_changing(25, 1)
+    assert paired_drop_ci95_pt(fp32, int8, labels) == pytest.approx(7.84, abs=1e-4)
+    assert one_change_upper_pt(25) == pytest.approx(11.84) and one_change_upper_pt(296) == pytest.approx(1.0)
+    # 5 % of 1000 images changing: 196 x sqrt(0.05 / 1000) = 1.3859 pt; of 25: 8.765 pt
+    assert typical_ci95_pt(1000) == pytest.approx(1.3859, abs=1e-4)
+    assert typical_ci95_pt(25) == pytest.approx(8.7654, abs=1e-4)
 
 
 # --- the verdict: the interval's upper end, not the estimate ----------------------------------------
@@ -295,7 +310,8 @@ def test_budget_images_too_few_to_resolve_the_budget_are_refused_before_building
     from qexport.exporter.budget import resolution_problem
 
     problem = resolution_problem(25, 1.0, "interval")
-    assert "25 images" in problem and "11.8 pt" in problem and "at least 296" in problem and "\n" not in problem
+    assert "25 images" in problem and "11.8 pt (±8.8 pt where 5% change)" in problem and "at least 296" in problem
+    assert "\n" not in problem
     assert resolution_problem(296, 1.0, "interval") is None and resolution_problem(25, 1.0, "estimate") is None
     ctx = make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=1.0)
     with pytest.raises(QExportError, match="too few for a 1-pt budget"):
@@ -303,13 +319,52 @@ def test_budget_images_too_few_to_resolve_the_budget_are_refused_before_building
     assert not list(tmp_path.glob("resnet18.*"))
 
 
-def test_the_record_says_which_rule_met_it_and_on_what_images(tiny_data, tiny_checkpoint, tmp_path):
-    ctx = make_context(tiny_data, tiny_checkpoint, budget_verdict="estimate")
-    [outcome] = build_families(ctx, [FAMILIES["torchscript-int8-dynamic"]], tmp_path)
+class _WrongOnOneImage(nn.Module):
+    """The fp32 model, except on one input, where it answers ``wrong``."""
+
+    def __init__(self, model: nn.Module, image: torch.Tensor, wrong: int, classes: int):
+        super().__init__()
+        self.model, self.image = model, image
+        self.forced = nn.functional.one_hot(torch.tensor([wrong]), classes).float() * 100
+
+    def forward(self, x):
+        hit = (x - self.image).abs().flatten(1).amax(1) < 1e-4
+        return torch.where(hit[:, None], self.forced, self.model(x))
+
+
+def _one_image_changed(ctx: BuildContext, config, path: Path) -> BuildDetails:
+    """A stand-in int8 artifact that changes exactly one budget image from right (under fp32) to
+    wrong: a real TorchScript file, run by its runtime."""
+    from qexport.exporter.torchscript import embedded_meta, save_traced
+    from qexport.training.data import normalize
+
+    split = budget_split(ctx.data, ctx.options)
+    right = (ctx.fp32_logits(split).argmax(1) == split.labels).nonzero().flatten()
+    first = int(right[0])
+    image = normalize(split.images[first:first + 1], ctx.data.mean, ctx.data.std)
+    wrong = (int(split.labels[first]) + 1) % ctx.data.num_classes
+    save_traced(_WrongOnOneImage(ctx.fresh_model(), image, wrong, ctx.data.num_classes), ctx.example, path,
+                embedded_meta(ctx, "one-changed"))
+    return BuildDetails()
+
+
+@pytest.mark.parametrize("rule, budget_pt, verdict", [("estimate", 5.0, "met on the estimate only"),
+                                                      ("interval", 12.0, "met")])
+def test_the_record_says_which_rule_met_it_and_on_what_images(tiny_data, tiny_checkpoint, tmp_path, rule, budget_pt,
+                                                              verdict):
+    """One of the 25 validation images changed: drop 4 pt, half-width 7.84, upper end 11.84 (see
+    test_one_changed_image_puts_the_interval_at_296_over_n) -- over a 5-pt budget on the interval,
+    under it on the estimate; under a 12-pt budget on both."""
+    family = replace(_ruining_family(fallback=False), key="one-changed-int8", variant="one-changed",
+                     build=_one_image_changed)
+    ctx = make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=budget_pt, budget_verdict=rule)
+    [outcome] = build_families(ctx, [family], tmp_path)
+    assert outcome.status == "built", outcome.reason
     budget = outcome.manifest.accuracy_budget
-    assert budget.rule == "estimate" and budget.verdict in ("met", "met on the estimate only") and budget.unseen
-    assert budget.upper_pt == pytest.approx(budget.drop_pt + budget.drop_ci95_pt)
-    assert outcome.manifest.build.options["config"]["budget_verdict"] == "estimate"  # changing the rule rebuilds
+    assert (budget.rule, budget.verdict, budget.met, budget.unseen, budget.samples) == (rule, verdict, True, True, 25)
+    assert (budget.drop_pt, budget.drop_ci95_pt) == (pytest.approx(4.0), pytest.approx(7.84, abs=1e-4))
+    assert budget.upper_pt == pytest.approx(11.84, abs=1e-4) and budget.max_drop_pt == budget_pt
+    assert outcome.manifest.build.options["config"]["budget_verdict"] == rule  # changing the rule rebuilds
     with pytest.raises(QExportError, match="--budget-verdict"):
         BuildOptions(budget_verdict="median")
 
