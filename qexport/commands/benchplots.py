@@ -7,6 +7,7 @@ from pathlib import Path
 
 from qexport.core.fsutil import atomic_path
 from qexport.runtimes.results import BenchDocument, BenchRow
+from qexport.commands.recommend import pareto_front
 from qexport.runtimes.figures import cannot_tell_from_one
 from qexport.runtimes.stats import Interval
 
@@ -28,7 +29,7 @@ def write_plots(doc: BenchDocument, out_dir: Path) -> list[Path]:
 
     colours = {runtime: f"C{i}" for i, runtime in enumerate(sorted({r.runtime for r in rows}))}
 
-    def scatter(name: str, x_of, x_label: str) -> None:
+    def scatter(name: str, x_of, x_label: str, front: list[BenchRow] = ()) -> None:
         points = sorted((r.batch(batch).p50_ms, x_of(r), r.family, r.runtime, r.batch(batch).p50_interval_ms)
                         for r in rows if x_of(r) is not None)
         if not points:
@@ -41,6 +42,9 @@ def write_plots(doc: BenchDocument, out_dir: Path) -> list[Path]:
                             ecolor=colours[runtime], alpha=0.6, capsize=2)
             ax.annotate(label, (x, y), fontsize=7, xytext=(5 if i % 2 else -5, 2), textcoords="offset points",
                         ha="left" if i % 2 else "right")
+        if len(front) > 1:  # the Pareto front: no other artifact both more accurate and faster
+            ax.plot([x_of(r) for r in front], [r.batch(batch).p50_ms for r in front], "k--", lw=0.8,
+                    label="Pareto front")
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
         ax.legend(unique.values(), unique.keys(), title="runtime", fontsize=8)
@@ -56,7 +60,8 @@ def write_plots(doc: BenchDocument, out_dir: Path) -> list[Path]:
 
     scatter("latency_vs_size", lambda r: r.size_bytes / 1e6, "size on disk (MB)")
     scatter("latency_vs_accuracy", lambda r: r.result.eval.top1 if r.result.eval else None,
-            "top-1 accuracy (test split); error bars: p50's 95 % CI")
+            "top-1 accuracy (test split); error bars: p50's 95 % CI",
+            [r for r in pareto_front(rows, batch) if r.result.eval])
     speed = sorted((r for r in rows if batch in r.speedup_vs_best_fp32), key=lambda r: r.speedup_vs_best_fp32[batch].estimate)
     if speed:
         written.append(speedup_plot(speed, batch, doc.best_fp32.get(batch, "-"), subtitle, out_dir / "speedup.png"))
