@@ -1,5 +1,5 @@
-"""Rounds in fresh processes, paired ratios and 95 % intervals (issue: ratios that hold when the
-deployment team re-measures). Pure statistics are checked against values computed by hand and
+"""Rounds in fresh processes, paired ratios and 95 % intervals: ratios that hold when the
+deployment team re-measures. Pure statistics are checked against values computed by hand and
 with hypothesis; the harness is checked for interleaving and for what the report says."""
 
 from __future__ import annotations

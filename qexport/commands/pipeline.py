@@ -80,7 +80,7 @@ def train_checkpoint(model_name: str, data: Dataset, config: TrainConfig, path: 
     meta = checkpoint_meta(model_name, data, config, metrics)
     meta["validation"] = to_json(holdout)
     if start is not None:
-        meta["init_from"] = init_record(Path(init_from), start)
+        meta["init_from"] = init_record(Path(init_from), start, config.init_sha256)
         meta["metrics"]["train_seconds_total"] = round(metrics["train_seconds"] + meta["init_from"]["train_seconds_total"], 1)
     save_checkpoint(path, model, model_name, meta)
     say(f"test top-1 {metrics['test_top1']:.2%} on {metrics['test_samples']} test images, "
@@ -93,13 +93,13 @@ def _recorded_contract(meta: dict) -> str:
     return parse(Preprocessing, recorded, "checkpoint").describe() if recorded else "an unrecorded preprocessing"
 
 
-def init_record(path: Path, meta: dict) -> dict:
+def init_record(path: Path, meta: dict, sha256: str | None) -> dict:
     """What a warm-started checkpoint records of the one it started from: enough to say how the
     whole model was made (every stage's contract, accuracy and time), not only its last stage."""
     from qexport.core.fsutil import sha256_file
 
     metrics = meta.get("metrics", {})
-    return {"path": str(path), "sha256": sha256_file(path), "preprocessing": _recorded_contract(meta),
+    return {"path": str(path), "sha256": sha256 or sha256_file(path),  # the CLI hashed it already "preprocessing": _recorded_contract(meta),
             "test_top1": meta.get("test_top1"), "epochs": meta.get("epochs"),
             "train_seconds_total": float(metrics.get("train_seconds_total", metrics.get("train_seconds", 0.0)))}
 
