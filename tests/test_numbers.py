@@ -6,7 +6,7 @@ is turned round (speed-up, size ratio, top-1 change, throughput, the ties' ratio
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 import math
 
 import numpy as np
@@ -430,3 +430,17 @@ def test_t_beyond_the_table_matches_the_exact_quantile(dof, exact):
     from qexport.runtimes.stats import t_975
 
     assert t_975(dof) == pytest.approx(exact, abs=1e-4)
+
+
+def test_cold_start_is_each_rounds_load_plus_its_first_call():
+    """Loads 10, 20, 40 ms and first calls 1, 2, 4 ms: geometric means 20 ms, 2 ms and 22 ms for
+    their sums (11, 22, 44); a round without a first call leaves cold start unmeasured."""
+    rounds = [replace(round_result({"1": [1.0]}, load_ms=load, peak_rss_mb=100.0), first_inference_ms=first)
+              for load, first in ((10.0, 1.0), (20.0, 2.0), (40.0, 4.0))]
+    combined = combine_rounds(rounds)
+    assert combined.load_ms_interval.estimate == pytest.approx(20.0)
+    assert combined.first_call_ms_interval.estimate == pytest.approx(2.0)
+    assert combined.cold_start_ms_interval.estimate == pytest.approx(22.0)
+    assert combined.cold_start_rounds() == [11.0, 22.0, 44.0]
+    missing = combine_rounds([*rounds[:2], replace(rounds[2], first_inference_ms=None)])
+    assert missing.cold_start_ms_interval is None and missing.cold_start_rounds() == []
