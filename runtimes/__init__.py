@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,8 @@ from qexport.core.errors import RuntimeMissing, did_you_mean
 from qexport.core.manifest import LoadHints
 from qexport.runtimes.base import Runner
 from qexport.runtimes.foreign import ForeignEnvironment
+from qexport.runtimes.settings import (EXECUTORCH_SETTINGS, ONNXRUNTIME_SETTINGS, OPENVINO_SETTINGS,
+                                       TORCH_ONEDNN_SETTINGS, Setting)
 
 @dataclass(frozen=True)
 class Runtime:
@@ -32,6 +34,7 @@ class Runtime:
     requires: Callable[[dict[str, str | None]], dict[str, str]]  # version ranges, from the versions it was built with
     #                          (in the runtime's own environment, where it has one)
     environment: ForeignEnvironment | None = None  # its own Python environment, when it cannot live in ours
+    settings: tuple[Setting, ...] = ()  # what `qexport tune` may try (see qexport.runtimes.settings)
 
 
 def same_minor_or_newer(package: str) -> Callable[[dict[str, str | None]], dict[str, str]]:
@@ -61,19 +64,20 @@ RUNTIMES: dict[str, Runtime] = {rt.name: rt for rt in (
 model = torch.jit.load("{file}", map_location="cpu").eval()
 x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
 with torch.inference_mode():
-    logits = model(torch.from_numpy(x)).float().numpy()''', same_minor_or_newer("torch")),
+    logits = model(torch.from_numpy(x)).float().numpy()''', same_minor_or_newer("torch"), settings=TORCH_ONEDNN_SETTINGS),
     Runtime("aoti", "qexport.runtimes.aoti", "AOTInductorRunner", "torch", "torch", ("torch",),
             '''import numpy as np, torch                         # the torch version in the manifest, same CPU ISA
 model = torch._inductor.aoti_load_package("{file}")
 x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
 with torch.inference_mode():
-    logits = model(torch.from_numpy(x)).numpy()''', exactly("torch")),
+    logits = model(torch.from_numpy(x)).numpy()''', exactly("torch"), settings=TORCH_ONEDNN_SETTINGS),
     Runtime("onnxruntime", "qexport.runtimes.onnxrt", "OnnxRuntimeRunner", "onnxruntime", "onnxruntime",
             ("onnxruntime",), '''import numpy as np, onnxruntime as ort
 session = ort.InferenceSession("{file}", providers=["CPUExecutionProvider"])
 x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
 logits = session.run(None, {{"input": x}})[0]''',
-            lambda versions: {"onnxruntime": ">=1.17"}),  # opset 18 QDQ models load from 1.17 on
+            lambda versions: {"onnxruntime": ">=1.17"},  # opset 18 QDQ models load from 1.17 on
+            settings=ONNXRUNTIME_SETTINGS),
     Runtime("ipex", "qexport.runtimes.ipex", "IpexRunner",
             "intel-extension-for-pytorch (its own environment: qexport setup ipex)", "intel_extension_for_pytorch",
             ("torch", "torchvision", "intel_extension_for_pytorch"), '''import numpy as np
@@ -84,12 +88,12 @@ x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised a
 with torch.inference_mode():
     logits = model(torch.from_numpy(x)).float().numpy()''', ipex_release,
             ForeignEnvironment(runtime="ipex", module="intel_extension_for_pytorch", variable="QEXPORT_IPEX_PYTHON",
-                               requirements="requirements-ipex.txt")),
+                               requirements="requirements-ipex.txt"), settings=TORCH_ONEDNN_SETTINGS),
     Runtime("openvino", "qexport.runtimes.openvino", "OpenVinoRunner", "qexport[openvino] (openvino==2026.4.1)",
             "openvino", ("openvino",), '''import numpy as np, openvino as ov                # the .bin must sit beside the .xml
 compiled = ov.Core().compile_model("{file}", "CPU", {{"INFERENCE_PRECISION_HINT": "f32"}})
 x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
-logits = compiled(x)[0]''', same_minor_or_newer("openvino")),
+logits = compiled(x)[0]''', same_minor_or_newer("openvino"), settings=OPENVINO_SETTINGS),
     Runtime("executorch", "qexport.runtimes.executorch", "ExecuTorchRunner", "qexport[executorch] (executorch==1.5.1)",
             "executorch", ("executorch",), '''import numpy as np, torch                         # torch only for its tensor type
 from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
@@ -98,7 +102,7 @@ _unsafe_reset_threadpool(1)                         # before loading: the pool d
 method = Runtime.get().load_program("{file}").load_method("forward")
 x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW; the .pte takes its fixed batch
 logits = np.concatenate([method.execute([torch.from_numpy(x[i:i + 1])])[0].numpy() for i in range(len(x))])''',
-            same_minor_or_newer("executorch")),
+            same_minor_or_newer("executorch"), settings=EXECUTORCH_SETTINGS),
 )}
 
 
@@ -130,11 +134,16 @@ def runner_class(runtime: str) -> type[Runner]:
 
 
 def load_runner(runtime: str, path: Path, device: str = "cpu", threads: int | None = None,
-                hints: LoadHints | None = None) -> Runner:
+                hints: LoadHints | None = None, settings: Mapping[str, str] | None = None) -> Runner:
     """Load the artifact at ``path`` in ``runtime``; unreadable files become one sentence.
 
+    ``settings``: the runtime's declared settings to run it with; the API ones are applied here, the
+    environment ones must already be in this process's environment (the bench worker's is set so).
     A runtime that lives in its own environment (IPEX) is served by a child process there.
     """
+    from qexport.runtimes.settings import api_part, check_settings
+
+    check_settings(runtime, settings or {})
     from qexport.runtimes import foreign
 
     if not foreign.runs_here(runtime):
@@ -142,4 +151,5 @@ def load_runner(runtime: str, path: Path, device: str = "cpu", threads: int | No
 
         return RemoteRunner.start(foreign.foreign_python(runtime), runtime, Path(path), hints or LoadHints())
     cls = runner_class(runtime)
-    return cls.load(Path(path), device=device, threads=threads, hints=hints or LoadHints())
+    return cls.load(Path(path), device=device, threads=threads, hints=hints or LoadHints(),
+                    settings=api_part(runtime, settings or {}))

@@ -19,7 +19,7 @@ class AOTInductorRunner(TorchTensorRunner):
         self.package, self.device = package, device
 
     @classmethod
-    def load(cls, path, *, device="cpu", threads=None, hints=None):
+    def load(cls, path, *, device="cpu", threads=None, hints=None, settings=None):
         check_compatible(hints.compiled_with if hints else None)
         set_torch_threads(threads)
         try:

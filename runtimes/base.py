@@ -9,6 +9,7 @@ accuracy and golden checks.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ class Runner(ABC):
     @classmethod
     @abstractmethod
     def load(cls, path: Path, *, device: str = "cpu", threads: int | None = None,
-             hints: LoadHints | None = None) -> "Runner":
+             hints: LoadHints | None = None, settings: Mapping[str, str] | None = None) -> "Runner":
         """Load an artifact from disk with no model code (``hints``: what its manifest says the
-        loader must know, e.g. the int8 engine)."""
+        loader must know, e.g. the int8 engine; ``settings``: the runtime's API settings to apply,
+        by the names its declaration gives them, see :mod:`qexport.runtimes.settings`)."""
 
     @abstractmethod
     def prepare(self, batch: np.ndarray) -> Any:

@@ -14,7 +14,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,12 @@ class ExecuTorchRunner(Runner):
 
     @classmethod
     def load(cls, path: Path, *, device: str = "cpu", threads: int | None = None,
-             hints: LoadHints | None = None) -> "ExecuTorchRunner":
+             hints: LoadHints | None = None, settings: Mapping[str, str] | None = None) -> "ExecuTorchRunner":
         if device != "cpu":
             raise QExportError(f"{path.name} is an ExecuTorch program for CPUs (XNNPACK); bench it with --device cpu.")
         with native_log_kept_aside() as log:
-            set_threads(threads or 1)
+            pool = int((settings or {}).get("threadpool_size", threads or 1))
+            set_threads(pool)
             from executorch.runtime import Runtime
 
             try:
@@ -85,7 +86,7 @@ class ExecuTorchRunner(Runner):
                 cause = RuntimeError(f"{err}: {last_native_line(log)}")
                 raise QExportError(load_failure_message(path, "ExecuTorch", cause)) from err
         batch = int(method.metadata.input_tensor_meta(0).sizes()[0])
-        return cls(method, path, threads or 1, batch)
+        return cls(method, path, pool, batch)
 
     def prepare(self, batch: np.ndarray) -> tuple[list[Any], int]:
         import torch

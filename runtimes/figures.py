@@ -50,6 +50,16 @@ def combine_rounds(rounds: list[RoundResult]) -> ArtifactResult:
                           cold_start_ms_interval=positive_interval(cold))
 
 
+def merge_parts(parts: list[RoundResult]) -> RoundResult:
+    """One round from the workers that ran an artifact's batch sizes under different settings: the
+    first part's load, first call, accuracy and LoadGen (it ran the smallest batch), every part's
+    batches, and the highest memory any of them reached."""
+    if len(parts) == 1:
+        return parts[0]
+    batches = {batch: stats for part in parts for batch, stats in part.batches.items()}
+    return dataclasses.replace(parts[0], batches=batches, peak_rss_mb=max(part.peak_rss_mb for part in parts))
+
+
 def positive_interval(values: list[float]) -> Interval | None:
     """The geometric mean of per-round times with its 95 % interval, like p50 (None: nothing recorded)."""
     return geometric_interval([max(v, 1e-6) for v in values]) if values else None

@@ -31,7 +31,9 @@ from qexport.core.manifest import DataInfo, Manifest, Precision
 from qexport.core.errors import QExportError, RuntimeMissing, last_line
 from qexport.core.documents import parse, to_json
 from qexport.runtimes.evaluation_set import EvalSet, require_matching_data
-from qexport.runtimes.figures import add_agreement, add_best_fp32_ratios, add_ratios, combine_rounds, noise_summary, ties
+from qexport.runtimes.figures import (add_agreement, add_best_fp32_ratios, add_ratios, combine_rounds, merge_parts,
+                                      noise_summary, ties)
+from qexport.runtimes.settings import Applied, environment_for, recorded_settings
 from qexport.runtimes.results import (BASELINE, BenchDocument, BenchRow, RoundResult, RowStatus, WorkerSpec,
                                       parse_round)
 from qexport.runtimes.bench_options import BenchOptions, RunOptions
@@ -88,10 +90,12 @@ def cuda_available() -> bool:
     return bool(gpu_info())
 
 
-def worker_env(options: BenchOptions) -> dict:
+def worker_env(options: BenchOptions, extra: dict[str, str] | None = None) -> dict:
+    """The worker's environment: ours, its thread count, and the runtime settings applied through
+    environment variables (``extra``), all set before the worker imports any runtime."""
     from qexport.runtimes.foreign import child_env
 
-    return {**child_env(), **{name: str(options.threads) for name in THREAD_VARIABLES}}
+    return {**child_env(), **{name: str(options.threads) for name in THREAD_VARIABLES}, **(extra or {})}
 
 
 def worker_python(runtime: str) -> str:
@@ -107,8 +111,10 @@ class WorkerFailure:
     reason: str
 
 
-def run_worker(spec: WorkerSpec, options: BenchOptions, python: str = sys.executable) -> RoundResult | WorkerFailure:
-    """Start the worker in its own process group; kill the whole group on timeout or Ctrl-C."""
+def run_worker(spec: WorkerSpec, options: BenchOptions, python: str = sys.executable,
+               env: dict[str, str] | None = None) -> RoundResult | WorkerFailure:
+    """Start the worker in its own process group; kill the whole group on timeout or Ctrl-C.
+    ``env``: environment variables its runtime settings need (runtimes.settings.environment_for)."""
     with tempfile.TemporaryDirectory(prefix="qexport-worker-") as tmp:
         spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_file.write_text(json.dumps(to_json(spec)))
@@ -117,7 +123,7 @@ def run_worker(spec: WorkerSpec, options: BenchOptions, python: str = sys.execut
             with ctrl_c_held_back():  # a Ctrl-C now lands once ``started`` holds the worker
                 started.append(subprocess.Popen(
                     [python, "-m", "qexport.runtimes.worker", str(spec_file), str(result_file)],
-                    env=worker_env(options), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    env=worker_env(options, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     text=True, start_new_session=True))
             process = started[0]
             _, stderr = process.communicate(timeout=options.timeout)
@@ -194,6 +200,7 @@ def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int
         entries = [(p, m) for p, m in entries if m.family in chosen]
     cores = options.pinned_cores()
     rows = [check_row(manifest_file, manifest, options) for manifest_file, manifest in entries]
+    applied = [settings_for_row(manifest, row, options) for (_, manifest), row in zip(entries, rows)]
     rounds: dict[str, list[RoundResult]] = {row.family: [] for row in rows}
     logits: dict[str, np.ndarray] = {}
     started = time.time()
@@ -209,20 +216,51 @@ def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int
                 if row.status is not RowStatus.OK:
                     continue
                 first = round_index == 0
-                spec = worker_spec(manifest_file, manifest, options, cores, eval_set if first else None,
-                                   Path(tmp) / f"logits{number}.npy", first_round=first)
-                outcome = run_worker(spec, options, python=worker_python(row.runtime))
+                logits_out = Path(tmp) / f"logits{number}.npy"
+                outcome = run_round(manifest_file, manifest, options, cores, applied[number],
+                                    eval_set if first else None, logits_out, first)
                 if isinstance(outcome, WorkerFailure):
                     row.status, row.reason = RowStatus(outcome.status), outcome.reason
                     continue
                 rounds[row.family].append(outcome)
-                if spec.logits_out:
-                    logits[row.family] = np.load(spec.logits_out)
+                if first and eval_set is not None and logits_out.is_file():
+                    logits[row.family] = np.load(logits_out)
         for row in rows:
             if row.status is RowStatus.OK:
                 row.result = combine_rounds(rounds[row.family])
         add_agreement(rows, logits)
     return make_document(rows, options, cores, data, started, directory)
+
+
+def settings_for_row(manifest: Manifest, row: BenchRow, options: BenchOptions) -> Applied:
+    """The runtime settings tuning recorded for this host's CPU class, per batch size; the row
+    records them and says so (on a GPU, or on another CPU class, the defaults)."""
+    from qexport.core.hardware import host_cpu
+
+    batches = served_batch_sizes(manifest, options)
+    if options.device != "cpu":
+        return Applied({batch: {} for batch in batches})
+    applied = recorded_settings(manifest, host_cpu(), batches)
+    row.settings = {str(batch): chosen for batch, chosen in applied.by_batch.items() if chosen}
+    if applied.note:
+        row.notes.append(applied.note)
+    return applied
+
+
+def run_round(manifest_file: Path, manifest: Manifest, options: BenchOptions, cores: list[int], applied: Applied,
+              eval_set: EvalSet | None, logits_out: Path, first: bool) -> RoundResult | WorkerFailure:
+    """One round of one artifact: one worker per group of batch sizes that share settings (the
+    first group's worker also scores accuracy and runs LoadGen), merged into one round."""
+    parts = []
+    for index, (chosen, batches) in enumerate(applied.groups()):
+        spec = worker_spec(manifest_file, manifest, options, cores, eval_set if index == 0 else None, logits_out,
+                           first_round=first and index == 0, batch_sizes=batches, settings=chosen)
+        outcome = run_worker(spec, options, python=worker_python(manifest.runtime.name),
+                             env=environment_for(manifest.runtime.name, chosen))
+        if isinstance(outcome, WorkerFailure):
+            return outcome
+        parts.append(outcome)
+    return merge_parts(parts)
 
 
 def served_batch_sizes(manifest: Manifest, options: BenchOptions) -> list[int]:
@@ -251,12 +289,14 @@ def delegation_note(manifest: Manifest) -> str | None:
 
 
 def worker_spec(manifest_file: Path, manifest: Manifest, options: BenchOptions, cores: list[int],
-                eval_set: EvalSet | None, logits_out: Path, first_round: bool = True) -> WorkerSpec:
+                eval_set: EvalSet | None, logits_out: Path, first_round: bool = True,
+                batch_sizes: list[int] | None = None, settings: dict[str, str] | None = None) -> WorkerSpec:
     """What one worker measures; accuracy and the harness-overhead check only in the first round."""
     files = eval_set.files_for(manifest) if eval_set is not None else None
     return WorkerSpec(
         artifact=str(artifact_file(manifest_file, manifest)), runtime=manifest.runtime.name, hints=manifest.load_hints,
-        device=options.device, threads=options.threads, cores=cores, batch_sizes=served_batch_sizes(manifest, options),
+        device=options.device, threads=options.threads, cores=cores, settings=dict(settings or {}),
+        batch_sizes=batch_sizes if batch_sizes is not None else served_batch_sizes(manifest, options),
         warmup=options.warmup, min_count=options.min_count, min_seconds=options.min_seconds,
         input_shape=manifest.input.shape[1:], overhead=first_round,
         eval_inputs=files[0] if files else None, eval_labels=files[1] if files else None,

@@ -10,23 +10,29 @@ import onnxruntime as ort
 
 from qexport.core.errors import QExportError
 from qexport.runtimes.base import Runner, load_failure_message
+from qexport.runtimes.settings import ONNXRUNTIME_SETTINGS
+
+DEFAULT_SETTINGS = {setting.name: setting.default for setting in ONNXRUNTIME_SETTINGS}
 
 
 class OnnxRuntimeRunner(Runner):
     runtime = "onnxruntime"
+    settings: dict[str, str] = DEFAULT_SETTINGS
 
     def __init__(self, session: ort.InferenceSession, device: str, threads: int | None):
         self.session, self.device, self.threads = session, device, threads
         self.input_name = session.get_inputs()[0].name
 
     @classmethod
-    def load(cls, path, *, device="cpu", threads=None, hints=None):
+    def load(cls, path, *, device="cpu", threads=None, hints=None, settings=None):
+        chosen = {**DEFAULT_SETTINGS, **(settings or {})}
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, chosen["graph_optimization_level"])
+        options.execution_mode = getattr(ort.ExecutionMode, chosen["execution_mode"])
+        options.add_session_config_entry("session.intra_op.allow_spinning", chosen["intra_op_allow_spinning"])
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -36,7 +42,9 @@ class OnnxRuntimeRunner(Runner):
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for bad files
             raise QExportError(load_failure_message(path, cls.runtime, err)) from err
-        return cls(session, device, threads)
+        runner = cls(session, device, threads)
+        runner.settings = chosen
+        return runner
 
     def prepare(self, batch: np.ndarray) -> dict:
         return {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
@@ -49,7 +57,7 @@ class OnnxRuntimeRunner(Runner):
 
     def describe(self) -> dict:
         return {"runtime": self.runtime, "version": ort.__version__, "device": self.device,
-                "threads": self.threads, "providers": self.session.get_providers()}
+                "threads": self.threads, "providers": self.session.get_providers(), "settings": dict(self.settings)}
 
 
 FAILED_NODE = re.compile(r"running (?P<op_type>[\w.]+) node\. Name:'(?P<node>[^']*)'")

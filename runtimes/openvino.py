@@ -13,8 +13,13 @@ import numpy as np
 
 from qexport.core.errors import QExportError
 from qexport.runtimes.base import Runner, load_failure_message
+from qexport.runtimes.settings import OPENVINO_SETTINGS
 
 INFERENCE_PRECISION = "f32"
+# qexport's setting names (runtimes.settings.OPENVINO_SETTINGS) as OpenVINO's compile properties
+PROPERTIES = {"performance_hint": "PERFORMANCE_HINT", "inference_precision": "INFERENCE_PRECISION_HINT",
+              "denormals_optimization": "CPU_DENORMALS_OPTIMIZATION"}
+DEFAULT_SETTINGS = {setting.name: setting.default for setting in OPENVINO_SETTINGS if setting.api}
 
 
 # NNCF and OpenVINO's Python tools send usage data unless opted out; qexport never lets them. NNCF_CI
@@ -37,15 +42,14 @@ class OpenVinoRunner(Runner):
         self.request = compiled.create_infer_request()
 
     @classmethod
-    def load(cls, path, *, device="cpu", threads=None, hints=None):
+    def load(cls, path, *, device="cpu", threads=None, hints=None, settings=None):
         telemetry_off()
         import openvino as ov
 
         if device != "cpu":
             raise QExportError(f"qexport runs OpenVINO artifacts on the CPU only, not {device}; use --device cpu.")
         core = ov.Core()
-        config = {"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": "NO",
-                  "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION}
+        config = {"NUM_STREAMS": "1", "ENABLE_CPU_PINNING": "NO", **properties({**DEFAULT_SETTINGS, **(settings or {})})}
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         try:  # read_model finds the .bin beside the .xml; a missing or truncated one fails here
@@ -70,7 +74,13 @@ class OpenVinoRunner(Runner):
         return {"runtime": self.runtime, "version": ov.get_version(), "device": self.device, "threads": self.threads,
                 "inference_precision": precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
                 "inference_threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
-                "streams": int(self.compiled.get_property("NUM_STREAMS"))}
+                "streams": int(self.compiled.get_property("NUM_STREAMS")),
+                "performance_hint": str(self.compiled.get_property("PERFORMANCE_HINT"))}
+
+
+def properties(settings: dict[str, str]) -> dict[str, str]:
+    """The compile properties for qexport's API settings (environment ones are not OpenVINO's to apply)."""
+    return {PROPERTIES[name]: value for name, value in settings.items() if name in PROPERTIES}
 
 
 def precision_name(value) -> str:

@@ -35,7 +35,7 @@ class RemoteRunner(Runner):
         return runner
 
     @classmethod
-    def load(cls, path, *, device="cpu", threads=None, hints=None):  # pragma: no cover - use start()
+    def load(cls, path, *, device="cpu", threads=None, hints=None, settings=None):  # pragma: no cover - use start()
         raise NotImplementedError("RemoteRunner is created by runtimes.load_runner")
 
     def _receive(self, expect_array: bool):

@@ -103,6 +103,9 @@ class WorkerSpec:
     logits_out: str | None = None
     scenarios: ScenarioSettings | None = None  # LoadGen scenarios to run after the tight loop (first round)
     scenario_dir: str | None = None            # where LoadGen's logs for this artifact go
+    settings: dict[str, str] = field(default_factory=dict)  # the runtime settings it runs with (runtimes.settings)
+    golden: str | None = None      # golden .npz to check the outputs against under those settings
+    golden_atol: float = 0.0
 
 
 @dataclass
@@ -161,6 +164,8 @@ class RunFacts:
     scenarios: list[ScenarioResult] = field(default_factory=list)  # MLPerf LoadGen, first round only
     loadgen_accuracy: LoadGenAccuracy | None = None
     instancing: InstancingChoice | None = None  # how server/offline used the cores
+    golden_max_diff: float | None = None  # largest |Δ| from the golden outputs, when the spec asked
+    golden_ok: bool | None = None         # within the golden tolerance
 
     def scenario(self, name: str) -> "ScenarioResult | None":
         return next((s for s in self.scenarios if s.scenario == name), None)
@@ -222,6 +227,8 @@ class BenchRow:
     # the honest headline, with its confidence interval and where one re-measurement will land.
     speedup_vs_best_fp32: dict[str, Interval] = field(default_factory=dict)
     speedup_vs_best_fp32_prediction: dict[str, Interval] = field(default_factory=dict)
+    # batch size -> the runtime settings `qexport tune` recorded and this bench applied (absent: defaults)
+    settings: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.status = RowStatus(self.status)  # a status given as its text is checked and typed here

@@ -45,7 +45,7 @@ class TorchScriptRunner(TorchTensorRunner):
         self.module, self.device, self.path = module, device, path
 
     @classmethod
-    def load(cls, path, *, device="cpu", threads=None, hints=None):
+    def load(cls, path, *, device="cpu", threads=None, hints=None, settings=None):
         set_torch_threads(threads)
         engine = hints.quantized_engine if hints else None
         if engine:  # int8 kernels dispatch on this global at run time, not at save time

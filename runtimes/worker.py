@@ -117,7 +117,7 @@ def run(spec: WorkerSpec) -> RoundResult:
     rss_before = rss_mb()
     started = time.perf_counter()
     runner = runtimes.load_runner(spec.runtime, Path(spec.artifact), device=spec.device, threads=spec.threads,
-                                  hints=spec.hints)
+                                  hints=spec.hints, settings=spec.settings)
     load_ms = (time.perf_counter() - started) * 1e3
     rss_after_load = rss_mb()
     rng = np.random.default_rng(0)
@@ -143,10 +143,22 @@ def run(spec: WorkerSpec) -> RoundResult:
         eval=evaluate(runner, spec, np) if spec.eval_inputs else None, runtime=runner.describe(),
         os_threads=os_threads(), env_threads={k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
         peak_rss_mb=0.0)
+    if spec.golden:
+        check_golden(runner, spec, result, np)
     if spec.scenarios:
         under_load(runner, spec, result, np)
     result.peak_rss_mb = peak_rss_mb()
     return result
+
+
+def check_golden(runner, spec: WorkerSpec, result: RoundResult, np) -> None:
+    """The golden inputs' outputs under this worker's settings, against the golden outputs: a
+    setting that changes results beyond the tolerance is caught here, where it runs."""
+    from qexport.core.artifact_files import golden_gap
+
+    with np.load(spec.golden) as golden:
+        result.golden_ok, result.golden_max_diff = golden_gap(runner.predict(golden["inputs"]), golden["outputs"],
+                                                              spec.golden_atol)
 
 
 def expectations(batches: dict[str, RoundBatch]) -> "Expectations":
@@ -178,7 +190,7 @@ def under_load(runner, spec: WorkerSpec, result: RoundResult, np) -> None:
         from qexport import runtimes
 
         return runtimes.load_runner(spec.runtime, Path(spec.artifact), device=spec.device, threads=threads,
-                                    hints=spec.hints)
+                                    hints=spec.hints, settings=spec.settings)
 
     result.scenarios, result.instancing = loadgen.run_scenarios(runner, load_runner, inputs, spec.scenarios, expect,
                                                                 folder, pinned)

@@ -15,13 +15,12 @@ import numpy as np
 
 from qexport.core.errors import QExportError
 from qexport.core.fsutil import sha256_file
-from qexport.core.artifact_files import artifact_file, artifact_problem, golden_path, manifest_path, read_manifest
+from qexport.core.artifact_files import (artifact_file, artifact_problem, golden_gap, golden_path, manifest_path,
+                                         read_manifest)
 from qexport.core.cpu_needs import host_problem_for
 from qexport.core.index import discover
 from qexport.core.manifest import Manifest
 from qexport.runtimes.foreign import is_foreign, runs_here
-
-RTOL = 1e-3
 
 
 @dataclass
@@ -109,9 +108,8 @@ def verify_one(manifest_file: Path, manifest: Manifest) -> Check:
         return fail(str(err))
     if actual.shape != expected.shape:
         return fail(f"output shape {actual.shape} differs from the golden {expected.shape}")
-    diff = float(np.abs(actual - expected).max())
     atol = manifest.golden.atol
-    ok = bool(np.allclose(actual, expected, atol=atol, rtol=RTOL))
+    ok, diff = golden_gap(actual, expected, atol)
     if ok and raw:
         return Check(file, family, runtime, False, raw, diff)
     detail = f"golden outputs match (max |Δ| {diff:.2e} ≤ atol {atol})" if ok else \
@@ -139,7 +137,7 @@ def raw_image_problem(manifest: Manifest, golden, runner) -> str | None:
     if manifest.input.fixed_batch not in (None, 1):
         return None  # a program of another fixed batch: the input check above is what can be checked
     output = runner.predict(prepared)
-    if not np.allclose(output, golden["outputs"][:1], atol=manifest.golden.atol, rtol=RTOL):
+    if not golden_gap(output, golden["outputs"][:1], manifest.golden.atol)[0]:
         return "the raw image's output in this runtime differs from the golden output"
     return None
 

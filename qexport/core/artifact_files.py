@@ -18,6 +18,19 @@ def golden_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + ".golden.npz")
 
 
+GOLDEN_RTOL = 1e-3  # beside the manifest's per-precision atol (Golden.atol)
+
+
+def golden_gap(actual, expected, atol: float) -> tuple[bool, float]:
+    """Whether outputs match the golden ones within the tolerance verify applies, and the largest
+    absolute difference (inf when the shapes differ)."""
+    import numpy as np
+
+    if np.shape(actual) != np.shape(expected):
+        return False, float("inf")
+    return bool(np.allclose(actual, expected, atol=atol, rtol=GOLDEN_RTOL)), float(np.abs(actual - expected).max())
+
+
 def read_manifest(path: Path) -> Manifest:
     try:
         data = json.loads(Path(path).read_text())

@@ -65,6 +65,11 @@ class HostCpu:
                 return FLAG_LABELS[flag]
         return "no AVX2 (x86-64 baseline)" if self.flags else "unknown ISA"
 
+    def isa_line(self) -> str:
+        """The CPU class as `qexport info` prints it ('AVX2, AVX-512F, AVX-512 VNNI'): tuned runtime
+        settings are recorded under it and applied only on a host with the same line."""
+        return ", ".join(self.labels()) or self.isa_class()
+
     def labels(self) -> list[str]:
         """Every extension in :data:`FLAG_LABELS` this CPU has, weakest first (for reports)."""
         return [label for flag, label in reversed(FLAG_LABELS.items()) if flag in self.flags]

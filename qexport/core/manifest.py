@@ -225,6 +225,22 @@ class BuildRecord:
 
 
 @dataclass(frozen=True)
+class TunedSettings:
+    """What `qexport tune` kept for one batch size on one CPU class: the runtime settings measured
+    faster than the defaults (none: the defaults won), and by how much, paired round by round."""
+
+    cpu_class: str                # the ISA line `qexport info` prints, e.g. 'AVX2' (HostCpu.isa_line)
+    batch_size: int
+    settings: dict[str, str]      # setting name -> value (runtimes.settings); empty: the defaults
+    speedup: float = 1.0          # the defaults' p50 / these settings' p50 (1.0: the defaults won)
+    speedup_low: float | None = None  # its 95 % interval (None: the defaults won, nothing to bound)
+    speedup_high: float | None = None
+    rounds: int = 0
+    measured: str = ""            # when (UTC date)
+    cpu: str = ""                 # the CPU model it was measured on
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The sidecar a deployment team trusts: what the artifact is, needs, and measured at build time."""
 
@@ -250,8 +266,13 @@ class Manifest:
     int8_coverage: Int8Coverage | None = None
     accuracy_budget: AccuracyBudget | None = None
     delegation: Delegation | None = None
+    runtime_settings: list[TunedSettings] = field(default_factory=list)  # written by `qexport tune`
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
+
+    def tuned_for(self, cpu_class: str, batch_size: int) -> TunedSettings | None:
+        """What tuning kept for this CPU class and batch size (None: never tuned there)."""
+        return next((t for t in self.runtime_settings if t.cpu_class == cpu_class and t.batch_size == batch_size), None)
 
     @property
     def float_layers(self) -> int:
