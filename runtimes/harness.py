@@ -263,6 +263,19 @@ def run_round(manifest_file: Path, manifest: Manifest, options: BenchOptions, co
     return merge_parts(parts)
 
 
+def golden_in_worker(manifest_file: Path, manifest: Manifest, chosen: dict[str, str]) -> RoundResult | WorkerFailure:
+    """The golden check under ``chosen`` runtime settings, in a fresh pinned worker: an environment
+    setting holds only from a process's start, so it cannot be checked in the caller's process."""
+    from qexport.core.artifact_files import golden_path
+
+    options = BenchOptions(batch_sizes=(1,), rounds=1)
+    spec = worker_spec(manifest_file, manifest, options, options.pinned_cores(), None, Path(os.devnull),
+                       first_round=False, batch_sizes=[], settings=chosen)
+    spec.golden, spec.golden_atol = str(golden_path(artifact_file(manifest_file, manifest))), manifest.golden.atol
+    return run_worker(spec, options, python=worker_python(manifest.runtime.name),
+                      env=environment_for(manifest.runtime.name, chosen))
+
+
 def served_batch_sizes(manifest: Manifest, options: BenchOptions) -> list[int]:
     """The asked batch sizes one call of this artifact takes; a fixed-shape program (ExecuTorch)
     that takes none of them is timed at its own batch instead."""

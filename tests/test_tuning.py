@@ -194,3 +194,48 @@ def test_tune_measures_a_real_artifact_records_its_choice_and_bench_applies_it(b
     row = json.loads((folder / "bench.json").read_text())["rows"][0]
     assert any(note.startswith(f"tuned settings for {host_cpu().isa_line()}") for note in row["notes"])
     assert row["settings"] == {str(r.batch_size): r.settings for r in records if r.settings}
+
+
+@pytest.mark.integration
+def test_verify_checks_the_golden_outputs_again_under_the_settings_recorded_for_this_cpu(built_artifacts, tmp_path):
+    from qexport.core.artifact_files import read_manifest
+    from qexport.core.documents import to_json
+    from qexport.core.fsutil import atomic_write_json
+    from qexport.core.hardware import host_cpu
+    from tests.conftest import copy_artifacts, run_cli
+
+    source, outcomes = built_artifacts
+    name = outcomes["onnx-fp32"].path.name
+    folder = copy_artifacts(source, tmp_path / "a", [name])
+    manifest_file = folder / (name + ".manifest.json")
+    basic = {"graph_optimization_level": "ORT_ENABLE_BASIC"}
+    tuned = with_records(read_manifest(manifest_file), [TunedSettings(host_cpu().isa_line(), 1, basic, 1.2, 1.1, 1.3, 3)],
+                         host_cpu().isa_line())
+    atomic_write_json(manifest_file, to_json(tuned))
+    checked = run_cli("verify", str(folder))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "also under its tuned settings: options.graph_optimization_level = " \
+           "ort.GraphOptimizationLevel.ORT_ENABLE_BASIC" in " ".join(checked.stdout.split())
+
+
+def test_the_model_card_gives_tuned_settings_as_the_exact_variable_with_class_batch_and_interval():
+    from qexport.commands.pack import settings_section
+
+    manifest = tuned_manifest(TunedSettings(AMX.isa_line(), 1, dict(CAP), 1.9, 1.8, 2.05, 5),
+                              TunedSettings(AMX.isa_line(), 32, {}, 1.0, None, None, 5))
+    lines = settings_section([manifest])
+    assert f"| resnet18.fp32.onnx | {AMX.isa_line()} | 1 | `ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI` | 1.90× [1.80, 2.05] |" in lines
+    assert f"| resnet18.fp32.onnx | {AMX.isa_line()} | 32 | defaults (nothing was faster) | – |" in lines
+    assert settings_section([tuned_manifest()]) == []
+
+
+def test_a_latency_pick_measured_under_tuned_settings_says_to_ship_them():
+    from qexport.commands.recommend import Pick, with_settings_note
+    from qexport.runtimes.results import BenchDocument, BenchRow
+
+    row = BenchRow("ipex-int8", "m.pt", "torchscript", "int8", "ipex", settings={"1": dict(CAP)})
+    doc = BenchDocument.__new__(BenchDocument)
+    doc.rows = [row]
+    said = with_settings_note(Pick("latency@1", "ipex-int8", None, "ms"), doc)
+    assert said.note == "measured with its tuned settings ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI (ship them with it)"
+    assert with_settings_note(Pick("latency@32", "ipex-int8", None, "ms"), doc).note == ""

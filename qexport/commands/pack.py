@@ -104,7 +104,8 @@ def model_card(manifests: list[Manifest], bench: BenchDocument | None, signed_wi
             f"| {m.artifact.file} | {m.format} | {m.precision} | {m.runtime.name} | "
             f"{m.artifact.total_size_bytes / 1e6:.1f} | {ev.top1:.2%} | {ev.change_pt:+.2f} | {ev.top1_agreement_with_eager:.2%} | "
             f"{m.calibration.describe() if m.calibration else '-'} |")
-    lines += ["", *latency_section(bench), "## Loading each artifact (only its runtime, no model code)", ""]
+    lines += ["", *settings_section(manifests), *latency_section(bench),
+              "## Loading each artifact (only its runtime, no model code)", ""]
     for runtime in sorted({m.runtime.name for m in manifests}):
         example = next(m for m in manifests if m.runtime.name == runtime)
         lines += [f"### {runtime} (e.g. `{example.artifact.file}`)", "",
@@ -115,6 +116,26 @@ def model_card(manifests: list[Manifest], bench: BenchDocument | None, signed_wi
               "`qexport verify .` checks every file's sha256, the installed runtime version, and the golden outputs.", "",
               *signature_section(signed_with)]
     return "\n".join(lines)
+
+
+def settings_section(manifests: list[Manifest]) -> list[str]:
+    """The runtime settings `qexport tune` kept, as the exact environment variables or API calls,
+    for the CPU class and batch size they were measured on (and only there)."""
+    from qexport.runtimes.settings import how_to_apply
+
+    tuned = [(m, t) for m in manifests for t in m.runtime_settings]
+    if not tuned:
+        return []
+    lines = ["## Runtime settings (measured by `qexport tune`)", "",
+             "Apply them only on a CPU of the class named: on another class they were not measured and may slow "
+             "the file down. The speed-up is the defaults' p50 over the tuned p50, paired round by round, with its "
+             "95 % interval.", "",
+             "| file | CPU class | batch | settings | speed-up |", "|---|---|---:|---|---|"]
+    for m, t in tuned:
+        how = "<br>".join(f"`{line}`" for line in how_to_apply(m.runtime.name, t.settings)) or "defaults (nothing was faster)"
+        gain = f"{t.speedup:.2f}× [{t.speedup_low:.2f}, {t.speedup_high:.2f}]" if t.speedup_low is not None else "–"
+        lines.append(f"| {m.artifact.file} | {t.cpu_class} | {t.batch_size} | {how} | {gain} |")
+    return lines + [""]
 
 
 def preprocessing_section(manifest: Manifest) -> list[str]:

@@ -13,7 +13,7 @@ the p50 alone.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from qexport.core.cpu_needs import cpu_needs
 from qexport.core.errors import QExportError, did_you_mean
@@ -248,10 +248,25 @@ def recommend(doc: BenchDocument, manifests: dict[str, Manifest], options: Recom
     for name in only or ():
         check_target(name, doc)
     pool, left_out = candidates(doc, manifests, options)
-    picks = [pick(target, pool) for target in (only or targets_of(doc))]
+    picks = [with_settings_note(pick(target, pool), doc) for target in (only or targets_of(doc))]
     if not pool:
         picks = [Pick(p.target, None, None, p.unit, note=nothing_qualifies(doc, manifests, options)) for p in picks]
     return picks, left_out
+
+
+def with_settings_note(chosen: Pick, doc: BenchDocument) -> Pick:
+    """A latency pick measured under tuned runtime settings says which: shipping the file without
+    them gives the defaults' speed."""
+    from qexport.runtimes.settings import how_to_apply
+
+    if chosen.family is None or not chosen.target.startswith("latency@"):
+        return chosen
+    row = next((r for r in doc.rows if r.family == chosen.family), None)
+    settings = row.settings.get(chosen.target.split("@", 1)[1]) if row else None
+    if not settings:
+        return chosen
+    said = f"measured with its tuned settings {' '.join(how_to_apply(row.runtime, settings))} (ship them with it)"
+    return replace(chosen, note="; ".join(part for part in (chosen.note, said) if part))
 
 
 def nothing_qualifies(doc: BenchDocument, manifests: dict[str, Manifest], options: RecommendOptions) -> str:

@@ -116,7 +116,39 @@ def verify_one(manifest_file: Path, manifest: Manifest) -> Check:
         f"golden outputs differ: max |Δ| {diff:.3g} > atol {atol}"
     if ok and manifest.golden.raw_image:
         detail += "; the raw image, prepared as the manifest says, gives the golden input and output"
+    if ok and manifest.runtime_settings:
+        problem, said = tuned_settings_check(manifest_file, manifest)
+        if problem:
+            return Check(file, family, runtime, False, problem, diff)
+        detail += f"; {said}"
     return Check(file, family, runtime, ok, detail, diff)
+
+
+def tuned_settings_check(manifest_file: Path, manifest: Manifest) -> tuple[str | None, str]:
+    """The golden outputs again under each runtime setting `qexport tune` recorded for this host's
+    CPU class, each in a fresh worker; (why it fails, what was checked). Settings recorded for
+    another class are not applied, and the check says so."""
+    from qexport.core.hardware import host_cpu
+    from qexport.runtimes.harness import WorkerFailure, golden_in_worker
+    from qexport.runtimes.settings import how_to_apply, recorded_settings
+
+    applied = recorded_settings(manifest, host_cpu(), sorted({t.batch_size for t in manifest.runtime_settings}))
+    checked = []
+    for chosen, _ in applied.groups():
+        if not chosen:
+            continue
+        how = " ".join(how_to_apply(manifest.runtime.name, chosen))
+        outcome = golden_in_worker(manifest_file, manifest, chosen)
+        if isinstance(outcome, WorkerFailure):
+            return f"under its tuned settings ({how}) it fails: {outcome.reason}", ""
+        if not outcome.golden_ok:
+            return (f"under its tuned settings ({how}) golden outputs differ: max |Δ| {outcome.golden_max_diff:.3g} > "
+                    f"atol {manifest.golden.atol}"), ""
+        checked.append(how)
+    if checked:
+        return None, "also under its tuned settings: " + "; ".join(checked)
+    return None, applied.note or "its tuned settings are the defaults here"
+
 
 
 def raw_image_problem(manifest: Manifest, golden, runner) -> str | None:
