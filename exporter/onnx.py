@@ -15,17 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from qexport.core.errors import QExportError
 from qexport.core.hardware import REDUCED_RANGE_REASON
 from qexport.exporter.budget import ops_of_named_layers
 from qexport.exporter.capture import describe_layer, describe_site
-from qexport.exporter.onnx_export import export_fp32, scratch_fp32
+from qexport.exporter.onnx_export import (CalibrationReader, calibration_method, export_fp16, export_fp32,
+                                          onnx_int8_coverage, onnx_opset, scratch_fp32)
 from qexport.core.options import BudgetConfig, CalibrationMethodConfig, FamilyConfig, TargetConfig
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, register, train_calibration
-from qexport.core.build_records import Int8Coverage
 from qexport.core.manifest import Precision
 
 if TYPE_CHECKING:  # onnxruntime is imported only when a build runs a graph
@@ -33,13 +32,6 @@ if TYPE_CHECKING:  # onnxruntime is imported only when a build runs a graph
 
 OPSET_NOTE = "torch.onnx.export(dynamo=True), dynamic batch"
 CHECK_BATCHES = (1, EVAL_BATCH)  # every ONNX graph runs at both before its build goes on (fewer than 250 for large images)
-
-
-def onnx_opset(path: Path) -> int | None:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 @register("onnx-fp32", variant="fp32", format="onnx", extension=".onnx", precision=Precision.FP32,
@@ -55,47 +47,9 @@ def build_onnx_fp32(ctx: BuildContext, config: FamilyConfig, path: Path) -> Buil
           devices=("cuda", "cpu"),
           cpu_note="fp16 is a GPU format: ONNX Runtime's CPU provider inserts casts and runs slower than fp32")
 def build_onnx_fp16(ctx: BuildContext, config: FamilyConfig, path: Path) -> BuildDetails:
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    with scratch_fp32(ctx) as fp32:
-        model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
-    sort_nodes_topologically(model.graph)  # the converter appends its I/O casts at the end
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    export_fp16(ctx, path)
     require_runs_at_check_batches("onnx-fp16", path, ctx)
     return BuildDetails(config={"opset": onnx_opset(path), "keep_io_types": True})
-
-
-def sort_nodes_topologically(graph) -> None:
-    """Reorder ``graph.node`` so every node comes after the producers of its inputs."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(name in available for name in n.input)]
-        if not ready:
-            raise ValueError("ONNX graph has a cycle or an undefined input; cannot order its nodes")
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-        pending = [n for n in pending if n not in ready]
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
-class CalibrationReader:
-    """Feeds the seeded train-split calibration subset to ONNX Runtime's calibrator."""
-
-    def __init__(self, ctx: BuildContext, input_name: str = "input"):
-        self._batches = iter([b.numpy().astype(np.float32) for b in ctx.calibration_batches(32)])
-        self.input_name = input_name
-
-    def get_next(self) -> dict | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {self.input_name: batch}
-
-    def rewind(self) -> None:  # part of the reader protocol; one pass is all we need
-        pass
 
 
 @dataclass(frozen=True)
@@ -108,11 +62,9 @@ class OnnxInt8Config(BudgetConfig, TargetConfig, CalibrationMethodConfig):
           method="onnxruntime quant_pre_process + quantize_static (QDQ, per-channel weights, U8S8)",
           config=OnnxInt8Config, fallback=True)
 def build_onnx_int8(ctx: BuildContext, config: OnnxInt8Config, path: Path) -> BuildDetails:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
     from qexport.core.progress import say
 
     with scratch_fp32(ctx) as fp32, tempfile.TemporaryDirectory(prefix="qexport-onnx-") as tmp:
@@ -122,7 +74,7 @@ def build_onnx_int8(ctx: BuildContext, config: OnnxInt8Config, path: Path) -> Bu
         say(f"  calibrating onnx-int8 ({config.calibration_method}, {ctx.shared.calibration_samples} train images)")
         quantize_static(str(pre), str(path), CalibrationReader(ctx), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[config.calibration_method], nodes_to_exclude=excluded,
+                        calibrate_method=calibration_method(config.calibration_method), nodes_to_exclude=excluded,
                         reduce_range=config.int8_reduced_range)
     require_runs_at_check_batches("onnx-int8", path, ctx)
     weights = f"int8, 7-bit range ({REDUCED_RANGE_REASON})" if config.int8_reduced_range else "int8"
@@ -147,23 +99,6 @@ def nodes_of_layers(path: Path, layers: tuple[str, ...]) -> tuple[list[str], lis
     graph = onnx.load(str(path), load_external_data=False).graph
     return ops_of_named_layers(((node.name, node.input[1] if len(node.input) > 1 else None) for node in graph.node),
                                layers)
-
-
-def onnx_int8_coverage(path: Path) -> Int8Coverage:
-    """Weight elements stored as int8 initializers vs all weight initializers."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    quantized = total = 0
-    for init in model.graph.initializer:
-        array = numpy_helper.to_array(init)
-        if array.ndim < 2:  # scales, zero points, biases
-            continue
-        total += array.size
-        if array.dtype in (np.int8, np.uint8):
-            quantized += array.size
-    return Int8Coverage.of_weights(quantized, total)
 
 
 @dataclass(frozen=True)
