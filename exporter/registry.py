@@ -27,6 +27,7 @@ from qexport.core.manifest import LoadHints, Precision, RuntimeSection, PRECISIO
 from qexport.runtimes.results import EVAL_BATCH
 from qexport.core.selection import match_keys
 from qexport.core.hardware import CpuRequirement, HostCpu, TargetIsa, host_cpu, native_requirement
+from qexport.core.gpu_needs import HostGpu
 
 @dataclass
 class BuildContext:
@@ -148,8 +149,14 @@ class Family:
         if self.precision in PRECISIONS:  # declared as text: typed here (an unknown one is refused at registration)
             object.__setattr__(self, "precision", Precision(self.precision))
 
-    def build_problem(self, cpu: HostCpu | None = None) -> str | None:
-        """None when this host can build the family; else 'needs X; this CPU has Y'."""
+    def build_problem(self, cpu: HostCpu | None = None, gpu: HostGpu | None = None) -> str | None:
+        """None when this host can build the family; else 'needs X; this CPU has Y' -- or, for a
+        runtime that runs only on an NVIDIA GPU, 'needs X; this host has no NVIDIA GPU'."""
+        from qexport.runtimes import gpu_problem
+
+        needs_gpu = gpu_problem(self.runtime, gpu)
+        if needs_gpu:
+            return needs_gpu
         return self.build_needs.problem(cpu or host_cpu()) if self.build_needs else None
 
     def model_problem(self, model_name: str) -> str | None:

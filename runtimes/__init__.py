@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qexport.core.errors import RuntimeMissing, did_you_mean
+from qexport.core.gpu_needs import GpuRequirement, HostGpu
 from qexport.core.manifest import LoadHints
 from qexport.runtimes.base import Runner
 from qexport.runtimes.foreign import ForeignEnvironment
@@ -34,6 +35,7 @@ class Runtime:
     requires: Callable[[dict[str, str | None]], dict[str, str]]  # version ranges, from the versions it was built with
     #                          (in the runtime's own environment, where it has one)
     environment: ForeignEnvironment | None = None  # its own Python environment, when it cannot live in ours
+    gpu: GpuRequirement | None = None  # runs only on an NVIDIA GPU, with CUDA and this package
     settings: tuple[Setting, ...] = ()  # what `qexport tune` may try (see qexport.runtimes.settings)
 
 
@@ -103,7 +105,43 @@ method = Runtime.get().load_program("{file}").load_method("forward")
 x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW; the .pte takes its fixed batch
 logits = np.concatenate([method.execute([torch.from_numpy(x[i:i + 1])])[0].numpy() for i in range(len(x))])''',
             same_minor_or_newer("executorch"), settings=EXECUTORCH_SETTINGS),
+    Runtime("tensorrt", "qexport.runtimes.tensorrt", "TensorRTRunner", "torch-tensorrt==2.14.0 (TensorRT 11.1, CUDA 13)",
+            "tensorrt", ("tensorrt-cu13",), '''import numpy as np, tensorrt as trt, torch          # the GPU and TensorRT version in the manifest
+engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(open("{file}", "rb").read())
+context = engine.create_execution_context()
+x = torch.from_numpy(np.load("{file}.golden.npz")["inputs"]).cuda()  # float32 NCHW, normalised as the manifest says
+context.set_input_shape("input", tuple(x.shape))
+logits = torch.empty(tuple(context.get_tensor_shape("logits")), device="cuda")
+context.set_tensor_address("input", x.data_ptr()); context.set_tensor_address("logits", logits.data_ptr())
+context.execute_async_v3(torch.cuda.current_stream().cuda_stream); torch.cuda.synchronize()''',
+            exactly("tensorrt-cu13"), gpu=GpuRequirement(("tensorrt-cu13",), "torch-tensorrt==2.14.0")),
+    Runtime("onnxruntime-cuda", "qexport.runtimes.onnxrt_cuda", "OnnxRuntimeCudaRunner", "onnxruntime-gpu==1.31.1",
+            "onnxruntime", ("onnxruntime-gpu",), '''import numpy as np, onnxruntime as ort              # onnxruntime-gpu
+session = ort.InferenceSession("{file}", providers=["CUDAExecutionProvider"])
+x = np.load("{file}.golden.npz")["inputs"]          # float32 NCHW, normalised as the manifest says
+logits = session.run(None, {{"input": x}})[0]''',
+            same_minor_or_newer("onnxruntime-gpu"),
+            gpu=GpuRequirement(("onnxruntime-gpu",), "onnxruntime-gpu==1.31.1",
+                               " after `pip uninstall onnxruntime` (both install the onnxruntime module)")),
+    Runtime("aoti-cuda", "qexport.runtimes.aoti_cuda", "AOTInductorCudaRunner", "torch (a CUDA build)", "torch", ("torch",),
+            '''import numpy as np, torch                         # the torch version in the manifest, with CUDA, on the GPU it records
+model = torch._inductor.aoti_load_package("{file}")
+x = torch.from_numpy(np.load("{file}.golden.npz")["inputs"]).cuda()  # float32 NCHW, normalised as the manifest says
+with torch.inference_mode():
+    logits = model(x).cpu().numpy()''', exactly("torch"), gpu=GpuRequirement(("torch",))),
 )}
+
+
+def gpu_problem(runtime: str, host: HostGpu | None = None) -> str | None:
+    """None when ``runtime`` runs on the CPU, or this host (``host``: hand-made facts) has the GPU,
+    CUDA and package it needs; else one sentence saying what it needs and what is missing."""
+    needs = RUNTIMES[runtime].gpu if runtime in RUNTIMES else None
+    if needs is None:
+        return None
+    from qexport.runtimes.gpu import host_gpu
+
+    asked = tuple(sorted({name for rt in RUNTIMES.values() if rt.gpu for name in rt.gpu.provided_by}))
+    return needs.problem(host or host_gpu(asked))
 
 
 def runtime_problem(runtime: str) -> str | None:
@@ -112,6 +150,8 @@ def runtime_problem(runtime: str) -> str | None:
 
     if runtime not in RUNTIMES:
         return f"unknown runtime {runtime!r}"
+    if gpu_problem(runtime):
+        return gpu_problem(runtime)
     if foreign.is_foreign(runtime):
         try:
             foreign.foreign_python(runtime)
@@ -146,6 +186,9 @@ def load_runner(runtime: str, path: Path, device: str = "cpu", threads: int | No
     check_settings(runtime, settings or {})
     from qexport.runtimes import foreign
 
+    needs_gpu = gpu_problem(runtime)
+    if needs_gpu:  # before anything is imported
+        raise RuntimeMissing(f"Runtime {runtime!r} {needs_gpu}.")
     if not foreign.runs_here(runtime):
         from qexport.runtimes.remote import RemoteRunner
 

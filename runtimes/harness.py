@@ -30,6 +30,7 @@ from qexport.core.index import discover
 from qexport.core.manifest import DataInfo, Manifest, Precision
 from qexport.core.errors import QExportError, RuntimeMissing, last_line
 from qexport.core.documents import parse, to_json
+from qexport.runtimes import gpu_problem
 from qexport.runtimes.evaluation_set import EvalSet, require_matching_data
 from qexport.runtimes.figures import (add_agreement, add_best_fp32_ratios, add_ratios, combine_rounds, merge_parts,
                                       noise_summary, ties)
@@ -67,6 +68,8 @@ def check_row(manifest_file: Path, manifest: Manifest, options: BenchOptions) ->
     cpu_problem = host_problem_for(manifest) if options.device == "cpu" else None
     if cpu_problem:  # checked before any worker loads it: a SIGILL is never the message
         row.status, row.reason = RowStatus.REFUSED, cpu_problem
+    elif gpu_problem(row.runtime):  # a GPU runtime on a host without the GPU, CUDA or package it needs
+        row.status, row.reason = RowStatus.SKIPPED, gpu_problem(row.runtime)
     elif options.device not in manifest.devices:
         row.status, row.reason = RowStatus.SKIPPED, f"{row.family} does not run on {options.device}."
     elif options.device == "cpu" and manifest.precision is Precision.FP16 and not options.cpu_fp16:
