@@ -20,6 +20,7 @@ from qexport.core.errors import QExportError
 from qexport.core.hardware import (FAKE_FLAGS_VARIABLE, TARGETS, X86_64_V3, X86_64_V4, HostCpu, host_cpu,
                               native_requirement, resolve_target)
 from qexport.core.cpu_needs import host_problem_for
+from qexport.core.gpu_needs import HostGpu
 from qexport.core.manifest import Manifest
 from qexport.runtimes.harness import BenchOptions, bench_directory
 from qexport.commands.verify import verify_path
@@ -47,9 +48,10 @@ def test_ipex_bf16_needs_avx512_or_avx_ne_convert():
 
 
 def test_every_other_family_builds_on_both_classes():
+    gpu = HostGpu(("NVIDIA H200",), "13.0", 1, frozenset({"torch", "tensorrt-cu13", "onnxruntime-gpu"}))  # GPU families too
     for key, family in FAMILIES.items():
         if key != "ipex-bf16":
-            assert family.build_problem(AVX2_HOST) is None and family.build_problem(AVX512_HOST) is None, key
+            assert family.build_problem(AVX2_HOST, gpu) is None and family.build_problem(AVX512_HOST, gpu) is None, key
 
 
 def test_naming_an_unbuildable_family_is_an_error_but_a_prefix_skips_it():
