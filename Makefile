@@ -12,7 +12,7 @@ IPEX_VENV   ?= .venv-ipex
 IPEX_STAMP  := $(IPEX_VENV)/.installed-stamp
 IPEX_FAILED := $(IPEX_VENV).setup-failed
 
-.PHONY: venv setup-ipex try-setup-ipex test test-fast build bench demo info clean
+.PHONY: venv setup-ipex try-setup-ipex test test-fast build bench demo info clean gpu-check gpu-check-dry
 
 venv: $(STAMP)
 
@@ -50,6 +50,14 @@ build: venv try-setup-ipex
 
 bench: venv
 	$(VENV)/bin/qexport bench artifacts/
+
+# The GPU families on an NVIDIA GPU: install, build, verify, bench (scripts/gpu_check.sh says what it writes).
+# gpu-check-dry runs the part that needs no GPU (the list, the skips, the tests) and exits 0 on a CPU host.
+gpu-check:
+	bash scripts/gpu_check.sh
+
+gpu-check-dry: venv
+	bash scripts/gpu_check.sh --dry
 
 # A first look: ResNet18 for 2 epochs on 20 000 CIFAR-10 images, every family but the two QAT ones,
 # a 3-round bench at batch 1 and 32, and the recommendation, into demo/.
