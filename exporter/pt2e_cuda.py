@@ -11,25 +11,14 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from qexport.core.manifest import Precision
 from qexport.core.options import TargetConfig
 from qexport.exporter.graph_quant import export_dynamic
+from qexport.exporter.half import HalfPrecision
 from qexport.exporter.registry import BuildContext, BuildDetails, register
 from qexport.runtimes.gpu import describe_gpu
 from qexport.training.models import file_stem
-
-
-class HalfWithFloatIo(nn.Module):
-    """The model in float16 behind float32 input and output, as a deployment feeds it."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.half()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.half()).float()
 
 
 @register("pt2e-cuda-fp16", variant="cuda-fp16", format="aoti", extension=".pt2", precision=Precision.FP16,
@@ -37,7 +26,7 @@ class HalfWithFloatIo(nn.Module):
           method="model.half() (fp32 I/O kept) → torch.export (dynamic batch) → AOTInductor compiled for CUDA")
 def build_pt2e_cuda_fp16(ctx: BuildContext, config: TargetConfig, path: Path) -> BuildDetails:
     started = time.perf_counter()
-    model = HalfWithFloatIo(ctx.fresh_model()).cuda().eval()
+    model = HalfPrecision(ctx.fresh_model()).cuda().eval()
     with torch.no_grad(), tempfile.TemporaryDirectory(prefix="qexport-aoti-") as scratch:
         program = export_dynamic(model, ctx.example.cuda())
         # compiled under the artifact's real name: the package's inner folder is named after its file

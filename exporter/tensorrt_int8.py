@@ -8,16 +8,15 @@ weights are signed int8 and biases stay float here, unlike onnx-int8's u8 activa
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from qexport.core.manifest import Precision
 from qexport.core.options import BudgetConfig, CalibrationMethodConfig
 from qexport.core.progress import say
-from qexport.exporter.onnx_export import CalibrationReader, calibration_method, onnx_int8_coverage, scratch_fp32
+from qexport.exporter.onnx_export import CalibrationReader, calibration_method, scratch_fp32
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
-from qexport.exporter.trt_engine import TensorRtConfig, build_engine
+from qexport.exporter.trt_engine import ENGINE_NOTE, TensorRtConfig, engine_from
 
 
 @dataclass(frozen=True)
@@ -29,16 +28,12 @@ class TensorRtInt8Config(BudgetConfig, CalibrationMethodConfig, TensorRtConfig):
           runtime="tensorrt", devices=("cuda",), config=TensorRtInt8Config,
           method="fp32 ONNX export → onnxruntime quantize_static (Q/DQ, symmetric s8, per-channel weights) → TensorRT engine")
 def build_tensorrt_int8(ctx: BuildContext, config: TensorRtInt8Config, path: Path) -> BuildDetails:
-    with tempfile.TemporaryDirectory(prefix="qexport-trt-") as tmp:
-        qdq = Path(tmp) / "model.qdq.onnx"
-        export_qdq(ctx, config, qdq)
-        coverage = onnx_int8_coverage(qdq)
-        built = build_engine(qdq, path, tuple(ctx.example.shape[1:]), config)
+    built, coverage = engine_from(ctx, config, path, lambda onnx_file: export_qdq(ctx, config, onnx_file))
     return BuildDetails(config={"from": "Q/DQ ONNX export", "activations": "int8, symmetric", "weights": "int8, per channel",
                                 "calibration_method": config.calibration_method, **built},
                         int8_coverage=coverage,
                         calibration=train_calibration(ctx, min(ctx.shared.calibration_samples, len(ctx.data.train))),
-                        notes=["a TensorRT engine runs only on the GPU model and TensorRT version recorded in its build config"])
+                        notes=[ENGINE_NOTE])
 
 
 def export_qdq(ctx: BuildContext, config: TensorRtInt8Config, path: Path) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 
 from qexport.exporter.calibration import calibrate
 from qexport.exporter.capture import traced_or_refused
+from qexport.exporter.half import HalfPrecision
 from qexport.core.options import BudgetConfig, FamilyConfig, QatInt8Config
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.core.build_records import Int8Coverage
@@ -60,17 +61,6 @@ def weight_coverage(model: nn.Module) -> Int8Coverage:
 def build_fp32(ctx: BuildContext, config: FamilyConfig, path: Path) -> BuildDetails:
     save_traced(ctx.fresh_model(), ctx.example, path, embedded_meta(ctx, "fp32"))
     return BuildDetails(config={"frozen": True})
-
-
-class HalfPrecision(nn.Module):
-    """fp16 weights and compute with fp32 inputs/outputs, so callers feed the same tensors."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.half()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.half()).float()
 
 
 @register("torchscript-fp16", variant="fp16", format="torchscript", extension=".torchscript.pt",

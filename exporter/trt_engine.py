@@ -9,14 +9,20 @@ the precision is decided by the ONNX file, not by builder flags.
 
 from __future__ import annotations
 
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from qexport.core.errors import QExportError, first_line
 from qexport.core.options import FamilyConfig, option
-from qexport.exporter.registry import EVAL_BATCH
+from qexport.core.build_records import Int8Coverage
+from qexport.exporter.onnx_export import onnx_int8_coverage
+from qexport.exporter.registry import EVAL_BATCH, BuildContext
 from qexport.runtimes.gpu import describe_gpu
+
+ENGINE_NOTE = "a TensorRT engine runs only on the GPU model and TensorRT version recorded in its build config"
 
 
 @dataclass(frozen=True)
@@ -58,3 +64,13 @@ def build_engine(onnx_file: Path, engine_file: Path, image_shape: tuple[int, ...
     engine_file.write_bytes(bytes(serialized))
     return {"tensorrt": trt.__version__, **describe_gpu(), "engine_build_seconds": round(time.perf_counter() - started, 1),
             "profile_batches": {"min": 1, "opt": config.opt_batch, "max": config.max_batch}}
+
+
+def engine_from(ctx: BuildContext, config: TensorRtConfig, path: Path,
+                write_onnx: Callable[[Path], None]) -> tuple[dict, Int8Coverage]:
+    """The engine built from the ONNX file ``write_onnx`` writes into a scratch folder: what the
+    manifest records, and the int8 share of the weights TensorRT was given."""
+    with tempfile.TemporaryDirectory(prefix="qexport-trt-") as tmp:
+        onnx_file = Path(tmp) / "model.onnx"
+        write_onnx(onnx_file)
+        return build_engine(onnx_file, path, tuple(ctx.example.shape[1:]), config), onnx_int8_coverage(onnx_file)
