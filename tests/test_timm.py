@@ -62,7 +62,7 @@ def test_a_timm_name_makes_file_names_without_a_colon():
 @pytest.mark.e2e
 def test_a_timm_architecture_goes_through_the_zoo_end_to_end(tmp_path):
     """The CLI trains timm's test EfficientNet, builds its fp32 and int8 ONNX artifacts, measures
-    them and writes the matrix; `verify` then accepts both in their runtime. (Every family's own
+    them under the --resize it was given and writes the matrix; `verify` then accepts both in their runtime. (Every family's own
     contract runs on the session's ResNet; the published matrix covers the rest.)"""
     from tests.conftest import run_cli
 
@@ -70,13 +70,14 @@ def test_a_timm_architecture_goes_through_the_zoo_end_to_end(tmp_path):
     made = run_cli("zoo", "--models", "timm:test_efficientnet", "--only", "onnx-fp32,onnx-int8",
                    "--data", "synthetic", "--train-samples", "256", "--test-samples", "128", "--epochs", "1",
                    "--calibration-samples", "32", "--max-accuracy-drop", "100", "--rounds", "1",
-                   "--min-seconds", "0.05", "--out", str(out), "--no-progress")
+                   "--min-seconds", "0.05", "--resize", "40x40", "--out", str(out), "--no-progress")
     assert made.returncode == 0, made.stdout + made.stderr
     matrix = json.loads((out / "compatibility.json").read_text())
+    assert matrix["options"]["preprocessing"]["resize"] == 40 and "to 40×40" in matrix["models"][0]["preprocessing"]
     cells = {c["family"]: c for c in matrix["cells"]}
     assert {c["status"] for c in cells.values()} == {"built"}, cells
     assert cells["onnx-int8"]["int8_drop_pt"] is not None and cells["onnx-fp32"]["int8_drop_pt"] is None
     assert all(c["p50_ms"] > 0 and c["vs_best_fp32"] > 0 for c in cells.values())
-    assert "| timm:test_efficientnet | 32 |" in (out / "compatibility.md").read_text()
+    assert "| timm:test_efficientnet | 40 |" in (out / "compatibility.md").read_text()
     checked = run_cli("verify", str(out / "timm-test_efficientnet"))
     assert checked.returncode == 0, checked.stdout + checked.stderr

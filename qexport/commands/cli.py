@@ -19,6 +19,7 @@ from qexport.core.options import (BudgetConfig, CalibrationMethodConfig, FixedBa
 from qexport.training.recipe import TrainConfig
 from qexport.runtimes.results import RowStatus
 from qexport.runtimes.bench_options import BenchOptions, ScenarioSettings
+from qexport.runtimes.tuning import TuneOptions
 from qexport.core.matrix import ZooOptions
 from qexport.commands.preprocessing_options import takes_preprocessing_flags
 from qexport.commands.recommend import RecommendOptions
@@ -299,6 +300,66 @@ def bench(
         raise typer.Exit(1)
 
 
+@app.command()
+def tune(
+    directory: Path = typer.Argument(Path("artifacts"), help="Folder written by `qexport build`."),
+    batch_sizes: str = config_option(TuneOptions, "batch_sizes", as_text=True),
+    rounds: int = config_option(TuneOptions, "rounds"),
+    min_seconds: float = config_option(TuneOptions, "min_seconds"),
+    only: Optional[str] = config_option(BenchOptions, "only"),
+    threads: int = config_option(BenchOptions, "threads"),
+    cores: Optional[str] = config_option(BenchOptions, "cores"),
+    timeout: float = config_option(BenchOptions, "timeout"),
+    list_settings: bool = typer.Option(False, "--list", help="Show each artifact's runtime settings and the candidates this CPU would try, then exit (nothing is measured or written)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Measure and write tune.md/tune.json, but leave the manifests as they are."),
+) -> None:
+    """Find the runtime settings that make each artifact faster on this CPU class, and record them.
+
+    Each candidate changes one setting from the defaults (the oneDNN ISA cap -- AMX off --, OpenVINO's
+    performance hint and precision, ONNX Runtime's graph level, execution mode and spinning,
+    ExecuTorch's thread pool) and is timed against the defaults in the same interleaved, fresh-process
+    rounds as `qexport bench`. It is kept only when its paired 95 % interval shows it faster; a tie keeps
+    the defaults; a setting that changes outputs beyond the golden tolerance or crashes is rejected.
+    Winners go into each manifest for this CPU class and are applied by bench, verify and LoadGen on
+    hosts of that class. Example: `qexport tune artifacts/ --only int8 --batch-sizes 1,32`."""
+    from qexport.commands.tune import TUNE_MD, run_tune, write_report
+    from qexport.core.hardware import host_cpu
+    from qexport.core.progress import say
+
+    tune_options = TuneOptions(batch_sizes=_int_list(batch_sizes, "--batch-sizes") or (), rounds=rounds,
+                               min_seconds=min_seconds)
+    options = BenchOptions(threads=threads, cores=_int_list(cores, "--cores"), rounds=rounds,
+                           batch_sizes=tune_options.batch_sizes, min_seconds=min_seconds, timeout=timeout,
+                           only=_names(only))
+    cpu = host_cpu()
+    if list_settings:
+        typer.echo("\n".join(_settings_lines(directory, options, cpu)))
+        return
+    doc = run_tune(directory, tune_options, options, cpu, write=not dry_run,
+                   progress=lambda done, total, what: say(f"[{done}/{total}] {what}"))
+    written = write_report(doc, directory)
+    typer.echo((directory / TUNE_MD).read_text())
+    say("wrote " + ", ".join(map(str, written)) + ("" if dry_run else " and the kept settings into each manifest"))
+
+
+def _settings_lines(directory: Path, options, cpu) -> list[str]:
+    """`qexport tune --list`: each artifact's runtime, its declared settings and this CPU's candidates."""
+    from qexport.core.index import discover
+    from qexport.runtimes.settings import settings_of
+
+    lines = [f"CPU class: {cpu.isa_line()}"]
+    for _, manifest in discover(directory):
+        if options.only and not any(manifest.family.startswith(o) for o in options.only):
+            continue
+        lines.append(f"{manifest.family} ({manifest.runtime.name}):")
+        for setting in settings_of(manifest.runtime.name) or ():
+            tried = ", ".join(setting.candidates(cpu)) or "nothing on this CPU"
+            lines.append(f"  {setting.name} (default {setting.default}; tries {tried}): {setting.help}")
+        if not settings_of(manifest.runtime.name):
+            lines.append("  no settings declared")
+    return lines
+
+
 def _scenario_settings(names: Optional[str], seconds: float, target_latency_ms: float, server_steps: int,
                        official: bool, cores, instancing: str):
     """The LoadGen settings --scenario asks for (None: the tight loop only)."""
@@ -464,6 +525,7 @@ def _names(text: Optional[str]) -> Optional[tuple[str, ...]]:
 
 
 @app.command()
+@takes_preprocessing_flags()
 def zoo(
     models: Optional[str] = config_option(ZooOptions, "models", as_text=True, show_default=False),
     only: Optional[str] = config_option(ZooOptions, "families", as_text=True),
@@ -482,12 +544,16 @@ def zoo(
     jobs: int = config_option(ZooOptions, "jobs", "-j", min=1),
     seed: int = SeedOpt,
     progress: bool = ProgressOpt,
+    flags: PreprocessingFlags = None,
 ) -> None:
     """Build a compatibility matrix: every architecture × every family, each cell built (int8 drop,
     batch-1 speed against that architecture's fastest fp32), skipped or failed with its reason.
 
     Each architecture trains briefly on a small seeded subset, so a 12-architecture matrix fits an
-    afternoon on a 2-core host. Example: `qexport zoo --models timm:resnet50,timm:vit_tiny_patch16_224`."""
+    afternoon on a 2-core host. Example: `qexport zoo --models timm:resnet50,timm:vit_tiny_patch16_224`.
+    At the size users deploy, every architecture trains under the preprocessing flags given, e.g.
+    `qexport zoo --resize 224x224 -o zoo-224` (a cell whose fp32 model stays below 40 % top-1 says
+    that its drop is not meaningful)."""
     import shlex
 
     from qexport.core.matrix import DEFAULT_MODELS
@@ -498,7 +564,8 @@ def zoo(
     options = ZooOptions(models=chosen, families=tuple(o.strip() for o in only.split(",") if o.strip()) if only else None,
                          data=data, image_size=image_size, train_samples=train_samples, test_samples=test_samples,
                          epochs=epochs, calibration_samples=calibration_samples, max_accuracy_drop=max_accuracy_drop,
-                         budget_verdict=budget_verdict, rounds=rounds, min_seconds=min_seconds, jobs=jobs, seed=seed)
+                         budget_verdict=budget_verdict, rounds=rounds, min_seconds=min_seconds, jobs=jobs, seed=seed,
+                         preprocessing=flags)
     command = "qexport " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     matrix = run_zoo(options, out, data_dir, command, show_progress=progress)
     say(f"wrote {out / 'compatibility.md'} and {out / 'compatibility.json'} ({len(matrix.cells)} cells)")

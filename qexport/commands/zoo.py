@@ -116,8 +116,11 @@ def matrix_row(model: str, options: ZooOptions, out_dir: Path, data_dir: Path | 
     size = dataset.image_size[0]
     families = select_families(list(options.families) if options.families else None)
     try:
+        dataset = pipeline.training_data(model, dataset, options.preprocessing, options.image_size)
+        size = dataset.image_size[0]
         checkpoint = out_dir / "checkpoints" / f"{file_stem(model)}.pt"
-        reused = pipeline.checkpoint_is_current(checkpoint, model, dataset, recipe(options))
+        reused = pipeline.checkpoint_is_current(checkpoint, model, dataset, recipe(options)) and \
+            pipeline.other_preprocessing(checkpoint, model, options.preprocessing) is None
         if not reused:
             pipeline.train_checkpoint(model, dataset, recipe(options), checkpoint, show_progress=show_progress)
         build_options = BuildOptions(calibration_samples=options.calibration_samples, seed=options.seed,
@@ -137,7 +140,7 @@ def matrix_row(model: str, options: ZooOptions, out_dir: Path, data_dir: Path | 
 
         write_outputs(doc, artifacts)
     row = ModelRow(model, size, read_fp32_top1(checkpoint), best_fp32=doc.best_fp32.get("1", "") if doc else "",
-                   reused_checkpoint=reused)
+                   reused_checkpoint=reused, preprocessing=ctx.data.preprocessing.describe())
     return row, cells_from_build(model, outcomes, rows)
 
 

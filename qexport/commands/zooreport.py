@@ -102,6 +102,7 @@ def method_lines(matrix: Matrix) -> list[str]:
         f"calibrate on {o.calibration_samples} train images and keep layers in float until the drop on the "
         f"held-out images meets {o.max_accuracy_drop:g} pt (judged on the {o.budget_verdict}). Batch 1 is "
         f"measured in {o.rounds} rounds of at least {o.min_seconds:g} s, each a fresh process on one pinned core.",
+        *preprocessing_lines(matrix),
         "These are short runs on small subsets: the drops say whether the export keeps what the model learnt, "
         "not how accurate the architecture is, and latencies carry wide intervals.",
         "",
@@ -111,6 +112,12 @@ def method_lines(matrix: Matrix) -> list[str]:
         "it picks the fp32 model's class (low agreement with a small drop: the model's logits are too flat "
         "for its int8 classes to mean much).",
     ]
+
+
+def preprocessing_lines(matrix: Matrix) -> list[str]:
+    """The input contract the cells were trained, built and scored under (one line per distinct one)."""
+    contracts = list(dict.fromkeys(row.preprocessing for row in matrix.models if row.preprocessing))
+    return [f"Inputs: {text}." for text in contracts]
 
 
 def notes_lines(notes: dict[str, int]) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from qexport.core.documents import TextEnum, parse, renamed
 from qexport.core.build_records import Verdict
 from qexport.core.options import SharedConfig, option
+from qexport.core.preprocessing_flags import PreprocessingFlags
 
 MATRIX_JSON = "compatibility.json"
 MATRIX_MD = "compatibility.md"
@@ -52,6 +53,9 @@ class ZooOptions:
     min_seconds: float = option(0.2, "--min-seconds", "Minimum timed seconds per round.")
     jobs: int = option(2, "--jobs", "Families built at once.")
     seed: int = SharedConfig.seed
+    # the preprocessing flags every architecture trains under (e.g. --resize 224x224 for the 224 px
+    # matrix); none given: each trains at the data's own size, as `qexport train` would
+    preprocessing: PreprocessingFlags = field(default_factory=PreprocessingFlags)
 
 
 class CellStatus(TextEnum):
@@ -97,6 +101,7 @@ class ModelRow:
     best_fp32: str = ""
     problem: str = ""  # the one sentence when the architecture itself could not be trained or loaded
     reused_checkpoint: bool = False  # trained by an earlier run: its training time is not in this run's
+    preprocessing: str = ""  # the contract it trained under and every cell was built and scored with
 
 
 @dataclass(frozen=True)
