@@ -197,10 +197,7 @@ def bench_directory(directory: Path, options: BenchOptions, data=None, seed: int
                     progress=None, entries: list[tuple[Path, Manifest]] | None = None) -> BenchDocument:
     """Measure every artifact in ``directory``; returns the bench.json document. ``entries``: what
     :func:`discover` found there, when the caller already asked (so its notices print once)."""
-    entries = discover(directory) if entries is None else entries
-    if options.only:
-        chosen = set(match_keys(options.only, dict.fromkeys(m.family for _, m in entries), "family in this folder"))
-        entries = [(p, m) for p, m in entries if m.family in chosen]
+    entries = match_entries(discover(directory) if entries is None else entries, options)
     cores = options.pinned_cores()
     rows = [check_row(manifest_file, manifest, options) for manifest_file, manifest in entries]
     applied = [settings_for_row(manifest, row, options) for (_, manifest), row in zip(entries, rows)]
@@ -277,6 +274,14 @@ def golden_in_worker(manifest_file: Path, manifest: Manifest, chosen: dict[str, 
     spec.golden, spec.golden_atol = str(golden_path(artifact_file(manifest_file, manifest))), manifest.golden.atol
     return run_worker(spec, options, python=worker_python(manifest.runtime.name),
                       env=environment_for(manifest.runtime.name, chosen))
+
+
+def match_entries(entries: list[tuple[Path, Manifest]], options: BenchOptions) -> list[tuple[Path, Manifest]]:
+    """The artifacts --only names (all of them without it); an unknown name is one sentence."""
+    if not options.only:
+        return entries
+    chosen = set(match_keys(options.only, dict.fromkeys(m.family for _, m in entries), "family in this folder"))
+    return [(p, m) for p, m in entries if m.family in chosen]
 
 
 def served_batch_sizes(manifest: Manifest, options: BenchOptions) -> list[int]:

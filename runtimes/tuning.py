@@ -122,14 +122,43 @@ class Plan:
     measured: list[Measured] = field(default_factory=list)
 
 
-def plans_for(entries: list[tuple[Path, Manifest]], options: BenchOptions, cpu: HostCpu) -> tuple[list[Plan], list[str]]:
-    """The artifacts that can be tuned here, and one line for each that cannot (why)."""
+def asked_candidates(runtime: str, asked: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """The --try settings this runtime declares, each checked against its known values."""
+    from qexport.runtimes.settings import check_settings, settings_of
+
+    names = {setting.name for setting in settings_of(runtime)}
+    chosen = [{name: value} for name, value in asked if name in names]
+    for candidate in chosen:
+        check_settings(runtime, candidate)
+    return chosen
+
+
+def check_asked(asked: list[tuple[str, str]], runtimes: set[str]) -> None:
+    """A --try setting no runtime in the folder declares: one sentence naming the ones they do."""
+    from qexport.core.errors import QExportError
+    from qexport.runtimes.settings import settings_of
+
+    known = {setting.name: runtime for runtime in sorted(runtimes) for setting in settings_of(runtime)}
+    for name, _ in asked:
+        if name not in known:
+            listed = ", ".join(sorted(known)) or "none"
+            raise QExportError(f"--try {name}: no runtime in this folder ({', '.join(sorted(runtimes))}) has that "
+                               f"setting; theirs: {listed}.")
+
+
+def plans_for(entries: list[tuple[Path, Manifest]], options: BenchOptions, cpu: HostCpu,
+              asked: list[tuple[str, str]] | None = None) -> tuple[list[Plan], list[str]]:
+    """The artifacts that can be tuned here, and one line for each that cannot (why). ``asked``:
+    only these (setting, value) candidates (--try), instead of what is worth trying on this CPU."""
     from qexport.runtimes.harness import check_row, served_batch_sizes
 
+    if asked:
+        check_asked(asked, {manifest.runtime.name for _, manifest in entries})
     plans, skipped = [], []
     for manifest_file, manifest in entries:
         row = check_row(manifest_file, manifest, options)
-        candidates = one_change_candidates(manifest.runtime.name, cpu)
+        candidates = asked_candidates(manifest.runtime.name, asked) if asked else \
+            one_change_candidates(manifest.runtime.name, cpu)
         if row.status is not RowStatus.OK:
             skipped.append(f"{manifest.family}: {row.reason}")
         elif not candidates:

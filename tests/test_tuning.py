@@ -239,3 +239,17 @@ def test_a_latency_pick_measured_under_tuned_settings_says_to_ship_them():
     said = with_settings_note(Pick("latency@1", "ipex-int8", None, "ms"), doc)
     assert said.note == "measured with its tuned settings ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI (ship them with it)"
     assert with_settings_note(Pick("latency@32", "ipex-int8", None, "ms"), doc).note == ""
+
+
+def test_try_keeps_only_the_settings_a_runtime_has_and_checks_their_values():
+    from qexport.runtimes.tuning import asked_candidates, check_asked
+
+    asked = [("onednn_max_cpu_isa", "AVX2"), ("performance_hint", "THROUGHPUT")]
+    assert asked_candidates("torchscript", asked) == [{"onednn_max_cpu_isa": "AVX2"}]
+    assert asked_candidates("openvino", asked) == [{"onednn_max_cpu_isa": "AVX2"}, {"performance_hint": "THROUGHPUT"}]
+    with pytest.raises(QExportError, match="openvino setting performance_hint does not take 'FASTEST'; known values: "
+                                           "LATENCY, THROUGHPUT."):
+        asked_candidates("openvino", [("performance_hint", "FASTEST")])
+    with pytest.raises(QExportError, match=r"--try turbo: no runtime in this folder \(onnxruntime\) has that setting; "
+                                           r"theirs: execution_mode, graph_optimization_level, intra_op_allow_spinning."):
+        check_asked([("turbo", "on")], {"onnxruntime"})

@@ -312,6 +312,7 @@ def tune(
     timeout: float = config_option(BenchOptions, "timeout"),
     list_settings: bool = typer.Option(False, "--list", help="Show each artifact's runtime settings and the candidates this CPU would try, then exit (nothing is measured or written)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and write tune.md/tune.json, but leave the manifests as they are."),
+    try_settings: Optional[list[str]] = typer.Option(None, "--try", help="Time only this setting=value (repeatable), e.g. --try onednn_max_cpu_isa=AVX512_CORE_VNNI, on the artifacts whose runtime has it; see --list."),
 ) -> None:
     """Find the runtime settings that make each artifact faster on this CPU class, and record them.
 
@@ -336,21 +337,30 @@ def tune(
         typer.echo("\n".join(_settings_lines(directory, options, cpu)))
         return
     doc = run_tune(directory, tune_options, options, cpu, write=not dry_run,
-                   progress=lambda done, total, what: say(f"[{done}/{total}] {what}"))
+                   progress=lambda done, total, what: say(f"[{done}/{total}] {what}"), asked=_pairs(try_settings))
     written = write_report(doc, directory)
     typer.echo((directory / TUNE_MD).read_text())
     say("wrote " + ", ".join(map(str, written)) + ("" if dry_run else " and the kept settings into each manifest"))
 
 
+def _pairs(texts: Optional[list[str]]) -> Optional[list[tuple[str, str]]]:
+    """--try name=value, each split once at '='."""
+    if not texts:
+        return None
+    malformed = next((text for text in texts if "=" not in text), None)
+    if malformed is not None:
+        raise QExportError(f"--try takes setting=value, e.g. onednn_max_cpu_isa=AVX2; got {malformed!r}.")
+    return [tuple(part.strip() for part in text.split("=", 1)) for text in texts]
+
+
 def _settings_lines(directory: Path, options, cpu) -> list[str]:
     """`qexport tune --list`: each artifact's runtime, its declared settings and this CPU's candidates."""
     from qexport.core.index import discover
+    from qexport.runtimes.harness import match_entries
     from qexport.runtimes.settings import settings_of
 
     lines = [f"CPU class: {cpu.isa_line()}"]
-    for _, manifest in discover(directory):
-        if options.only and not any(manifest.family.startswith(o) for o in options.only):
-            continue
+    for _, manifest in match_entries(discover(directory), options):
         lines.append(f"{manifest.family} ({manifest.runtime.name}):")
         for setting in settings_of(manifest.runtime.name) or ():
             tried = ", ".join(setting.candidates(cpu)) or "nothing on this CPU"

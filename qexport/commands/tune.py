@@ -37,13 +37,14 @@ class TuneDocument:
 
 
 def run_tune(directory: Path, tune: TuneOptions, bench: BenchOptions, cpu: HostCpu, write: bool = True,
-             progress=None) -> TuneDocument:
+             progress=None, asked: list[tuple[str, str]] | None = None) -> TuneDocument:
     """Measure, decide, and (``write``) record the winners in each manifest."""
     from qexport.core.index import discover
+    from qexport.runtimes.harness import match_entries
     from qexport.runtimes.tuning import measure, plans_for, rows_for
 
     started = time.time()
-    plans, not_tuned = plans_for(discover(directory), bench, cpu)
+    plans, not_tuned = plans_for(match_entries(discover(directory), bench), bench, cpu, asked)
     measure(plans, bench, progress)
     doc = TuneDocument(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                        command=" ".join(shlex.quote(a) for a in ["qexport", *sys.argv[1:]]), cpu=cpu.model,
