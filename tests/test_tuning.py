@@ -5,6 +5,7 @@ tune of a real artifact in its real runtime."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from qexport.core.manifest import Manifest, TunedSettings
 from qexport.runtimes.settings import (check_settings, environment_for, how_to_apply, isa_caps_below_top,
                                        one_change_candidates, recorded_settings)
 from qexport.runtimes.tuning import Measured, TrialVerdict, choose, judge, with_records
-from tests.conftest import minimal_manifest
+from tests.conftest import built_outcome, minimal_manifest
 
 AVX2 = HostCpu("AVX2 host", frozenset({"sse4_1", "avx2"}))
 AMX = HostCpu("AMX host", frozenset({"sse4_1", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"}))
@@ -178,7 +179,7 @@ def test_tune_measures_a_real_artifact_records_its_choice_and_bench_applies_it(b
     from tests.conftest import copy_artifacts, run_cli
 
     source, outcomes = built_artifacts
-    name = outcomes["onnx-fp32"].path.name
+    name = Path(built_outcome(outcomes, "onnx-fp32").file).name
     folder = copy_artifacts(source, tmp_path / "a", [name])
     made = run_cli("tune", str(folder), "--rounds", "2", "--min-seconds", "0.05", "--batch-sizes", "1,4")
     assert made.returncode == 0, made.stdout + made.stderr
@@ -205,7 +206,7 @@ def test_verify_checks_the_golden_outputs_again_under_the_settings_recorded_for_
     from tests.conftest import copy_artifacts, run_cli
 
     source, outcomes = built_artifacts
-    name = outcomes["onnx-fp32"].path.name
+    name = Path(built_outcome(outcomes, "onnx-fp32").file).name
     folder = copy_artifacts(source, tmp_path / "a", [name])
     manifest_file = folder / (name + ".manifest.json")
     basic = {"graph_optimization_level": "ORT_ENABLE_BASIC"}
