@@ -338,3 +338,18 @@ def test_training_a_model_with_such_a_convolution_does_not_crash_on_one_thread()
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-500:]
+
+
+def test_a_warm_start_records_the_first_stages_contract_accuracy_and_time(tmp_path):
+    """meta.init_from says how the whole model was made: the earlier stage's preprocessing, top-1
+    and training time (its total, when it was itself a warm start), with the checksum given."""
+    from qexport.commands.pipeline import init_record
+    from qexport.core.documents import to_json
+    from qexport.core.preprocessing import Preprocessing
+
+    contract = Preprocessing(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], resize=64, resize_mode="exact")
+    meta = {"preprocessing": to_json(contract), "test_top1": 0.52, "epochs": 3,
+            "metrics": {"train_seconds": 100.0, "train_seconds_total": 250.0}}
+    record = init_record(tmp_path / "small.pt", meta, "ab" * 32)
+    assert record == {"path": str(tmp_path / "small.pt"), "sha256": "ab" * 32, "preprocessing": contract.describe(),
+                      "test_top1": 0.52, "epochs": 3, "train_seconds_total": 250.0}

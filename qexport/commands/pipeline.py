@@ -99,7 +99,8 @@ def init_record(path: Path, meta: dict, sha256: str | None) -> dict:
     from qexport.core.fsutil import sha256_file
 
     metrics = meta.get("metrics", {})
-    return {"path": str(path), "sha256": sha256 or sha256_file(path),  # the CLI hashed it already "preprocessing": _recorded_contract(meta),
+    return {"path": str(path), "sha256": sha256 or sha256_file(path),  # the CLI hashed it already
+            "preprocessing": _recorded_contract(meta),
             "test_top1": meta.get("test_top1"), "epochs": meta.get("epochs"),
             "train_seconds_total": float(metrics.get("train_seconds_total", metrics.get("train_seconds", 0.0)))}
 
