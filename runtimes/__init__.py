@@ -150,8 +150,9 @@ def runtime_problem(runtime: str) -> str | None:
 
     if runtime not in RUNTIMES:
         return f"unknown runtime {runtime!r}"
-    if gpu_problem(runtime):
-        return gpu_problem(runtime)
+    needs_gpu = gpu_problem(runtime)
+    if needs_gpu:
+        return needs_gpu
     if foreign.is_foreign(runtime):
         try:
             foreign.foreign_python(runtime)

@@ -66,10 +66,11 @@ def check_row(manifest_file: Path, manifest: Manifest, options: BenchOptions) ->
         row.notes.append(f"MODIFIED: {modified} (--allow-modified)")
     row.notes.extend(note for note in (fixed_batch_note(manifest, options), delegation_note(manifest)) if note)
     cpu_problem = host_problem_for(manifest) if options.device == "cpu" else None
+    needs_gpu = gpu_problem(row.runtime)  # a GPU runtime on a host without the GPU, CUDA or package it needs
     if cpu_problem:  # checked before any worker loads it: a SIGILL is never the message
         row.status, row.reason = RowStatus.REFUSED, cpu_problem
-    elif gpu_problem(row.runtime):  # a GPU runtime on a host without the GPU, CUDA or package it needs
-        row.status, row.reason = RowStatus.SKIPPED, gpu_problem(row.runtime)
+    elif needs_gpu:
+        row.status, row.reason = RowStatus.SKIPPED, needs_gpu
     elif options.device not in manifest.devices:
         row.status, row.reason = RowStatus.SKIPPED, f"{row.family} does not run on {options.device}."
     elif options.device == "cpu" and manifest.precision is Precision.FP16 and not options.cpu_fp16:
@@ -263,17 +264,25 @@ def run_round(manifest_file: Path, manifest: Manifest, options: BenchOptions, co
     return merge_parts(parts)
 
 
-def golden_in_worker(manifest_file: Path, manifest: Manifest, chosen: dict[str, str]) -> RoundResult | WorkerFailure:
-    """The golden check under ``chosen`` runtime settings, in a fresh pinned worker: an environment
-    setting holds only from a process's start, so it cannot be checked in the caller's process."""
+def run_settings_worker(manifest_file: Path, manifest: Manifest, chosen: dict[str, str], options: BenchOptions,
+                        cores: list[int], batch_sizes: list[int], golden: bool) -> RoundResult | WorkerFailure:
+    """A fresh pinned worker under ``chosen`` runtime settings (an environment setting holds only
+    from a process's start): it times ``batch_sizes`` (none: load only) and, with ``golden``, checks
+    the golden outputs under them. No accuracy, harness-overhead check or LoadGen."""
     from qexport.core.artifact_files import golden_path
 
-    options = BenchOptions(batch_sizes=(1,), rounds=1)
-    spec = worker_spec(manifest_file, manifest, options, options.pinned_cores(), None, Path(os.devnull),
-                       first_round=False, batch_sizes=[], settings=chosen)
-    spec.golden, spec.golden_atol = str(golden_path(artifact_file(manifest_file, manifest))), manifest.golden.atol
+    spec = worker_spec(manifest_file, manifest, options, cores, None, Path(os.devnull), first_round=False,
+                       batch_sizes=batch_sizes, settings=chosen)
+    if golden:
+        spec.golden, spec.golden_atol = str(golden_path(artifact_file(manifest_file, manifest))), manifest.golden.atol
     return run_worker(spec, options, python=worker_python(manifest.runtime.name),
                       env=environment_for(manifest.runtime.name, chosen))
+
+
+def golden_in_worker(manifest_file: Path, manifest: Manifest, chosen: dict[str, str]) -> RoundResult | WorkerFailure:
+    """The golden check alone under ``chosen`` runtime settings, in a fresh pinned worker (verify)."""
+    options = BenchOptions(batch_sizes=(1,), rounds=1)
+    return run_settings_worker(manifest_file, manifest, chosen, options, options.pinned_cores(), [], golden=True)
 
 
 def match_entries(entries: list[tuple[Path, Manifest]], options: BenchOptions) -> list[tuple[Path, Manifest]]:

@@ -19,14 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qexport.core.artifact_files import golden_path
 from qexport.core.documents import TextEnum
 from qexport.core.hardware import HostCpu
 from qexport.core.manifest import Manifest, TunedSettings
 from qexport.core.options import option
 from qexport.runtimes.bench_options import BenchOptions
 from qexport.runtimes.results import RowStatus
-from qexport.runtimes.settings import describe, environment_for, one_change_candidates
+from qexport.runtimes.settings import describe, one_change_candidates
 from qexport.runtimes.stats import Interval, paired_ratio
 
 
@@ -113,13 +112,13 @@ def with_records(manifest: Manifest, records: list[TunedSettings], cpu_class: st
 
 @dataclass
 class Plan:
-    """One artifact to tune: where it is, and the settings to run it under (the defaults first)."""
+    """One artifact to tune: where it is, and each set of settings it runs under with what was
+    measured so far (``measured[0]``: the defaults)."""
 
     manifest_file: Path
     manifest: Manifest
-    candidates: list[dict[str, str]]
     batch_sizes: list[int]
-    measured: list[Measured] = field(default_factory=list)
+    measured: list[Measured]
 
 
 def asked_candidates(runtime: str, asked: list[tuple[str, str]]) -> list[dict[str, str]]:
@@ -164,7 +163,7 @@ def plans_for(entries: list[tuple[Path, Manifest]], options: BenchOptions, cpu: 
         elif not candidates:
             skipped.append(f"{manifest.family}: {manifest.runtime.name} declares no setting worth trying on this CPU")
         else:
-            plans.append(Plan(manifest_file, manifest, [{}] + candidates, served_batch_sizes(manifest, options),
+            plans.append(Plan(manifest_file, manifest, served_batch_sizes(manifest, options),
                               [Measured(dict(c)) for c in [{}] + candidates]))
     return plans, skipped
 
@@ -175,33 +174,23 @@ Progress = Callable[[int, int, str], None]
 def measure(plans: list[Plan], options: BenchOptions, progress: Progress | None = None) -> None:
     """Interleaved rounds of every artifact under every candidate; fills each plan's ``measured``.
     The golden check runs in the first round; a rejected candidate is not run again."""
-    import tempfile
-
-    from qexport.runtimes.harness import WorkerFailure, run_worker, worker_python, worker_spec
+    from qexport.runtimes.harness import WorkerFailure, run_settings_worker
 
     cores = options.pinned_cores()
-    total = options.rounds * sum(len(plan.candidates) for plan in plans)
+    total = options.rounds * sum(len(plan.measured) for plan in plans)
     done = 0
-    with tempfile.TemporaryDirectory(prefix="qexport-tune-") as tmp:
-        for round_index in range(options.rounds):
-            for plan in plans:
-                runtime = plan.manifest.runtime.name
-                for index, current in enumerate(plan.measured):
-                    done += 1
-                    if current.problem or (index and plan.measured[0].problem):
-                        continue
-                    if progress:
-                        progress(done, total, f"round {round_index + 1}/{options.rounds} {plan.manifest.family} "
-                                              f"{describe(current.settings)}")
-                    spec = worker_spec(plan.manifest_file, plan.manifest, options, cores, None, Path(tmp) / "unused",
-                                       first_round=False, batch_sizes=plan.batch_sizes, settings=current.settings)
-                    if round_index == 0:
-                        spec.golden = str(golden_path(plan.manifest_file.parent / plan.manifest.artifact.file))
-                        spec.golden_atol = plan.manifest.golden.atol
-                    outcome = run_worker(spec, options, python=worker_python(runtime),
-                                         env=environment_for(runtime, current.settings))
-                    plan.measured[index] = after_round(current, outcome, plan.manifest,
-                                                       isinstance(outcome, WorkerFailure))
+    for round_index in range(options.rounds):
+        for plan in plans:
+            for index, current in enumerate(plan.measured):
+                done += 1
+                if current.problem or (index and plan.measured[0].problem):
+                    continue
+                if progress:
+                    progress(done, total, f"round {round_index + 1}/{options.rounds} {plan.manifest.family} "
+                                          f"{describe(current.settings)}")
+                outcome = run_settings_worker(plan.manifest_file, plan.manifest, current.settings, options, cores,
+                                              plan.batch_sizes, golden=round_index == 0)
+                plan.measured[index] = after_round(current, outcome, plan.manifest, isinstance(outcome, WorkerFailure))
 
 
 def after_round(current: Measured, outcome, manifest: Manifest, failed: bool) -> Measured:
@@ -254,8 +243,8 @@ class TuneRow:
     problem: str = ""              # why the artifact could not be tuned (its defaults failed)
 
 
-def rows_for(plan: Plan) -> list[TuneRow]:
-    """The report's rows for one measured artifact."""
+def rows_for(plan: Plan, made: list[Choice]) -> list[TuneRow]:
+    """The report's rows for one measured artifact and its choices (:func:`choices`)."""
     from qexport.runtimes.settings import how_to_apply
     from qexport.runtimes.stats import geometric_interval
 
@@ -264,7 +253,7 @@ def rows_for(plan: Plan) -> list[TuneRow]:
         return [TuneRow(m.family, m.artifact.file, m.runtime.name, batch, None, None, {}, [], None, [],
                         problem=defaults.problem) for batch in plan.batch_sizes]
     rows = []
-    for choice in choices(plan):
+    for choice in made:
         kept = next((c for c in plan.measured if c.settings == choice.settings), defaults)
         rows.append(TuneRow(m.family, m.artifact.file, m.runtime.name, choice.batch_size,
                             geometric_interval(defaults.round_p50_ms[choice.batch_size]).estimate,

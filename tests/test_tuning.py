@@ -254,3 +254,30 @@ def test_try_keeps_only_the_settings_a_runtime_has_and_checks_their_values():
     with pytest.raises(QExportError, match=r"--try turbo: no runtime in this folder \(onnxruntime\) has that setting; "
                                            r"theirs: execution_mode, graph_optimization_level, intra_op_allow_spinning."):
         check_asked([("turbo", "on")], {"onnxruntime"})
+
+
+def test_a_rounds_p50s_are_appended_per_batch_in_round_order():
+    from qexport.runtimes.results import RoundBatch, RoundResult
+    from qexport.runtimes.tuning import after_round
+
+    def round_of(p50_1: float, p50_32: float) -> RoundResult:
+        stats = dict(count=10, min_ms=0.0, p90_ms=0.0, p99_ms=0.0, mean_ms=0.0, std_ms=0.0, max_ms=0.0,
+                     throughput_ips=1.0)
+        return RoundResult(load_ms=1.0, peak_rss_mb=1.0, golden_ok=True, golden_max_diff=0.0,
+                           batches={"1": RoundBatch(p50_ms=p50_1, **stats), "32": RoundBatch(p50_ms=p50_32, **stats)})
+
+    manifest = Manifest.from_dict(minimal_manifest())
+    measured = after_round(Measured(dict(CAP)), round_of(1.0, 30.0), manifest, failed=False)
+    measured = after_round(measured, round_of(1.5, 31.0), manifest, failed=False)
+    assert measured.round_p50_ms == {1: [1.0, 1.5], 32: [30.0, 31.0]} and measured.problem == ""
+
+
+def test_the_manifest_record_keeps_the_kept_speedup_and_its_interval_in_order():
+    from qexport.runtimes.stats import Interval
+    from qexport.runtimes.tuning import Choice, record
+
+    kept = record(Choice(1, dict(CAP), Interval(1.9, 1.8, 2.05, 5), []), AMX, 5)
+    assert (kept.cpu_class, kept.batch_size, kept.settings) == (AMX.isa_line(), 1, CAP)
+    assert (kept.speedup, kept.speedup_low, kept.speedup_high, kept.rounds, kept.cpu) == (1.9, 1.8, 2.05, 5, "AMX host")
+    defaults = record(Choice(32, {}, None, []), AMX, 5)
+    assert (defaults.settings, defaults.speedup, defaults.speedup_low, defaults.speedup_high) == ({}, 1.0, None, None)

@@ -15,7 +15,7 @@ from qexport.core.documents import to_json
 from qexport.core.fsutil import atomic_write_bytes, atomic_write_json
 from qexport.core.hardware import HostCpu
 from qexport.runtimes.bench_options import BenchOptions
-from qexport.runtimes.tuning import Plan, TrialVerdict, TuneOptions, TuneRow
+from qexport.runtimes.tuning import Choice, Plan, TrialVerdict, TuneOptions, TuneRow
 
 TUNE_JSON, TUNE_MD = "tune.json", "tune.md"
 
@@ -41,7 +41,7 @@ def run_tune(directory: Path, tune: TuneOptions, bench: BenchOptions, cpu: HostC
     """Measure, decide, and (``write``) record the winners in each manifest."""
     from qexport.core.index import discover
     from qexport.runtimes.harness import match_entries
-    from qexport.runtimes.tuning import measure, plans_for, rows_for
+    from qexport.runtimes.tuning import choices, measure, plans_for, rows_for
 
     started = time.time()
     plans, not_tuned = plans_for(match_entries(discover(directory), bench), bench, cpu, asked)
@@ -51,20 +51,18 @@ def run_tune(directory: Path, tune: TuneOptions, bench: BenchOptions, cpu: HostC
                        cpu_class=cpu.isa_line(), options=tune, threads=bench.threads,
                        pinned_cores=bench.pinned_cores(), not_tuned=not_tuned)
     for plan in plans:
-        doc.rows.extend(rows_for(plan))
-        if write:
-            write_records(plan, cpu, tune.rounds)
+        made = choices(plan)
+        doc.rows.extend(rows_for(plan, made))
+        if write and made:
+            write_records(plan, made, cpu, tune.rounds)
     doc.duration_s = round(time.time() - started, 1)
     return doc
 
 
-def write_records(plan: Plan, cpu: HostCpu, rounds: int) -> None:
+def write_records(plan: Plan, made: list[Choice], cpu: HostCpu, rounds: int) -> None:
     """The plan's choices into its manifest, replacing what an earlier tune recorded for this CPU class."""
-    from qexport.runtimes.tuning import choices, record, with_records
+    from qexport.runtimes.tuning import record, with_records
 
-    made = choices(plan)
-    if not made:
-        return
     updated = with_records(plan.manifest, [record(choice, cpu, rounds) for choice in made], cpu.isa_line())
     atomic_write_json(plan.manifest_file, to_json(updated))
 
@@ -77,11 +75,10 @@ def write_report(doc: TuneDocument, out: Path) -> list[Path]:
 
 
 def interval_text(interval) -> str:
-    if interval is None:
-        return "–"
-    if interval.low is None:
-        return f"{interval.estimate:.2f}×"
-    return f"{interval.estimate:.2f}× [{interval.low:.2f}, {interval.high:.2f}]"
+    """'0.68× [0.59×–0.79×]' (bench's format), '-' for the defaults."""
+    from qexport.commands.benchreport import fmt_interval
+
+    return fmt_interval(interval, "{:.2f}×")
 
 
 def table(doc: TuneDocument) -> list[str]:

@@ -150,7 +150,6 @@ def tuned_settings_check(manifest_file: Path, manifest: Manifest) -> tuple[str |
     return None, applied.note or "its tuned settings are the defaults here"
 
 
-
 def raw_image_problem(manifest: Manifest, golden, runner) -> str | None:
     """The path a deployment team follows, checked end to end: the golden raw image file,
     prepared by the manifest's preprocessing alone, must give the first golden input and, in the

@@ -270,10 +270,6 @@ class Manifest:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
-    def tuned_for(self, cpu_class: str, batch_size: int) -> TunedSettings | None:
-        """What tuning kept for this CPU class and batch size (None: never tuned there)."""
-        return next((t for t in self.runtime_settings if t.cpu_class == cpu_class and t.batch_size == batch_size), None)
-
     @property
     def float_layers(self) -> int:
         """Layers the accuracy budget kept in float (0 when none, or no budget applies)."""
