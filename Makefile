@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test,openvino,signing,loadgen,timm,executorch]'
+	$(PY) -m pip install --quiet -e '.[test,openvino,signing,loadgen,timm,executorch,ray]'
 	touch $(STAMP)
 
 setup-ipex: $(IPEX_STAMP)

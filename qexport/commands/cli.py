@@ -6,6 +6,7 @@ exit code 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -20,7 +21,7 @@ from qexport.training.recipe import TrainConfig
 from qexport.runtimes.results import RowStatus
 from qexport.runtimes.bench_options import BenchOptions, ScenarioSettings
 from qexport.runtimes.tuning import TuneOptions
-from qexport.core.matrix import ZooOptions
+from qexport.core.matrix import ClusterOptions, ZooOptions
 from qexport.commands.preprocessing_options import takes_preprocessing_flags
 from qexport.commands.recommend import RecommendOptions
 from qexport.core.preprocessing_flags import PreprocessingFlags
@@ -264,12 +265,19 @@ def bench(
     mlperf_durations: bool = config_option(ScenarioSettings, "official"),
     instancing: str = config_option(ScenarioSettings, "instancing"),
     seed: int = SeedOpt,
+    ray: Optional[str] = config_option(ClusterOptions, "address"),
+    per_cpu_class: bool = config_option(ClusterOptions, "per_cpu_class"),
+    cpu_class: Optional[str] = config_option(ClusterOptions, "cpu_classes", as_text=True),
 ) -> None:
     """Measure every artifact in DIRECTORY in its own pinned worker: latency, throughput, size, memory, accuracy.
 
     The default is a tight loop (warm-up, then timed calls back to back). --scenario adds MLPerf
     LoadGen runs per artifact: single-stream p90, multi-stream p99 (8 samples per query), the peak
     server QPS whose p99 stays under --target-latency-ms, offline throughput; VALID or why not.
+
+    On a Ray cluster, `--ray HEAD:6379 --per-cpu-class` benches the folder on one node of each CPU
+    class and writes OUT/bench-classes.md: the file to ship per class and batch size, and where that
+    choice changes between classes.
     """
     from qexport.commands import benchreport
     from qexport.core.progress import say
@@ -286,6 +294,10 @@ def bench(
                                                         mlperf_durations, _int_list(cores, "--cores"), instancing),
                            loadgen_dir=str((out or directory) / "loadgen") if scenario else None)
     entries = discover(directory)
+    cluster = ClusterOptions(address=ray, per_cpu_class=per_cpu_class, cpu_classes=_names(cpu_class))
+    if cluster.address or cluster.per_cpu_class:
+        _bench_per_class(directory, out or directory, options, cluster, entries, data, data_dir, no_accuracy, seed)
+        return
     dataset = None if no_accuracy else evaluation_data(entries, data, data_dir)
 
     def report_progress(number: int, total: int, row, round_index: int, rounds: int) -> None:
@@ -534,6 +546,34 @@ def _names(text: Optional[str]) -> Optional[tuple[str, ...]]:
     return tuple(n.strip() for n in text.split(",") if n.strip()) if text else None
 
 
+def _command_line() -> str:
+    """How this run was started, as reports record it."""
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in ["qexport", *sys.argv[1:]])
+
+
+def _bench_per_class(directory: Path, out: Path, options, cluster: ClusterOptions, entries, data, data_dir,
+                     no_accuracy: bool, seed: int) -> None:
+    """bench --ray --per-cpu-class: one node per CPU class, one section each, a cross-class table."""
+    from qexport.commands.bench_classes import PerClassRequest, run_per_class, write_per_class
+    from qexport.commands.cluster import by_class, chosen_classes, cluster_nodes, connect
+    from qexport.core.progress import say
+
+    if not (cluster.address and cluster.per_cpu_class):
+        raise QExportError("bench on a cluster measures per CPU class: pass both --ray ADDRESS and --per-cpu-class.")
+    if not entries:
+        raise QExportError(f"No artifacts in {directory}: run `qexport build` first.")
+    connect(cluster.address)
+    nodes = chosen_classes(by_class(cluster_nodes()), cluster.cpu_classes)
+    data_dir = data_dir or os.environ.get("QEXPORT_DATA_DIR")  # the nodes' tasks do not share this shell
+    request = PerClassRequest(options, data, str(Path(data_dir).resolve()) if data_dir else None, no_accuracy, seed,
+                              command=_command_line(), directory=str(directory))
+    benches = run_per_class(directory, request, nodes, say)
+    written = write_per_class(benches, out, {m.family: m for _, m in entries})
+    say("wrote " + ", ".join(str(p) for p in written if p.suffix == ".md"))
+
+
 @app.command()
 @takes_preprocessing_flags()
 def zoo(
@@ -554,6 +594,8 @@ def zoo(
     jobs: int = config_option(ZooOptions, "jobs", "-j", min=1),
     seed: int = SeedOpt,
     progress: bool = ProgressOpt,
+    ray: Optional[str] = config_option(ClusterOptions, "address"),
+    cpus_per_task: int = config_option(ClusterOptions, "cpus_per_task", min=1),
     flags: PreprocessingFlags = None,
 ) -> None:
     """Build a compatibility matrix: every architecture × every family, each cell built (int8 drop,
@@ -563,9 +605,8 @@ def zoo(
     afternoon on a 2-core host. Example: `qexport zoo --models timm:resnet50,timm:vit_tiny_patch16_224`.
     At the size users deploy, every architecture trains under the preprocessing flags given, e.g.
     `qexport zoo --resize 224x224 -o zoo-224` (a cell whose fp32 model stays below 40 % top-1 says
-    that its drop is not meaningful)."""
-    import shlex
-
+    that its drop is not meaningful). With `--ray HEAD:6379` each architecture is one task on a Ray
+    cluster whose nodes share the --out folder; a rerun keeps the architectures already done."""
     from qexport.core.matrix import DEFAULT_MODELS
     from qexport.commands.zoo import run_zoo
     from qexport.core.progress import say
@@ -576,8 +617,13 @@ def zoo(
                          epochs=epochs, calibration_samples=calibration_samples, max_accuracy_drop=max_accuracy_drop,
                          budget_verdict=budget_verdict, rounds=rounds, min_seconds=min_seconds, jobs=jobs, seed=seed,
                          preprocessing=flags)
-    command = "qexport " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    matrix = run_zoo(options, out, data_dir, command, show_progress=progress)
+    command = _command_line()
+    if ray:
+        from qexport.commands.zoo_ray import run_zoo_ray
+
+        matrix = run_zoo_ray(options, ClusterOptions(address=ray, cpus_per_task=cpus_per_task), out, data_dir, command)
+    else:
+        matrix = run_zoo(options, out, data_dir, command, show_progress=progress)
     say(f"wrote {out / 'compatibility.md'} and {out / 'compatibility.json'} ({len(matrix.cells)} cells)")
 
 

@@ -90,11 +90,20 @@ def reuse_text(matrix: Matrix) -> str:
             f"they were up to date and reused)")
 
 
+def where_text(matrix: Matrix) -> str:
+    """This host, or (a cluster run) the nodes and CPU classes the rows were measured on."""
+    nodes = {row.measured_on.node: row.measured_on for row in matrix.models if row.measured_on}
+    if not nodes:
+        return f"on `{matrix.cpu}` ({', '.join(matrix.isa)})"
+    classes = sorted({f"`{m.cpu}` ({m.cpu_class})" for m in nodes.values()})
+    return f"on a Ray cluster: {len(nodes)} node(s), {'; '.join(classes)} (each row's node in compatibility.json)"
+
+
 def method_lines(matrix: Matrix) -> list[str]:
     o = matrix.options
     minutes = matrix.seconds / 60
     return [
-        f"Made {matrix.created} on `{matrix.cpu}` ({', '.join(matrix.isa)}) in {minutes:.0f} min{reuse_text(matrix)} "
+        f"Made {matrix.created} {where_text(matrix)} in {minutes:.0f} min{reuse_text(matrix)} "
         f"with `{matrix.command}`.",
         "",
         f"Each architecture was trained {o.epochs} epochs on {o.train_samples} seeded {o.data} train images "

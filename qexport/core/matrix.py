@@ -58,6 +58,33 @@ class ZooOptions:
     preprocessing: PreprocessingFlags = field(default_factory=PreprocessingFlags)
 
 
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where `qexport zoo` and `qexport bench` run when a Ray cluster does the work (the [ray] extra)."""
+
+    address: str | None = option(
+        None, "--ray", "Run on the Ray cluster at this address (HOST:PORT as `ray start --head` prints it, or auto "
+        "on a node of it). Needs `pip install 'qexport\\[ray]'`.")
+    cpus_per_task: int = option(
+        2, "--cpus-per-task", "zoo --ray: CPUs each architecture's task reserves on its node while it trains, builds "
+        "and times; give a node's whole CPU count so nothing else runs beside its timing.")
+    per_cpu_class: bool = option(
+        False, "--per-cpu-class", "bench --ray: bench on one node of each CPU class (the ISA line `qexport info` "
+        "prints, or a node's qexport-cpu-class label) and write one section per class plus a cross-class table.")
+    cpu_classes: tuple[str, ...] | None = option(
+        None, "--cpu-class", "bench --per-cpu-class: only these classes, comma-separated (default: every class).")
+
+
+@dataclass(frozen=True)
+class MeasuredOn:
+    """Where a row of results was produced: recorded with every cell a cluster measured."""
+
+    node: str
+    cpu_class: str
+    cpu: str
+    libraries: dict[str, str | None] = field(default_factory=dict)
+
+
 class CellStatus(TextEnum):
     """A matrix cell's outcome (an up-to-date artifact is a built cell, marked reused)."""
 
@@ -102,6 +129,7 @@ class ModelRow:
     problem: str = ""  # the one sentence when the architecture itself could not be trained or loaded
     reused_checkpoint: bool = False  # trained by an earlier run: its training time is not in this run's
     preprocessing: str = ""  # the contract it trained under and every cell was built and scored with
+    measured_on: MeasuredOn | None = None  # the cluster node that trained, built and timed it (None: this host)
 
 
 @dataclass(frozen=True)
