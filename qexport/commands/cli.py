@@ -293,9 +293,11 @@ def bench(
                            scenarios=_scenario_settings(scenario, scenario_seconds, target_latency_ms, server_steps,
                                                         mlperf_durations, _int_list(cores, "--cores"), instancing),
                            loadgen_dir=str((out or directory) / "loadgen") if scenario else None)
-    entries = discover(directory)
     cluster = ClusterOptions(address=ray, per_cpu_class=per_cpu_class, cpu_classes=_names(cpu_class))
-    if cluster.address or cluster.per_cpu_class:
+    if (cluster.address or cluster.per_cpu_class) and not (cluster.address and cluster.per_cpu_class):
+        raise QExportError("bench on a cluster measures per CPU class: pass both --ray ADDRESS and --per-cpu-class.")
+    entries = discover(directory)
+    if cluster.address:
         _bench_per_class(directory, out or directory, options, cluster, entries, data, data_dir, no_accuracy, seed)
         return
     dataset = None if no_accuracy else evaluation_data(entries, data, data_dir)
@@ -560,10 +562,6 @@ def _bench_per_class(directory: Path, out: Path, options, cluster: ClusterOption
     from qexport.commands.cluster import by_class, chosen_classes, cluster_nodes, connect
     from qexport.core.progress import say
 
-    if not (cluster.address and cluster.per_cpu_class):
-        raise QExportError("bench on a cluster measures per CPU class: pass both --ray ADDRESS and --per-cpu-class.")
-    if not entries:
-        raise QExportError(f"No artifacts in {directory}: run `qexport build` first.")
     connect(cluster.address)
     nodes = chosen_classes(by_class(cluster_nodes()), cluster.cpu_classes)
     data_dir = data_dir or os.environ.get("QEXPORT_DATA_DIR")  # the nodes' tasks do not share this shell
