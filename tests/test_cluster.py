@@ -119,6 +119,15 @@ def test_rows_are_kept_in_the_order_the_options_list_them_whatever_order_they_fi
     assert [c.model for c in matrix.cells] == ["a", "b", "c"]
 
 
+def test_without_the_extra_ray_is_one_sentence_naming_the_install(monkeypatch):
+    from qexport.commands.cluster import RAY_MISSING, import_ray
+
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # how Python behaves when ray is not installed
+    with pytest.raises(ClusterError) as err:
+        import_ray()
+    assert str(err.value) == RAY_MISSING and "pip install 'qexport[ray]'" in RAY_MISSING
+
+
 def test_bench_on_a_cluster_needs_both_flags():
     result = run_cli("bench", "artifacts", "--per-cpu-class")
     assert result.returncode == 2
