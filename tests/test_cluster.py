@@ -200,7 +200,7 @@ def test_a_zoo_on_the_cluster_survives_a_lost_node_and_matches_the_single_host_c
 
     local, worker = cluster
     options = ClusterOptions(address=local.address, cpus_per_task=1)
-    lose_the_worker = threading.Timer(8.0, local.remove_node, args=(worker,))
+    lose_the_worker = threading.Timer(12.0, local.remove_node, args=(worker,))
     lose_the_worker.start()
     try:
         on_cluster = run_zoo_ray(ZOO, options, tmp_path / "ray", None, "qexport zoo --ray")
