@@ -123,6 +123,8 @@ def run_zoo_ray(options: ZooOptions, cluster: ClusterOptions, out_dir: Path, dat
     task = ray.remote(num_cpus=cluster.cpus_per_task, max_retries=NODE_RETRIES)(architecture_task)
     todo = [m for m in options.models if m not in {r.model for r in rows}]
     pending = {task.remote(m, options, str(out_dir.resolve()), str(data_dir) if data_dir else None): m for m in todo}
+    say(f"submitted {len(todo)} architecture(s), {cluster.cpus_per_task} CPUs each; compatibility.md is rewritten "
+        "as each one finishes")
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         model = pending.pop(ready[0])
