@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qexport.core.envinfo import command_line
 from qexport.core.artifact_files import artifact_file, artifact_paths, artifact_problem
 from qexport.core.cpu_needs import host_problem_for
 from qexport.core.index import discover
@@ -343,7 +343,7 @@ def make_document(rows: list[BenchRow], options: BenchOptions, cores: list[int],
     return BenchDocument(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         duration_s=round(time.time() - started, 1),
-        command=" ".join(shlex.quote(a) for a in ["qexport", *sys.argv[1:]]),
+        command=command_line(),
         directory=str(directory),
         options=parse(RunOptions, {**to_json(options), "pinned_cores": cores}, "the bench options"),
         environment=current_environment(),

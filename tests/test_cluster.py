@@ -64,6 +64,18 @@ def test_one_node_per_class_the_largest_and_a_class_no_node_has_is_named():
         chosen_classes(groups, ("AVX-512",))
 
 
+@pytest.mark.parametrize("flags, line", [
+    ("avx2 fma", "AVX2"),
+    ("avx2 avx512f avx512_vnni", "AVX2, AVX-512F, AVX-512 VNNI"),
+])
+def test_a_node_reports_the_class_its_cpu_flags_give(monkeypatch, flags, line):
+    from qexport.commands.cluster import describe_this_host
+    from qexport.core.hardware import FAKE_FLAGS_VARIABLE
+
+    monkeypatch.setenv(FAKE_FLAGS_VARIABLE, flags)  # decided from the flags, whatever this host has
+    assert describe_this_host()[0] == line
+
+
 def test_a_class_becomes_a_folder_name():
     assert class_slug("AVX2, AVX-512F, AVX-512 VNNI") == "avx2-avx-512f-avx-512-vnni"
 

@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from qexport.core.envinfo import command_line
 from qexport.core.errors import QExportError
 from qexport.core.options import (BudgetConfig, CalibrationMethodConfig, FixedBatchConfig, QatConfig, SharedConfig,
                                      TargetConfig, option_default, option_flag, option_help)
@@ -548,13 +549,6 @@ def _names(text: Optional[str]) -> Optional[tuple[str, ...]]:
     return tuple(n.strip() for n in text.split(",") if n.strip()) if text else None
 
 
-def _command_line() -> str:
-    """How this run was started, as reports record it."""
-    import shlex
-
-    return " ".join(shlex.quote(a) for a in ["qexport", *sys.argv[1:]])
-
-
 def _bench_per_class(directory: Path, out: Path, options, cluster: ClusterOptions, entries, data, data_dir,
                      no_accuracy: bool, seed: int) -> None:
     """bench --ray --per-cpu-class: one node per CPU class, one section each, a cross-class table."""
@@ -566,7 +560,7 @@ def _bench_per_class(directory: Path, out: Path, options, cluster: ClusterOption
     nodes = chosen_classes(by_class(cluster_nodes()), cluster.cpu_classes)
     data_dir = data_dir or os.environ.get("QEXPORT_DATA_DIR")  # the nodes' tasks do not share this shell
     request = PerClassRequest(options, data, str(Path(data_dir).resolve()) if data_dir else None, no_accuracy, seed,
-                              command=_command_line(), directory=str(directory))
+                              command=command_line(), directory=str(directory))
     benches = run_per_class(directory, request, nodes, say)
     written = write_per_class(benches, out, {m.family: m for _, m in entries})
     say("wrote " + ", ".join(str(p) for p in written if p.suffix == ".md"))
@@ -615,7 +609,7 @@ def zoo(
                          epochs=epochs, calibration_samples=calibration_samples, max_accuracy_drop=max_accuracy_drop,
                          budget_verdict=budget_verdict, rounds=rounds, min_seconds=min_seconds, jobs=jobs, seed=seed,
                          preprocessing=flags)
-    command = _command_line()
+    command = command_line()
     if ray:
         from qexport.commands.zoo_ray import run_zoo_ray
 

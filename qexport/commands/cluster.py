@@ -111,22 +111,30 @@ def measured_here() -> MeasuredOn:
     return MeasuredOn(node=context.get_node_id(), cpu_class=label or isa, cpu=cpu, libraries=library_versions())
 
 
-def on_node(node: ClusterNode) -> dict:
-    """Task options that place it on ``node`` and reserve all its CPUs: nothing else runs there."""
+def pinned_to(node_id: str):
+    """The scheduling strategy that runs a task on that node and nowhere else."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return dict(num_cpus=node.cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
+    return NodeAffinitySchedulingStrategy(node_id, soft=False)
+
+
+def on_node(node: ClusterNode) -> dict:
+    """Task options that place it on ``node`` and reserve all its CPUs: nothing else runs there."""
+    return dict(num_cpus=node.cpus, scheduling_strategy=pinned_to(node.node_id))
+
+
+def on_every_node(function, node_ids: list[str], *args) -> list:
+    """``function(*args)`` once on each node, taking no CPU (a probe of the node itself), in order."""
+    ray = import_ray()
+    probe = ray.remote(num_cpus=0)(function)
+    return ray.get([probe.options(scheduling_strategy=pinned_to(node_id)).remote(*args) for node_id in node_ids])
 
 
 def cluster_nodes() -> list[ClusterNode]:
     """Every alive node with a CPU, its class probed on it (or taken from its label)."""
     ray = import_ray()
     alive = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
-    probe = ray.remote(num_cpus=0)(describe_this_host)
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    facts = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
-                     for n in alive])
+    facts = on_every_node(describe_this_host, [n["NodeID"] for n in alive])
     nodes = []
     for raw, (isa, cpu) in zip(alive, facts):
         label = (raw.get("Labels") or {}).get(CLASS_LABEL)

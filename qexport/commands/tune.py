@@ -5,13 +5,12 @@ verdict with its paired interval."""
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qexport.core.documents import to_json
+from qexport.core.envinfo import command_line
 from qexport.core.fsutil import atomic_write_bytes, atomic_write_json
 from qexport.core.hardware import HostCpu
 from qexport.runtimes.bench_options import BenchOptions
@@ -47,7 +46,7 @@ def run_tune(directory: Path, tune: TuneOptions, bench: BenchOptions, cpu: HostC
     plans, not_tuned = plans_for(match_entries(discover(directory), bench), bench, cpu, asked)
     measure(plans, bench, progress)
     doc = TuneDocument(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                       command=" ".join(shlex.quote(a) for a in ["qexport", *sys.argv[1:]]), cpu=cpu.model,
+                       command=command_line(), cpu=cpu.model,
                        cpu_class=cpu.isa_line(), options=tune, threads=bench.threads,
                        pinned_cores=bench.pinned_cores(), not_tuned=not_tuned)
     for plan in plans:

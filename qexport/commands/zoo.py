@@ -128,7 +128,7 @@ def matrix_row(model: str, options: ZooOptions, out_dir: Path, data_dir: Path | 
                                      budget_verdict=options.budget_verdict)
         ctx = pipeline.build_context(model, dataset, checkpoint, build_options, show_progress)
     except QExportError as err:
-        return ModelRow(model, size, problem=str(err)), [Cell(model, f.key, CellStatus.FAILED, str(err)) for f in families]
+        return failed_row(model, size, str(err), options)
     artifacts = out_dir / file_stem(model)
     outcomes = build_families(ctx, families, artifacts, jobs=options.jobs)
     bench = BenchOptions(rounds=options.rounds, batch_sizes=(1,), min_seconds=options.min_seconds, warmup=3)
@@ -142,6 +142,14 @@ def matrix_row(model: str, options: ZooOptions, out_dir: Path, data_dir: Path | 
     row = ModelRow(model, size, read_fp32_top1(checkpoint), best_fp32=doc.best_fp32.get("1", "") if doc else "",
                    reused_checkpoint=reused, preprocessing=ctx.data.preprocessing.describe())
     return row, cells_from_build(model, outcomes, rows)
+
+
+def failed_row(model: str, size: int, reason: str, options: ZooOptions) -> tuple[ModelRow, list[Cell]]:
+    """An architecture that produced nothing: its row and every asked family's cell say why."""
+    from qexport.exporter import select_families
+
+    families = select_families(list(options.families) if options.families else None)
+    return ModelRow(model, size, problem=reason), [Cell(model, f.key, CellStatus.FAILED, reason) for f in families]
 
 
 def say_round(number: int, total: int, row, round_index: int, rounds: int) -> None:

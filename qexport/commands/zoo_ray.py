@@ -21,7 +21,7 @@ from pathlib import Path
 
 from qexport.commands.cluster import ClusterError, ClusterNode, import_ray
 from qexport.commands.zoo import check_models, write_matrix
-from qexport.core.matrix import MATRIX_JSON, Cell, CellStatus, ClusterOptions, Matrix, ModelRow, ZooOptions, read_matrix
+from qexport.core.matrix import MATRIX_JSON, Cell, ClusterOptions, Matrix, ModelRow, ZooOptions, read_matrix
 from qexport.core.progress import say
 
 NODE_RETRIES = 2  # Ray reruns a task whose worker or node died this many times, elsewhere if it must
@@ -46,16 +46,13 @@ def sees_token(path: str, token: str) -> bool:
 
 def check_shared(out_dir: Path, nodes: list[ClusterNode]) -> None:
     """Every node must see --out: checkpoints and artifacts are written there by whichever node."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from qexport.commands.cluster import on_every_node
 
-    ray = import_ray()
     out_dir.mkdir(parents=True, exist_ok=True)
     token_file, token = out_dir / f".qexport-shared-{uuid.uuid4().hex}", uuid.uuid4().hex
     token_file.write_text(token)
     try:
-        probe = ray.remote(num_cpus=0)(sees_token)
-        seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
-                        .remote(str(token_file.resolve()), token) for n in nodes])
+        seen = on_every_node(sees_token, [n.node_id for n in nodes], str(token_file.resolve()), token)
     finally:
         token_file.unlink(missing_ok=True)
     blind = [n.address for n, ok in zip(nodes, seen) if not ok]
@@ -92,11 +89,10 @@ def with_row(matrix: Matrix, row: ModelRow, cells: list[Cell]) -> Matrix:
 
 def lost_row(model: str, options: ZooOptions, err: Exception) -> tuple[ModelRow, list[Cell]]:
     """A task that failed even after Ray's retries: its row and cells say why; a rerun redoes it."""
-    from qexport.exporter import select_families
+    from qexport.commands.zoo import failed_row
 
     reason = f"its task failed on the cluster ({type(err).__name__}: {str(err).splitlines()[0][:200]}); rerun to complete it"
-    families = select_families(list(options.families) if options.families else None)
-    return ModelRow(model, 0, problem=reason), [Cell(model, f.key, CellStatus.FAILED, reason) for f in families]
+    return failed_row(model, 0, reason, options)
 
 
 def run_zoo_ray(options: ZooOptions, cluster: ClusterOptions, out_dir: Path, data_dir: Path | None,

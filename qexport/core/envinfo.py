@@ -23,6 +23,14 @@ def package_versions(packages) -> dict[str, str | None]:
     return versions
 
 
+def command_line() -> str:
+    """How this process was started, as every report records it ('qexport bench artifacts/ --rounds 5')."""
+    import shlex
+    import sys
+
+    return " ".join(shlex.quote(a) for a in ["qexport", *sys.argv[1:]])
+
+
 def library_versions() -> dict[str, str | None]:
     return package_versions(LIBRARIES)
 
