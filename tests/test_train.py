@@ -10,8 +10,8 @@ from qexport.core.preprocessing import Preprocessing
 from qexport.training.data import Dataset, Split
 from qexport.training.models import build_model, load_model
 from qexport.commands.pipeline import checkpoint_is_current, train_checkpoint
-from qexport.training.train import augment, evaluate, padding_for, top1, train
-from qexport.training.recipe import TrainConfig
+from qexport.training.train import augment, evaluate, make_optimizer, padding_for, top1, train, weight_decay_groups
+from qexport.training.recipe import ADAMW_WEIGHT_DECAY, TrainConfig
 
 
 def hand_split(pixels: list[list[int]], labels: list[int]) -> Split:
@@ -95,6 +95,52 @@ def test_config_validates_itself():
         TrainConfig(epochs=-1)
     with pytest.raises(QExportError, match="--lr"):
         TrainConfig(max_lr=0)
+    with pytest.raises(QExportError, match="--optimizer must be one of sgd, adamw, got 'adam'"):
+        TrainConfig(optimizer="adam")
+
+
+class TinyTransformerParts(torch.nn.Module):
+    """A weight matrix, a norm and a position embedding that the model exempts, as a timm ViT does."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(2, 2)
+        self.norm = torch.nn.LayerNorm(2)
+        self.pos_embed = torch.nn.Parameter(torch.ones(1, 3, 2))
+
+    def no_weight_decay(self):
+        return {"pos_embed"}
+
+
+def test_adamw_decays_weight_matrices_only():
+    model = TinyTransformerParts()
+    decay, keep = weight_decay_groups(model, 0.05)
+    assert decay == {"params": [model.head.weight], "weight_decay": 0.05}
+    assert {id(p) for p in keep["params"]} == {id(model.head.bias), id(model.norm.weight), id(model.norm.bias),
+                                               id(model.pos_embed)}
+    assert keep["weight_decay"] == 0.0
+
+
+def test_adamw_step_with_no_gradient_shrinks_only_the_decayed_weights_by_lr_times_decay():
+    model = TinyTransformerParts()
+    with torch.no_grad():
+        model.head.weight.fill_(2.0)
+        model.head.bias.fill_(2.0)
+    optimizer = make_optimizer(model, TrainConfig(optimizer="adamw", max_lr=1.0))
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    # decoupled decay: w ← w − lr·wd·w = 2 × (1 − 0.05) = 1.9; the exempt ones keep their value
+    assert torch.allclose(model.head.weight, torch.full((2, 2), 2 * (1 - ADAMW_WEIGHT_DECAY)))
+    assert torch.equal(model.head.bias, torch.full((2,), 2.0))
+    assert torch.equal(model.pos_embed, torch.ones(1, 3, 2))
+
+
+def test_the_default_optimizer_is_nesterov_sgd_with_the_recipes_decay():
+    optimizer = make_optimizer(TinyTransformerParts(), TrainConfig())
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["nesterov"], group["momentum"], group["weight_decay"]) == (True, 0.9, 5e-4)
 
 
 def test_training_on_synthetic_learns(tiny_data):
@@ -119,6 +165,13 @@ def test_checkpoint_metadata_and_reuse(tiny_data, tmp_path):
     assert meta["data"]["fingerprint"] == tiny_data.fingerprint
     assert checkpoint_is_current(path, "resnet18", tiny_data, config)
     assert not checkpoint_is_current(path, "resnet18", tiny_data, TrainConfig(epochs=2, batch_size=64))
+    assert not checkpoint_is_current(path, "resnet18", tiny_data, TrainConfig(epochs=1, batch_size=64, optimizer="adamw"))
+    # a checkpoint from before the optimizer was recorded was trained with SGD, and is reused as such
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    del saved["meta"]["train_config"]["optimizer"]
+    torch.save(saved, path)
+    assert checkpoint_is_current(path, "resnet18", tiny_data, config)
+    assert not checkpoint_is_current(path, "resnet18", tiny_data, TrainConfig(epochs=1, batch_size=64, optimizer="adamw"))
 
 
 @pytest.mark.integration

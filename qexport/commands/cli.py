@@ -100,6 +100,7 @@ def train(
     epochs: int = config_option(TrainConfig, "epochs"),
     batch_size: int = config_option(TrainConfig, "batch_size"),
     lr: float = config_option(TrainConfig, "max_lr"),
+    optimizer: str = config_option(TrainConfig, "optimizer"),
     seed: int = SeedOpt,
     train_samples: Optional[int] = TrainSamplesOpt,
     test_samples: Optional[int] = TestSamplesOpt,
@@ -117,7 +118,8 @@ def train(
     By default that is the train split's mean and std at the data's size (CIFAR-10: 32 px; an image
     folder: the shorter side to 256, a centre crop of 224). Example at 224 px on CIFAR-10:
     `qexport train --model resnet50 --resize 224x224`. Faster at 224 px on a CPU: train at 64 px,
-    then go on at 224 px with `--init-from checkpoints/<the 64 px one>.pt --epochs 1`."""
+    then go on at 224 px with `--init-from checkpoints/<the 64 px one>.pt --epochs 1`. A vision
+    transformer from scratch: `--model timm:vit_tiny_patch16_224 --optimizer adamw --lr 0.001`."""
     from qexport.commands import pipeline
     from qexport.training.train import resolve_device
 
@@ -133,8 +135,8 @@ def train(
     init_sha256 = _sha256_or_refuse(init_from)
     dataset = pipeline.training_data(model, pipeline.open_data(data, data_dir, image_size, train_samples, test_samples, seed),
                                      flags, image_size)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, validation_fraction=val_fraction,
-                         init_sha256=init_sha256)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, optimizer=optimizer, seed=seed,
+                         validation_fraction=val_fraction, init_sha256=init_sha256)
     path = out or pipeline.default_checkpoint_path(model, dataset)
     pipeline.train_checkpoint(model, dataset, config, path, show_progress=progress, device=train_device, init_from=init_from)
 

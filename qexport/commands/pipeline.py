@@ -18,7 +18,7 @@ from qexport.core.preprocessing import Preprocessing
 from qexport.core.preprocessing_flags import PreprocessingFlags
 from qexport.core.progress import say
 from qexport.training.train import train
-from qexport.training.recipe import TrainConfig
+from qexport.training.recipe import IMPLIED_WHEN_UNRECORDED, TrainConfig
 
 NO_FLAGS = PreprocessingFlags()
 
@@ -135,6 +135,7 @@ def why_not_reusable(path: Path, model_name: str, data: Dataset, config: TrainCo
     if meta.get("data", {}).get("fingerprint") != data.fingerprint:
         return "it was trained on other data (its fingerprint differs: other --data, --data-dir or --train-samples)"
     recorded, asked = meta.get("train_config") or {}, config.as_dict()
+    recorded = {**IMPLIED_WHEN_UNRECORDED, **recorded}
     changed = [key for key in asked if recorded.get(key) != asked[key]]
     if changed:
         return "it was trained with " + ", ".join(f"{key}={recorded.get(key, 'unset')}" for key in changed[:3]) + \
