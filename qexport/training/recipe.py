@@ -29,8 +29,8 @@ class TrainConfig:
     optimizer: str = option(
         "sgd", "--optimizer",
         "sgd: SGD with Nesterov momentum, for convolutional networks (the README's figures). adamw: AdamW, "
-        f"weight decay {ADAMW_WEIGHT_DECAY} on weight matrices only, as timm trains vision transformers, which SGD "
-        "trains poorly from scratch; give it a smaller --lr, e.g. 0.001.")
+        f"weight decay {ADAMW_WEIGHT_DECAY} on weight matrices only, as timm and DeiT train vision "
+        "transformers from scratch; give it a smaller --lr, e.g. 0.001.")
     weight_decay: float = 5e-4  # SGD's; AdamW uses ADAMW_WEIGHT_DECAY
     momentum: float = 0.9
     label_smoothing: float = 0.1

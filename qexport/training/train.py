@@ -253,8 +253,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The recipe's optimizer. SGD with Nesterov momentum suits convolutional networks; vision
-    transformers trained from scratch with it stay near chance, so ``adamw`` gives them timm's usual
-    optimizer. The one-cycle schedule drives either (with AdamW it cycles beta1 as SGD's momentum)."""
+    transformers are trained from scratch with AdamW (DeiT's and timm's recipes), so ``adamw`` gives
+    them that. The one-cycle schedule drives either (with AdamW it cycles beta1 as SGD's momentum)."""
     if config.optimizer == "adamw":
         return torch.optim.AdamW(weight_decay_groups(model, ADAMW_WEIGHT_DECAY), lr=config.max_lr)
     return torch.optim.SGD(model.parameters(), lr=config.max_lr, momentum=config.momentum,
