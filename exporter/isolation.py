@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from qexport.core.errors import QExportError
+from qexport.core.interrupts import ctrl_c_held_back
 from qexport.exporter.capture import explain_capture_failure
 from qexport.exporter.registry import BuildContext, BuildDetails, Family
 from qexport.core.progress import current_label, labelled
@@ -67,7 +68,8 @@ def build_in_child(family: Family, ctx: BuildContext, path: Path, cancelled: thr
     try:
         start_fork_server()
         try:
-            child.start()  # a Ctrl-C here: a child already forked dies with the fork server
+            with ctrl_c_held_back():  # cut short, the child would unpickle half a job and print a traceback
+                child.start()
         finally:
             send.close()
         while not receive.poll(0.2):

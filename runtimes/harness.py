@@ -8,22 +8,20 @@ into another's numbers.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from qexport.core.envinfo import command_line
+from qexport.core.interrupts import ctrl_c_held_back
 from qexport.core.artifact_files import artifact_file, artifact_paths, artifact_problem
 from qexport.core.cpu_needs import host_problem_for
 from qexport.core.index import discover
@@ -124,6 +122,8 @@ def run_worker(spec: WorkerSpec, options: BenchOptions, python: str = sys.execut
         spec_file.write_text(json.dumps(to_json(spec)))
         started: list[subprocess.Popen] = []
         try:
+            # The worker runs in its own session, so the terminal's Ctrl-C never reaches it: the
+            # harness must kill it, and a Ctrl-C inside Popen would leave nobody who knows its pid.
             with ctrl_c_held_back():  # a Ctrl-C now lands once ``started`` holds the worker
                 started.append(subprocess.Popen(
                     [python, "-m", "qexport.runtimes.worker", str(spec_file), str(result_file)],
@@ -154,27 +154,6 @@ def read_worker_result(path: Path) -> RoundResult | WorkerFailure:
         return parse_round(data, "the worker's result")
     except (ValueError, QExportError) as err:
         return WorkerFailure("failed", f"the worker wrote an unreadable result ({err})")
-
-
-@contextlib.contextmanager
-def ctrl_c_held_back() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) back for the block; one that came meanwhile is delivered when it ends.
-
-    The worker runs in its own session, so the terminal's Ctrl-C never reaches it: the harness must
-    kill it. A Ctrl-C arriving inside ``Popen``, after the fork but before the worker is recorded,
-    would leave nobody who knows its pid, and the worker would outlive the bench. Python runs
-    signal handlers in the main thread only, so only there can one be held back."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if pending:
-            signal.raise_signal(signal.SIGINT)  # as the previous handler would have had it
 
 
 def kill_group(process: subprocess.Popen) -> None:

@@ -116,7 +116,7 @@ def test_ctrl_c_during_bench_reaps_workers(built_artifacts, tmp_path):
 
 HELD_BACK_SCRIPT = """
 import os, signal, time
-from qexport.runtimes.harness import ctrl_c_held_back
+from qexport.core.interrupts import ctrl_c_held_back
 try:
     with ctrl_c_held_back():
         os.kill(os.getpid(), signal.SIGINT)
