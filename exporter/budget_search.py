@@ -14,7 +14,7 @@ from qexport.exporter.budget import HeldOut, Verdict, fallback_sizes, not_found_
 from qexport.exporter.isolation import run_family
 from qexport.exporter.measure import Runner, runner_logits
 from qexport.exporter.registry import BuildContext, BuildDetails, Family
-from qexport.core.build_records import AccuracyBudget, BudgetAttempt
+from qexport.core.build_records import AccuracyBudget, BudgetAttempt, OverBudget
 from qexport.core.progress import say
 
 
@@ -52,8 +52,8 @@ def build_within_budget(family: Family, ctx: BuildContext, path: Path, held_out:
     details.notes.extend(not_found_note(details.float_not_found))
     budget = held_out.record(attempts, kept, shares=family.fallback, fine_tuned=family.fine_tuned)
     if not budget.met:
-        raise QExportError(over_budget_message(family.key, budget, family.fallback, len(held_out.costs),
-                                                family.fine_tuned))
+        raise OverBudget(over_budget_message(family.key, budget, family.fallback, len(held_out.costs),
+                                             family.fine_tuned), budget)
     return details, budget, runner
 
 

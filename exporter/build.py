@@ -27,6 +27,7 @@ from qexport.exporter.measure import Reference, measure, write_golden
 from qexport.exporter.registry import BuildContext, Family
 from qexport.core.fsutil import atomic_path, atomic_write_json, ensure_writable_dir
 from qexport.core.artifact_files import golden_path, manifest_path, read_manifest
+from qexport.core.build_records import AccuracyBudget, OverBudget
 from qexport.core.index import Failure
 from qexport.core.manifest import Manifest
 from qexport.core.progress import current_label, labelled, say
@@ -46,6 +47,7 @@ class Outcome:
     file: str | None = None
     reason: str = ""
     manifest: Manifest | None = None
+    over_budget: AccuracyBudget | None = None  # failed: the int8 drop that missed the budget
 
     def __post_init__(self) -> None:
         self.status = BuildStatus(self.status)  # a status given as its text is checked and typed here
@@ -144,7 +146,8 @@ def build_or_record(run: BuildRun, family: Family) -> Outcome:
     except QExportError as err:
         if run.debug and getattr(err, "__notes__", None):  # a build process's traceback (see isolation.py)
             print_with_notes(err)
-        outcome = Outcome(family.key, BuildStatus.FAILED, reason=str(err))
+        missed = err.budget if isinstance(err, OverBudget) else None
+        outcome = Outcome(family.key, BuildStatus.FAILED, reason=str(err), over_budget=missed)
     except Exception as err:  # an exporter bug must not take the other families down
         if run.debug:
             print_with_notes(err)

@@ -134,6 +134,8 @@ def test_family_that_cannot_fall_back_is_not_written(tiny_data, tiny_checkpoint,
     [outcome] = build_families(ctx, [_ruining_family(fallback=False, fine_tuned=fine_tuned)], tmp_path)
     assert outcome.status == "failed"
     assert f"over --max-accuracy-drop {RESOLVABLE:g}" in outcome.reason and "cannot keep single layers in float" in outcome.reason
+    missed = outcome.over_budget  # the drop that refused it, typed, for the matrix to judge
+    assert not missed.met and f"loses {missed.drop_pt:.2f} ± {missed.drop_ci95_pt:.2f}" in outcome.reason
     assert ("use a QAT family" in outcome.reason) != fine_tuned and ("--qat-epochs" in outcome.reason) == fine_tuned
     assert not list(tmp_path.glob("resnet18.ruined*"))
 

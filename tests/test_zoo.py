@@ -159,3 +159,36 @@ def test_an_up_to_date_artifact_is_a_reused_cell():
 def test_an_unknown_architecture_is_refused_before_any_training():
     with pytest.raises(QExportError, match=r"Unknown model 'resnet19' \(did you mean 'resnet18'\?\)"):
         check_models(("resnet18", "resnet19"))
+
+
+def test_a_budget_missed_on_a_model_near_chance_is_not_a_plain_failure():
+    """The refusal carries its drop; below 40 % top-1 the cell says the miss is noise and still
+    points at the reason, while at a meaningful accuracy it stays a failure."""
+    missed = Cell("m", "ipex-int8", "failed", "ipex-int8 loses 3.40 ± 3.52 top-1 points", precision="int8",
+                  int8_drop_pt=3.4, int8_drop_ci95_pt=3.52)
+    notes: dict[str, int] = {}
+    assert cell_text(missed, notes, fp32_top1=0.378) == "over budget, n/m [1] [2]"
+    assert list(notes.values()) == [1, 2] and "below 40 % top-1" in next(iter(notes))
+    assert cell_text(missed, {}, fp32_top1=0.60) == "**fail** [1]"
+    crashed = Cell("m", "pt2e-int8", "failed", "pt2e-int8 cannot capture the model")  # no drop: a real failure
+    assert cell_text(crashed, {}, fp32_top1=0.2) == "**fail** [1]"
+
+
+def test_a_refused_build_keeps_the_drop_that_refused_it():
+    missed = replace(BUDGET, drop_pt=2.5, drop_ci95_pt=1.5, met=False)
+    outcomes = [Outcome("onnx-int8", "failed", reason="onnx-int8 loses 2.50 ± 1.50", over_budget=missed),
+                Outcome("pt2e-int8", "failed", reason="cannot capture")]
+    cells = cells_from_build("timm:x", outcomes, {})
+    assert [(c.int8_drop_pt, c.int8_drop_ci95_pt) for c in cells] == [(2.5, 1.5), (None, None)]
+
+
+def test_a_budget_refusal_crosses_a_process_boundary_with_its_budget_and_notes():
+    import pickle
+
+    from qexport.core.build_records import OverBudget
+
+    err = OverBudget("onnx-int8 loses 2.50 top-1 points", replace(BUDGET, drop_pt=2.5, met=False))
+    err.__notes__ = ["in the build process: ..."]
+    back = pickle.loads(pickle.dumps(err))
+    assert (str(back), back.budget.drop_pt, back.__notes__) == (str(err), 2.5, err.__notes__)
+    assert isinstance(back, QExportError)

@@ -39,7 +39,8 @@ def cells_from_build(model: str, outcomes, rows_by_family: dict) -> list[Cell]:
     cells = []
     for outcome in outcomes:
         if not outcome.produced:
-            cells.append(Cell(model, outcome.family, CellStatus(str(outcome.status)), outcome.reason))
+            cells.append(Cell(model, outcome.family, CellStatus(str(outcome.status)), outcome.reason,
+                              **budget_fields(outcome.over_budget)))
             continue
         cell = built_cell(model, outcome.family, outcome.manifest, rows_by_family.get(outcome.family))
         cells.append(replace(cell, reused=outcome.status == BuildStatus.UP_TO_DATE))
@@ -63,11 +64,18 @@ def built_cell(model: str, family: str, manifest, row) -> Cell:
         measured = dict(top1=row.result.eval.top1 if row.result.eval else None, p50_ms=batch.p50_ms if batch else None,
                         vs_best_fp32=ratio.estimate if ratio else None,
                         vs_best_fp32_low=ratio.low if ratio else None, vs_best_fp32_high=ratio.high if ratio else None)
-    drop = {}
+    drop = budget_fields(budget)
     if budget is not None:
-        drop = dict(int8_drop_pt=budget.drop_pt, int8_drop_ci95_pt=budget.drop_ci95_pt, budget_verdict=budget.verdict,
-                    agreement_with_eager=manifest.evaluation.top1_agreement_with_eager)
+        drop["agreement_with_eager"] = manifest.evaluation.top1_agreement_with_eager
     return Cell(model, family, CellStatus.BUILT, "", precision, **drop, **measured)
+
+
+def budget_fields(budget) -> dict:
+    """A cell's int8 drop and verdict from the budget record (that of a build refused for missing
+    it too, so the report can say when the miss itself is noise); none for a float family."""
+    if budget is None:
+        return {}
+    return dict(int8_drop_pt=budget.drop_pt, int8_drop_ci95_pt=budget.drop_ci95_pt, budget_verdict=budget.verdict)
 
 
 def write_matrix(matrix: Matrix, out_dir: Path) -> list[Path]:

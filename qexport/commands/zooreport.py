@@ -41,17 +41,25 @@ def note_number(cell: Cell, notes: dict[str, int]) -> int:
     return notes.setdefault(general, len(notes) + 1)
 
 
+def noise_note(notes: dict[str, int]) -> int:
+    """The number of the note saying a drop on a model below :data:`MEANINGFUL_TOP1` is noise."""
+    return notes.setdefault(NOT_MEANINGFUL, len(notes) + 1)
+
+
 def cell_text(cell: Cell | None, notes: dict[str, int], fp32_top1: float | None = None) -> str:
     """What a matrix cell says; a skip or failure points at its numbered reason. Where the
     architecture's fp32 model is below :data:`MEANINGFUL_TOP1`, an int8 cell says its drop is not
-    meaningful instead of printing it."""
+    meaningful instead of printing it, and an int8 build refused for missing the budget says the
+    miss is not meaningful either (its reason, with the drop, is still in the notes)."""
     if cell is None:
         return ""
+    noise = fp32_top1 is not None and fp32_top1 < MEANINGFUL_TOP1
+    if cell.status == FAILED and cell.int8_drop_pt is not None and noise:  # a budget missed on noise
+        return f"over budget, n/m [{noise_note(notes)}] [{note_number(cell, notes)}]"
     if cell.status != BUILT:
         return f"{'skip' if cell.status == SKIPPED else '**fail**'} [{note_number(cell, notes)}]"
-    if cell.int8_drop_pt is not None and fp32_top1 is not None and fp32_top1 < MEANINGFUL_TOP1:
-        return " ".join(part for part in ("✓", speed_text(cell), f"drop n/m [{notes.setdefault(NOT_MEANINGFUL, len(notes) + 1)}]")
-                        if part)
+    if cell.int8_drop_pt is not None and noise:
+        return " ".join(part for part in ("✓", speed_text(cell), f"drop n/m [{noise_note(notes)}]") if part)
     parts = [part for part in ("✓", speed_text(cell), drop_text(cell), agreement_text(cell)) if part]
     if cell.reason:  # built, not measured here (a GPU format on a CPU)
         parts.append(f"[{note_number(cell, notes)}]")
@@ -119,7 +127,8 @@ def method_lines(matrix: Matrix) -> list[str]:
         "fastest fp32 artifact (`~` when its 95 % interval includes 1×), and for int8 the top-1 drop on the "
         "held-out images with the half-width of its paired 95 % interval, and the share of test images where "
         "it picks the fp32 model's class (low agreement with a small drop: the model's logits are too flat "
-        "for its int8 classes to mean much).",
+        "for its int8 classes to mean much). `over budget, n/m` is an int8 build refused for missing the "
+        "budget on a model too weak for its drop to mean anything: train it longer before trusting the refusal.",
     ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from qexport.core.documents import TextEnum
+from qexport.core.errors import QExportError
 
 
 class Verdict(TextEnum):
@@ -134,3 +135,17 @@ class AccuracyBudget:
     def upper_pt(self) -> float:
         """The upper end of the drop's 95 % interval: the most the artifact may plausibly lose."""
         return drop_upper_pt(self.drop_pt, self.drop_ci95_pt)
+
+
+class OverBudget(QExportError):
+    """An int8 build refused because its artifact loses more than the budget allows. The message
+    is the user's one sentence; ``budget`` keeps the measured drop, so that a report can tell a
+    miss it can trust from one on a model too weak for its drop to mean anything."""
+
+    def __init__(self, message: str, budget: AccuracyBudget):
+        super().__init__(message)
+        self.budget = budget
+
+    def __reduce__(self):
+        """Pickled with its budget and notes: the miss is raised in a build child and read in the parent."""
+        return type(self), (str(self), self.budget), self.__dict__
