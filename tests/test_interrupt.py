@@ -114,6 +114,39 @@ def test_ctrl_c_during_bench_reaps_workers(built_artifacts, tmp_path):
     assert not (folder / "bench.json").exists()
 
 
+CTRL_C_AS_A_BUILD_CHILD_STARTS = """
+import multiprocessing.forkserver, os, signal, sys
+connect = multiprocessing.forkserver.connect_to_new_process
+
+def connect_then_ctrl_c(fds):  # the child is forked and waits for its job: Ctrl-C now
+    connected = connect(fds)
+    os.kill(os.getpid(), signal.SIGINT)
+    return connected
+
+multiprocessing.forkserver.connect_to_new_process = connect_then_ctrl_c
+from qexport.commands.cli import main
+sys.argv = ["qexport", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups")
+@pytest.mark.e2e
+def test_ctrl_c_while_a_build_child_receives_its_job_stops_cleanly(tiny_checkpoint, tmp_path):
+    """A Ctrl-C between the fork and the end of the job's transfer: the child must get its whole
+    job and then be stopped, not die printing a traceback of half a pickle."""
+    out = tmp_path / "artifacts"
+    args = ["build", "--only", "torchscript-fp32", *TINY_DATA_ARGS, "--checkpoint", str(tiny_checkpoint),
+            "--out", str(out), "--no-progress"]
+    process = subprocess.Popen([sys.executable, "-c", CTRL_C_AS_A_BUILD_CHILD_STARTS, *args], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    out_text, err_text = process.communicate(timeout=240)
+    assert_clean_interrupt(subprocess.CompletedProcess(process.args, process.returncode, out_text, err_text))
+    assert not out.exists() or [p.name for p in out.iterdir()] == []
+    assert not wait_until_gone(process.pid), "a build process outlived the interrupted build"
+
+
 HELD_BACK_SCRIPT = """
 import os, signal, time
 from qexport.core.interrupts import ctrl_c_held_back
