@@ -9,7 +9,6 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from qexport.core.errors import QExportError
 from qexport.exporter.budget import HeldOut, Verdict, fallback_sizes, not_found_note, over_budget_message, unresolved_line
 from qexport.exporter.isolation import run_family
 from qexport.exporter.measure import Runner, runner_logits
@@ -42,9 +41,12 @@ def build_within_budget(family: Family, ctx: BuildContext, path: Path, held_out:
             say(f"  {attempts[-1].drop_pt:.2f} ± {attempts[-1].drop_ci95_pt or 0:.2f} pt lost (budget "
                 f"{held_out.budget.max_accuracy_drop:g}): rebuilding with the {size} most sensitive layers in float")
             details = run_family(family, replace(ctx, keep_float=asked), path, cancelled)
-            kept = tuple(layer for layer in asked if layer not in details.float_not_found)
-            if not kept:  # rebuilding again would build the same artifact again
-                raise QExportError(nothing_to_keep_message(family, attempts[-1], held_out.budget.max_accuracy_drop, size, asked))
+            found = tuple(layer for layer in asked if layer not in details.float_not_found)
+            if not found:  # rebuilding again would build the same artifact again
+                missed = held_out.record(attempts, kept, shares=family.fallback, fine_tuned=family.fine_tuned)
+                raise OverBudget(nothing_to_keep_message(family, attempts[-1], held_out.budget.max_accuracy_drop, size,
+                                                         asked), missed)
+            kept = found
             attempt, runner = measure_attempt(family, path, details, held_out, ctx, len(kept))
             attempts.append(attempt)
             if held_out.accepts(attempts[-1]):

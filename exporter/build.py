@@ -23,6 +23,7 @@ from qexport.core.errors import QExportError, RuntimeMissing, describe_exception
 from qexport.exporter.budget import HeldOut
 from qexport.exporter.budget_search import build_within_budget
 from qexport.exporter.manifests import is_up_to_date, make_manifest, write_index
+from qexport.exporter.isolation import prepare_fork_server
 from qexport.exporter.measure import Reference, measure, write_golden
 from qexport.exporter.registry import BuildContext, Family
 from qexport.core.fsutil import atomic_path, atomic_write_json, ensure_writable_dir
@@ -82,6 +83,8 @@ def build_families(ctx: BuildContext, families: list[Family], out_dir: Path, for
     """Build each family; one failing never stops the others. ``jobs`` > 1 builds that many at
     once, each still in its own child process, with every status line labelled by its family."""
     ensure_writable_dir(out_dir)
+    if any(family.isolate for family in families):
+        prepare_fork_server()  # its imports overlap the reference logits computed next
     run = BuildRun(ctx, out_dir, force, debug)
     refuse_unresolvable_budget(run, families)
 

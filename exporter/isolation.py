@@ -66,7 +66,8 @@ def build_in_child(family: Family, ctx: BuildContext, path: Path, cancelled: thr
     job = (family, ctx, path, current_label())
     child = processes.Process(target=_build_and_send, args=(job, send), daemon=True)
     try:
-        start_fork_server()
+        prepare_fork_server().join()  # a Ctrl-C while the server imports arrives at once
+        start_fork_server()  # the same server, or a new one if it has died since
         try:
             with ctrl_c_held_back():  # cut short, the child would unpickle half a job and print a traceback
                 child.start()
@@ -97,7 +98,8 @@ def start_fork_server() -> None:
     mask and passes it to every child it forks, so Ctrl-C, which reaches the whole process
     group, never interrupts it or a child, not even while they import torch; the parent alone
     handles it and stops the child. Only the spawn is blocked, not the seconds the server then
-    spends importing, so the parent's own Ctrl-C still arrives at once. The resource tracker is
+    spends importing, so the parent's own Ctrl-C still arrives at once (and those seconds are over
+    before a build child's start holds Ctrl-C back: :func:`prepare_fork_server`). The resource tracker is
     started first: starting it unblocks SIGINT again (CPython 3.11)."""
     import signal
     from multiprocessing import forkserver, resource_tracker
@@ -108,6 +110,38 @@ def start_fork_server() -> None:
         forkserver.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+_WARM_UP_LOCK = threading.Lock()
+_warm_up: list[threading.Thread] = []  # the one thread that readies this process's fork server
+
+
+def prepare_fork_server() -> threading.Thread:
+    """Start the fork server and have it fork one empty child, on a thread of its own, once per
+    process; returns that thread. The server forks nothing before its imports are done (seconds):
+    begun early, they overlap the parent's own preparation, and a build child's start, which holds
+    Ctrl-C back until the child has its whole job, then never holds it through them. Python
+    raises Ctrl-C in the main thread only, so the empty child's start is never cut in half."""
+    with _WARM_UP_LOCK:
+        if not _warm_up:
+            thread = threading.Thread(target=_fork_one_empty_child, name="qexport-fork-server", daemon=True)
+            thread.start()
+            _warm_up.append(thread)
+        return _warm_up[0]
+
+
+def _fork_one_empty_child() -> None:
+    try:
+        start_fork_server()
+        empty = build_processes().Process(target=_nothing, daemon=True)
+        empty.start()
+        empty.join()
+    except Exception:  # noqa: BLE001 -- a build child's own start then says what is wrong
+        pass
+
+
+def _nothing() -> None:
+    """The empty child's work (see :func:`prepare_fork_server`)."""
 
 
 def die_with_parent() -> None:

@@ -248,6 +248,8 @@ def test_fallback_that_finds_none_of_its_layers_stops_in_one_sentence(tiny_data,
     [outcome] = build_families(make_context(tiny_data, tiny_checkpoint, max_accuracy_drop=RESOLVABLE), [family], tmp_path)
     assert outcome.status == "failed" and rebuilds == [(), rebuilds[1]] and len(rebuilds[1]) == 1
     assert "none of the 1 layers to keep in float" in outcome.reason and "\n" not in outcome.reason
+    missed = outcome.over_budget  # the first attempt's drop, with no layer kept in float
+    assert not missed.met and missed.kept_float == [] and missed.drop_pt == missed.attempts[0].drop_pt > RESOLVABLE
     assert not list(tmp_path.glob("resnet18.ruined*"))
 
 

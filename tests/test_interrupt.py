@@ -6,6 +6,7 @@ as a terminal does on Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -115,12 +116,13 @@ def test_ctrl_c_during_bench_reaps_workers(built_artifacts, tmp_path):
 
 
 CTRL_C_AS_A_BUILD_CHILD_STARTS = """
-import multiprocessing.forkserver, os, signal, sys
+import multiprocessing.forkserver, os, signal, sys, threading
 connect = multiprocessing.forkserver.connect_to_new_process
 
-def connect_then_ctrl_c(fds):  # the child is forked and waits for its job: Ctrl-C now
+def connect_then_ctrl_c(fds):  # a build child is forked and waits for its job: Ctrl-C now
     connected = connect(fds)
-    os.kill(os.getpid(), signal.SIGINT)
+    if threading.current_thread() is threading.main_thread():  # not the fork server's empty child
+        os.kill(os.getpid(), signal.SIGINT)
     return connected
 
 multiprocessing.forkserver.connect_to_new_process = connect_then_ctrl_c
@@ -141,29 +143,46 @@ def test_ctrl_c_while_a_build_child_receives_its_job_stops_cleanly(tiny_checkpoi
     process = subprocess.Popen([sys.executable, "-c", CTRL_C_AS_A_BUILD_CHILD_STARTS, *args], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    out_text, err_text = process.communicate(timeout=240)
+    try:
+        out_text, err_text = process.communicate(timeout=240)
+    except BaseException:  # a timeout: nothing of its group may outlive the test
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
     assert_clean_interrupt(subprocess.CompletedProcess(process.args, process.returncode, out_text, err_text))
     assert not out.exists() or [p.name for p in out.iterdir()] == []
     assert not wait_until_gone(process.pid), "a build process outlived the interrupted build"
 
 
 HELD_BACK_SCRIPT = """
-import os, signal, time
+import os, signal, sys, time
 from qexport.core.interrupts import ctrl_c_held_back
 try:
     with ctrl_c_held_back():
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
-        print("after the signal", flush=True)
+        for press in range(int(sys.argv[1])):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            print(f"after press {press + 1}", flush=True)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
 """
 
 
+def held_back(presses: int) -> list[str]:
+    """What HELD_BACK_SCRIPT prints when Ctrl-C is pressed ``presses`` times inside the block. The
+    signal goes to a child interpreter of its own: a test never interrupts the test runner."""
+    done = subprocess.run([sys.executable, "-c", HELD_BACK_SCRIPT, str(presses)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert "Traceback" not in done.stderr, done.stderr[-800:]
+    return done.stdout.splitlines()
+
+
 def test_ctrl_c_while_a_worker_starts_lands_after_it_is_recorded():
     """A Ctrl-C inside ``ctrl_c_held_back`` is raised only when the block ends, so the harness has
-    recorded the worker it started and can kill it. The signal goes to a child interpreter of its
-    own: a test never interrupts the test runner."""
-    done = subprocess.run([sys.executable, "-c", HELD_BACK_SCRIPT], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    assert done.stdout.split() == ["after", "the", "signal", "interrupted"], done.stderr[-800:]
+    recorded the worker it started and can kill it."""
+    assert held_back(1) == ["after press 1", "interrupted"]
+
+
+def test_a_second_ctrl_c_inside_the_held_back_block_lands_at_once():
+    """A block that hangs must not swallow Ctrl-C: the second press interrupts it where it is."""
+    assert held_back(3) == ["after press 1", "interrupted"]

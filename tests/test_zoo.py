@@ -179,7 +179,7 @@ def test_a_refused_build_keeps_the_drop_that_refused_it():
     outcomes = [Outcome("onnx-int8", "failed", reason="onnx-int8 loses 2.50 ± 1.50", over_budget=missed),
                 Outcome("pt2e-int8", "failed", reason="cannot capture")]
     cells = cells_from_build("timm:x", outcomes, {})
-    assert [(c.int8_drop_pt, c.int8_drop_ci95_pt) for c in cells] == [(2.5, 1.5), (None, None)]
+    assert [(c.precision, c.int8_drop_pt, c.int8_drop_ci95_pt) for c in cells] == [("int8", 2.5, 1.5), ("", None, None)]
 
 
 def test_a_budget_refusal_crosses_a_process_boundary_with_its_budget_and_notes():

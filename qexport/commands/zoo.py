@@ -39,8 +39,9 @@ def cells_from_build(model: str, outcomes, rows_by_family: dict) -> list[Cell]:
     cells = []
     for outcome in outcomes:
         if not outcome.produced:
+            missed = outcome.over_budget  # refused for its int8 drop: the cell keeps the drop
             cells.append(Cell(model, outcome.family, CellStatus(str(outcome.status)), outcome.reason,
-                              **budget_fields(outcome.over_budget)))
+                              "int8" if missed else "", **budget_fields(missed)))
             continue
         cell = built_cell(model, outcome.family, outcome.manifest, rows_by_family.get(outcome.family))
         cells.append(replace(cell, reused=outcome.status == BuildStatus.UP_TO_DATE))

@@ -147,5 +147,6 @@ class OverBudget(QExportError):
         self.budget = budget
 
     def __reduce__(self):
-        """Pickled with its budget and notes: the miss is raised in a build child and read in the parent."""
+        """Pickled with its budget and notes, as any exception that may cross a process boundary
+        (a Ray task's result, a build child's answer) must be: the default keeps only the message."""
         return type(self), (str(self), self.budget), self.__dict__

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def ctrl_c_held_back() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) back for the block; one that came meanwhile is delivered when it ends.
+    """Hold Ctrl-C (SIGINT) back for the block; one that came meanwhile is delivered when it ends,
+    and a second one at once, so that a block that hangs never swallows Ctrl-C.
 
     Python runs signal handlers in the main thread only, so only there can one be held back; in
     another thread the block runs as it is, and the main thread's Ctrl-C reaches it by other means
@@ -24,7 +25,14 @@ def ctrl_c_held_back() -> Iterator[None]:
         yield
         return
     pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+
+    def hold(signum: int, frame) -> None:
+        if pending:  # pressed again: the user means now, whatever is cut short
+            pending.clear()
+            raise KeyboardInterrupt
+        pending.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:

@@ -104,7 +104,7 @@ class Cell:
     precision: str = ""
     int8_drop_pt: float | None = None       # on the held-out budget images, paired against fp32
     int8_drop_ci95_pt: float | None = None  # half-width of that drop's paired 95 % interval
-    budget_verdict: Verdict = Verdict.OLDER  # OLDER: no budget (not int8, or not built)
+    budget_verdict: Verdict = Verdict.OLDER  # OLDER: no budget (not int8, or failed before one was measured)
     # int8: the share of test images where its top-1 class is the eager fp32 model's; on a briefly
     # trained model with flat logits a drop within budget can hide an int8 model that disagrees
     # top-1 agreement with the eager model (the manifest's top1_agreement_with_eager); compatibility.json
