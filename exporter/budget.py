@@ -28,6 +28,8 @@ from qexport.exporter.sensitivity import RANKING, LayerCost, int8_shares, layer_
 from qexport.core.build_records import AccuracyBudget, BudgetAttempt, Verdict, drop_upper_pt
 
 MEASURED_ON_VALIDATION = "validation split: {source} (never trained on, never the test split)"
+MEASURED_ON_EARLIER_STAGE = ("validation split: {source} (never the test split): likely an optimistic drop -- "
+                             "give a validation split no training stage saw (--val-dir)")
 MEASURED_ON_TRAIN = ("train split, held out from calibration but trained on by the fp32 model (never the test "
                      "split): likely an optimistic drop -- give a validation split (--val-dir)")
 # QAT fine-tunes on the train split, so its held-out train images are not unseen: said, not hidden.
@@ -93,7 +95,8 @@ def budget_split(data, options: BuildOptions) -> Split:
 def measured_on(data, fine_tuned: bool) -> str:
     """Where the drop was measured, for the manifest: unseen images, or training images said to be optimistic."""
     if data.validation is not None:
-        return MEASURED_ON_VALIDATION.format(source=data.validation_source)
+        template = MEASURED_ON_EARLIER_STAGE if data.validation_trained_on else MEASURED_ON_VALIDATION
+        return template.format(source=data.validation_source)
     return MEASURED_ON_FINE_TUNED if fine_tuned else MEASURED_ON_TRAIN
 
 
@@ -153,7 +156,7 @@ class HeldOut:
 
     @property
     def unseen(self) -> bool:
-        return self.ctx.data.validation is not None
+        return self.ctx.data.validation is not None and not self.ctx.data.validation_trained_on
 
     def resolution_problem(self) -> str | None:
         return resolution_problem(len(self.split), self.budget.max_accuracy_drop, self.budget.budget_verdict)

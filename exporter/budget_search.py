@@ -9,7 +9,8 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from qexport.exporter.budget import HeldOut, Verdict, fallback_sizes, not_found_note, over_budget_message, unresolved_line
+from qexport.exporter.budget import (HeldOut, Verdict, fallback_sizes, measured_on, not_found_note, over_budget_message,
+                                     unresolved_line)
 from qexport.exporter.isolation import run_family
 from qexport.exporter.measure import Runner, runner_logits
 from qexport.exporter.registry import BuildContext, BuildDetails, Family
@@ -31,8 +32,7 @@ def build_within_budget(family: Family, ctx: BuildContext, path: Path, held_out:
                              f"{ctx.shared.calibration_samples} used for calibration.")
         return details, None, None
     if not held_out.unseen:
-        say("  budget measured on images the fp32 model trained on (no validation split): likely optimistic; "
-            "give one with --val-dir")
+        say(f"  budget measured on the {measured_on(ctx.data, family.fine_tuned)}")
     attempt, runner = measure_attempt(family, path, details, held_out, ctx, 0)
     attempts, kept = [attempt], ()
     if not held_out.accepts(attempts[-1]) and family.fallback:

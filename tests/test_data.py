@@ -178,3 +178,39 @@ def test_holdout_sets_validation_images_aside_and_refuses_other_data(tiny_data):
     with pytest.raises(QExportError, match="held out 25 validation images"):
         qdata.hold_out(other, holdout)
     assert qdata.Holdout.choose(make_synthetic(train=60_000, test=8, seed=0).train, seed=0).count == 5000  # capped
+
+
+def test_a_holdout_stays_unseen_only_if_every_earlier_stage_held_out_the_same_images():
+    """Progressive training: a stage started (--init-from) from one that trained on other images may
+    have trained on this stage's validation images, and then the budget measured on them is optimistic."""
+    same = qdata.Holdout(seed=0, count=25, fingerprint="a")
+    assert not same.after(qdata.Holdout(seed=0, count=25, fingerprint="a")).trained_on_earlier
+    assert same.after(qdata.Holdout(seed=1, count=25, fingerprint="b")).trained_on_earlier  # other images held out
+    assert same.after(None).trained_on_earlier  # the earlier stage recorded no hold-out: it may have used them
+    tainted = qdata.Holdout(seed=0, count=25, fingerprint="a", trained_on_earlier=True)
+    assert same.after(tainted).trained_on_earlier  # a stage before the earlier one did: it stays said
+    folder_val = qdata.Holdout(seed=0, count=0, fingerprint="")  # an image folder's own val/: no stage trains on it
+    assert not folder_val.after(None).trained_on_earlier
+
+
+def test_a_warm_started_checkpoint_without_the_record_counts_as_possibly_seen():
+    from qexport.commands.pipeline import holdout_in
+    from qexport.core.documents import to_json
+
+    recorded = {"seed": 0, "count": 25, "fingerprint": "a"}  # as checkpoints recorded it before
+    assert not holdout_in({"validation": recorded}, "old").trained_on_earlier  # one stage: unseen
+    assert holdout_in({"validation": recorded, "init_from": {"path": "x.pt"}}, "old").trained_on_earlier
+    told = to_json(qdata.Holdout(seed=0, count=25, fingerprint="a"))  # recorded now: said either way
+    assert not holdout_in({"validation": told, "init_from": {"path": "x.pt"}}, "new").trained_on_earlier
+    assert holdout_in({}, "bare") is None
+
+
+def test_the_budget_on_images_an_earlier_stage_saw_is_called_optimistic(tiny_data):
+    from qexport.exporter.budget import measured_on
+
+    holdout = qdata.Holdout.choose(tiny_data.train, seed=0)
+    unseen = qdata.hold_out(tiny_data, holdout)
+    seen = qdata.hold_out(tiny_data, qdata.Holdout(holdout.seed, holdout.count, holdout.fingerprint, trained_on_earlier=True))
+    assert "never trained on" in measured_on(unseen, False) and "optimistic" not in measured_on(unseen, False)
+    assert "optimistic" in measured_on(seen, False) and "never trained on" not in measured_on(seen, False)
+    assert "earlier training stage" in seen.validation_source and seen.validation_trained_on

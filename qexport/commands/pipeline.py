@@ -4,6 +4,7 @@ drive the same paths without a subprocess."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from qexport.training import contract
@@ -72,6 +73,11 @@ def train_checkpoint(model_name: str, data: Dataset, config: TrainConfig, path: 
             f"test top-1 {start.get('test_top1', float('nan')):.2%})")
     holdout = (Holdout.choose(data.train, config.seed, config.validation_fraction) if data.validation is None
                else Holdout(config.seed, 0, ""))  # an image folder's own val/ is the validation split
+    if start is not None:
+        holdout = holdout.after(holdout_in(start, f"--init-from {init_from}"))
+        if holdout.trained_on_earlier:
+            say(f"the {holdout.count} validation images may have been trained on by {init_from} or an earlier stage: "
+                "budgets on this checkpoint will say they are optimistic (same --train-samples and --seed keep them unseen)")
     fit = hold_out(data, holdout)
     say(f"training {model_name} on {data.name} ({len(fit.train)} train images, {config.epochs} epochs"
         + (f"; {holdout.count} held out for validation" if holdout.count else "") + ")"
@@ -184,8 +190,18 @@ def resolve_checkpoint(model_name: str, data: Dataset, checkpoint: Path | None, 
 def recorded_holdout(ckpt: dict, checkpoint: Path) -> Holdout | None:
     """The validation images `qexport train` set aside, as the checkpoint records them (None: a
     checkpoint qexport did not train, or one from before validation splits)."""
-    recorded = ckpt.get("meta", {}).get("validation")
-    return parse(Holdout, recorded, f"checkpoint {checkpoint}") if recorded else None
+    return holdout_in(ckpt.get("meta", {}), f"checkpoint {checkpoint}")
+
+
+def holdout_in(meta: dict, where: str) -> Holdout | None:
+    """The hold-out a checkpoint's metadata records. A warm-started checkpoint from before the
+    record said whether an earlier stage saw those images counts as one that may have."""
+    recorded = meta.get("validation")
+    if not recorded:
+        return None
+    holdout = parse(Holdout, recorded, where)
+    unrecorded_history = "init_from" in meta and "trained_on_earlier" not in recorded
+    return replace(holdout, trained_on_earlier=True) if unrecorded_history and holdout.count else holdout
 
 
 def with_budget_images(data: Dataset, holdout: Holdout | None, val_dir: Path | None) -> Dataset:

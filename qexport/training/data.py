@@ -80,6 +80,7 @@ class Dataset:
     # aside of the train split by `qexport train` (``train`` then holds the rest), or the user's.
     validation: Split | None = None
     validation_source: str = ""
+    validation_trained_on: bool = False  # an earlier training stage may have trained on it (Holdout.trained_on_earlier)
     held_out_of_train: int = 0  # images ``train`` lost to ``validation`` (the train split as loaded had them)
 
     def __post_init__(self) -> None:
@@ -189,6 +190,9 @@ class Holdout:
     seed: int
     count: int
     fingerprint: str
+    # An earlier training stage (--init-from) may have trained on these images: it held out other
+    # images, or none, or did not record what it held out. The budget is then optimistic, and says so.
+    trained_on_earlier: bool = False
 
     @classmethod
     def choose(cls, train: Split, seed: int, fraction: float = VALIDATION_FRACTION,
@@ -197,7 +201,14 @@ class Holdout:
         return cls(seed=seed, count=count, fingerprint=split_fingerprint(seeded_subset(train, count, seed)))
 
     def describe(self) -> str:
-        return f"{self.count} images held out of the train split before training (seed {self.seed})"
+        earlier = ", which an earlier training stage (--init-from) may have trained on" if self.trained_on_earlier else ""
+        return f"{self.count} images held out of the train split before training (seed {self.seed}){earlier}"
+
+    def after(self, earlier: "Holdout | None") -> "Holdout":
+        """This hold-out in a checkpoint trained on from one that held out ``earlier`` (None: it
+        recorded none): still unseen only if every earlier stage held out these very images."""
+        same = earlier is not None and (earlier.count, earlier.fingerprint) == (self.count, self.fingerprint)
+        return replace(self, trained_on_earlier=bool(self.count) and not (same and not earlier.trained_on_earlier))
 
 
 def hold_out(data: Dataset, holdout: Holdout) -> Dataset:
@@ -214,7 +225,8 @@ def hold_out(data: Dataset, holdout: Holdout) -> Dataset:
             f"The checkpoint held out {holdout.count} validation images (seed {holdout.seed}) that this data does not "
             "have; build with the --data, --data-dir, --train-samples and --seed it was trained with, or pass --val-dir.")
     return replace(data, train=data.train.subset(order[holdout.count:].sort().values), validation=validation,
-                   validation_source=holdout.describe(), held_out_of_train=holdout.count)
+                   validation_source=holdout.describe(), validation_trained_on=holdout.trained_on_earlier,
+                   held_out_of_train=holdout.count)
 
 
 def with_validation(data: Dataset, validation: Split, source: str) -> Dataset:
