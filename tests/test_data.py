@@ -214,3 +214,5 @@ def test_the_budget_on_images_an_earlier_stage_saw_is_called_optimistic(tiny_dat
     assert "never trained on" in measured_on(unseen, False) and "optimistic" not in measured_on(unseen, False)
     assert "optimistic" in measured_on(seen, False) and "never trained on" not in measured_on(seen, False)
     assert "earlier training stage" in seen.validation_source and seen.validation_trained_on
+    named = qdata.with_validation(seen, unseen.validation, "--val-dir val")  # the user's own images replace it
+    assert not named.validation_trained_on and "never trained on" in measured_on(named, False)

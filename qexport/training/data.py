@@ -231,8 +231,9 @@ def hold_out(data: Dataset, holdout: Holdout) -> Dataset:
 
 def with_validation(data: Dataset, validation: Split, source: str) -> Dataset:
     """``data`` with a validation split the user names (``--val-dir``, or an image folder's val/
-    beside its test/); the train split is left whole."""
-    return replace(data, validation=validation, validation_source=source)
+    beside its test/); the train split is left whole. It replaces any hold-out as the budget's
+    images, and with it the hold-out's doubt that an earlier training stage saw them."""
+    return replace(data, validation=validation, validation_source=source, validation_trained_on=False)
 
 
 def calibration_split(data: Dataset, samples: int, seed: int = 0) -> Split:
