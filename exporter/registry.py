@@ -206,7 +206,7 @@ FAMILIES: dict[str, Family] = {}
 def declaration_problem(family: Family) -> str | None:
     """None when the family's declaration is one ``build`` can honour; else one sentence naming
     the wrong part. A config that lacks a section the family's kind needs (the budget for int8,
-    the target for compiled code, the batch for a fixed-shape program) would build with an option
+    the target for compiled code) would build with an option
     missing from its up-to-date key, so a stale artifact would be reused: it fails at import."""
     from qexport.runtimes import RUNTIMES
 

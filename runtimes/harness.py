@@ -122,7 +122,7 @@ def run_worker(spec: WorkerSpec, options: BenchOptions, python: str = sys.execut
         spec_file.write_text(json.dumps(to_json(spec)))
         started: list[subprocess.Popen] = []
         try:
-            # The worker runs in its own session, so the terminal's Ctrl-C never reaches it: the
+            # The worker runs in its own process session (setsid), so the terminal's Ctrl-C never reaches it: the
             # harness must kill it, and a Ctrl-C inside Popen would leave nobody who knows its pid.
             with ctrl_c_held_back():  # a Ctrl-C now lands once ``started`` holds the worker
                 started.append(subprocess.Popen(

@@ -68,3 +68,20 @@ def test_nothing_generic_is_installed_at_top_level():
     for path in [p for folder in ("qexport", "exporter", "runtimes", "tests") for p in (ROOT / folder).rglob("*.py")]:
         bare = imports_any(imported_modules(path), ("exporter", "runtimes"))
         assert bare == [], f"{path.relative_to(ROOT)} imports {bare} without the qexport namespace"
+
+
+FAMILY_INDEPENDENCE = "a family module imports no other family module"
+
+
+def family_modules() -> set[str]:
+    """Every exporter module that declares a family (a top-level ``@register(...)`` decorator)."""
+    return {f"qexport.exporter.{path.stem}" for path in (ROOT / "exporter").glob("*.py")
+            if any(line.startswith("@register(") for line in path.read_text().splitlines())}
+
+
+def test_every_family_module_is_in_the_independence_contract():
+    """The contract names its modules: a new family module left out of it would go unchecked."""
+    contracts = tomllib.loads(PYPROJECT.read_text())["tool"]["importlinter"]["contracts"]
+    [independence] = [c for c in contracts if c["name"].startswith(FAMILY_INDEPENDENCE)]
+    missing = sorted(family_modules() - set(independence["modules"]))
+    assert family_modules() and missing == [], f"add {missing} to the contract '{FAMILY_INDEPENDENCE}' in pyproject.toml"

@@ -63,7 +63,7 @@ def test_a_timm_name_makes_file_names_without_a_colon():
 def test_a_timm_architecture_goes_through_the_zoo_end_to_end(tmp_path):
     """The CLI trains timm's test EfficientNet, builds its fp32 and int8 ONNX artifacts, measures
     them under the --resize it was given and writes the matrix; `verify` then accepts both in their runtime. (Every family's own
-    contract runs on the session's ResNet; the published matrix covers the rest.)"""
+    contract runs on the test run's ResNet; the published matrix covers the rest.)"""
     from tests.conftest import run_cli
 
     out = tmp_path / "zoo"

@@ -505,7 +505,7 @@ def _signing_key(key: Optional[Path], certificate: Optional[Path], chain: Option
 
 @app.command()
 def compare(files: list[Path] = typer.Argument(..., help="bench.json files from different machines or settings.")) -> None:
-    """Merge bench.json files from several runs into one table."""
+    """Each run's p50 change against the first run's, per artifact and batch, with its 95 % interval and a verdict."""
     from rich.table import Table
 
     from qexport.commands import benchcompare

@@ -114,7 +114,7 @@ class BudgetConfig(FamilyConfig):
     max_accuracy_drop: float = option(
         DEFAULT_MAX_DROP, "--max-accuracy-drop",
         "Top-1 points an int8 artifact may lose against fp32, measured on the validation split (images the "
-        "model never trained on; never the test split). Over it, pt2e/ONNX/OpenVINO/TorchScript static int8 "
+        "model never trained on; never the test split). Over it, pt2e/ONNX/OpenVINO/TorchScript static/ExecuTorch int8 "
         "are rebuilt with the most sensitive layers in float until it fits; a family that cannot fit is not "
         "written. 1.0 ~ MLPerf's 99 %-of-fp32 rule.")
     budget_samples: int = option(
