@@ -41,7 +41,7 @@ try-setup-ipex:
 test: venv try-setup-ipex
 	$(PY) -m pytest -q
 
-# Unit tests only: no real data, no session build of every family.
+# Unit tests only: no real data, no build of every family.
 test-fast: venv
 	$(PY) -m pytest -q -m "not integration and not builds and not e2e"
 

@@ -18,7 +18,7 @@ OTHER_ENVIRONMENT_FIXTURES = ("ipex_python", "installed")
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """A test that needs every family built (the session fixture ``built_artifacts``, minutes)
+    """A test that needs every family built (the fixture ``built_artifacts``, built once per run, minutes)
     is marked ``builds``, and one that runs in another environment is marked ``e2e``, so
     `make test-fast` can leave them out without a hand-kept list."""
     for item in items:
