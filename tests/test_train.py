@@ -313,6 +313,15 @@ def test_the_estimate_is_shown_before_training_from_probe_steps(tiny_data, capsy
     assert "an epoch takes about 120 s (from 3 probe steps)" in said and "about 60 min in all" in said
 
 
+def test_a_single_epoch_says_what_it_will_cost_before_it_starts(tiny_data, capsys):
+    """One epoch is the progressive-resizing step that lasts an hour at 224 px on a CPU: its
+    estimate comes from the probe steps before training, as for a longer run."""
+    train(build_model("resnet18", 10), tiny_data, TrainConfig(epochs=1, batch_size=64), show_progress=False)
+    said = capsys.readouterr().err
+    assert said.index("an epoch takes about") < said.index("epoch 1/1 loss")
+    assert "(from 3 probe steps)" in said and "epoch 1/1 took" not in said
+
+
 def test_build_refuses_a_checkpoint_it_will_not_reuse_unless_retrain(tiny_data, tmp_path, monkeypatch):
     from qexport.commands.pipeline import default_checkpoint_path, resolve_checkpoint
 
