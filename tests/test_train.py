@@ -322,6 +322,14 @@ def test_a_single_epoch_says_what_it_will_cost_before_it_starts(tiny_data, capsy
     assert "(from 3 probe steps)" in said and "epoch 1/1 took" not in said
 
 
+def test_zero_epochs_scores_without_probing_or_estimating(tiny_data, capsys):
+    """`--epochs 0` scores a checkpoint (e.g. at a new size) and trains nothing: no probe steps
+    are spent and no "0 min in all" estimate is printed."""
+    metrics = train(build_model("resnet18", 10), tiny_data, TrainConfig(epochs=0, batch_size=64), show_progress=False)
+    assert "an epoch takes about" not in capsys.readouterr().err
+    assert metrics["epochs"] == 0 and 0 <= metrics["test_top1"] <= 1
+
+
 def test_build_refuses_a_checkpoint_it_will_not_reuse_unless_retrain(tiny_data, tmp_path, monkeypatch):
     from qexport.commands.pipeline import default_checkpoint_path, resolve_checkpoint
 

@@ -218,8 +218,10 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, show_progress: b
     # The estimate and the per-epoch lines are status lines, not progress bars: --no-progress keeps
     # them, so a logged run says what it will cost and how far it is instead of going silent for hours.
     # Before the hours start, not after the first epoch, and for one epoch too: a progressive-resizing
-    # step (`--epochs 1` at 224 px) is the single epoch that lasts an hour on a CPU.
-    announce_estimate(probe_epoch_seconds(model, data, config, device), config.epochs, device, probed=True)
+    # step (`--epochs 1` at 224 px) is the single epoch that lasts an hour on a CPU. `--epochs 0`
+    # (score a checkpoint at another size) trains nothing, so it neither probes nor estimates.
+    if config.epochs:
+        announce_estimate(probe_epoch_seconds(model, data, config, device), config.epochs, device, probed=True)
     started = time.perf_counter()
     with progress_bar(show_progress) as bar:
         task = bar.add_task("train", total=total_steps, status="")
