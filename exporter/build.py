@@ -83,7 +83,7 @@ def build_families(ctx: BuildContext, families: list[Family], out_dir: Path, for
     """Build each family; one failing never stops the others. ``jobs`` > 1 builds that many at
     once, each still in its own child process, with every status line labelled by its family."""
     ensure_writable_dir(out_dir)
-    if any(family.isolate for family in families):
+    if any(family.isolate and not is_current(ctx, out_dir, family, force) for family in families):
         prepare_fork_server()  # its imports overlap the reference logits computed next
     run = BuildRun(ctx, out_dir, force, debug)
     refuse_unresolvable_budget(run, families)
@@ -164,7 +164,7 @@ def build_one(run: BuildRun, family: Family) -> Outcome:
     ctx = run.ctx
     final = run.out_dir / family.filename(ctx.model_name)
     options = family.up_to_date_key(ctx.options)
-    if not run.force and is_up_to_date(family, final, ctx.checkpoint_sha256, options, ctx.data.contract):
+    if is_current(ctx, run.out_dir, family, run.force):
         say("  up to date (use --force to rebuild)")
         return Outcome(family.key, BuildStatus.UP_TO_DATE, final.name, manifest=read_manifest(manifest_path(final)))
     started = time.perf_counter()
@@ -179,6 +179,14 @@ def build_one(run: BuildRun, family: Family) -> Outcome:
     atomic_write_json(manifest_path(final), manifest.to_dict())
     say(built_line(manifest, seconds))
     return Outcome(family.key, BuildStatus.BUILT, final.name, manifest=manifest)
+
+
+def is_current(ctx: BuildContext, out_dir: Path, family: Family, force: bool) -> bool:
+    """The family's file in ``out_dir`` is up to date and ``--force`` was not given: nothing to build,
+    so no child process is needed for it (a fork server started for nothing costs seconds of imports)."""
+    final = out_dir / family.filename(ctx.model_name)
+    key = family.up_to_date_key(ctx.options)
+    return not force and is_up_to_date(family, final, ctx.checkpoint_sha256, key, ctx.data.contract)
 
 
 def built_line(manifest: Manifest, seconds: float) -> str:

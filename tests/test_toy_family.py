@@ -26,7 +26,12 @@ def toy_family():
     FAMILIES.pop("toy-fp32", None)
 
 
-def test_a_family_from_outside_qexport_builds_with_its_own_config(tiny_data, tiny_checkpoint, tmp_path, toy_family):
+def test_a_family_from_outside_qexport_builds_with_its_own_config(tiny_data, tiny_checkpoint, tmp_path, toy_family,
+                                                                  monkeypatch):
+    import qexport.exporter.build as build
+
+    servers = []
+    monkeypatch.setattr(build, "prepare_fork_server", lambda: servers.append("started"))
     [outcome] = build_families(make_context(tiny_data, tiny_checkpoint), [toy_family], tmp_path)
     assert outcome.status is BuildStatus.BUILT, outcome.reason
     manifest = outcome.manifest
@@ -36,3 +41,5 @@ def test_a_family_from_outside_qexport_builds_with_its_own_config(tiny_data, tin
     assert manifest.evaluation.top1 == manifest.evaluation.fp32_reference_top1
     [again] = build_families(make_context(tiny_data, tiny_checkpoint), [toy_family], tmp_path)
     assert again.status is BuildStatus.UP_TO_DATE
+    # Only the first call had a file to build in a child process; the up-to-date one started no fork server.
+    assert servers == ["started"]
