@@ -83,7 +83,7 @@ def build_families(ctx: BuildContext, families: list[Family], out_dir: Path, for
     """Build each family; one failing never stops the others. ``jobs`` > 1 builds that many at
     once, each still in its own child process, with every status line labelled by its family."""
     ensure_writable_dir(out_dir)
-    if any(family.isolate and not is_current(ctx, out_dir, family, force) for family in families):
+    if any(needs_a_child(ctx, out_dir, family, force) for family in families):
         prepare_fork_server()  # its imports overlap the reference logits computed next
     run = BuildRun(ctx, out_dir, force, debug)
     refuse_unresolvable_budget(run, families)
@@ -179,6 +179,17 @@ def build_one(run: BuildRun, family: Family) -> Outcome:
     atomic_write_json(manifest_path(final), manifest.to_dict())
     say(built_line(manifest, seconds))
     return Outcome(family.key, BuildStatus.BUILT, final.name, manifest=manifest)
+
+
+def needs_a_child(ctx: BuildContext, out_dir: Path, family: Family, force: bool) -> bool:
+    """The family builds in a child process and has something to build. A manifest that cannot be read
+    counts as something to build: :func:`build_or_record` then reports it as that family's failure."""
+    if not family.isolate:
+        return False
+    try:
+        return not is_current(ctx, out_dir, family, force)
+    except QExportError:
+        return True
 
 
 def is_current(ctx: BuildContext, out_dir: Path, family: Family, force: bool) -> bool:
