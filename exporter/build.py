@@ -135,7 +135,7 @@ def print_with_notes(err: BaseException) -> None:
 
 def build_or_record(run: BuildRun, family: Family) -> Outcome:
     """One family's outcome: built, up to date, skipped (with the reason) or failed (with one sentence)."""
-    problem = family.build_problem() or family.model_problem(run.ctx.model_name)
+    problem = why_skipped(family, run.ctx.model_name)
     name = "" if current_label() else f" [bold]{family.key}[/bold]"  # labelled lines already name it
     if problem:  # ipex-bf16 on an AVX2-only host, eager int8 for a model without a quantizable twin
         say(f"[yellow]skipped[/yellow]{name}: {problem}")
@@ -181,10 +181,16 @@ def build_one(run: BuildRun, family: Family) -> Outcome:
     return Outcome(family.key, BuildStatus.BUILT, final.name, manifest=manifest)
 
 
+def why_skipped(family: Family, model_name: str) -> str | None:
+    """Why this host or this model cannot have the family (a skip, not a failure); None when it can."""
+    return family.build_problem() or family.model_problem(model_name)
+
+
 def needs_a_child(ctx: BuildContext, out_dir: Path, family: Family, force: bool) -> bool:
-    """The family builds in a child process and has something to build. A manifest that cannot be read
-    counts as something to build: :func:`build_or_record` then reports it as that family's failure."""
-    if not family.isolate:
+    """The family builds in a child process, can be built here and has something to build. A manifest
+    that cannot be read counts as something to build: :func:`build_or_record` reports it as that
+    family's failure."""
+    if not family.isolate or why_skipped(family, ctx.model_name):
         return False
     try:
         return not is_current(ctx, out_dir, family, force)
