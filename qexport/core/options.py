@@ -7,8 +7,8 @@ evaluation subset, golden samples, calibration images) and is part of every up-t
 family declares its config as a frozen dataclass made of the sections it reads
 (``class OnnxInt8Config(BudgetConfig, TargetConfig, CalibrationMethodConfig)``) and its build
 function receives an instance: it cannot read an option it did not declare, and the up-to-date key
-is that instance's JSON, so a changed option can never be missed. ``qexport build``'s options are
-generated from these fields (:func:`option_help`), so no default is written twice.
+is that instance's JSON, so a changed option can never be missed. Each CLI option takes its
+default, flag and help from these fields (``config_option`` in ``cli.py``), so no default is written twice.
 """
 
 from __future__ import annotations
