@@ -22,7 +22,7 @@ from qexport.core.hardware import REDUCED_RANGE_REASON
 from qexport.exporter.budget import ops_of_named_layers
 from qexport.exporter.capture import describe_layer, describe_site
 from qexport.exporter.onnx_export import (CalibrationReader, calibration_method, export_fp16, export_fp32,
-                                          onnx_int8_coverage, onnx_opset, scratch_fp32)
+                                          nodes_reading_infinite_padding, onnx_int8_coverage, onnx_opset, scratch_fp32)
 from qexport.core.options import BudgetConfig, CalibrationMethodConfig, FamilyConfig, TargetConfig
 from qexport.exporter.registry import EVAL_BATCH, BuildContext, BuildDetails, register, train_calibration
 from qexport.core.manifest import Precision
@@ -71,16 +71,20 @@ def build_onnx_int8(ctx: BuildContext, config: OnnxInt8Config, path: Path) -> Bu
         pre = Path(tmp) / "model.pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
         excluded, missing = nodes_of_layers(pre, ctx.keep_float)
+        padding = [node for node in nodes_reading_infinite_padding(pre) if node not in excluded]
+        if padding:
+            say(f"  keeping {len(padding)} nodes in float: they read a padding of -inf ('same' max pooling), "
+                "whose range no calibration can represent")
         say(f"  calibrating onnx-int8 ({config.calibration_method}, {ctx.shared.calibration_samples} train images)")
         quantize_static(str(pre), str(path), CalibrationReader(ctx), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=calibration_method(config.calibration_method), nodes_to_exclude=excluded,
+                        calibrate_method=calibration_method(config.calibration_method), nodes_to_exclude=excluded + padding,
                         reduce_range=config.int8_reduced_range)
     require_runs_at_check_batches("onnx-int8", path, ctx)
     weights = f"int8, 7-bit range ({REDUCED_RANGE_REASON})" if config.int8_reduced_range else "int8"
     return BuildDetails(config={"format": "QDQ", "per_channel": True, "activations": "uint8", "weights": weights,
                                 "calibration_method": config.calibration_method, "opset": onnx_opset(path),
-                                "nodes_to_exclude": excluded},
+                                "nodes_to_exclude": excluded, "float_for_infinite_padding": padding},
                         float_not_found=missing,
                         int8_coverage=onnx_int8_coverage(path),
                         calibration=train_calibration(ctx, min(ctx.shared.calibration_samples, len(ctx.data.train))))

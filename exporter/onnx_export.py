@@ -117,6 +117,31 @@ def calibration_method(name: str):
             "percentile": CalibrationMethod.Percentile}[name]
 
 
+def nodes_reading_infinite_padding(path: Path) -> list[str]:
+    """The ``Pad`` nodes that pad with an infinite value, and the nodes that read their output.
+
+    A max pool with "same" padding (timm's ``MaxPool2dSame``, the stem of hybrid ViTs such as
+    ``vit_tiny_r_s16_p8_224``) is exported as ``Pad(-inf)`` then ``MaxPool``. MinMax calibration of
+    that tensor gives an infinite scale, and every result downstream of its quantized copy is
+    garbage: the whole int8 model answers at chance. Kept in float, the pad costs nothing.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {init.name: init for init in graph.initializer}
+    constants.update({node.output[0]: attribute.t for node in graph.node if node.op_type == "Constant"
+                      for attribute in node.attribute if attribute.name == "value"})
+
+    def pads_with_infinity(node) -> bool:
+        value = constants.get(node.input[2]) if node.op_type == "Pad" and len(node.input) > 2 else None
+        return value is not None and not np.isfinite(numpy_helper.to_array(value)).all()
+
+    pads = [node for node in graph.node if pads_with_infinity(node)]
+    padded = {output for node in pads for output in node.output}
+    return [node.name for node in pads] + [node.name for node in graph.node if padded & set(node.input)]
+
+
 def onnx_opset(path: Path) -> int | None:
     import onnx
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from qexport.core.manifest import Precision
 from qexport.core.options import BudgetConfig, CalibrationMethodConfig
 from qexport.core.progress import say
-from qexport.exporter.onnx_export import CalibrationReader, calibration_method, scratch_fp32
+from qexport.exporter.onnx_export import (CalibrationReader, calibration_method, nodes_reading_infinite_padding,
+                                          scratch_fp32)
 from qexport.exporter.registry import BuildContext, BuildDetails, register, train_calibration
 from qexport.exporter.trt_engine import ENGINE_NOTE, TensorRtConfig, engine_from
 
@@ -46,5 +47,6 @@ def export_qdq(ctx: BuildContext, config: TensorRtInt8Config, path: Path) -> Non
         quantize_static(str(fp32), str(path), CalibrationReader(ctx), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=calibration_method(config.calibration_method),
+                        nodes_to_exclude=nodes_reading_infinite_padding(fp32),
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                        "QuantizeBias": False})  # TensorRT takes int8 Q/DQ only: float bias

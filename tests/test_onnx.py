@@ -123,3 +123,38 @@ def test_onnx_int8_for_the_default_target_keeps_its_weights_in_seven_bits(built_
     weights = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
     assert "7-bit" in outcome.manifest.config["weights"]
+
+
+class SamePaddedPool(nn.Module):
+    """timm's ``MaxPool2dSame`` in front of a small head: exported as Pad(-inf) then MaxPool, the
+    stem of hybrid ViTs such as vit_tiny_r_s16_p8_224."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(8, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.pad(self.stem(x), (0, 1, 0, 1), value=float("-inf"))
+        return self.head(torch.nn.functional.max_pool2d(x, 3, stride=2))
+
+
+def test_onnx_int8_keeps_a_padding_of_minus_infinity_in_float_and_still_answers_like_fp32(tmp_path):
+    """Calibrated, the -inf padding gets an infinite scale and the int8 model answers garbage (the
+    ViT fell to chance); kept in float with its max pool, the int8 model follows the fp32 one."""
+    data = make_synthetic(train=64, test=16, image_size=IMAGE_SIZE, classes=3, seed=0)
+    torch.manual_seed(0)
+    context = BuildContext("same-padded-pool", SamePaddedPool(len(data.classes)).eval(), data,
+                           BuildOptions(calibration_samples=32, max_accuracy_drop=100.0), "0" * 64, show_progress=False)
+    fp32, int8 = tmp_path / "pool.fp32.onnx", tmp_path / "pool.int8.onnx"
+    FAMILIES["onnx-fp32"].build_file(context, fp32)
+    details = FAMILIES["onnx-int8"].build_file(context, int8)
+
+    inputs = np.random.default_rng(0).standard_normal((8, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    expected = OnnxRuntimeRunner.load(fp32).predict(inputs)
+    found = OnnxRuntimeRunner.load(int8).predict(inputs)
+    assert np.isfinite(found).all()
+    assert np.abs(found - expected).max() < 0.1 * np.abs(expected).max()
+    kept = details.config["float_for_infinite_padding"]
+    assert len(kept) == 2 and any("pad" in name.lower() for name in kept) and any("pool" in name.lower() for name in kept)
