@@ -60,7 +60,8 @@ class OnnxInt8Config(BudgetConfig, TargetConfig, CalibrationMethodConfig):
 @register("onnx-int8", variant="int8", format="onnx", extension=".onnx", precision=Precision.INT8,
           runtime="onnxruntime",
           method="onnxruntime quant_pre_process + quantize_static (QDQ, per-channel weights, U8S8)",
-          config=OnnxInt8Config, fallback=True)
+          config=OnnxInt8Config, fallback=True,
+          recipe=2)  # 2: a -inf padding and its readers stay float
 def build_onnx_int8(ctx: BuildContext, config: OnnxInt8Config, path: Path) -> BuildDetails:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -27,7 +27,8 @@ class TensorRtInt8Config(BudgetConfig, CalibrationMethodConfig, TensorRtConfig):
 
 @register("tensorrt-int8", variant="int8", format="tensorrt", extension=".engine", precision=Precision.INT8,
           runtime="tensorrt", devices=("cuda",), config=TensorRtInt8Config,
-          method="fp32 ONNX export → onnxruntime quantize_static (Q/DQ, symmetric s8, per-channel weights) → TensorRT engine")
+          method="fp32 ONNX export → onnxruntime quantize_static (Q/DQ, symmetric s8, per-channel weights) → TensorRT engine",
+          recipe=2)  # 2: a -inf padding and its readers stay float
 def build_tensorrt_int8(ctx: BuildContext, config: TensorRtInt8Config, path: Path) -> BuildDetails:
     built, coverage = engine_from(ctx, config, path, lambda onnx_file: export_qdq(ctx, config, onnx_file))
     return BuildDetails(config={"from": "Q/DQ ONNX export", "activations": "int8, symmetric", "weights": "int8, per channel",
