@@ -123,7 +123,7 @@ def nodes_reading_infinite_padding(path: Path) -> list[str]:
     A max pool with "same" padding (timm's ``MaxPool2dSame``, the stem of hybrid ViTs such as
     ``vit_tiny_r_s16_p8_224``) is exported as ``Pad(-inf)`` then ``MaxPool``. MinMax calibration of
     that tensor gives an infinite scale, and every result downstream of its quantized copy is
-    garbage: the whole int8 model answers at chance. Kept in float, the pad costs nothing.
+    garbage: the whole int8 model answers at chance. In float, the pad and its pool are a few cheap ops.
     """
     import onnx
     from onnx import numpy_helper
