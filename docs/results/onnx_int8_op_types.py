@@ -40,9 +40,13 @@ def prepare(images: np.ndarray, preprocessing: dict) -> np.ndarray:
                       .transpose(2, 0, 1) / 255 - mean) / std for im in images])
 
 
+def names(text: str) -> list[str]:
+    """Op types from a comma-separated list, ``data-movement`` standing for its group."""
+    return [op for name in text.split(",") for op in (DATA_MOVEMENT if name == "data-movement" else [name])]
+
+
 def op_types(choice: str, present: list[str]) -> list[str] | None:
     """The op types a choice quantizes; None lets the quantizer take every one it knows."""
-    names = lambda text: sum((DATA_MOVEMENT if n == "data-movement" else [n] for n in text.split(",")), [])
     if choice == "all":
         return None
     if choice == "compute":
@@ -55,7 +59,8 @@ def op_types(choice: str, present: list[str]) -> list[str] | None:
 
 
 def main(stem: str, samples: int, choices: list[str]) -> None:
-    preprocessing = json.load(open(stem + ".int8.onnx.manifest.json"))["input"]["preprocessing"]
+    with open(stem + ".int8.onnx.manifest.json", encoding="utf-8") as manifest:
+        preprocessing = json.load(manifest)["input"]["preprocessing"]
     data = np.load(os.path.join(os.environ.get("QEXPORT_DATA_DIR", "../shared/datasets/cifar10"), "cifar10.npz"))
     rng = np.random.default_rng(0)
     calibration = prepare(data["x_train"][rng.choice(len(data["x_train"]), 128, replace=False)], preprocessing)
